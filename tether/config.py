@@ -1,0 +1,340 @@
+"""Typed configs: one dataclass per stage, loaded from YAML plus dotted overrides.
+
+Validation happens once, here, so a trainer can trust every field. Mistakes (unknown key,
+wrong type, value out of range) raise ConfigError naming the key, the file and line where
+the YAML set it, and for a typo the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tether.errors import ConfigError
+
+
+def option(default: Any, help: str, *, choices: list | None = None, min: float | None = None,
+           max: float | None = None) -> Any:
+    """A config field with its help text and allowed values (checked by `build`)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections shared by the stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = option(False, "Train LoRA adapters (peft) instead of all weights.")
+    r: int = option(16, "LoRA rank.", min=1)
+    alpha: float = option(32.0, "LoRA scaling numerator (scale = alpha / r).", min=0)
+    dropout: float = option(0.0, "Dropout on the LoRA branch.", min=0, max=1)
+    target_modules: str = option(
+        "all-linear", "Modules to adapt: 'all-linear' or a comma list such as 'q_proj,v_proj'.")
+    merge_on_save: bool = option(
+        True, "Merge the adapter into the weights in final/ so plain transformers loads it; "
+        "if false, final/ holds a peft adapter.")
+
+
+@dataclass
+class ModelConfig:
+    name: str = option(
+        "smollm2-135m", "Model to start from: an embedded name (smollm2-135m, tiny), a local "
+        "Hugging Face directory (e.g. a previous run's final/), or a hub id (needs a network).")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters.")
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in the backward pass: less memory, ~30% more compute.")
+
+
+@dataclass
+class DataConfig:
+    train: str = option("", "Training data: .jsonl, .json, .parquet, a `datasets` directory, or "
+                            "a hub dataset name. Required.")
+    eval: str = option("", "Held-out data in the same formats. Empty: hold out eval_fraction "
+                           "of train.")
+    eval_fraction: float = option(0.05, "Share of train held out for eval when `eval` is empty.",
+                                  min=0, max=0.5)
+    max_length: int = option(512, "Longest tokenised prompt + response, in tokens.", min=8)
+    truncation: str = option(
+        "prompt_left", "What to do with an example longer than max_length. prompt_left: drop "
+        "tokens from the start of the prompt (keeping at least a quarter of max_length of it), "
+        "then cut the end of the response; drop: skip the example (counted and reported).",
+        choices=["prompt_left", "drop"])
+    chat_template: str = option(
+        "auto", "Wrap prompts in the tokenizer's chat template: auto (if it has one), always, "
+        "never (plain text: prompt then response).", choices=["auto", "always", "never"])
+    skip_bad_rows: bool = option(
+        False, "Skip malformed rows (counted and logged) instead of stopping with an error.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(2e-5, "Peak learning rate (AdamW).", min=0)
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay (matrices only).", min=0)
+    beta1: float = option(0.9, "AdamW beta1.", min=0, max=1)
+    beta2: float = option(0.999, "AdamW beta2.", min=0, max=1)
+    eps: float = option(1e-8, "AdamW epsilon.", min=0)
+    schedule: str = option("cosine", "Learning-rate decay after warmup (to 0 at the last step).",
+                           choices=["cosine", "linear", "constant"])
+    warmup_steps: int = option(0, "Linear warmup steps from 0 to lr.", min=0)
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this; 0 disables.",
+                                  min=0)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = option(8, "Sequences per optimizer step.", min=1)
+    micro_batch_size: int = option(
+        8, "Sequences per forward pass; batch_size / micro_batch_size gradient accumulation "
+        "steps. Changes memory, not the result.", min=1)
+    epochs: int = option(1, "Passes over the training data (ignored if max_steps > 0).", min=1)
+    max_steps: int = option(0, "Optimizer steps to run; 0 means `epochs` full passes.", min=0)
+    eval_every: int = option(50, "Evaluate every N steps (and always at the end); 0: only at "
+                                 "the end.", min=0)
+    save_every: int = option(100, "Write a resumable checkpoint every N steps (and at the "
+                                  "end); 0: only at the end.", min=0)
+    keep_checkpoints: int = option(2, "How many recent checkpoints to keep.", min=1)
+    log_every: int = option(1, "Write metrics every N steps.", min=1)
+    bf16: bool = option(False, "bf16 autocast for forward/backward (weights and optimizer "
+                               "stay fp32).")
+    seed: int = option(0, "Seed for initialisation, data order and sampling.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on demonstrations; the loss covers response tokens only."""
+
+    run_dir: str = option("runs/sft", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
+                                      "and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    model: ModelConfig = section(ModelConfig, "Model.")
+    data: DataConfig = section(DataConfig, "Demonstrations.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
+    train: TrainConfig = section(TrainConfig, "Loop.")
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise ConfigError("data.train is required: the demonstrations to train on "
+                              "(e.g. data.train=examples/sft/reviews.jsonl)")
+        if self.train.batch_size % self.train.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                f"train.micro_batch_size ({self.train.micro_batch_size})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -> Any:
+    """Build `cls` from an optional YAML file and `a.b=value` overrides, validated."""
+    raw: dict = {}
+    lines: dict[str, int] = {}
+    source = "config"
+    if path:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+            lines = _key_lines(yaml.compose(text))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value "
+                              f"(e.g. optim.lr=1e-5)")
+        try:
+            parsed = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        _set_dotted(raw, key.strip(), parsed)
+        lines.pop(key.strip(), None)  # the override, not the file, set this key
+    cfg = _build(cls, raw, "", lambda key: f"{source}:{lines[key]}: " if key in lines else "", cls)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type name, default, help) for every leaf field, for --help."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            rows += field_docs(typ, key + ".")
+            continue
+        help = f.metadata.get("help", "")
+        if f.metadata.get("choices"):
+            help += f" One of: {', '.join(map(str, f.metadata['choices']))}."
+        rows.append((key, _type_name(typ), getattr(defaults, f.name), help))
+    return rows
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Line number (1-based) of every key in a composed YAML mapping."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, key + "."))
+    return out
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], prefix + f.name + ".")
+    return keys
+
+
+def _build(cls: type, raw: Any, prefix: str, where, root: type) -> Any:
+    """`root` is the top-level class, so a typo is matched against keys of every section."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where(prefix.rstrip('.'))}{prefix.rstrip('.')} must be a mapping "
+                          f"of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            full = prefix + str(key)
+            close = difflib.get_close_matches(full, _all_keys(root), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            valid = ", ".join(fields)
+            raise ConfigError(f"{where(full)}unknown key '{full}'{hint}; valid keys here: {valid}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        typ, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, raw[name], key + ".", where, root)
+        else:
+            kwargs[name] = _check_value(key, typ, raw[name], f.metadata, where(key))
+    return cls(**kwargs)
+
+
+def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:
+    ok, value = _coerce(typ, value)
+    if not ok:
+        raise ConfigError(f"{where}{key} must be {_type_name(typ)}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{where}{key} must be one of {', '.join(map(str, choices))}; got "
+                          f"{value!r}{hint}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}{key} must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}{key} must be <= {hi}, got {value!r}")
+    return value
+
+
+def _coerce(typ: Any, value: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(typ):
+            if arg is type(None) and value is None:
+                return True, None
+            ok, v = _coerce(arg, value)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        (item,) = typing.get_args(typ)
+        out = []
+        for v in value:
+            ok, v = _coerce(item, v)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if typ is bool:
+        return isinstance(value, bool), value
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if typ is str:
+        # A path or name that YAML happened to read as a number is still meant as text.
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return False, value
+    return isinstance(value, typ), value
+
+
+def _type_name(typ: Any) -> str:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(typ))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(typ)[0])}"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number",
+            str: "a string", type(None): "null"}.get(typ, getattr(typ, "__name__", str(typ)))

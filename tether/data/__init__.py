@@ -1,0 +1,1 @@
+"""Records, readers, validation, tokenisation with response masks, and collation."""

@@ -1,0 +1,153 @@
+"""SFT demonstrations: validate rows, tokenise them, split off an eval set."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from tether.config import DataConfig
+from tether.data.readers import BadRow, read_rows
+from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
+from tether.errors import DataError
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def parse_messages(value: Any, name: str, where: str) -> Messages:
+    if not isinstance(value, list) or not value:
+        raise BadRow(f"{where}: '{name}' must be a non-empty list of messages")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) \
+                or m.get("role") not in ROLES:
+            raise BadRow(f"{where}: {name}[{i}] must be an object with 'role' (one of "
+                         f"{', '.join(ROLES)}) and 'content' (a string)")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def parse_prompt(record: Any, where: str) -> Messages:
+    """The prompt of a record as chat messages (a plain string becomes one user turn)."""
+    if not isinstance(record, dict):
+        raise BadRow(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "prompt" not in record:
+        raise BadRow(f"{where}: missing field 'prompt'")
+    prompt = record["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise BadRow(f"{where}: empty prompt")
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list):
+        return parse_messages(prompt, "prompt", where)
+    raise BadRow(f"{where}: 'prompt' must be a string or a list of messages, "
+                 f"got {type(prompt).__name__}")
+
+
+def parse_response(value: Any, name: str, where: str) -> str:
+    """A response given as a string, or as a list holding one assistant message."""
+    if isinstance(value, list):
+        messages = parse_messages(value, name, where)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise BadRow(f"{where}: '{name}' as messages must be a single assistant message")
+        value = messages[0]["content"]
+    if not isinstance(value, str):
+        raise BadRow(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise BadRow(f"{where}: empty response in '{name}'")
+    return value
+
+
+def parse_sft(record: Any, where: str) -> tuple[Messages, str]:
+    """(prompt messages, response) from {prompt, completion} or {messages: [..., assistant]}."""
+    if isinstance(record, dict) and "messages" in record:
+        messages = parse_messages(record["messages"], "messages", where)
+        if messages[-1]["role"] != "assistant":
+            raise BadRow(f"{where}: the last of 'messages' must be the assistant's response")
+        if len(messages) < 2:
+            raise BadRow(f"{where}: 'messages' needs a prompt turn before the response")
+        return messages[:-1], parse_response(messages[-1]["content"], "messages[-1]", where)
+    prompt = parse_prompt(record, where)
+    if "completion" not in record:
+        raise BadRow(f"{where}: missing field 'completion' (an SFT row is "
+                     f"{{prompt, completion}} or {{messages}})")
+    return prompt, parse_response(record["completion"], "completion", where)
+
+
+@dataclass
+class LoadStats:
+    rows: int = 0
+    bad_rows: int = 0
+    first_bad: str = ""
+    dropped_too_long: int = 0
+    truncated: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{self.rows} rows"]
+        if self.bad_rows:
+            parts.append(f"{self.bad_rows} bad rows skipped (first: {self.first_bad})")
+        if self.dropped_too_long:
+            parts.append(f"{self.dropped_too_long} dropped as longer than max_length")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated to max_length")
+        return ", ".join(parts)
+
+
+def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats) -> list:
+    """Parse every row with `parse(record, where)`; bad rows stop the run or are counted."""
+    out = []
+    for row in read_rows(source):
+        try:
+            if isinstance(row.record, BadRow):
+                raise row.record
+            out.append(parse(row.record, row.where))
+        except BadRow as e:
+            if not skip_bad_rows:
+                raise DataError(f"{e} (set data.skip_bad_rows=true to skip bad rows)") from None
+            stats.bad_rows += 1
+            stats.first_bad = stats.first_bad or str(e)
+    stats.rows += len(out)
+    if not out:
+        raise DataError(f"{source}: no usable rows")
+    return out
+
+
+@dataclass
+class SFTData:
+    train: list[Encoded]
+    eval: list[Encoded]
+    stats: dict[str, LoadStats] = field(default_factory=dict)
+
+
+def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> SFTData:
+    chat = wants_chat_template(tokenizer, cfg.chat_template)
+
+    def encode_all(source: str) -> tuple[list[Encoded], LoadStats]:
+        stats = LoadStats()
+        encoded = []
+        for messages, response in load_records(source, parse_sft, cfg.skip_bad_rows, stats):
+            e = encode_example(tokenizer, messages, response, chat_template=chat,
+                               max_length=cfg.max_length, truncation=cfg.truncation)
+            if e is None:
+                stats.dropped_too_long += 1
+                continue
+            stats.truncated += e.truncated
+            encoded.append(e)
+        if not encoded:
+            raise DataError(f"{source}: every row is longer than data.max_length="
+                            f"{cfg.max_length}")
+        return encoded, stats
+
+    train, train_stats = encode_all(cfg.train)
+    stats = {"train": train_stats}
+    if cfg.eval:
+        eval_set, stats["eval"] = encode_all(cfg.eval)
+    elif cfg.eval_fraction > 0 and len(train) >= 2:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, round(cfg.eval_fraction * len(train)))
+        eval_set = [train[i] for i in order[:n_eval]]
+        train = [train[i] for i in sorted(order[n_eval:])]
+    else:
+        eval_set = []
+    return SFTData(train, eval_set, stats)

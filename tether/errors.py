@@ -1,0 +1,21 @@
+"""Exceptions the command line turns into one clear line instead of a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (config, data, paths). Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    pass
+
+
+class DataError(UserError):
+    pass
+
+
+class TrainingDiverged(Exception):
+    """The loss or gradient became NaN/inf. Exit code 1; the last good checkpoint is kept."""
+
+    exit_code = 1

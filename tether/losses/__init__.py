@@ -1,0 +1,1 @@
+"""Training objectives as pure torch functions (this package imports nothing but torch)."""

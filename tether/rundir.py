@@ -1,0 +1,60 @@
+"""A run directory: the resolved config, the metrics log, checkpoints and final/."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tether.checkpoint import atomic_write_text, latest_checkpoint
+from tether.config import to_yaml
+from tether.errors import UserError
+
+
+def prepare_run_dir(run_dir: str, cfg: Any, resume: bool) -> tuple[Path, Path | None]:
+    """Create the run directory and save config.yaml; return it and the checkpoint to resume
+    from (None for a fresh start). Refuses to silently overwrite someone's earlier run."""
+    path = Path(run_dir)
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is not None and not resume:
+        raise UserError(f"{path} already holds checkpoints of a run; pass resume=true to "
+                        f"continue it, or choose another run_dir")
+    if resume and checkpoint is None:
+        print(f"resume=true, but {path} has no checkpoint yet: starting from the beginning")
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.yaml", to_yaml(cfg))
+    return path, checkpoint
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to metrics.jsonl.
+
+    On resume the lines after the checkpoint's step are dropped first: those steps are about
+    to be run again, and a curve must not show them twice."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = Path(path)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, "time": round(time.time(), 3)}
+        for key, value in metrics.items():
+            value = float(value)
+            row[key] = value if math.isfinite(value) else str(value)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,1 @@
+"""Built-in tasks: prompts, demonstrations and gold scorers."""

@@ -1,0 +1,149 @@
+"""Supervised fine-tuning: maximise the likelihood of demonstration responses.
+
+One loop, top to bottom: load -> (resume) -> for each optimizer step: forward/backward over
+microbatches, clip, step, log, evaluate, checkpoint -> export final/.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tether.checkpoint import (capture_rng, load_checkpoint, load_trainable_state, restore_rng,
+                               save_checkpoint, save_final, trainable_state)
+from tether.config import SFTConfig
+from tether.data.collate import collate
+from tether.data.order import batch_indices, chunks, steps_per_epoch
+from tether.data.sft import load_sft_data
+from tether.errors import DataError, TrainingDiverged
+from tether.losses.sft import masked_nll
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.logprobs import forward_logits, token_logprobs
+from tether.models.lora import apply_lora, count_parameters
+from tether.optim import make_optimizer, make_scheduler
+from tether.rundir import MetricsLog, prepare_run_dir
+
+
+def train(cfg: SFTConfig) -> Path:
+    """Run SFT as configured; return the final/ directory."""
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+    torch.manual_seed(cfg.train.seed)
+
+    # 1. Model, tokenizer, data.
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    data = load_sft_data(cfg.data, tokenizer, cfg.train.seed)
+    for split, stats in data.stats.items():
+        print(f"data/{split}: {stats.summary()}")
+
+    batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
+    per_epoch = steps_per_epoch(len(data.train), batch_size)
+    if per_epoch == 0:
+        raise DataError(f"{cfg.data.train}: {len(data.train)} training examples, fewer than "
+                        f"train.batch_size={batch_size}")
+    total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    trainable, total = count_parameters(model)
+    print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
+          f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
+          f"{total_steps} steps of {batch_size} sequences ({batch_size // micro} microbatches)")
+
+    # 2. Optimizer and schedule, restored with everything else on resume.
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    start_step = 0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        load_trainable_state(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        start_step = state["step"]
+        print(f"resumed from {checkpoint} at step {start_step}")
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+
+    def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+        return token_logprobs(logits, batch["input_ids"])
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        nll, count = 0.0, 0
+        for examples in chunks(data.eval, micro):
+            batch = collate(examples, tokenizer.pad_token_id)
+            logprobs = run_forward(batch)
+            nll += masked_nll(logprobs, batch["loss_mask"], num_tokens=1).item()
+            count += int(batch["loss_mask"].sum())
+        model.train()
+        return nll / max(count, 1)
+
+    if checkpoint is None and data.eval:
+        log.log(0, {"loss/eval": evaluate()})
+
+    # 3. The loop.
+    model.train()
+    last_saved = checkpoint
+    progress = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
+                    dynamic_ncols=True)
+    for step in range(start_step, total_steps):
+        started = time.perf_counter()
+        examples = [data.train[i] for i in batch_indices(len(data.train), batch_size, step,
+                                                         cfg.train.seed)]
+        # Normalise by the whole batch's response tokens, so that accumulating microbatches
+        # gives the same gradient as one big batch.
+        num_tokens = sum(sum(e.loss_mask) for e in examples)
+        loss = 0.0
+        for micro_examples in chunks(examples, micro):
+            batch = collate(micro_examples, tokenizer.pad_token_id)
+            micro_loss = masked_nll(run_forward(batch), batch["loss_mask"], num_tokens)
+            micro_loss.backward()
+            loss += micro_loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad],
+            cfg.optim.max_grad_norm or math.inf)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm.item())):
+            progress.close()
+            where = f"the last good checkpoint is {last_saved}" if last_saved else \
+                "no checkpoint had been written yet"
+            raise TrainingDiverged(
+                f"loss {loss} / gradient norm {grad_norm.item()} at step {step + 1}: "
+                f"training diverged; {where}. Try a lower optim.lr or optim.max_grad_norm.")
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+
+        done = step + 1
+        metrics = {"loss/train": loss, "optim/lr": lr, "optim/grad_norm": grad_norm.item(),
+                   "perf/step_s": elapsed,
+                   "perf/tokens_per_s": sum(len(e.input_ids) for e in examples) / elapsed,
+                   "data/epoch": step / per_epoch}
+        is_last = done == total_steps
+        if data.eval and (is_last or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+            metrics["loss/eval"] = evaluate()
+        if is_last or done % cfg.train.log_every == 0 or "loss/eval" in metrics:
+            log.log(done, metrics)
+        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+        progress.update(1)
+        if is_last or (cfg.train.save_every and done % cfg.train.save_every == 0):
+            last_saved = save_checkpoint(run_dir, done, {
+                "step": done, "model": trainable_state(model),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": capture_rng()}, keep=cfg.train.keep_checkpoints)
+    progress.close()
+    log.close()
+
+    # 4. Export.
+    final = save_final(model, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)
+    print(f"final model: {final}")
+    return final
