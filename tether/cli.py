@@ -7,6 +7,7 @@ run ends with exit code 1; neither prints a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import sys
 import textwrap
@@ -35,7 +36,8 @@ STAGES = {
 def _options_help(cls: type) -> str:
     lines = ["config keys (set in the YAML file, or as key=value after it):"]
     for key, type_name, default, help in field_docs(cls):
-        lines.append(f"  {key} ({type_name}, default: {default!r})")
+        shown = json.dumps(default)  # YAML spelling: true/false, "text", numbers
+        lines.append(f"  {key} ({type_name}; default {shown})")
         lines += textwrap.wrap(help, width=88, initial_indent="      ",
                                subsequent_indent="      ")
     return "\n".join(lines)
@@ -64,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Options may also come after the key=value overrides; argparse leaves those behind.
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if rest:
+        args.overrides += rest
     if args.command is None:
         parser.print_help()
         return 0
@@ -79,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"tether {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path the user gave that cannot be read or written
+        print(f"tether {args.command}: error: {e.filename or ''}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     except TrainingDiverged as e:
         print(f"tether {args.command}: stopped: {e}", file=sys.stderr)
         return e.exit_code

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,25 +162,24 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
         try:
+            node = yaml.compose(text)
+            lines = _key_lines(node, path)  # also rejects duplicate keys
             raw = yaml.safe_load(text) or {}
-            lines = _key_lines(yaml.compose(text))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else path
             raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        raw = _expand_dotted(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value "
                               f"(e.g. optim.lr=1e-5)")
-        try:
-            parsed = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            parsed = value
-        _set_dotted(raw, key.strip(), parsed)
-        lines.pop(key.strip(), None)  # the override, not the file, set this key
+        _set_dotted(raw, key, _Override(value))
+        lines.pop(key, None)  # the override, not the file, set this key
     cfg = _build(cls, raw, "", lambda key: f"{source}:{lines[key]}: " if key in lines else "", cls)
     if hasattr(cfg, "validate"):
         cfg.validate()
@@ -212,6 +212,33 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+class _Override:
+    """A command-line value: read as YAML (numbers, booleans, lists), except where the field
+    is a string, which takes the text as typed (so run_dir=0123 stays '0123')."""
+
+    def __init__(self, text: str):
+        self.text = text
+        try:
+            self.parsed = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            self.parsed = text
+
+
+def _expand_dotted(raw: dict) -> dict:
+    """`optim.lr: 1e-5` at the top of a YAML file means the same as the nested form."""
+    out: dict = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            value = _expand_dotted(value)
+        if isinstance(key, str) and "." in key:
+            _set_dotted(out, key, value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
@@ -223,29 +250,47 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """Line number (1-based) of every key in a composed YAML mapping."""
+def _key_lines(node: yaml.Node | None, path: str, prefix: str = "") -> dict[str, int]:
+    """Line number (1-based) of every key in a composed YAML mapping; a key given twice is
+    an error (YAML would silently keep the last one)."""
     out: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = prefix + str(key_node.value)
-            out[key] = key_node.start_mark.line + 1
-            out.update(_key_lines(value_node, key + "."))
+            line = key_node.start_mark.line + 1
+            if key in out:
+                raise ConfigError(f"{path}:{line}: key '{key}' is given twice (also on line "
+                                  f"{out[key]})")
+            out[key] = line
+            out.update(_key_lines(value_node, path, key + "."))
     return out
 
 
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        keys.append(prefix + f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += _all_keys(hints[f.name], prefix + f.name + ".")
-    return keys
+def _first_leaf(key: str, value: Any) -> str:
+    """`trian` holding {seed: 1} is matched as `trian.seed`, the key the user meant to set."""
+    while isinstance(value, dict) and value:
+        child, value = next(iter(value.items()))
+        key = f"{key}.{child}"
+    return key
+
+
+def _suggest(key: str, root: type) -> str:
+    """The valid key closest to a mistyped one: by the whole dotted key, else by its last
+    part (so `lr` and `train.lr` both find `optim.lr`)."""
+    leaves = [row[0] for row in field_docs(root)]
+    close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
+    if not close:
+        last = key.rsplit(".", 1)[-1]
+        by_last = {leaf.rsplit(".", 1)[-1]: leaf for leaf in leaves}
+        close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=1,
+                                                                cutoff=0.75)]
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _build(cls: type, raw: Any, prefix: str, where, root: type) -> Any:
     """`root` is the top-level class, so a typo is matched against keys of every section."""
+    if isinstance(raw, _Override):
+        raw = raw.parsed
     if not isinstance(raw, dict):
         raise ConfigError(f"{where(prefix.rstrip('.'))}{prefix.rstrip('.')} must be a mapping "
                           f"of keys to values, got {raw!r}")
@@ -254,8 +299,7 @@ def _build(cls: type, raw: Any, prefix: str, where, root: type) -> Any:
     for key in raw:
         if key not in fields:
             full = prefix + str(key)
-            close = difflib.get_close_matches(full, _all_keys(root), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = _suggest(_first_leaf(full, raw[key]), root)
             valid = ", ".join(fields)
             raise ConfigError(f"{where(full)}unknown key '{full}'{hint}; valid keys here: {valid}")
     kwargs = {}
@@ -271,9 +315,12 @@ def _build(cls: type, raw: Any, prefix: str, where, root: type) -> Any:
 
 
 def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:
+    if isinstance(value, _Override):
+        value = value.text if typ is str else value.parsed
     ok, value = _coerce(typ, value)
     if not ok:
-        raise ConfigError(f"{where}{key} must be {_type_name(typ)}, got {value!r}")
+        finite = " (finite)" if typ is float else ""
+        raise ConfigError(f"{where}{key} must be {_type_name(typ)}{finite}, got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
@@ -314,13 +361,13 @@ def _coerce(typ: Any, value: Any) -> tuple[bool, Any]:
     if typ is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
         if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
             try:
-                return True, float(value)
+                value = float(value)
             except ValueError:
                 return False, value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return math.isfinite(value), float(value)  # nan would pass every range check
         return False, value
     if typ is str:
         # A path or name that YAML happened to read as a number is still meant as text.
@@ -336,5 +383,5 @@ def _type_name(typ: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(typ))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(typ)[0])}"
-    return {bool: "a boolean (true/false)", int: "an integer", float: "a number",
+    return {bool: "true or false", int: "an integer", float: "a number",
             str: "a string", type(None): "null"}.get(typ, getattr(typ, "__name__", str(typ)))

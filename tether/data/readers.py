@@ -27,6 +27,11 @@ class BadRow(DataError):
 
 def read_rows(source: str) -> Iterator[Row]:
     path = Path(source).expanduser()
+    if not path.exists():
+        if _looks_like_hub_name(source):
+            yield from _read_hub_dataset(source)
+            return
+        raise DataError(f"{source}: no such file or directory")
     if path.is_dir():
         yield from _read_saved_dataset(path)
     elif path.suffix == ".jsonl":
@@ -35,13 +40,15 @@ def read_rows(source: str) -> Iterator[Row]:
         yield from _read_json(path)
     elif path.suffix == ".parquet":
         yield from _read_parquet(path)
-    elif path.exists():
+    else:
         raise DataError(f"{path}: unsupported data file type '{path.suffix}' "
                         f"(use .jsonl, .json, .parquet or a `datasets` directory)")
-    elif source.count("/") <= 1 and not source.startswith((".", "/", "~")) and "." not in source:
-        yield from _read_hub_dataset(source)
-    else:
-        raise DataError(f"{source}: no such file or directory")
+
+
+def _looks_like_hub_name(source: str) -> bool:
+    """`name` or `owner/name` without a file suffix; anything else missing is a local path."""
+    return (source.count("/") <= 1 and "." not in source
+            and not source.startswith(("/", "~")) and bool(source.strip("/")))
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
@@ -49,7 +56,8 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: editors on Windows write a byte-order mark.
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 yield Row(where, BadRow(f"{where}: not valid UTF-8 (byte {e.start})"))
                 continue
@@ -68,11 +76,15 @@ def _read_json(path: Path) -> Iterator[Row]:
         raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}: a single list inside
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a list of records (or an object holding one)")
-        data = lists[0]
+    if isinstance(data, dict):  # {"train": [...], "test": [...]} or {"data": [...]}
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if "train" in lists:
+            data = lists["train"]
+        elif len(lists) == 1:
+            data = next(iter(lists.values()))
+        else:
+            raise DataError(f"{path}: expected a list of records, or an object holding a "
+                            f"'train' list (found: {', '.join(lists) or 'no lists'})")
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of records")
     for i, record in enumerate(data):
@@ -115,7 +127,7 @@ def _read_hub_dataset(name: str) -> Iterator[Row]:
     try:
         ds = datasets.load_dataset(name, split="train")
     except Exception as e:  # offline, unknown name, ...: all the user can act on is the text
-        raise DataError(f"{name}: not a local file, and loading it from the hub failed: {e}") \
-            from None
+        raise DataError(f"{name}: no such local file, and loading it as a hub dataset failed: "
+                        f"{e}") from None
     for i, record in enumerate(ds):
         yield Row(f"{name}: row {i}", record)

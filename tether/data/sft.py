@@ -81,9 +81,12 @@ class LoadStats:
     first_bad: str = ""
     dropped_too_long: int = 0
     truncated: int = 0
+    held_out: int = 0  # rows moved to the eval split
 
     def summary(self) -> str:
         parts = [f"{self.rows} rows"]
+        if self.held_out:
+            parts.append(f"{self.held_out} of them held out for eval")
         if self.bad_rows:
             parts.append(f"{self.bad_rows} bad rows skipped (first: {self.first_bad})")
         if self.dropped_too_long:
@@ -148,6 +151,7 @@ def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
         n_eval = max(1, round(cfg.eval_fraction * len(train)))
         eval_set = [train[i] for i in order[:n_eval]]
         train = [train[i] for i in sorted(order[n_eval:])]
+        train_stats.held_out = n_eval
     else:
         eval_set = []
     return SFTData(train, eval_set, stats)

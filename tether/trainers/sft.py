@@ -30,19 +30,19 @@ from tether.rundir import MetricsLog, prepare_run_dir
 
 def train(cfg: SFTConfig) -> Path:
     """Run SFT as configured; return the final/ directory."""
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
     torch.manual_seed(cfg.train.seed)
 
-    # 1. Model, tokenizer, data.
+    # 1. Data first (a bad row should not wait for a model to load), then the model.
     tokenizer = load_tokenizer(cfg.model.name)
+    data = load_sft_data(cfg.data, tokenizer, cfg.train.seed)
+    for split, stats in data.stats.items():
+        print(f"data/{split}: {stats.summary()}")
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
     model = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
-    data = load_sft_data(cfg.data, tokenizer, cfg.train.seed)
-    for split, stats in data.stats.items():
-        print(f"data/{split}: {stats.summary()}")
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
     per_epoch = steps_per_epoch(len(data.train), batch_size)
@@ -66,6 +66,10 @@ def train(cfg: SFTConfig) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         start_step = state["step"]
+        if state["data"]["num_examples"] != len(data.train):
+            raise DataError(f"{cfg.data.train}: {len(data.train)} training examples now, "
+                            f"{state['data']['num_examples']} when {checkpoint} was written; "
+                            f"resuming would not continue the same data order")
         print(f"resumed from {checkpoint} at step {start_step}")
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
 
@@ -139,7 +143,10 @@ def train(cfg: SFTConfig) -> Path:
             last_saved = save_checkpoint(run_dir, done, {
                 "step": done, "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": capture_rng()}, keep=cfg.train.keep_checkpoints)
+                "rng": capture_rng(),
+                # The batch order is a function of (seed, step); these let resume check it.
+                "data": {"num_examples": len(data.train), "epoch": done // per_epoch,
+                         "batch_in_epoch": done % per_epoch}}, keep=cfg.train.keep_checkpoints)
     progress.close()
     log.close()
 

@@ -1,0 +1,59 @@
+"""Measured matmul peak (FLOP/s) of this machine for fp32 and bf16: the denominator of MFU.
+
+A datasheet peak says little about a shared 2-core VM (clocks, neighbours, what oneDNN does
+with this CPU), so the peak is measured: the best throughput of square matmuls (1024..2048)
+seen in a few seconds. Benchmarks call `measure_peak` in the same run, interleaved with what
+they divide by it, so both see the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench import machine, save_results, spread
+
+SIZES = (1024, 1536, 2048)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def measure_peak(dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """Best FLOP/s of an n x n by n x n matmul in `dtype`, n in SIZES, in about `seconds`."""
+    best = 0.0
+    for n in SIZES:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        out = torch.empty(n, n, dtype=dtype)
+        torch.mm(a, b, out=out)  # untimed: the first call picks and builds the kernel
+        deadline = time.perf_counter() + seconds / len(SIZES)
+        while True:
+            started = time.perf_counter()
+            torch.mm(a, b, out=out)
+            now = time.perf_counter()
+            best = max(best, 2 * n**3 / (now - started))
+            if now > deadline:
+                break
+    return best
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Rounds of fp32 then bf16 (interleaved). Default: %(default)s.")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="Seconds per dtype per round. Default: %(default)s.")
+
+
+def run(args: argparse.Namespace) -> None:
+    samples = {name: [] for name in DTYPES}
+    for _ in range(args.rounds):
+        for name, dtype in DTYPES.items():
+            samples[name].append(measure_peak(dtype, args.seconds))
+    print(f"{'dtype':<6} {'best GFLOP/s':>13} {'median':>8} {'min':>8}")
+    for name, values in samples.items():
+        s = spread(values)
+        print(f"{name:<6} {s['max'] / 1e9:>13.1f} {s['median'] / 1e9:>8.1f} {s['min'] / 1e9:>8.1f}")
+    print(f"bf16 / fp32 best: {max(samples['bf16']) / max(samples['fp32']):.2f}x")
+    path = save_results("peak", {"machine": machine(), "sizes": SIZES, "flops": samples,
+                                 "best_flops": {k: max(v) for k, v in samples.items()}})
+    print(f"results: {path}")

@@ -1,0 +1,48 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tether.models.tiny import tiny_llama, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+# `make test` runs two pytest workers on two cores; more threads than cores makes torch's
+# small ops spin and slows the tiny-model tests several-fold. Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def model():
+    m = tiny_llama(seed=0)
+    m.eval()
+    return m
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def sft_rows():
+    """Demonstrations of varied length, so padding and token weighting matter."""
+    subjects = ["plot", "acting", "score", "ending", "pacing", "dialogue", "camera work", "cast"]
+    verdicts = ["was lovely", "was dull and slow", "felt fine", "was a wonderful surprise",
+                "fell flat, sadly, and never recovered", "was great"]
+    return [{"prompt": f"Continue this movie review: the {subjects[i % 8]}",
+             "completion": " " + " and ".join(verdicts[j % 6] for j in range(i, i + 1 + i % 3)) + "."}
+            for i in range(48)]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
