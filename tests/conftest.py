@@ -38,9 +38,12 @@ def sft_rows():
     subjects = ["plot", "acting", "score", "ending", "pacing", "dialogue", "camera work", "cast"]
     verdicts = ["was lovely", "was dull and slow", "felt fine", "was a wonderful surprise",
                 "fell flat, sadly, and never recovered", "was great"]
-    return [{"prompt": f"Continue this movie review: the {subjects[i % 8]}",
-             "completion": " " + " and ".join(verdicts[j % 6] for j in range(i, i + 1 + i % 3)) + "."}
-            for i in range(48)]
+    rows = []
+    for i in range(48):
+        verdict = " and ".join(verdicts[j % 6] for j in range(i, i + 1 + i % 3))
+        rows.append({"prompt": f"Continue this movie review: the {subjects[i % 8]}",
+                     "completion": f" {verdict}."})
+    return rows
 
 
 @pytest.fixture(autouse=True)

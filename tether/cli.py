@@ -7,14 +7,23 @@ run ends with exit code 1; neither prints a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import importlib
+import json
 import sys
 import textwrap
 from dataclasses import dataclass
 
 from tether import __version__
-from tether.config import SFTConfig, field_docs, load_config, to_yaml
+from tether.config import (
+    RMConfig,
+    SampleConfig,
+    ScoreConfig,
+    SFTConfig,
+    SimulateLabelsConfig,
+    field_docs,
+    load_config,
+    to_yaml,
+)
 from tether.errors import TrainingDiverged, UserError
 
 
@@ -26,10 +35,24 @@ class Stage:
     example: str
 
 
+# A name with a space is a sub-command of a group ("label simulate").
 STAGES = {
     "sft": Stage(SFTConfig, "tether.trainers.sft:train",
                  "supervised fine-tuning on demonstrations (loss on response tokens only)",
                  "tether sft --config configs/sft_example.yaml optim.lr=1e-5"),
+    "sample": Stage(SampleConfig, "tether.sample:run",
+                    "sample K responses per prompt from a policy into candidates.jsonl",
+                    "tether sample policy=runs/sft-example/final prompts=prompts.jsonl k=4"),
+    "label simulate": Stage(
+        SimulateLabelsConfig, "tether.labeling.simulate:run",
+        "label candidates with a simulated labeler (noisy Bradley-Terry on a gold score)",
+        "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3"),
+    "rm": Stage(RMConfig, "tether.trainers.rm:train",
+                "train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
+                "tether rm --config configs/rm_example.yaml"),
+    "score": Stage(ScoreConfig, "tether.score:run",
+                   "score (prompt, response) rows with a trained reward model",
+                   "tether score reward_model=runs/rm/final input=candidates.jsonl"),
 }
 
 
@@ -49,9 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'tether COMMAND --help' for the options of a command.")
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, stage in STAGES.items():
-        sub = commands.add_parser(
-            name, help=stage.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        where, leaf = commands, name
+        if " " in name:
+            group, leaf = name.split(" ", 1)
+            if group not in groups:
+                group_parser = commands.add_parser(group, help=f"{group} commands")
+                groups[group] = group_parser.add_subparsers(dest="subcommand",
+                                                            metavar="SUBCOMMAND")
+            where = groups[group]
+        sub = where.add_parser(
+            leaf, help=stage.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
             description=f"{stage.summary[0].upper()}{stage.summary[1:]}.\n\n"
                         f"example:\n  {stage.example}",
             epilog=_options_help(stage.config))
@@ -61,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="dotted overrides applied after the file, e.g. optim.lr=1e-5")
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config and exit without running")
+        sub.set_defaults(stage=name)
     return parser
 
 
@@ -73,10 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if rest:
         args.overrides += rest
-    if args.command is None:
+    if getattr(args, "stage", None) is None:
         parser.print_help()
         return 0
-    stage = STAGES[args.command]
+    args.command = args.stage
+    stage = STAGES[args.stage]
     try:
         cfg = load_config(stage.config, args.config, args.overrides)
         print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)

@@ -30,8 +30,9 @@ def option(default: Any, help: str, *, choices: list | None = None, min: float |
     return field(default=default, metadata=meta)
 
 
-def section(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help})
+def section(cls: type, help: str, **defaults: Any) -> Any:
+    """A nested config; `defaults` override the section's own defaults for this stage."""
+    return field(default_factory=lambda: cls(**defaults), metadata={"help": help})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +144,127 @@ class SFTConfig:
                 f"train.micro_batch_size ({self.train.micro_batch_size})")
 
 
+@dataclass
+class SampleConfig:
+    """Sample K responses per prompt from a policy: the candidates people (or a simulated
+    labeler) rank next."""
+
+    policy: str = option("smollm2-135m", "Model to sample from: an embedded name, a local HF "
+                                         "directory (e.g. an SFT run's final/), or a hub id.")
+    prompts: str = option("", "Prompts: rows with a 'prompt' (string or messages), in any "
+                              "supported data format. Required.")
+    num_prompts: int = option(0, "Use only the first N prompts; 0: all.", min=0)
+    output: str = option("runs/sample/candidates.jsonl", "Where to write candidates.jsonl.")
+    k: int = option(4, "Responses per prompt.", min=1)
+    temperature: float = option(1.0, "Sampling temperature.", min=0.01)
+    top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens with this "
+                               "much probability.", min=0.01, max=1)
+    max_new_tokens: int = option(48, "Longest response, in tokens.", min=1)
+    max_prompt_length: int = option(256, "Prompts longer than this (in tokens) lose their "
+                                         "beginning.", min=1)
+    batch_size: int = option(8, "Prompts per generate call (each with its k responses).",
+                             min=1)
+    chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
+                                choices=["auto", "always", "never"])
+    backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
+                                "cache; CPU or GPU) or vllm (GPUs only).", choices=["hf", "vllm"])
+    bf16: bool = option(False, "Generate under bf16 autocast.")
+    skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
+    seed: int = option(0, "Seed: the same seed and batch_size give the same samples.")
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts is required: a file of {\"prompt\": ...} rows")
+
+
+@dataclass
+class SimulateLabelsConfig:
+    """A simulated labeler: noisy Bradley-Terry choices from a gold scoring function."""
+
+    candidates: str = option("", "candidates.jsonl from `tether sample`. Required.")
+    output: str = option("runs/labels/labels.jsonl", "Where to write the labels.")
+    gold: str = option("sentiment", "Gold scorer: a built-in task name (sentiment) or "
+                                    "'module:function' taking a list of texts.")
+    format: str = option("rankings", "rankings: one K-way ranking per prompt (Plackett-Luce "
+                                     "on gold / temperature); pairs: chosen/rejected pairs.",
+                         choices=["rankings", "pairs"])
+    pairs_per_prompt: int = option(1, "With format=pairs: pairs drawn per prompt; 0: all "
+                                      "C(K, 2).", min=0)
+    temperature: float = option(
+        0.5, "Noise: P(a over b) = sigmoid((g_a - g_b) / temperature). On the sentiment task "
+        "0.5 gives about 25% disagreement with gold.", min=1e-6)
+    flip_rate: float = option(
+        0.0, "Extra label noise: a pair's label is flipped with this probability (rankings: the "
+        "whole order is reversed, so each implied pair flips with it).", min=0, max=1)
+    seed: int = option(0, "Seed for the labeler's noise.")
+
+    def validate(self) -> None:
+        if not self.candidates:
+            raise ConfigError("candidates is required: the output of `tether sample`")
+
+
+@dataclass
+class RewardConfig:
+    backbone: str = option(
+        "auto", "policy: the causal LM with its unembedding replaced by a scalar head "
+        "(InstructGPT); encoder: a bidirectional encoder (e.g. minilm-l6) with a scalar head; "
+        "auto: by the model's architecture.", choices=["auto", "policy", "encoder"])
+    margin: float = option(0.0, "Margin in -log sigmoid(r_better - r_worse - margin).")
+    center_coef: float = option(0.0, "Reward centering: this times the mean squared reward "
+                                     "is added to the loss.", min=0)
+    normalize: str = option(
+        "mean", "After training, fit a bias so the reference responses score mean 0 "
+        "(mean_std: and a gain so they have std 1); none: leave raw scores.",
+        choices=["none", "mean", "mean_std"])
+    reference: str = option(
+        "", "Reference responses for normalisation ({prompt, response} rows, or candidates). "
+        "Empty: the training set's responses (the SFT policy's own samples).")
+
+
+@dataclass
+class RMConfig:
+    """Train a reward model on preference pairs or K-way rankings (Bradley-Terry)."""
+
+    run_dir: str = option("runs/rm", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
+                                     "and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    model: ModelConfig = section(ModelConfig, "Backbone to start from (usually the SFT model).")
+    reward: RewardConfig = section(RewardConfig, "Reward head, loss options, normalisation.")
+    data: DataConfig = section(DataConfig, "Preferences: {prompt, chosen, rejected} pairs or "
+                                           "{prompt, responses, ranks} rankings.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-5,
+                                 warmup_steps=5)
+    train: TrainConfig = section(TrainConfig, "Loop; batch_size counts prompts (each with all "
+                                              "its responses). One epoch by default: more "
+                                              "overfits (InstructGPT).", batch_size=8,
+                                 micro_batch_size=4, eval_every=25)
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise ConfigError("data.train is required: preference pairs or rankings")
+        if self.train.batch_size % self.train.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                f"train.micro_batch_size ({self.train.micro_batch_size})")
+
+
+@dataclass
+class ScoreConfig:
+    """Score (prompt, response) rows with a trained reward model."""
+
+    reward_model: str = option("", "A reward model directory (a `tether rm` run's final/). "
+                                   "Texts are encoded as in training.  Required.")
+    input: str = option("", "Rows of {prompt, response}, or candidates {prompt, responses}. "
+                            "Required.")
+    output: str = option("scores.jsonl", "Where to write the rows with their scores.")
+    batch_size: int = option(16, "Sequences per forward pass.", min=1)
+    bf16: bool = option(False, "Score under bf16 autocast.")
+
+    def validate(self) -> None:
+        if not self.reward_model or not self.input:
+            raise ConfigError("reward_model and input are required")
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
@@ -194,16 +316,17 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
-def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+def field_docs(cls: type, prefix: str = "",
+               defaults: Any = None) -> list[tuple[str, str, Any, str]]:
     """(dotted key, type name, default, help) for every leaf field, for --help."""
     rows = []
     hints = typing.get_type_hints(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults  # a stage may change a section's defaults
     for f in dataclasses.fields(cls):
         key = prefix + f.name
         typ = hints[f.name]
         if dataclasses.is_dataclass(typ):
-            rows += field_docs(typ, key + ".")
+            rows += field_docs(typ, key + ".", getattr(defaults, f.name))
             continue
         help = f.metadata.get("help", "")
         if f.metadata.get("choices"):
@@ -287,8 +410,10 @@ def _suggest(key: str, root: type) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _build(cls: type, raw: Any, prefix: str, where, root: type) -> Any:
-    """`root` is the top-level class, so a typo is matched against keys of every section."""
+def _build(cls: type, raw: Any, prefix: str, where, root: type, default: Any = None) -> Any:
+    """`root` is the top-level class, so a typo is matched against keys of every section.
+    `default` is the instance to start from: a stage may set its own section defaults."""
+    default = cls() if default is None else default
     if isinstance(raw, _Override):
         raw = raw.parsed
     if not isinstance(raw, dict):
@@ -308,10 +433,11 @@ def _build(cls: type, raw: Any, prefix: str, where, root: type) -> Any:
             continue
         typ, key = hints[name], prefix + name
         if dataclasses.is_dataclass(typ):
-            kwargs[name] = _build(typ, raw[name], key + ".", where, root)
+            kwargs[name] = _build(typ, raw[name], key + ".", where, root,
+                                  getattr(default, name))
         else:
             kwargs[name] = _check_value(key, typ, raw[name], f.metadata, where(key))
-    return cls(**kwargs)
+    return dataclasses.replace(default, **kwargs)
 
 
 def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:

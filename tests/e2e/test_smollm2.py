@@ -5,9 +5,9 @@ suite uses the tiny model."""
 
 import pytest
 import torch
+from conftest import REPO
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO
 from tether.config import SFTConfig, load_config
 from tether.data.tokenize import encode_example, encode_prompt
 from tether.losses.sft import masked_nll

@@ -328,3 +328,10 @@ def test_field_docs_covers_every_leaf_key():
         assert node == default, key
     helps = {key: help for key, _, _, help in rows}
     assert "One of: cosine, linear, constant." in helps["optim.schedule"]
+
+
+def test_a_stage_keeps_its_own_section_defaults_under_overrides():
+    from tether.config import RMConfig
+    cfg = load_config(RMConfig, None, [TRAIN, "optim.lr=0.001", "train.epochs=3"])
+    assert cfg.optim.lr == 0.001 and cfg.optim.warmup_steps == 5  # RM's warmup, not SFT's 0
+    assert cfg.train.micro_batch_size == 4 and cfg.train.epochs == 3

@@ -65,8 +65,8 @@ def test_logprobs_match_log_softmax_per_token(model):
 
 
 def _encode(tokenizer, rows, **kw):
-    return [encode_example(tokenizer, [{"role": "user", "content": r["prompt"]}],
-                           r["completion"], chat_template=True, max_length=kw.get("max_length", 256),
+    return [encode_example(tokenizer, [{"role": "user", "content": r["prompt"]}], r["completion"],
+                           chat_template=True, max_length=kw.get("max_length", 256),
                            truncation=kw.get("truncation", "prompt_left")) for r in rows]
 
 
@@ -106,7 +106,7 @@ def test_gradient_accumulation_1x8_equals_8x1(tokenizer, sft_rows):
         return [p.grad.clone() for p in model.parameters()]
 
     whole, accumulated = grads(8), grads(1)
-    for a, b in zip(whole, accumulated):
+    for a, b in zip(whole, accumulated, strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
@@ -123,8 +123,8 @@ def test_chat_template_mask_covers_response_and_eos_only(tokenizer):
     assert tokenizer.decode(response[:-1]) == " was dull."
     # Prompt + response is exactly the chat template's rendering of the whole conversation
     # (up to the newline ChatML writes after the assistant's end-of-turn token).
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": " was dull."}],
-                                         tokenize=False)
+    reply = [{"role": "assistant", "content": " was dull."}]
+    full = tokenizer.apply_chat_template(messages + reply, tokenize=False)
     assert tokenizer.decode(enc.input_ids) + "\n" == full
     assert "<|im_start|>assistant\n" in tokenizer.decode(prompt)
 

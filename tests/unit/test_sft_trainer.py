@@ -8,10 +8,10 @@ import time
 
 import pytest
 import torch
+from conftest import write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import write_jsonl
 from tether.checkpoint import latest_checkpoint, load_checkpoint
 from tether.cli import main
 from tether.config import SFTConfig, load_config

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
+from tether.data.order import split_holdout
 from tether.data.readers import BadRow, read_rows
 from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
 from tether.errors import DataError
@@ -82,6 +82,7 @@ class LoadStats:
     dropped_too_long: int = 0
     truncated: int = 0
     held_out: int = 0  # rows moved to the eval split
+    no_pairs: int = 0  # preference rows whose responses all tie
 
     def summary(self) -> str:
         parts = [f"{self.rows} rows"]
@@ -93,11 +94,15 @@ class LoadStats:
             parts.append(f"{self.dropped_too_long} dropped as longer than max_length")
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max_length")
+        if self.no_pairs:
+            parts.append(f"{self.no_pairs} skipped as all ties (no pairs)")
         return ", ".join(parts)
 
 
-def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats) -> list:
-    """Parse every row with `parse(record, where)`; bad rows stop the run or are counted."""
+def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
+                 skip_key: str = "data.skip_bad_rows") -> list:
+    """Parse every row with `parse(record, where)`; bad rows stop the run or are counted.
+    `skip_key` is the config key that skips them, for the error message."""
     out = []
     for row in read_rows(source):
         try:
@@ -106,7 +111,7 @@ def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats) -> l
             out.append(parse(row.record, row.where))
         except BadRow as e:
             if not skip_bad_rows:
-                raise DataError(f"{e} (set data.skip_bad_rows=true to skip bad rows)") from None
+                raise DataError(f"{e} (set {skip_key}=true to skip bad rows)") from None
             stats.bad_rows += 1
             stats.first_bad = stats.first_bad or str(e)
     stats.rows += len(out)
@@ -145,13 +150,7 @@ def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
     stats = {"train": train_stats}
     if cfg.eval:
         eval_set, stats["eval"] = encode_all(cfg.eval)
-    elif cfg.eval_fraction > 0 and len(train) >= 2:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, round(cfg.eval_fraction * len(train)))
-        eval_set = [train[i] for i in order[:n_eval]]
-        train = [train[i] for i in sorted(order[n_eval:])]
-        train_stats.held_out = n_eval
     else:
-        eval_set = []
+        train, eval_set = split_holdout(train, cfg.eval_fraction, seed)
+        train_stats.held_out = len(eval_set)
     return SFTData(train, eval_set, stats)

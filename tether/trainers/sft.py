@@ -6,26 +6,33 @@ microbatches, clip, step, log, evaluate, checkpoint -> export final/.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from tether.checkpoint import (capture_rng, load_checkpoint, load_trainable_state, restore_rng,
-                               save_checkpoint, save_final, trainable_state)
+from tether.checkpoint import (
+    save_final,
+)
 from tether.config import SFTConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks, steps_per_epoch
 from tether.data.sft import load_sft_data
-from tether.errors import DataError, TrainingDiverged
+from tether.errors import DataError
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters
 from tether.optim import make_optimizer, make_scheduler
 from tether.rundir import MetricsLog, prepare_run_dir
+from tether.trainers.common import (
+    autocast,
+    clip_and_check,
+    due,
+    restore_training_state,
+    save_training_state,
+)
 
 
 def train(cfg: SFTConfig) -> Path:
@@ -60,21 +67,13 @@ def train(cfg: SFTConfig) -> Path:
     scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
     start_step = 0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        load_trainable_state(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        start_step = state["step"]
-        if state["data"]["num_examples"] != len(data.train):
-            raise DataError(f"{cfg.data.train}: {len(data.train)} training examples now, "
-                            f"{state['data']['num_examples']} when {checkpoint} was written; "
-                            f"resuming would not continue the same data order")
-        print(f"resumed from {checkpoint} at step {start_step}")
+        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
+                                            num_examples=len(data.train),
+                                            data_source=cfg.data.train)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
 
     def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        with autocast(cfg.train.bf16):
             logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
         return token_logprobs(logits, batch["input_ids"])
 
@@ -111,16 +110,7 @@ def train(cfg: SFTConfig) -> Path:
             micro_loss = masked_nll(run_forward(batch), batch["loss_mask"], num_tokens)
             micro_loss.backward()
             loss += micro_loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad],
-            cfg.optim.max_grad_norm or math.inf)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm.item())):
-            progress.close()
-            where = f"the last good checkpoint is {last_saved}" if last_saved else \
-                "no checkpoint had been written yet"
-            raise TrainingDiverged(
-                f"loss {loss} / gradient norm {grad_norm.item()} at step {step + 1}: "
-                f"training diverged; {where}. Try a lower optim.lr or optim.max_grad_norm.")
+        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -128,25 +118,22 @@ def train(cfg: SFTConfig) -> Path:
         elapsed = time.perf_counter() - started
 
         done = step + 1
-        metrics = {"loss/train": loss, "optim/lr": lr, "optim/grad_norm": grad_norm.item(),
+        metrics = {"loss/train": loss, "optim/lr": lr, "optim/grad_norm": grad_norm,
                    "perf/step_s": elapsed,
                    "perf/tokens_per_s": sum(len(e.input_ids) for e in examples) / elapsed,
                    "data/epoch": step / per_epoch}
         is_last = done == total_steps
-        if data.eval and (is_last or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+        if data.eval and due(done, cfg.train.eval_every, is_last):
             metrics["loss/eval"] = evaluate()
         if is_last or done % cfg.train.log_every == 0 or "loss/eval" in metrics:
             log.log(done, metrics)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         progress.update(1)
-        if is_last or (cfg.train.save_every and done % cfg.train.save_every == 0):
-            last_saved = save_checkpoint(run_dir, done, {
-                "step": done, "model": trainable_state(model),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": capture_rng(),
-                # The batch order is a function of (seed, step); these let resume check it.
-                "data": {"num_examples": len(data.train), "epoch": done // per_epoch,
-                         "batch_in_epoch": done % per_epoch}}, keep=cfg.train.keep_checkpoints)
+        if due(done, cfg.train.save_every, is_last):
+            last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
+                                             num_examples=len(data.train),
+                                             steps_per_epoch=per_epoch,
+                                             keep=cfg.train.keep_checkpoints)
     progress.close()
     log.close()
 

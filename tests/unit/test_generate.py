@@ -1,0 +1,149 @@
+"""HFGenerator on the tiny model: counts, EOS handling, left padding, seeding, plain sampling."""
+
+import pytest
+import torch
+
+from tether.errors import UserError
+from tether.rollout.generate import (
+    Generation,
+    HFGenerator,
+    SamplingParams,
+    make_generator,
+)
+
+NEAR_GREEDY = SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=12)
+
+
+def _prompts(tokenizer):
+    # Different lengths, so the batch is left-padded by different amounts.
+    texts = ["The plot was", "Continue this movie review: the acting was warm and", "A quiet"]
+    return [tokenizer(t).input_ids for t in texts]
+
+
+def _boost(model, token_ids, logit=4.5):
+    """Raise these tokens' logits (tiny random logits are ~0, so each gets ~15% a step)."""
+    bias = torch.zeros(model.config.vocab_size)
+    bias[token_ids] = logit
+    model.lm_head.register_forward_hook(lambda module, args, out: out + bias.to(out.dtype))
+
+
+def _ids(results):
+    return [[g.response_ids for g in samples] for samples in results]
+
+
+def test_n_samples_per_prompt_in_prompt_order(model, tokenizer):
+    prompts = _prompts(tokenizer)
+    results = HFGenerator(model, tokenizer).generate(
+        prompts, 4, SamplingParams(max_new_tokens=6), seed=0)
+    assert len(results) == 3
+    for prompt, samples in zip(prompts, results, strict=True):
+        assert len(samples) == 4
+        for g in samples:
+            assert isinstance(g, Generation)
+            assert g.prompt_ids == prompt
+            assert 1 <= len(g.response_ids) <= 6
+    # The n samples of a prompt are drawn independently, not copies of one.
+    assert len({tuple(g.response_ids) for g in results[0]}) > 1
+
+
+def test_finished_iff_the_response_ends_with_eos(model, tokenizer):
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert pad != eos
+    _boost(model, [eos, pad])
+    params = SamplingParams(max_new_tokens=10)
+    results = HFGenerator(model, tokenizer).generate(_prompts(tokenizer), 8, params, seed=0)
+    gens = [g for samples in results for g in samples]
+    for g in gens:
+        assert g.finished == (g.response_ids[-1] == eos)
+        assert eos not in g.response_ids[:-1]  # nothing after EOS
+        if not g.finished:
+            assert len(g.response_ids) == params.max_new_tokens
+    assert any(g.finished for g in gens) and not all(g.finished for g in gens)
+    # Finished rows are padded inside generate; that padding is gone, but a pad token the
+    # model sampled itself is part of the response and stays.
+    assert any(pad in g.response_ids for g in gens)
+
+
+def test_left_padded_batch_continues_like_each_prompt_alone(model, tokenizer):
+    with torch.no_grad():  # larger weights: peakier logits, context-dependent continuations
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(3)
+    generator = HFGenerator(model, tokenizer)
+    prompts = _prompts(tokenizer)
+    batched = _ids(generator.generate(prompts, 1, NEAR_GREEDY, seed=0))
+    alone = [_ids(generator.generate([p], 1, NEAR_GREEDY, seed=0))[0] for p in prompts]
+    assert batched == alone
+    assert len({tuple(a[0]) for a in alone}) == 3  # the prompts really lead to different text
+
+
+def test_position_ids_follow_the_attention_mask(model, tokenizer):
+    """transformers derives positions from the mask (0 at each row's first real token) and
+    extends them by one per step. (For RoPE a constant offset per row would give the same
+    attention anyway; the padded keys are masked out.)"""
+    seen = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(
+            (kwargs["position_ids"].clone(), kwargs["attention_mask"].clone())),
+        with_kwargs=True)
+    prompts = _prompts(tokenizer)
+    HFGenerator(model, tokenizer).generate(prompts, 2, SamplingParams(max_new_tokens=4), seed=0)
+    positions, mask = seen[0]
+    for row in range(positions.shape[0]):
+        length = len(prompts[row // 2])
+        assert positions[row, -length:].tolist() == list(range(length))
+        assert mask[row].sum() == length
+    for step, (positions, _) in enumerate(seen[1:], start=1):
+        for row in range(positions.shape[0]):
+            assert positions[row].tolist() == [len(prompts[row // 2]) - 1 + step]
+
+
+def test_same_seed_same_samples_other_seed_other_samples(model, tokenizer):
+    generator = HFGenerator(model, tokenizer)
+    prompts, params = _prompts(tokenizer), SamplingParams(max_new_tokens=8)
+    first = _ids(generator.generate(prompts, 3, params, seed=7))
+    torch.rand(5)  # whatever the global stream does in between
+    assert _ids(generator.generate(prompts, 3, params, seed=7)) == first
+    assert _ids(generator.generate(prompts, 3, params, seed=8)) != first
+
+
+def test_seeded_generation_leaves_the_global_rng_alone(model, tokenizer):
+    generator = HFGenerator(model, tokenizer)
+    state = torch.get_rng_state()
+    generator.generate(_prompts(tokenizer), 2, SamplingParams(max_new_tokens=4), seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    # Unseeded generation draws from (and advances) the global stream, as torch code does.
+    generator.generate(_prompts(tokenizer), 2, SamplingParams(max_new_tokens=4))
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_plain_temperature_top_p_sampling_ignores_generation_config(model, tokenizer):
+    """A model's generation_config (and transformers' default top_k=50) must not change the
+    distribution sampled from: with top_k=1 there it would be greedy, one response."""
+    model.generation_config.top_k = 1
+    model.generation_config.repetition_penalty = 5.0
+    results = HFGenerator(model, tokenizer).generate(
+        [_prompts(tokenizer)[0]], 6, SamplingParams(max_new_tokens=6), seed=0)
+    assert len({tuple(g.response_ids) for g in results[0]}) > 1
+
+
+def test_restores_training_mode_and_runs_under_bf16(model, tokenizer):
+    model.train()
+    results = HFGenerator(model, tokenizer, bf16=True).generate(
+        _prompts(tokenizer), 2, SamplingParams(max_new_tokens=5), seed=0)
+    assert model.training
+    assert all(1 <= len(g.response_ids) <= 5 for samples in results for g in samples)
+
+
+def test_sampling_params_are_checked():
+    for bad in ({"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_new_tokens": 0}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+
+
+def test_make_generator_by_backend(model, tokenizer):
+    assert isinstance(make_generator("hf", model, tokenizer, bf16=True), HFGenerator)
+    with pytest.raises(UserError, match="vLLM.*not implemented.*CUDA GPU"):
+        make_generator("vllm", model, tokenizer)
+    with pytest.raises(UserError, match="unknown generation backend"):
+        make_generator("jax", model, tokenizer)

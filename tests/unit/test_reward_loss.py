@@ -1,0 +1,96 @@
+"""Bradley-Terry over K-way rankings, on hand-computed values and invariances."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tether.losses.reward import bradley_terry_loss, pairwise_accuracy, ranking_pairs
+
+
+def nll(x: float) -> float:  # -log sigmoid(x)
+    return math.log1p(math.exp(-x))
+
+
+def test_pair_hand_computed_with_margin_and_centering():
+    rewards = torch.tensor([[2.0, 0.5]])
+    ranks = torch.tensor([[0, 1]])  # the first is better
+    mask = torch.ones(1, 2)
+    assert bradley_terry_loss(rewards, ranks, mask).item() == pytest.approx(nll(1.5))
+    assert bradley_terry_loss(rewards, ranks, mask, margin=1.0).item() == pytest.approx(nll(0.5))
+    centered = bradley_terry_loss(rewards, ranks, mask, center_coef=0.1)
+    assert centered.item() == pytest.approx(nll(1.5) + 0.1 * (4.0 + 0.25) / 2)
+
+
+def test_k_way_loss_is_the_mean_of_its_pairwise_losses():
+    torch.manual_seed(0)
+    rewards = torch.randn(1, 4)
+    ranks = torch.tensor([[2, 0, 3, 1]])
+    expected = []
+    for i, j in itertools.permutations(range(4), 2):
+        if ranks[0, i] < ranks[0, j]:
+            expected.append(nll((rewards[0, i] - rewards[0, j]).item()))
+    assert len(expected) == 6  # C(4, 2)
+    got = bradley_terry_loss(rewards, ranks, torch.ones(1, 4))
+    assert got.item() == pytest.approx(sum(expected) / 6, rel=1e-6)
+
+
+def test_ties_give_no_pairs_and_padding_takes_no_part():
+    ranks = torch.tensor([[0, 0, 1, 5]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    pairs = ranking_pairs(ranks, mask)
+    assert pairs.sum().item() == 2  # (0 > 2) and (1 > 2); the tie and the padded one give none
+    assert pairs[0, 0, 2] and pairs[0, 1, 2]
+    rewards = torch.tensor([[1.0, 3.0, 0.0, 100.0]])
+    expected = (nll(1.0) + nll(3.0)) / 2
+    assert bradley_terry_loss(rewards, ranks, mask).item() == pytest.approx(expected)
+    # A prompt whose responses all tie has no pairs: it neither counts nor yields NaN.
+    all_tied = bradley_terry_loss(torch.randn(2, 3), torch.zeros(2, 3, dtype=torch.long),
+                                  torch.ones(2, 3))
+    assert all_tied.item() == 0.0
+
+
+def test_prompts_are_averaged_after_their_pairs():
+    rewards = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.0, 0.0]])
+    ranks = torch.tensor([[0, 1, 2], [0, 1, 9]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    first = (nll(1.0) + nll(2.0) + nll(1.0)) / 3
+    second = nll(0.5)
+    got = bradley_terry_loss(rewards, ranks, mask)
+    assert got.item() == pytest.approx((first + second) / 2)
+
+
+def test_microbatch_split_with_global_counts_equals_whole_batch():
+    torch.manual_seed(1)
+    weights = torch.randn(6, 4, requires_grad=True)
+    ranks = torch.randint(0, 3, (6, 4))
+    mask = torch.ones(6, 4)
+    mask[2, 3] = 0
+    kw = {"margin": 0.2, "center_coef": 0.05}
+    bradley_terry_loss(weights * 1.0, ranks, mask, **kw).backward()
+    whole = weights.grad.clone()
+    weights.grad = None
+    groups = ranking_pairs(ranks, mask).any(-1).any(-1).sum()
+    for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):
+        bradley_terry_loss(weights[rows] * 1.0, ranks[rows], mask[rows], num_groups=groups,
+                           num_responses=mask.sum(), **kw).backward()
+    assert torch.allclose(weights.grad, whole, atol=1e-7)
+
+
+def test_gradient_matches_autograd_of_the_formula():
+    rewards = torch.tensor([[0.3, -0.2]], requires_grad=True)
+    bradley_terry_loss(rewards, torch.tensor([[1, 0]]), torch.ones(1, 2)).backward()
+    # d/d r_better of -log sigmoid(r_b - r_w) is -(1 - sigmoid(r_b - r_w)).
+    s = torch.sigmoid(torch.tensor(-0.2 - 0.3))
+    assert rewards.grad[0, 1].item() == pytest.approx(-(1 - s).item())
+    assert rewards.grad[0, 0].item() == pytest.approx((1 - s).item())
+    assert F.logsigmoid(torch.tensor(0.0)).item() == pytest.approx(-math.log(2))
+
+
+def test_pairwise_accuracy_counts_ties_as_half():
+    rewards = torch.tensor([[3.0, 1.0, 1.0]])
+    ranks = torch.tensor([[0, 1, 2]])
+    correct, total = pairwise_accuracy(rewards, ranks, torch.ones(1, 3))
+    assert total.item() == 3 and correct.item() == 2.5

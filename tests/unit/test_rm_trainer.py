@@ -1,0 +1,131 @@
+"""The reward-model loop on the tiny model: it learns, encodes each response once, resumes."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from conftest import write_jsonl
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from tether.checkpoint import list_checkpoints, load_checkpoint
+from tether.cli import main
+from tether.config import RMConfig, load_config
+from tether.models.reward import RewardModel
+from tether.rundir import read_metrics
+from tether.trainers import rm as rm_trainer
+
+GOOD = ["lovely", "great", "wonderful", "warm", "funny"]
+BAD = ["dull", "bad", "boring", "flat", "weak"]
+
+
+def ranking_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
+    """Rankings by the number of good words: a preference the tiny model can learn."""
+    r = random.Random(seed)
+    rows = []
+    for i in range(n):
+        goods = [r.randint(0, 3) for _ in range(k)]
+        texts = [" The film was " + " ".join([r.choice(GOOD) for _ in range(g)] +
+                                             [r.choice(BAD) for _ in range(3 - g)]) + "."
+                 for g in goods]
+        ranks = [sorted(goods, reverse=True).index(g) for g in goods]  # ties share a rank
+        rows.append({"prompt": f"Review {i}:", "responses": texts, "ranks": ranks,
+                     "gold_scores": [float(g) for g in goods]})
+    return rows
+
+
+def _cfg(tmp_path, data, *overrides):
+    return load_config(RMConfig, None, [
+        f"run_dir={tmp_path / 'run'}", "model.name=tiny", f"data.train={data}",
+        "data.eval_fraction=0.2", "optim.lr=1e-3", "train.epochs=2", "train.eval_every=0",
+        *overrides])
+
+
+def test_cli_run_learns_the_preference_and_reports(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(120))
+    assert main(["rm", "model.name=tiny", f"data.train={data}", f"run_dir={tmp_path / 'run'}",
+                 "data.eval_fraction=0.2", "optim.lr=1e-3", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "pairwise accuracy" in out and "Spearman(reward, gold)" in out
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["eval/accuracy"] > 0.85, metrics
+    assert metrics["eval/spearman_gold"] > 0.7
+    assert report["reliability"] and report["by_length_diff"]
+    final = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert final["eval/accuracy"] == metrics["eval/accuracy"]
+    # The exported model loads with plain transformers.
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final")
+    # Normalisation: the training responses (the reference) score mean 0.
+    rm = RewardModel.from_pretrained(tmp_path / "run" / "final")
+    rows = ranking_rows(120)
+    sample = [(r["prompt"], t) for r in rows[:40] for t in r["responses"]]
+    scores = rm.score([[{"role": "user", "content": p}] for p, _ in sample], [t for _, t in sample])
+    assert abs(sum(scores) / len(scores)) < 0.5 * (max(scores) - min(scores))
+
+
+def test_k_way_batch_scores_each_response_once(tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(16, k=4))
+    seen = []
+    original = RewardModel.raw_scores
+
+    def counting(self, batch):
+        seen.append(batch["input_ids"].shape[0])
+        return original(self, batch)
+
+    monkeypatch.setattr(RewardModel, "raw_scores", counting)
+    rm_trainer.train(_cfg(tmp_path, data, "train.max_steps=1", "train.batch_size=8",
+                          "train.micro_batch_size=8", "data.eval_fraction=0"))
+    # One step of 8 prompts x 4 responses: 32 sequences through the model, not 8 x 2 x C(4,2).
+    assert seen[0] == 32
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(24))
+    weights = []
+    for micro in (8, 2):
+        out = tmp_path / f"m{micro}"
+        out.mkdir()
+        rm_trainer.train(_cfg(out, data, "train.max_steps=3", "data.eval_fraction=0",
+                              "reward.center_coef=0.01", f"train.micro_batch_size={micro}"))
+        weights.append(load_file(str(out / "run" / "final" / "model.safetensors")))
+    for name in weights[0]:
+        assert torch.allclose(weights[0][name], weights[1][name], atol=2e-5), name
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(40))
+    cfg = _cfg(tmp_path, data, "train.save_every=2", "train.keep_checkpoints=10",
+               "train.max_steps=6")
+    rm_trainer.train(cfg)
+    whole = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    # Pretend the run died after step 2: drop what came later, then resume.
+    for checkpoint in list_checkpoints(tmp_path / "run")[1:]:
+        shutil.rmtree(checkpoint)
+    shutil.rmtree(tmp_path / "run" / "final")
+    cfg.resume = True
+    rm_trainer.train(cfg)
+    resumed = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_lora_reward_model_trains_adapters_and_head(tmp_path):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(40))
+    final = rm_trainer.train(_cfg(tmp_path, data, "model.lora.enabled=true", "model.lora.r=4",
+                                  "train.max_steps=4", "optim.lr=5e-3"))
+    state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["model"]
+    assert any("lora_" in k for k in state) and any("score" in k for k in state)
+    assert all("lora_" in k or "score" in k for k in state)
+    plain = AutoModelForSequenceClassification.from_pretrained(final)
+    assert plain.config.tether_backbone == "policy"
+
+
+@pytest.mark.parametrize("margin", [0.0, 1.0])
+def test_margin_option_runs(tmp_path, margin):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"p{i}", "chosen": " lovely great", "rejected": " dull bad"} for i in range(16)])
+    rm_trainer.train(_cfg(tmp_path, data, f"reward.margin={margin}", "train.max_steps=2",
+                          "data.eval_fraction=0"))
+    assert (tmp_path / "run" / "final" / "config.json").exists()

@@ -1,0 +1,77 @@
+"""How good is a reward model on held-out preferences, and how is it wrong?"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tether.data.preferences import EncodedPreference
+from tether.eval.stats import accuracy_by_bucket, bootstrap_ci, calibration, pearson, spearman
+from tether.models.reward import RewardModel
+
+# Response-length difference (better minus worse, in tokens): a reward model that prefers
+# longer answers whatever they say shows up as accuracy rising with this difference.
+LENGTH_EDGES = [-16, -8, -2, 2, 8, 16]
+
+
+def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
+                         batch_size: int = 16, bf16: bool = False,
+                         seed: int = 0) -> tuple[dict[str, float], dict]:
+    """Metrics for `metrics.jsonl` and details (tables) for eval.json and the report.
+
+    Calibration uses raw score differences, the quantity Bradley-Terry fits: a pair predicts
+    P(better wins) = sigmoid(r_better - r_worse). Each pair is counted both ways round (the
+    symmetric reliability diagram), else every label would be 1 and any model would look
+    overconfident or underconfident by construction."""
+    flat = [e for p in prefs for e in p.responses]
+    raw = rm.raw_scores_of(flat, batch_size, bf16).numpy()
+    lengths = np.array([sum(e.loss_mask) for e in flat])
+    better, worse, groups = [], [], []
+    offset = 0
+    for g, pref in enumerate(prefs):
+        k = len(pref.responses)
+        for i, j in pref.source.pairs():
+            better.append(offset + i)
+            worse.append(offset + j)
+            groups.append(g)
+        offset += k
+    better, worse = np.array(better), np.array(worse)
+    diff = raw[better] - raw[worse]
+    correct = (diff > 0) + 0.5 * (diff == 0)
+    lo, hi = bootstrap_ci(correct, np.array(groups), seed=seed)
+    ece, reliability = calibration(1 / (1 + np.exp(-diff)), np.ones_like(diff), symmetric=True)
+    metrics = {
+        "eval/accuracy": float(correct.mean()), "eval/accuracy_ci_lo": lo,
+        "eval/accuracy_ci_hi": hi, "eval/margin": float(diff.mean()), "eval/ece": ece,
+        "eval/pairs": float(len(diff)),
+        "eval/reward_length_corr": pearson(raw, lengths) if len(raw) > 2 else float("nan"),
+    }
+    details = {"reliability": reliability,
+               "by_length_diff": accuracy_by_bucket(correct, lengths[better] - lengths[worse],
+                                                    LENGTH_EDGES)}
+    if all(p.source.gold is not None for p in prefs):
+        gold = np.concatenate([p.source.gold for p in prefs])
+        gold_diff = gold[better] - gold[worse]
+        decided = gold_diff != 0
+        metrics["eval/spearman_gold"] = spearman(raw, gold)
+        # How often the labels themselves agree with gold: the ceiling for the accuracy.
+        metrics["eval/label_gold_agreement"] = float((gold_diff[decided] > 0).mean())
+        metrics["eval/accuracy_vs_gold"] = float(
+            (np.sign(diff[decided]) == np.sign(gold_diff[decided])).mean())
+    return metrics, details
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    rows = [("pairwise accuracy", f"{metrics['eval/accuracy']:.3f}  (95% CI "
+                                  f"{metrics['eval/accuracy_ci_lo']:.3f}-"
+                                  f"{metrics['eval/accuracy_ci_hi']:.3f}, "
+                                  f"{int(metrics['eval/pairs'])} pairs)"),
+            ("mean margin r_better - r_worse", f"{metrics['eval/margin']:.3f}"),
+            ("expected calibration error", f"{metrics['eval/ece']:.3f}"),
+            ("corr(reward, response length)", f"{metrics['eval/reward_length_corr']:.3f}")]
+    if "eval/spearman_gold" in metrics:
+        rows += [("labels' agreement with gold", f"{metrics['eval/label_gold_agreement']:.3f}"),
+                 ("reward order agrees with gold", f"{metrics['eval/accuracy_vs_gold']:.3f}"),
+                 ("Spearman(reward, gold)", f"{metrics['eval/spearman_gold']:.3f}")]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+

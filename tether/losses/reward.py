@@ -1,0 +1,57 @@
+"""Reward-model objective: Bradley-Terry over every ordered pair of a K-way ranking."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def ranking_pairs(ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, K, K] bool: response i is ranked strictly better (lower rank) than j.
+
+    Ties give no pair; padded responses (mask 0) take part in none."""
+    valid = mask.bool()
+    return (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+
+
+def bradley_terry_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor, *,
+                       margin: float = 0.0, center_coef: float = 0.0,
+                       num_groups: torch.Tensor | float | None = None,
+                       num_responses: torch.Tensor | float | None = None) -> torch.Tensor:
+    """-log sigmoid(r_better - r_worse - margin), averaged over the pairs of each prompt, then
+    over prompts; plus `center_coef` * mean squared reward (reward centering).
+
+    rewards, ranks, mask: [B, K], one row per prompt with its K responses (K = 2 for plain
+    chosen/rejected pairs: ranks [0, 1]). Each response's reward is computed once and used in
+    all C(K, 2) of its pairs. Averaging within a prompt first keeps a prompt with many
+    responses from outweighing others (InstructGPT treats a prompt's comparisons as one
+    batch element).
+
+    num_groups, num_responses: divide the summed per-prompt losses (and the summed squared
+    rewards) by these instead of this call's counts of prompts with pairs (and of responses).
+    Pass the whole optimizer batch's counts when it is split into microbatches or across
+    ranks, so the gradients add up to exactly those of the unsplit batch.
+    """
+    pairs = ranking_pairs(ranks, mask)
+    diff = rewards[:, :, None] - rewards[:, None, :]  # r_i - r_j
+    pair_loss = -F.logsigmoid(diff - margin)
+    per_prompt_pairs = pairs.sum((1, 2))
+    per_prompt = (pair_loss * pairs).sum((1, 2)) / per_prompt_pairs.clamp(min=1)
+    groups = (per_prompt_pairs > 0).sum() if num_groups is None else num_groups
+    groups = torch.as_tensor(groups, dtype=rewards.dtype).clamp(min=1)
+    loss = per_prompt.sum() / groups
+    if center_coef:
+        valid = mask.to(rewards.dtype)
+        count = valid.sum() if num_responses is None else num_responses
+        count = torch.as_tensor(count, dtype=rewards.dtype).clamp(min=1)
+        loss = loss + center_coef * (rewards.pow(2) * valid).sum() / count
+    return loss
+
+
+def pairwise_accuracy(rewards: torch.Tensor, ranks: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(number of pairs ordered correctly, number of pairs); an exact tie counts as half."""
+    pairs = ranking_pairs(ranks, mask)
+    diff = rewards[:, :, None] - rewards[:, None, :]
+    correct = (diff > 0).float() + 0.5 * (diff == 0).float()
+    return (correct * pairs).sum(), pairs.sum()

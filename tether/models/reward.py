@@ -1,0 +1,216 @@
+"""Reward models: a backbone that reads (prompt, response) and returns one number.
+
+Two backbones:
+- policy: a causal LM (usually the SFT model) whose unembedding is replaced by a scalar head,
+  read at the last response token (the EOS), as in InstructGPT;
+- encoder: a bidirectional encoder (e.g. minilm-l6) over [CLS] prompt [SEP] response [SEP].
+
+Both are saved as ordinary Hugging Face sequence-classification models (num_labels=1).
+The config also records what scoring needs beyond the weights: the backbone kind, how text
+was encoded, and the normalisation (r = gain * raw + bias) fitted after training. Plain
+`transformers` gives the raw score; tether's scorers apply the normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerBase,
+)
+
+from tether.checkpoint import save_final
+from tether.data.collate import collate
+from tether.data.order import chunks
+from tether.data.tokenize import Encoded, Messages, encode_example
+from tether.errors import UserError
+from tether.models.loading import load_tokenizer, resolve
+from tether.models.logprobs import position_ids_from_mask
+from tether.models.lora import is_lora
+from tether.models.tiny import TINY, tiny_llama
+
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra",
+                 "xlm-roberta", "modernbert", "mpnet"}
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def _head(model: torch.nn.Module) -> torch.nn.Module:
+    for name in ("score", "classifier"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise UserError(f"{type(model).__name__} has no scalar head ('score' or 'classifier')")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if is_lora(model) else model
+
+
+class RewardModel:
+    """A sequence-classification model with the encoding and normalisation it was trained
+    with. `model` is the torch module (what an optimizer trains)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
+                 chat_template: bool, max_length: int, truncation: str = "prompt_left"):
+        self.model = model
+        self.tokenizer = tokenizer
+        config = _unwrap(model).config
+        self.kind = config.tether_backbone
+        self.chat_template = chat_template
+        self.max_length = max_length
+        self.truncation = truncation
+        self.gain, self.bias = 1.0, 0.0
+        norm = getattr(config, "tether_reward_norm", None)
+        if norm:
+            self.gain, self.bias = float(norm["gain"]), float(norm["bias"])
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, name: str, backbone: str = "auto", *, seed: int = 0, chat_template: str = "auto",
+              max_length: int = 512, truncation: str = "prompt_left") -> RewardModel:
+        """A fresh reward model from a causal LM or an encoder; the head is N(0, 1/sqrt(d+1))."""
+        tokenizer = load_tokenizer(name)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            if name == TINY:
+                base = tiny_llama(seed=seed)
+                base.config.num_labels = 1
+                model = LlamaForSequenceClassification(base.config)
+                model.model.load_state_dict(base.model.state_dict())
+            else:
+                verbosity = transformers.logging.get_verbosity()
+                transformers.logging.set_verbosity_error()  # "score is newly initialised"
+                try:
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        resolve(name), num_labels=1, dtype=torch.float32,
+                        ignore_mismatched_sizes=True)  # an old classifier head is replaced anyway
+                except (OSError, ValueError) as e:
+                    raise UserError(f"cannot build a reward model from '{name}': {e}") from None
+                finally:
+                    transformers.logging.set_verbosity(verbosity)
+            kind = "encoder" if model.config.model_type in ENCODER_TYPES else "policy"
+            if backbone != "auto" and backbone != kind:
+                raise UserError(f"reward.backbone={backbone}, but '{name}' is a "
+                                f"{model.config.model_type} model, i.e. a {kind} backbone")
+            head = _head(model)
+            if not isinstance(head, torch.nn.Linear):  # e.g. RoBERTa's two-layer head
+                head = head.out_proj
+            torch.nn.init.normal_(head.weight, std=1 / math.sqrt(head.in_features + 1))
+            if head.bias is not None:
+                torch.nn.init.zeros_(head.bias)
+        model.config.tether_backbone = kind
+        model.config.pad_token_id = tokenizer.pad_token_id
+        use_template = kind == "policy" and chat_template != "never" and bool(
+            tokenizer.chat_template)
+        if chat_template == "always" and not use_template:
+            raise UserError("data.chat_template=always, but this backbone has no chat template")
+        return cls(model, tokenizer, chat_template=use_template, max_length=max_length,
+                   truncation=truncation)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> RewardModel:
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise UserError(f"{path}: not a reward model directory (no config.json)")
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        if not hasattr(model.config, "tether_backbone"):
+            model.config.tether_backbone = ("encoder" if model.config.model_type in ENCODER_TYPES
+                                            else "policy")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model.eval(), tokenizer,
+                   chat_template=getattr(model.config, "tether_chat_template", False),
+                   max_length=getattr(model.config, "tether_max_length", 512),
+                   truncation=getattr(model.config, "tether_truncation", "prompt_left"))
+
+    # -- encoding and scoring ------------------------------------------------------------------
+
+    def encode(self, messages: Messages, response: str) -> Encoded | None:
+        """Token ids with loss_mask marking the response (for the encoder, its segment ids)."""
+        if self.kind == "policy":
+            return encode_example(self.tokenizer, messages, response,
+                                  chat_template=self.chat_template, max_length=self.max_length,
+                                  truncation=self.truncation)
+        tok = self.tokenizer
+        prompt = tok("\n\n".join(m["content"] for m in messages), add_special_tokens=False)
+        reply = tok(response, add_special_tokens=False)
+        p, r = prompt.input_ids, reply.input_ids
+        budget = self.max_length - 3  # [CLS] prompt [SEP] response [SEP]
+        truncated = len(p) + len(r) > budget
+        if truncated:
+            if self.truncation == "drop":
+                return None
+            keep = max(min(len(p), budget // 4), budget - len(r))
+            p, r = p[len(p) - keep:], r[: budget - keep]
+        ids = [tok.cls_token_id] + p + [tok.sep_token_id] + r + [tok.sep_token_id]
+        return Encoded(ids, [0] * (len(p) + 2) + [1] * (len(r) + 1), truncated)
+
+    def raw_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unnormalised rewards [N] for a collated batch (differentiable)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.kind == "encoder":
+            out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=batch["loss_mask"])
+            return out.logits[:, 0].float()
+        inner = _unwrap(self.model)
+        backbone = getattr(inner, inner.base_model_prefix)
+        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False,
+                          position_ids=position_ids_from_mask(mask)).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0]), last_token_index(mask)]
+        return _head(inner)(last)[:, 0].float()
+
+    def collate(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        # Encoders use absolute positions: always pad on the right for them.
+        return collate(encoded, self.tokenizer.pad_token_id, "right")
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw * self.gain + self.bias
+
+    @torch.no_grad()
+    def raw_scores_of(self, encoded: Sequence[Encoded], batch_size: int = 16,
+                      bf16: bool = False) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for part in chunks(list(encoded), batch_size):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out.append(self.raw_scores(self.collate(part)))
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16,
+              bf16: bool = False) -> list[float]:
+        """Normalised rewards for (prompt messages, response) pairs."""
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        if any(e is None for e in encoded):  # only with truncation=drop
+            raise UserError("a response is longer than the reward model's max_length")
+        return self.normalize(self.raw_scores_of(encoded, batch_size, bf16)).tolist()
+
+    # -- normalisation and saving --------------------------------------------------------------
+
+    def fit_normalization(self, raw: torch.Tensor, mode: str) -> None:
+        """Choose gain and bias so the reference scores have mean 0 (and std 1 for mean_std)."""
+        if mode == "none" or raw.numel() == 0:
+            self.gain, self.bias = 1.0, 0.0
+            return
+        std = raw.std().item() if raw.numel() > 1 else 1.0
+        self.gain = 1.0 / std if mode == "mean_std" and std > 0 else 1.0
+        self.bias = -raw.mean().item() * self.gain
+
+    def save(self, out_dir: Path, merge_lora: bool = True) -> Path:
+        config = _unwrap(self.model).config
+        config.tether_reward_norm = {"gain": self.gain, "bias": self.bias}
+        config.tether_chat_template = self.chat_template
+        config.tether_max_length = self.max_length
+        config.tether_truncation = self.truncation
+        return save_final(self.model, self.tokenizer, out_dir, merge_lora)

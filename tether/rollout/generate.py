@@ -1,0 +1,136 @@
+"""Sample responses from a causal LM: prompts as token ids in, unpadded responses out.
+
+`HFGenerator` wraps Hugging Face `generate` (KV cache, left padding, an explicit attention
+mask). transformers derives each row's position ids from that mask (cumsum - 1) and extends
+them by one per step, so a left-padded prompt sees the same rotary positions as the prompt
+alone; tests/unit/test_generate.py checks this.
+
+Sampling is plain temperature + nucleus sampling: the processors a model's own
+generation_config or transformers' global defaults would add (top_k=50 above all, also
+repetition penalties, min_p, ...) are switched off explicitly, so the distribution sampled
+from is exactly softmax(logits / temperature) cut to top_p, the one PPO's log-probs assume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tether.data.collate import pad_batch
+from tether.errors import UserError
+
+BACKENDS = ("hf", "vllm")
+
+# Passed to every generate call: kwargs override the model's generation_config, which would
+# otherwise fill these in (and transformers' global default top_k=50 applies to all models).
+_PLAIN_SAMPLING = {
+    "top_k": 0, "min_p": None, "top_h": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None, "bad_words_ids": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "stop_strings": None,
+    "exponential_decay_length_penalty": None, "renormalize_logits": False,
+    "remove_invalid_values": False, "num_beams": 1, "guidance_scale": None,
+    "watermarking_config": None,
+}
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    response_ids: list[int]  # no padding; ends with EOS iff finished; nothing after EOS
+    finished: bool  # the model emitted EOS within max_new_tokens
+
+
+class HFGenerator:
+    """Hugging Face `generate` on whatever device the model is on."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
+                 bf16: bool = False):
+        if tokenizer.eos_token_id is None:
+            raise UserError("the tokenizer has no EOS token; generation could never finish")
+        if tokenizer.pad_token_id is None:
+            raise UserError("the tokenizer has no pad token (load it with "
+                            "tether.models.loading.load_tokenizer, which sets one)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bf16 = bf16
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,
+                 seed: int | None = None) -> list[list[Generation]]:
+        """`n` samples for each prompt, in prompt order. With `seed`, the result depends only on
+        (seed, inputs, params), and the caller's global RNG stream is left as it was."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        device = self.model.device
+        input_ids = pad_batch(prompts, self.pad_token_id, "left").to(device)
+        attention_mask = pad_batch([[1] * len(p) for p in prompts], 0, "left").to(device)
+
+        was_training = self.model.training
+        self.model.eval()
+        fork = (torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+                if seed is not None else contextlib.nullcontext())
+        try:
+            with fork, torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                       enabled=self.bf16):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask,
+                    do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                    max_new_tokens=params.max_new_tokens, num_return_sequences=n,
+                    eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                    use_cache=True, return_dict_in_generate=False, **_PLAIN_SAMPLING)
+        finally:
+            self.model.train(was_training)
+
+        # Rows come prompt-major (prompt 0's n samples, then prompt 1's, ...). After a row's
+        # EOS, generate fills it with pad; cut at the first EOS, never strip pad tokens the
+        # model sampled itself.
+        responses = out[:, input_ids.shape[1]:].tolist()
+        results: list[list[Generation]] = []
+        for i, prompt in enumerate(prompts):
+            samples = []
+            for row in responses[i * n:(i + 1) * n]:
+                finished = self.eos_token_id in row
+                if finished:
+                    row = row[: row.index(self.eos_token_id) + 1]
+                samples.append(Generation(list(prompt), row, finished))
+            results.append(samples)
+        return results
+
+
+def make_generator(backend: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                   **kw) -> HFGenerator:
+    """The generation backend by name: 'hf' (Hugging Face generate) or 'vllm' (not yet)."""
+    if backend == "hf":
+        return HFGenerator(model, tokenizer, **kw)
+    if backend == "vllm":
+        raise UserError("the vLLM generation backend is not implemented yet (it will need a "
+                        "CUDA GPU and the vllm package); use the 'hf' backend")
+    raise UserError(f"unknown generation backend {backend!r}; choose one of "
+                    f"{', '.join(BACKENDS)}")

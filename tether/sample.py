@@ -1,0 +1,96 @@
+"""`tether sample`: K responses per prompt from a policy, written to candidates.jsonl.
+
+The candidates are what people (or a simulated labeler) rank next. One row per prompt:
+{"prompt": <as given>, "responses": [k texts], "num_tokens": [k], "finished": [k],
+"sampling": {policy, temperature, top_p, max_new_tokens, seed}}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tether.checkpoint import atomic_write_text
+from tether.config import SampleConfig
+from tether.data.sft import LoadStats, load_records, parse_prompt
+from tether.data.tokenize import Messages, encode_prompt, wants_chat_template
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.rollout.generate import SamplingParams, make_generator
+
+
+def _parse(record: Any, where: str) -> tuple[Any, Messages]:
+    """(the prompt exactly as given, the prompt as chat messages)."""
+    messages = parse_prompt(record, where)  # validates; raises BadRow with file:line
+    return record["prompt"], messages
+
+
+def _load_prompts(cfg: SampleConfig) -> tuple[list[tuple[Any, Messages]], LoadStats]:
+    stats = LoadStats()
+    rows = load_records(cfg.prompts, _parse, cfg.skip_bad_rows, stats, skip_key="skip_bad_rows")
+    if cfg.num_prompts:
+        rows = rows[: cfg.num_prompts]
+    return rows, stats
+
+
+def run(cfg: SampleConfig) -> Path:
+    """Sample cfg.k responses for each prompt; return the path of candidates.jsonl."""
+    # Data first (a bad row should not wait for a model to load), then the model.
+    tokenizer = load_tokenizer(cfg.policy)
+    rows, stats = _load_prompts(cfg)
+    chat = wants_chat_template(tokenizer, cfg.chat_template)
+    prompt_ids, truncated = [], 0
+    for _, messages in rows:
+        ids = encode_prompt(tokenizer, messages, chat)
+        if len(ids) > cfg.max_prompt_length:  # keep the end, which the response continues
+            ids = ids[len(ids) - cfg.max_prompt_length:]
+            truncated += 1
+        prompt_ids.append(ids)
+    stats.truncated = truncated
+    print(f"prompts: {stats.summary()}; using {len(rows)}"
+          + (f" (prompts truncated to their last {cfg.max_prompt_length} tokens)"
+             if truncated else ""))
+
+    model = load_causal_lm(cfg.policy)
+    generator = make_generator(cfg.backend, model, tokenizer, bf16=cfg.bf16)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens)
+    sampling = {"policy": cfg.policy, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+
+    lines: list[str] = []
+    num_tokens_total = num_finished = 0
+    started = time.perf_counter()
+    progress = tqdm(total=len(rows), desc="sample", unit="prompt", dynamic_ncols=True)
+    for batch_index, start in enumerate(range(0, len(rows), cfg.batch_size)):
+        batch = prompt_ids[start:start + cfg.batch_size]
+        # One seed per batch: the same seed and batch_size reproduce every sample.
+        results = generator.generate(batch, cfg.k, params, seed=cfg.seed + batch_index)
+        for (prompt, _), generations in zip(rows[start:start + cfg.batch_size], results,
+                                            strict=True):
+            row = {
+                "prompt": prompt,
+                "responses": [tokenizer.decode(g.response_ids, skip_special_tokens=True)
+                              for g in generations],
+                "num_tokens": [len(g.response_ids) for g in generations],
+                "finished": [g.finished for g in generations],
+                "sampling": sampling,
+            }
+            num_tokens_total += sum(row["num_tokens"])
+            num_finished += sum(row["finished"])
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        progress.update(len(batch))
+    progress.close()
+    elapsed = time.perf_counter() - started
+
+    output = Path(cfg.output)
+    atomic_write_text(output, "".join(lines))
+    num_responses = len(rows) * cfg.k
+    print(f"sampled {len(rows)} prompts x {cfg.k} = {num_responses} responses: "
+          f"{num_tokens_total / num_responses:.1f} tokens on average, "
+          f"{num_finished / num_responses:.0%} finished with EOS, {elapsed:.1f} s, "
+          f"{num_tokens_total / elapsed:.1f} tokens/s -> {output}")
+    return output

@@ -1,0 +1,1 @@
+"""One training loop per algorithm, each a `train(cfg)` readable top to bottom."""

@@ -1,0 +1,182 @@
+"""Reward model training: Bradley-Terry on pairs and K-way rankings.
+
+load -> (resume) -> for each optimizer step: score every response of a batch of prompts once,
+take all of each prompt's pairs, backward, clip, step, log, evaluate, checkpoint ->
+fit the normalisation on reference responses -> final evaluation -> export final/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tether.checkpoint import atomic_write_text
+from tether.config import RMConfig
+from tether.data.order import batch_indices, chunks, steps_per_epoch
+from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
+from tether.data.sft import LoadStats, load_records
+from tether.errors import DataError
+from tether.eval.rm import evaluate_preferences, format_table
+from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
+from tether.models.lora import apply_lora, count_parameters
+from tether.models.reward import RewardModel
+from tether.optim import make_optimizer, make_scheduler
+from tether.rundir import MetricsLog, prepare_run_dir
+from tether.trainers.common import (
+    autocast,
+    clip_and_check,
+    due,
+    restore_training_state,
+    save_training_state,
+)
+
+
+def rewards_grid(raw: torch.Tensor, prefs: list[EncodedPreference]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scatter the flat rewards of `prefs` (their responses in order) into [B, K] rewards,
+    ranks and mask, keeping the graph (an index gather, not in-place writes)."""
+    k = max(len(p.responses) for p in prefs)
+    index = torch.full((len(prefs), k), raw.shape[0], dtype=torch.long)
+    ranks = torch.zeros(len(prefs), k, dtype=torch.long)
+    mask = torch.zeros(len(prefs), k)
+    offset = 0
+    for b, pref in enumerate(prefs):
+        n = len(pref.responses)
+        index[b, :n] = torch.arange(offset, offset + n)
+        ranks[b, :n] = torch.tensor(pref.ranks)
+        mask[b, :n] = 1
+        offset += n
+    return torch.cat([raw, raw.new_zeros(1)])[index], ranks, mask
+
+
+def train(cfg: RMConfig) -> Path:
+    """Train a reward model as configured; return the final/ directory."""
+    torch.manual_seed(cfg.train.seed)
+
+    # 1. Backbone with a fresh scalar head, then the preferences encoded for it.
+    rm = RewardModel.build(cfg.model.name, cfg.reward.backbone, seed=cfg.train.seed,
+                           chat_template=cfg.data.chat_template, max_length=cfg.data.max_length,
+                           truncation=cfg.data.truncation)
+    data = load_preference_data(cfg.data, rm.tokenizer, cfg.train.seed, encode=rm.encode)
+    for split, stats in data.stats.items():
+        print(f"data/{split}: {stats.summary()}")
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+    if cfg.model.gradient_checkpointing:
+        rm.model.gradient_checkpointing_enable()
+    if cfg.model.lora.enabled:
+        rm.model = apply_lora(rm.model, cfg.model.lora, task_type="SEQ_CLS")
+    model = rm.model
+
+    batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
+    per_epoch = steps_per_epoch(len(data.train), batch_size)
+    if per_epoch == 0:
+        raise DataError(f"{cfg.data.train}: {len(data.train)} preference rows, fewer than "
+                        f"train.batch_size={batch_size}")
+    total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    trainable, total = count_parameters(model)
+    pairs = sum(len(p.source.pairs()) for p in data.train)
+    print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M parameters, "
+          f"{trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with {pairs} pairs for "
+          f"training, {len(data.eval)} held out; {total_steps} steps of {batch_size} prompts")
+
+    # 2. Optimizer and schedule, restored with everything else on resume.
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    start_step = 0
+    if checkpoint is not None:
+        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
+                                            num_examples=len(data.train),
+                                            data_source=cfg.data.train)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+
+    def evaluate() -> tuple[dict[str, float], dict]:
+        return evaluate_preferences(rm, data.eval, batch_size=2 * micro, bf16=cfg.train.bf16,
+                                    seed=cfg.train.seed)
+
+    # 3. The loop.
+    model.train()
+    last_saved = checkpoint
+    progress = tqdm(total=total_steps, initial=start_step, desc="rm", unit="step",
+                    dynamic_ncols=True)
+    for step in range(start_step, total_steps):
+        started = time.perf_counter()
+        prefs = [data.train[i] for i in batch_indices(len(data.train), batch_size, step,
+                                                      cfg.train.seed)]
+        # Whole-batch counts, so that accumulated microbatches equal one big batch.
+        num_groups, num_responses = len(prefs), sum(len(p.responses) for p in prefs)
+        loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
+        for micro_prefs in chunks(prefs, micro):
+            with autocast(cfg.train.bf16):
+                raw = rm.raw_scores(rm.collate([e for p in micro_prefs for e in p.responses]))
+            rewards, ranks, mask = rewards_grid(raw, micro_prefs)
+            micro_loss = bradley_terry_loss(
+                rewards, ranks, mask, margin=cfg.reward.margin,
+                center_coef=cfg.reward.center_coef, num_groups=num_groups,
+                num_responses=num_responses)
+            micro_loss.backward()
+            loss += micro_loss.item()
+            c, n = pairwise_accuracy(rewards.detach(), ranks, mask)
+            correct, total_pairs = correct + c.item(), total_pairs + n.item()
+            rewards_seen.append(raw.detach())
+        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+
+        done = step + 1
+        seen = torch.cat(rewards_seen)
+        metrics = {"loss/train": loss, "reward/train_accuracy": correct / max(total_pairs, 1),
+                   "reward/mean": seen.mean().item(), "reward/std": seen.std().item(),
+                   "optim/lr": lr, "optim/grad_norm": grad_norm, "perf/step_s": elapsed,
+                   "perf/sequences_per_s": num_responses / elapsed, "data/epoch": step / per_epoch}
+        is_last = done == total_steps
+        if data.eval and due(done, cfg.train.eval_every, is_last) and not is_last:
+            metrics.update(evaluate()[0])
+        if is_last or done % cfg.train.log_every == 0:
+            log.log(done, metrics)
+        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['reward/train_accuracy']:.2f}")
+        progress.update(1)
+        if due(done, cfg.train.save_every, is_last):
+            last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
+                                             num_examples=len(data.train),
+                                             steps_per_epoch=per_epoch,
+                                             keep=cfg.train.keep_checkpoints)
+    progress.close()
+
+    # 4. Normalise on reference responses: by default the training set's, i.e. the SFT
+    # policy's own samples, so a policy that merely matches SFT scores 0.
+    reference = _reference_encodings(cfg, rm, data)
+    rm.fit_normalization(rm.raw_scores_of(reference, 2 * micro, cfg.train.bf16),
+                         cfg.reward.normalize)
+    print(f"normalisation ({cfg.reward.normalize}) on {len(reference)} reference responses: "
+          f"reward = {rm.gain:.4f} * raw + {rm.bias:.4f}")
+
+    # 5. Final evaluation and export.
+    if data.eval:
+        final_metrics, details = evaluate()
+        log.log(total_steps, {**final_metrics, "reward/norm_gain": rm.gain,
+                              "reward/norm_bias": rm.bias})
+        atomic_write_text(run_dir / "eval.json",
+                          json.dumps({"metrics": final_metrics, **details}, indent=1))
+        print(f"held-out evaluation ({len(data.eval)} prompts):\n{format_table(final_metrics)}")
+    log.close()
+    final = rm.save(run_dir / "final", cfg.model.lora.merge_on_save)
+    print(f"final reward model: {final}")
+    return final
+
+
+def _reference_encodings(cfg: RMConfig, rm: RewardModel, data) -> list:
+    if not cfg.reward.reference:
+        return [e for p in data.train for e in p.responses]
+    stats = LoadStats()
+    encoded = []
+    for prompt, responses in load_records(cfg.reward.reference, parse_responses,
+                                          cfg.data.skip_bad_rows, stats):
+        encoded += [e for e in (rm.encode(prompt, r) for r in responses) if e is not None]
+    return encoded
