@@ -37,6 +37,15 @@ def machine() -> dict:
             "load_average_1m": os.getloadavg()[0]}
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy so far (every process, and time the
+    hypervisor stole), from /proc/stat; set against a benchmark's own CPU time, it shows how
+    much other work shared the machine."""
+    user, nice, system, idle, iowait, irq, softirq, steal = \
+        map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def save_results(name: str, results: dict) -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

@@ -6,9 +6,13 @@ Each step is what `tether sft` does per optimizer step (one microbatch): collate
 shapes, so every step does the same work), or real examples with --data, encoded and padded
 per batch by tether.data as in training.
 
-Each configuration trains in its own process, so that its peak RSS (ru_maxrss) is its own,
-and the parent runs them in turn: per round, matmul peak (fp32, bf16), then one step of each
-configuration (order alternating), so that the noise of a shared machine falls on all alike.
+Timing runs in this process, interleaved so that the noise of a shared machine falls on all
+configurations alike: per round, the matmul peak of each dtype (bench.peak), then one step of
+each configuration, the order alternating between rounds. Peak memory is measured afterwards,
+each configuration alone in a fresh process (its peak RSS, VmHWM). Timing is not split into
+one process per configuration: with the other configuration's 4-5 GB process stepping in
+between, bf16 steps took ~30% longer here (2.5 -> 3.3 s, more of it in the kernel) than
+alone or interleaved within one process.
 
 Model FLOPs per token = 6 N + 12 L d T (the PaLM paper's count, appendix B): 6 N for the
 forward (2 N) and backward (4 N) matmuls of the N parameters, 12 L d T for attention scores
@@ -16,19 +20,29 @@ and weighted values over T positions in L layers of width d, causal masking not 
 N counts a tied embedding once, as the LM head matmul it doubles as (the lookup is free).
 Padding positions count as tokens: they are computed. MFU = achieved model FLOP/s / measured
 matmul peak of the same dtype (bf16 for autocast, although parts of it still run in fp32).
+
+Also reported: the share of each step's CPU time spent in the kernel (sys %). On CPU that is
+mostly page faults: large tensors come from mmap and go back to the OS when freed, so every
+step faults in (and the kernel zeroes) a few GB afresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
+import os
+import re
 import resource
 import statistics
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 
-from bench import machine, save_results, spread
+from bench import machine, machine_busy_seconds, save_results, spread
 from bench.peak import DTYPES, measure_peak
 from tether.config import DataConfig, OptimConfig
 from tether.data.collate import collate
@@ -42,6 +56,14 @@ from tether.optim import make_optimizer
 
 CONFIGS = {"fp32": False, "bf16": True}  # name (also the dtype of its peak) -> bf16 autocast
 SEED = 0
+# Peak memory settles by the 4th step: the first allocates the AdamW moments, and the
+# allocator's retained heap grows for two or three more (fp32: 4592, 4847, 4928, 4929 MiB).
+MEMORY_STEPS = 4
+# Another program on the 2 cores does far worse than halve the speed (OpenMP threads wait at
+# barriers for a descheduled partner): 5 s steps took 20-48 s, 0.06 s tiny ones 5 s. A step is
+# "busy" when other work used more than this share of the machine's CPU meanwhile (quiet
+# steps: 0-4%; one other busy program: ~50%).
+BUSY_OTHERS_SHARE = 0.25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,10 +92,6 @@ def model_flops_per_token(params: int, layers: int, d_model: int, seq_len: int) 
     return 6 * params + 12 * layers * d_model * seq_len
 
 
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def _examples(tokenizer, vocab_size: int, args: argparse.Namespace) -> list[Encoded]:
     if args.data:
         cfg = DataConfig(train=args.data, eval_fraction=0.0, max_length=args.seq_len)
@@ -85,21 +103,26 @@ def _examples(tokenizer, vocab_size: int, args: argparse.Namespace) -> list[Enco
             for _ in range(args.batch_size)]
 
 
-def _worker(conn, args: argparse.Namespace, bf16: bool) -> None:
-    """One configuration in its own process: load, then one training step per True received."""
-    torch.manual_seed(SEED)
+def _setup(args: argparse.Namespace) -> tuple[dict, Callable[[bool], dict]]:
+    """Load the model; return its shape and `step(bf16)`, one optimizer step in either config.
+
+    Both configurations step the same model and optimizer: the work of a step does not depend
+    on the weights' values, and one copy in memory keeps the process the size of a real run."""
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, seed=SEED)
     model.train()
     examples = _examples(tokenizer, model.config.vocab_size, args)
     optim_cfg = OptimConfig()
     optimizer = make_optimizer(model, optim_cfg)
-    conn.send({"params": sum(p.numel() for p in model.parameters()),
-               "layers": model.config.num_hidden_layers, "d_model": model.config.hidden_size,
-               "max_rss_after_load": _max_rss_bytes()})
-    step = 0
-    while conn.recv():
-        chosen = [examples[i] for i in batch_indices(len(examples), args.batch_size, step, SEED)]
+    arch = {"params": sum(p.numel() for p in model.parameters()),
+            "layers": model.config.num_hidden_layers, "d_model": model.config.hidden_size}
+    counter = itertools.count()
+
+    def step(bf16: bool) -> dict:
+        order = batch_indices(len(examples), args.batch_size, next(counter), SEED)
+        chosen = [examples[i] for i in order]
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        busy_before = machine_busy_seconds()
         started = time.perf_counter()
         batch = collate(chosen, tokenizer.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -110,54 +133,61 @@ def _worker(conn, args: argparse.Namespace, bf16: bool) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
-        conn.send({"seconds": seconds, "shape": list(batch["input_ids"].shape),
-                   "loss": loss.item()})
-        step += 1
-    conn.send(_max_rss_bytes())
+        busy = machine_busy_seconds() - busy_before
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
+        user, kernel = cpu.ru_utime - cpu_before.ru_utime, cpu.ru_stime - cpu_before.ru_stime
+        return {"seconds": seconds, "shape": list(batch["input_ids"].shape),
+                "sys_share": kernel / (user + kernel),
+                "others_share": max(0.0, busy - user - kernel) / (seconds * os.cpu_count()),
+                "loss": loss.item()}
+
+    return arch, step
 
 
-def _train_interleaved(args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
-    """Run the configurations' workers and the peak in turn; return (info, steps, peaks, rss)."""
-    # spawn, not fork: a fresh process whose ru_maxrss starts from nothing.
-    context = mp.get_context("spawn")
-    workers = {}
-    try:
-        for name, bf16 in CONFIGS.items():
-            conn, child_conn = context.Pipe()
-            process = context.Process(target=_worker, args=(child_conn, args, bf16), daemon=True)
-            process.start()
-            workers[name] = (process, conn)
-        info = {name: conn.recv() for name, (_, conn) in workers.items()}
-        steps = {name: [] for name in CONFIGS}
-        peaks = {name: [] for name in DTYPES}
-        for round_ in range(args.warmup + args.steps):
-            measured = round_ >= args.warmup
+def _max_rss_of_steps(args: argparse.Namespace, bf16: bool) -> int:
+    """Peak RSS in bytes of this (fresh) process after loading and MEMORY_STEPS steps.
+
+    VmHWM rather than ru_maxrss: Linux carries ru_maxrss across exec, so a process spawned by
+    a parent holding a loaded model would report at least the parent's size."""
+    _, step = _setup(args)
+    for _ in range(MEMORY_STEPS):
+        step(bf16)
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+
+
+def _peak_memory(args: argparse.Namespace) -> dict[str, int]:
+    """Each configuration alone in a fresh (spawned, not forked) process, one at a time."""
+    rss = {}
+    for name, bf16 in CONFIGS.items():
+        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            rss[name] = pool.submit(_max_rss_of_steps, args, bf16).result()
+    return rss
+
+
+def _time_interleaved(args: argparse.Namespace, step: Callable[[bool], dict]
+                      ) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
+    """Per round: matmul peak of each dtype, then one step of each configuration, in an order
+    that alternates between rounds. Returns (step records, peak FLOP/s samples)."""
+    steps = {name: [] for name in CONFIGS}
+    peaks = {name: [] for name in DTYPES}
+    rounds = args.warmup + args.steps
+    for round_ in range(rounds):
+        measured = round_ >= args.warmup
+        if measured:
+            for name, dtype in DTYPES.items():
+                peaks[name].append(measure_peak(dtype, args.peak_seconds))
+        line = []
+        for name in list(CONFIGS) if round_ % 2 == 0 else list(CONFIGS)[::-1]:
+            record = step(CONFIGS[name])
+            line.append(f"{name} {record['seconds']:.2f} s")
             if measured:
-                for dtype_name, dtype in DTYPES.items():
-                    peaks[dtype_name].append(measure_peak(dtype, args.peak_seconds))
-            order = list(CONFIGS) if round_ % 2 == 0 else list(CONFIGS)[::-1]
-            line = []
-            for name in order:
-                conn = workers[name][1]
-                conn.send(True)
-                result = conn.recv()
-                line.append(f"{name} {result['seconds']:.2f} s")
-                if measured:
-                    steps[name].append(result)
-            if measured:
-                line += [f"peak {n} {peaks[n][-1] / 1e9:.0f} GFLOP/s" for n in DTYPES]
-            print(f"{'step' if measured else 'warm-up'} {round_ + 1}/{args.warmup + args.steps}"
-                  f": {', '.join(line)}", flush=True)
-        rss = {}
-        for name, (process, conn) in workers.items():
-            conn.send(False)
-            rss[name] = conn.recv()
-            process.join()
-        return info, steps, peaks, rss
-    finally:
-        for process, _ in workers.values():
-            if process.is_alive():
-                process.kill()
+                steps[name].append(record)
+        if measured:
+            line += [f"peak {name} {peaks[name][-1] / 1e9:.0f} GFLOP/s" for name in DTYPES]
+        print(f"{'step' if measured else 'warm-up'} {round_ + 1}/{rounds}: {', '.join(line)}",
+              flush=True)
+    return steps, peaks
 
 
 def run(args: argparse.Namespace) -> None:
@@ -165,8 +195,10 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("--steps must be at least 1")
     before = machine()
     started = time.perf_counter()
-    info, steps, peaks, rss = _train_interleaved(args)
-    arch = info["fp32"]  # the same model in every configuration
+    arch, step = _setup(args)
+    steps, peaks = _time_interleaved(args, step)
+    print("peak memory: each configuration alone in a fresh process ...", flush=True)
+    rss = _peak_memory(args)
 
     def flops_per_token(width: float) -> float:
         return model_flops_per_token(arch["params"], arch["layers"], arch["d_model"], width)
@@ -174,17 +206,21 @@ def run(args: argparse.Namespace) -> None:
     best_peak = {name: max(values) for name, values in peaks.items()}
     results = {}
     for name, records in steps.items():
+        seconds = [r["seconds"] for r in records]
         tokens = [r["shape"][0] * r["shape"][1] for r in records]
-        achieved = statistics.median(n * flops_per_token(r["shape"][1]) / r["seconds"]
-                                     for n, r in zip(tokens, records))
+        flops = [n * flops_per_token(r["shape"][1]) for n, r in zip(tokens, records, strict=True)]
+        achieved = statistics.median(f / s for f, s in zip(flops, seconds, strict=True))
         results[name] = {
-            "step_s": spread([r["seconds"] for r in records]),
-            "tokens_per_s": statistics.median(n / r["seconds"] for n, r in zip(tokens, records)),
+            "step_s": spread(seconds),
+            "tokens_per_s": statistics.median(n / s for n, s in zip(tokens, seconds, strict=True)),
             "achieved_flops": achieved, "peak_flops": best_peak[name],
             "mfu": achieved / best_peak[name], "max_rss_bytes": rss[name],
-            "max_rss_after_load_bytes": info[name]["max_rss_after_load"], "steps": records}
+            "sys_share": statistics.median(r["sys_share"] for r in records),
+            "busy_steps": sum(r["others_share"] > BUSY_OTHERS_SHARE for r in records),
+            "steps": records}
     # The rounds pair the configurations in time, so a per-round ratio cancels slow drift.
-    paired = spread([f["seconds"] / b["seconds"] for f, b in zip(steps["fp32"], steps["bf16"])])
+    paired = spread([f["seconds"] / b["seconds"]
+                     for f, b in zip(steps["fp32"], steps["bf16"], strict=True)])
     speedup = results["fp32"]["step_s"]["median"] / results["bf16"]["step_s"]["median"]
 
     shape = (f"{args.batch_size} x {args.seq_len} synthetic tokens" if not args.data else
@@ -197,22 +233,30 @@ def run(args: argparse.Namespace) -> None:
           f"T = {width:g}{' (median padded width)' if args.data else ''}; "
           f"matmul peak = best square matmul of the dtype in this run")
     print(f"{'config':<7}{'step s: median [min, max]':>28}{'tokens/s':>10}{'RSS peak MiB':>14}"
-          f"{'after load':>12}{'GFLOP/s':>9}{'matmul peak':>13}{'MFU':>7}")
+          f"{'sys %':>7}{'busy':>6}{'GFLOP/s':>9}{'matmul peak':>13}{'MFU':>7}")
     for name, r in results.items():
-        s = r["step_s"]
+        s, busy = r["step_s"], f"{r['busy_steps']}/{args.steps}"
         print(f"{name:<7}{s['median']:>12.2f} [{s['min']:6.2f}, {s['max']:6.2f}]"
               f"{r['tokens_per_s']:>10.0f}{r['max_rss_bytes'] / 2**20:>14.0f}"
-              f"{r['max_rss_after_load_bytes'] / 2**20:>12.0f}{r['achieved_flops'] / 1e9:>9.1f}"
+              f"{r['sys_share']:>7.0%}{busy:>6}{r['achieved_flops'] / 1e9:>9.1f}"
               f"{r['peak_flops'] / 1e9:>13.1f}{r['mfu']:>7.1%}")
+    print(f"RSS peak: a fresh process per configuration, {MEMORY_STEPS} steps (fp32 weights + "
+          f"gradients + AdamW moments alone: 16 B/param = {16 * arch['params'] / 2**20:.0f} MiB)\n"
+          f"sys %: median share of a step's CPU time spent in the kernel; busy: steps during "
+          f"which other work used over {BUSY_OTHERS_SHARE:.0%} of the machine's CPU")
     print(f"bf16 / fp32 speed: {speedup:.2f}x (ratio of median step times); per-round ratios "
           f"median {paired['median']:.2f}x [{paired['min']:.2f}, {paired['max']:.2f}]")
     after = machine()
     print(f"load average (1 min) {before['load_average_1m']:.1f} before, "
           f"{after['load_average_1m']:.1f} after; {time.perf_counter() - started:.0f} s in all")
+    noisy = [name for name, r in results.items() if 2 * r["busy_steps"] >= args.steps]
+    if noisy:
+        print(f"WARNING: other work shared the CPU in half or more of the {' and '.join(noisy)} "
+              f"steps, so even the medians are unreliable; rerun on a quiet machine")
 
     path = save_results("sft", {
         "args": vars(args), "machine": before,
-        "load_average_1m_after": after["load_average_1m"], "model": arch,
+        "load_average_1m_after": after["load_average_1m"], "noisy": noisy, "model": arch,
         "flops_per_token": "6 * params + 12 * layers * d_model * seq_len",
         "peak_flops": {"best": best_peak, "samples": peaks}, "configs": results,
         "bf16_speedup": {"median_steps": speedup, "per_round": paired}})
