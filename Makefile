@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench sft
+	$(BIN)/python -m bench rm
 
 lint: setup
 	$(BIN)/ruff check tether tests bench

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import peak, sft
+from bench import peak, rm, sft
 
-BENCHMARKS = {"peak": peak, "sft": sft}
+BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm}
 
 
 def main(argv: list[str] | None = None) -> None:

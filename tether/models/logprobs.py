@@ -36,7 +36,9 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor,
 
     Logits are divided by the sampling temperature so that log-probs of sampled text match the
     distribution it was sampled from (PPO's ratio is exactly 1 before the first update)."""
-    logits = logits[:, :-1].float() / temperature
+    logits = logits[:, :-1].float()
+    if temperature != 1.0:  # skip a copy of the [B, T, vocab] logits in the common case
+        logits = logits / temperature
     targets = input_ids[:, 1:]
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return shift_to_tokens(picked - logits.logsumexp(-1))
