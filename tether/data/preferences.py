@@ -13,9 +13,8 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
-from tether.data.order import split_holdout
 from tether.data.readers import BadRow
-from tether.data.sft import LoadStats, load_records, parse_prompt, parse_response
+from tether.data.sft import LoadStats, load_records, load_splits, parse_prompt, parse_response
 from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
 from tether.errors import DataError
 
@@ -112,14 +111,7 @@ def load_preference_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, se
             raise DataError(f"{source}: no usable preference rows ({stats.summary()})")
         return out, stats
 
-    train, train_stats = encode_all(cfg.train)
-    stats = {"train": train_stats}
-    if cfg.eval:
-        eval_set, stats["eval"] = encode_all(cfg.eval)
-    else:
-        train, eval_set = split_holdout(train, cfg.eval_fraction, seed)
-        train_stats.held_out = len(eval_set)
-    return PreferenceData(train, eval_set, stats)
+    return PreferenceData(*load_splits(cfg, encode_all, seed))
 
 
 def parse_responses(record: Any, where: str) -> tuple[Messages, list[str]]:

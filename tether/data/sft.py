@@ -146,6 +146,12 @@ def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
                             f"{cfg.max_length}")
         return encoded, stats
 
+    return SFTData(*load_splits(cfg, encode_all, seed))
+
+
+def load_splits(cfg: DataConfig, encode_all, seed: int) -> tuple[list, list, dict]:
+    """(train, eval, stats): `encode_all(source) -> (items, LoadStats)` on data.train, and on
+    data.eval if given, else a seeded data.eval_fraction of train held out."""
     train, train_stats = encode_all(cfg.train)
     stats = {"train": train_stats}
     if cfg.eval:
@@ -153,4 +159,4 @@ def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
     else:
         train, eval_set = split_holdout(train, cfg.eval_fraction, seed)
         train_stats.held_out = len(eval_set)
-    return SFTData(train, eval_set, stats)
+    return train, eval_set, stats

@@ -19,7 +19,18 @@ from tether.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
+from tether.config import TrainConfig
+from tether.data.order import steps_per_epoch
 from tether.errors import DataError, TrainingDiverged
+
+
+def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for `num_examples` training examples."""
+    per_epoch = steps_per_epoch(num_examples, train.batch_size)
+    if per_epoch == 0:
+        raise DataError(f"{source}: {num_examples} training examples, fewer than "
+                        f"train.batch_size={train.batch_size}")
+    return per_epoch, train.max_steps or train.epochs * per_epoch
 
 
 def autocast(bf16: bool) -> contextlib.AbstractContextManager:

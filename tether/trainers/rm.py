@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 
 from tether.checkpoint import atomic_write_text
 from tether.config import RMConfig
-from tether.data.order import batch_indices, chunks, steps_per_epoch
+from tether.data.order import batch_indices, chunks
 from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
 from tether.data.sft import LoadStats, load_records
-from tether.errors import DataError
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
@@ -30,6 +29,7 @@ from tether.trainers.common import (
     autocast,
     clip_and_check,
     due,
+    plan_steps,
     restore_training_state,
     save_training_state,
 )
@@ -72,11 +72,7 @@ def train(cfg: RMConfig) -> Path:
     model = rm.model
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
-    per_epoch = steps_per_epoch(len(data.train), batch_size)
-    if per_epoch == 0:
-        raise DataError(f"{cfg.data.train}: {len(data.train)} preference rows, fewer than "
-                        f"train.batch_size={batch_size}")
-    total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     trainable, total = count_parameters(model)
     pairs = sum(len(p.source.pairs()) for p in data.train)
     print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M parameters, "

@@ -17,9 +17,8 @@ from tether.checkpoint import (
 )
 from tether.config import SFTConfig
 from tether.data.collate import collate
-from tether.data.order import batch_indices, chunks, steps_per_epoch
+from tether.data.order import batch_indices, chunks
 from tether.data.sft import load_sft_data
-from tether.errors import DataError
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import forward_logits, token_logprobs
@@ -30,6 +29,7 @@ from tether.trainers.common import (
     autocast,
     clip_and_check,
     due,
+    plan_steps,
     restore_training_state,
     save_training_state,
 )
@@ -52,11 +52,7 @@ def train(cfg: SFTConfig) -> Path:
         model = apply_lora(model, cfg.model.lora)
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
-    per_epoch = steps_per_epoch(len(data.train), batch_size)
-    if per_epoch == 0:
-        raise DataError(f"{cfg.data.train}: {len(data.train)} training examples, fewer than "
-                        f"train.batch_size={batch_size}")
-    total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     trainable, total = count_parameters(model)
     print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
           f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
