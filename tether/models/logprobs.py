@@ -49,8 +49,3 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
     return shift_to_tokens(-(logp.exp() * logp).sum(-1))
 
-
-def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    return token_logprobs(forward_logits(model, input_ids, attention_mask), input_ids,
-                          temperature)
