@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m bench sft
 	$(BIN)/python -m bench rm
+	$(BIN)/python -m bench dpo
 
 lint: setup
 	$(BIN)/ruff check tether tests bench

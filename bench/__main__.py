@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import peak, rm, sft
+from bench import dpo, peak, rm, sft
 
-BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm}
+BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo}
 
 
 def main(argv: list[str] | None = None) -> None:

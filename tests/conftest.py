@@ -1,5 +1,6 @@
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,22 @@ def sft_rows():
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+GOOD_WORDS = ["lovely", "great", "wonderful", "warm", "funny"]
+BAD_WORDS = ["dull", "bad", "boring", "flat", "weak"]
+
+
+def ranking_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
+    """Rankings by the number of good words: a preference the tiny model can learn."""
+    r = random.Random(seed)
+    rows = []
+    for i in range(n):
+        goods = [r.randint(0, 3) for _ in range(k)]
+        texts = [" The film was " + " ".join([r.choice(GOOD_WORDS) for _ in range(g)] +
+                                             [r.choice(BAD_WORDS) for _ in range(3 - g)]) + "."
+                 for g in goods]
+        ranks = [sorted(goods, reverse=True).index(g) for g in goods]  # ties share a rank
+        rows.append({"prompt": f"Review {i}:", "responses": texts, "ranks": ranks,
+                     "gold_scores": [float(g) for g in goods]})
+    return rows

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from tether import __version__
 from tether.config import (
+    DPOConfig,
+    EvalConfig,
     RMConfig,
     SampleConfig,
     ScoreConfig,
@@ -50,9 +52,18 @@ STAGES = {
     "rm": Stage(RMConfig, "tether.trainers.rm:train",
                 "train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
                 "tether rm --config configs/rm_example.yaml"),
+    "dpo": Stage(DPOConfig, "tether.trainers.dpo:train",
+                 "train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, "
+                 "robust DPO)",
+                 "tether dpo --config configs/dpo_example.yaml dpo.beta=0.05"),
     "score": Stage(ScoreConfig, "tether.score:run",
                    "score (prompt, response) rows with a trained reward model",
                    "tether score reward_model=runs/rm/final input=candidates.jsonl"),
+    "eval": Stage(EvalConfig, "tether.evaluate:run",
+                  "evaluate policies by sampling: gold score, proxy reward, KL to a reference, "
+                  "win rate",
+                  "tether eval policies=runs/sft/final,runs/dpo/final reference=runs/sft/final "
+                  "prompts=prompts.jsonl n=4"),
 }
 
 

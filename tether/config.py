@@ -249,6 +249,69 @@ class RMConfig:
 
 
 @dataclass
+class DPOLossConfig:
+    loss: str = option(
+        "sigmoid", "sigmoid: DPO (Rafailov et al. 2023; with label_smoothing, conservative "
+        "DPO); ipo: IPO (Azar et al. 2023); hinge: SLiC (Zhao et al. 2023); robust: robust DPO "
+        "for noisy labels (Chowdhury et al. 2024).", choices=["sigmoid", "ipo", "hinge", "robust"])
+    beta: float = option(0.1, "Strength of the KL regularisation to the reference: the implicit "
+                              "reward is beta * (log pi - log ref). For ipo, the paper's tau.",
+                         min=1e-6)
+    label_smoothing: float = option(
+        0.0, "Assumed probability that a label is flipped (sigmoid: conservative DPO; robust: "
+        "rDPO, must be < 0.5). Not used by ipo and hinge.", min=0, max=0.5)
+    sft_weight: float = option(
+        0.0, "RPO (Pang et al. 2024): add this times the per-token NLL of the chosen response.",
+        min=0)
+
+
+@dataclass
+class ReferenceConfig:
+    model: str = option("", "The frozen reference policy. Empty: the model training starts "
+                            "from (model.name), as in the DPO paper.")
+    precompute: bool = option(
+        True, "Compute the reference log-probs of every training and eval response once, before "
+        "training (cached in run_dir/ref_logprobs.pt), and free the reference model: less "
+        "memory, and no reference forward in the loop. false: run the reference every step.")
+    share_base: bool = option(
+        True, "With LoRA and the starting model as reference: use the policy itself with its "
+        "adapter switched off, so no second copy of the model is loaded.")
+
+
+@dataclass
+class DPOConfig:
+    """Train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, robust DPO)."""
+
+    run_dir: str = option("runs/dpo", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
+                                      "and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model).")
+    dpo: DPOLossConfig = section(DPOLossConfig, "The preference loss.")
+    ref: ReferenceConfig = section(ReferenceConfig, "The frozen reference policy.")
+    data: DataConfig = section(DataConfig, "Preferences: {prompt, chosen, rejected} pairs or "
+                                           "{prompt, responses, ranks} rankings (each ranking "
+                                           "stands for all its pairs).")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
+                                 warmup_steps=5)
+    train: TrainConfig = section(TrainConfig, "Loop; batch_size and micro_batch_size count "
+                                              "prompts (each with all its responses).",
+                                 batch_size=8, micro_batch_size=4, eval_every=25)
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise ConfigError("data.train is required: preference pairs or rankings")
+        if self.train.batch_size % self.train.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                f"train.micro_batch_size ({self.train.micro_batch_size})")
+        if self.dpo.label_smoothing and self.dpo.loss in ("ipo", "hinge"):
+            raise ConfigError(f"dpo.label_smoothing is not defined for dpo.loss={self.dpo.loss}; "
+                              f"use sigmoid (conservative DPO) or robust")
+        if self.dpo.loss == "robust" and self.dpo.label_smoothing >= 0.5:
+            raise ConfigError("dpo.loss=robust needs dpo.label_smoothing < 0.5")
+
+
+@dataclass
 class ScoreConfig:
     """Score (prompt, response) rows with a trained reward model."""
 
@@ -263,6 +326,106 @@ class ScoreConfig:
     def validate(self) -> None:
         if not self.reward_model or not self.input:
             raise ConfigError("reward_model and input are required")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate policies by sampling: gold score, proxy reward, KL to a reference, win rate."""
+
+    policies: str = option("", "Policies to evaluate, comma-separated: embedded names, local HF "
+                               "directories (e.g. runs/sft/final,runs/dpo/final) or hub ids. "
+                               "Required.")
+    names: str = option("", "Labels for the policies, comma-separated, one per policy. Empty: "
+                            "derived from the paths (runs/dpo/final -> dpo).")
+    reference: str = option("", "Model the KL is measured against (usually the SFT model); it "
+                                "must share the policies' tokenizer. Empty: no KL.")
+    baseline: str = option("", "The policy (a name, or a policy as listed) that win rates are "
+                               "computed against. Empty: the first policy.")
+    prompts: str = option("", "Prompts: rows with a 'prompt' (string or messages), in any "
+                              "supported data format. Required.")
+    num_prompts: int = option(0, "Use only the first N prompts; 0: all.", min=0)
+    n: int = option(4, "Samples per prompt and policy.", min=1)
+    temperature: float = option(1.0, "Sampling temperature. The KL estimate is of the "
+                                     "policy itself only at 1.", min=0.01)
+    top_p: float = option(1.0, "Nucleus sampling: keep the smallest set of tokens with this "
+                               "much probability. The KL estimate is of the policy itself only "
+                               "at 1.", min=0.01, max=1)
+    max_new_tokens: int = option(48, "Longest response, in tokens.", min=1)
+    max_prompt_length: int = option(256, "Prompts longer than this (in tokens) lose their "
+                                         "beginning.", min=1)
+    batch_size: int = option(8, "Prompts per generate call (each with its n samples); also "
+                                "sequences per forward pass when computing log-probs.", min=1)
+    chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
+                                choices=["auto", "always", "never"])
+    gold: str = option("sentiment", "Gold scorer of the response text: a built-in task name "
+                                    "(sentiment) or 'module:function' taking a list of texts. "
+                                    "Empty: no gold score.")
+    reward_model: str = option("", "Reward model directory (a `tether rm` run's final/) whose "
+                                   "score is reported as the proxy reward. Empty: none.")
+    output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
+                                                "sample (JSON).")
+    bf16: bool = option(False, "Generate and compute log-probs under bf16 autocast.")
+    skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
+    seed: int = option(0, "Seed: every policy is sampled with it, so identical policies give "
+                          "identical samples and win rates are paired.")
+
+    def policy_list(self) -> list[str]:
+        return [p.strip() for p in self.policies.split(",")]
+
+    def policy_names(self) -> list[str]:
+        """The label of each policy: `names` if given, else derived from the paths."""
+        if self.names:
+            return [n.strip() for n in self.names.split(",")]
+        return self.derive_names(self.policy_list())
+
+    def baseline_index(self) -> int:
+        if not self.baseline:
+            return 0
+        names, policies = self.policy_names(), self.policy_list()
+        return names.index(self.baseline) if self.baseline in names else \
+            policies.index(self.baseline)
+
+    @staticmethod
+    def derive_names(policies: list[str]) -> list[str]:
+        """The shortest path endings that tell the policies apart, without a trailing
+        'final' (every run directory has one): runs/sft/final, runs/dpo/final -> sft, dpo.
+        A policy listed twice gets '#2', '#3', ... on its later copies."""
+        parts = []
+        for p in policies:
+            segments = [s for s in p.replace("\\", "/").split("/") if s not in ("", ".")]
+            if len(segments) > 1 and segments[-1] == "final":
+                segments = segments[:-1]
+            parts.append(segments or [p])
+        depth = 1
+        while depth < max(len(s) for s in parts):
+            if len({"/".join(s[-depth:]) for s in parts}) == len(set(map(tuple, parts))):
+                break
+            depth += 1
+        names, seen = [], {}
+        for segments in parts:
+            name = "/".join(segments[-depth:])
+            seen[name] = seen.get(name, 0) + 1
+            names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return names
+
+    def validate(self) -> None:
+        if not self.policies:
+            raise ConfigError("policies is required: the models to evaluate, comma-separated "
+                              "(e.g. policies=runs/sft/final,runs/dpo/final)")
+        if not self.prompts:
+            raise ConfigError("prompts is required: a file of {\"prompt\": ...} rows")
+        policies = self.policy_list()
+        if not all(policies):
+            raise ConfigError(f"policies has an empty entry: '{self.policies}'")
+        names = self.policy_names()
+        if len(names) != len(policies):
+            raise ConfigError(f"names has {len(names)} entries but policies has "
+                              f"{len(policies)}; give one name per policy (or none)")
+        if not all(names) or len(set(names)) != len(names):
+            raise ConfigError(f"names must be non-empty and distinct, got {', '.join(names)}")
+        if self.baseline and self.baseline not in names + policies:
+            raise ConfigError(f"baseline '{self.baseline}' is not one of the policies' names "
+                              f"({', '.join(names)})")
 
 
 # ---------------------------------------------------------------------------------------------

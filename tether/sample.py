@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from tether.checkpoint import atomic_write_text
 from tether.config import SampleConfig
@@ -28,27 +29,39 @@ def _parse(record: Any, where: str) -> tuple[Any, Messages]:
     return record["prompt"], messages
 
 
-def _load_prompts(cfg: SampleConfig) -> tuple[list[tuple[Any, Messages]], LoadStats]:
+def load_prompts(source: str, num_prompts: int = 0, skip_bad_rows: bool = False
+                 ) -> tuple[list[tuple[Any, Messages]], LoadStats]:
+    """(prompt as given, prompt as chat messages) for the first `num_prompts` rows (0: all).
+    Used by `tether sample` and `tether eval`, whose configs both call the key skip_bad_rows."""
     stats = LoadStats()
-    rows = load_records(cfg.prompts, _parse, cfg.skip_bad_rows, stats, skip_key="skip_bad_rows")
-    if cfg.num_prompts:
-        rows = rows[: cfg.num_prompts]
+    rows = load_records(source, _parse, skip_bad_rows, stats, skip_key="skip_bad_rows")
+    if num_prompts:
+        rows = rows[:num_prompts]
     return rows, stats
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, messages: list[Messages],
+                   chat_template: bool, max_prompt_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of each prompt, and how many were cut to their last max_prompt_length
+    tokens (the end is what the response continues, so it is the part to keep)."""
+    prompt_ids, truncated = [], 0
+    for m in messages:
+        ids = encode_prompt(tokenizer, m, chat_template)
+        if len(ids) > max_prompt_length:
+            ids = ids[len(ids) - max_prompt_length:]
+            truncated += 1
+        prompt_ids.append(ids)
+    return prompt_ids, truncated
 
 
 def run(cfg: SampleConfig) -> Path:
     """Sample cfg.k responses for each prompt; return the path of candidates.jsonl."""
     # Data first (a bad row should not wait for a model to load), then the model.
     tokenizer = load_tokenizer(cfg.policy)
-    rows, stats = _load_prompts(cfg)
+    rows, stats = load_prompts(cfg.prompts, cfg.num_prompts, cfg.skip_bad_rows)
     chat = wants_chat_template(tokenizer, cfg.chat_template)
-    prompt_ids, truncated = [], 0
-    for _, messages in rows:
-        ids = encode_prompt(tokenizer, messages, chat)
-        if len(ids) > cfg.max_prompt_length:  # keep the end, which the response continues
-            ids = ids[len(ids) - cfg.max_prompt_length:]
-            truncated += 1
-        prompt_ids.append(ids)
+    prompt_ids, truncated = encode_prompts(tokenizer, [m for _, m in rows], chat,
+                                           cfg.max_prompt_length)
     stats.truncated = truncated
     print(f"prompts: {stats.summary()}; using {len(rows)}"
           + (f" (prompts truncated to their last {cfg.max_prompt_length} tokens)"

@@ -1,12 +1,11 @@
 """The reward-model loop on the tiny model: it learns, encodes each response once, resumes."""
 
 import json
-import random
 import shutil
 
 import pytest
 import torch
-from conftest import write_jsonl
+from conftest import ranking_rows, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
@@ -16,24 +15,6 @@ from tether.config import RMConfig, load_config
 from tether.models.reward import RewardModel
 from tether.rundir import read_metrics
 from tether.trainers import rm as rm_trainer
-
-GOOD = ["lovely", "great", "wonderful", "warm", "funny"]
-BAD = ["dull", "bad", "boring", "flat", "weak"]
-
-
-def ranking_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
-    """Rankings by the number of good words: a preference the tiny model can learn."""
-    r = random.Random(seed)
-    rows = []
-    for i in range(n):
-        goods = [r.randint(0, 3) for _ in range(k)]
-        texts = [" The film was " + " ".join([r.choice(GOOD) for _ in range(g)] +
-                                             [r.choice(BAD) for _ in range(3 - g)]) + "."
-                 for g in goods]
-        ranks = [sorted(goods, reverse=True).index(g) for g in goods]  # ties share a rank
-        rows.append({"prompt": f"Review {i}:", "responses": texts, "ranks": ranks,
-                     "gold_scores": [float(g) for g in goods]})
-    return rows
 
 
 def _cfg(tmp_path, data, *overrides):

@@ -339,11 +339,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out", help="output .jsonl path")
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude", metavar="FILE.jsonl",
+                        help="prompts: leave out every prompt in this file (e.g. held-out "
+                             "evaluation prompts disjoint from the training prompts)")
     args = parser.parse_args(argv)
     if args.kind == "sft":
         rows = make_demonstrations(args.n, args.seed)
     else:
-        rows = [{"prompt": p} for p in make_prompts(args.n, args.seed)]
+        excluded = set()
+        if args.exclude:
+            with open(args.exclude, encoding="utf-8") as f:
+                excluded = {json.loads(line)["prompt"] for line in f if line.strip()}
+        # Draw enough to replace every excluded prompt, then keep the first n others.
+        prompts = [p for p in make_prompts(args.n + len(excluded), args.seed)
+                   if p not in excluded][: args.n]
+        if len(prompts) < args.n:
+            parser.error(f"only {len(prompts)} prompts left after --exclude; lower --n")
+        rows = [{"prompt": p} for p in prompts]
     _write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} rows to {args.out}")
 

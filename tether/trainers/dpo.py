@@ -1,0 +1,320 @@
+"""Direct preference optimisation (and IPO, SLiC, robust DPO): train the policy on preferences.
+
+load data -> reference log-probs (precomputed once and cached, or a live frozen model) ->
+policy (+ LoRA) -> (resume) -> for each optimizer step: every response of a batch of prompts
+through the policy in one forward pass, the loss over all of each prompt's pairs, backward,
+clip, step, log, evaluate, checkpoint -> export final/.
+
+A ranking of K responses stands for its C(K, 2) pairs, and each response goes through the
+policy once however many pairs it is in. Pairs are averaged within a prompt, then over
+prompts, as the reward model does (a pair is a ranking of two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tether.checkpoint import save_final
+from tether.config import DPOConfig, DPOLossConfig
+from tether.data.collate import collate
+from tether.data.order import batch_indices, chunks
+from tether.data.preferences import EncodedPreference, load_preference_data
+from tether.data.tokenize import Encoded
+from tether.errors import ConfigError
+from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.logprobs import forward_logits, token_logprobs
+from tether.models.lora import apply_lora, count_parameters, is_lora
+from tether.optim import make_optimizer, make_scheduler
+from tether.rundir import MetricsLog, prepare_run_dir
+from tether.trainers.common import (
+    autocast,
+    clip_and_check,
+    due,
+    plan_steps,
+    restore_training_state,
+    save_training_state,
+)
+
+REF_CACHE = "ref_logprobs.pt"
+
+
+def response_logps(model: torch.nn.Module, responses: list[Encoded], pad_id: int,
+                   bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs summed over each response's tokens (its loss_mask: the response and EOS,
+    never the prompt or padding), and the number of those tokens; [R] each.
+
+    All responses go through the model in one forward pass: chosen and rejected together."""
+    batch = collate(responses, pad_id)
+    with autocast(bf16):
+        logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+    mask = batch["loss_mask"]
+    return (token_logprobs(logits, batch["input_ids"]) * mask).sum(-1), mask.sum(-1)
+
+
+@dataclass
+class Pairs:
+    """(better, worse) indices into the flat responses of some prompts, and each pair's weight:
+    1 / (pairs of its prompt) / (prompts in the whole batch), so weights sum to one over the
+    batch however it is split into microbatches."""
+
+    better: torch.Tensor
+    worse: torch.Tensor
+    weight: torch.Tensor
+
+
+def preference_pairs(prefs: list[EncodedPreference], num_groups: int) -> Pairs:
+    better, worse, weight = [], [], []
+    offset = 0
+    for pref in prefs:
+        pairs = pref.source.pairs()
+        better += [offset + i for i, _ in pairs]
+        worse += [offset + j for _, j in pairs]
+        weight += [1 / (len(pairs) * num_groups)] * len(pairs)
+        offset += len(pref.responses)
+    return Pairs(torch.tensor(better), torch.tensor(worse), torch.tensor(weight))
+
+
+def dpo_objective(logps: torch.Tensor, ref_logps: torch.Tensor, num_tokens: torch.Tensor,
+                  pairs: Pairs, cfg: DPOLossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted loss over `pairs`, and the weighted sums of the per-pair metrics (they add
+    up to batch means over microbatches, as the loss does)."""
+    chosen, rejected = logps[pairs.better], logps[pairs.worse]
+    ref_chosen, ref_rejected = ref_logps[pairs.better], ref_logps[pairs.worse]
+    margin = logratio_margin(chosen, rejected, ref_chosen, ref_rejected)
+    per_pair = LOSSES[cfg.loss](margin, cfg.beta, cfg.label_smoothing)
+    if cfg.sft_weight:
+        per_pair = per_pair + cfg.sft_weight * chosen_nll(chosen, num_tokens[pairs.better])
+    loss = (pairs.weight * per_pair).sum()
+
+    with torch.no_grad():
+        reward_chosen = cfg.beta * (chosen - ref_chosen)
+        reward_rejected = cfg.beta * (rejected - ref_rejected)
+        correct = (margin > 0).float() + 0.5 * (margin == 0).float()
+        per_pair_metrics = {
+            "reward/chosen": reward_chosen, "reward/rejected": reward_rejected,
+            "reward/accuracy": correct, "reward/margin": reward_chosen - reward_rejected,
+            # log pi/ref summed over a chosen response: the sequence-level KL estimate, though
+            # off-policy (the chosen responses were not sampled from the current policy).
+            "kl/chosen": chosen - ref_chosen,
+            "logps/chosen": chosen, "logps/rejected": rejected}
+        sums = {k: (pairs.weight * v).sum().item() for k, v in per_pair_metrics.items()}
+    return loss, sums
+
+
+class ReferenceLogps:
+    """Reference log-probs of the responses of `data.train[i]` / `data.eval[i]`, either looked
+    up in a precomputed table or computed now by a frozen model."""
+
+    def __init__(self, table: dict[str, list[torch.Tensor]] | None = None,
+                 model: torch.nn.Module | None = None, switch: Callable = contextlib.nullcontext,
+                 pad_id: int = 0, bf16: bool = False):
+        self.table, self.model, self.switch = table, model, switch
+        self.pad_id, self.bf16 = pad_id, bf16
+
+    def __call__(self, split: str, indices: list[int],
+                 prefs: list[EncodedPreference]) -> torch.Tensor:
+        if self.table is not None:
+            return torch.cat([self.table[split][i] for i in indices])
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.switch():
+            logps, _ = response_logps(self.model, [r for p in prefs for r in p.responses],
+                                      self.pad_id, self.bf16)
+        self.model.train(was_training)
+        return logps.float()
+
+
+def load_cached(cache: Path, key: str) -> dict[str, list[torch.Tensor]] | None:
+    """The table in `cache` if it was written for the same reference and data (`key`)."""
+    if not cache.exists():
+        return None
+    saved = torch.load(cache, map_location="cpu", weights_only=True)
+    if saved.get("key") != key:
+        return None
+    print(f"reference log-probs: loaded from {cache}")
+    return saved["table"]
+
+
+def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str,
+               ) -> dict[str, list[torch.Tensor]]:
+    """The reference log-probs of every train and eval response, written to `cache`."""
+    table: dict[str, list[torch.Tensor]] = {}
+    started = time.perf_counter()
+    total = len(data.train) + len(data.eval)
+    with tqdm(total=total, desc="reference log-probs", unit="prompt", dynamic_ncols=True) as bar:
+        for split, prefs in (("train", data.train), ("eval", data.eval)):
+            table[split] = []
+            for chunk in chunks(prefs, micro):
+                flat = live(split, [], chunk)
+                table[split] += [t.clone() for t in flat.split([len(p.responses)
+                                                                for p in chunk])]
+                bar.update(len(chunk))
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    torch.save({"key": key, "table": table}, tmp)
+    tmp.replace(cache)
+    print(f"reference log-probs: {total} prompts in {time.perf_counter() - started:.1f} s, "
+          f"cached in {cache}")
+    return table
+
+
+def data_key(ref_name: str, bf16: bool, data) -> str:
+    """Identifies the reference log-probs: the reference, the precision, every token."""
+    h = hashlib.sha256(f"{ref_name}|bf16={bf16}".encode())
+    for split in (data.train, data.eval):
+        h.update(b"|split")
+        for pref in split:
+            for r in pref.responses:
+                h.update(np.asarray(r.input_ids, dtype=np.int64).tobytes())
+                h.update(np.asarray(r.loss_mask, dtype=np.int8).tobytes())
+    return h.hexdigest()
+
+
+def train(cfg: DPOConfig) -> Path:
+    """Run DPO (or a relative) as configured; return the final/ directory."""
+    torch.manual_seed(cfg.train.seed)
+
+    # 1. Data first (a bad row should not wait for a model to load).
+    tokenizer = load_tokenizer(cfg.model.name)
+    data = load_preference_data(cfg.data, tokenizer, cfg.train.seed)
+    for split, stats in data.stats.items():
+        print(f"data/{split}: {stats.summary()}")
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+    batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
+    pad_id = tokenizer.pad_token_id
+
+    # 2. The reference. Sharing the policy's base weights needs the policy loaded first; a
+    # separate reference that is only precomputed is loaded, used and freed before the policy,
+    # so two copies are never in memory at once.
+    ref_name = cfg.ref.model or cfg.model.name
+    share = cfg.model.lora.enabled and cfg.ref.share_base and ref_name == cfg.model.name
+    if ref_name != cfg.model.name and load_tokenizer(ref_name).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"ref.model={ref_name} has a different vocabulary from "
+                          f"model.name={cfg.model.name}; their log-probs cannot be compared")
+    key = data_key(ref_name, bf16, data)
+    cache = run_dir / REF_CACHE
+    table = load_cached(cache, key) if cfg.ref.precompute else None
+    ref = None
+    if not share and table is None:
+        ref_model = load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False)
+        ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16)
+        if cfg.ref.precompute:
+            table = precompute(ref, data, micro, cache, key)
+            del ref, ref_model
+            gc.collect()
+
+    model = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    if share and table is None:  # the base model is the policy with its adapter switched off
+        ref = ReferenceLogps(model=model, switch=model.disable_adapter, pad_id=pad_id, bf16=bf16)
+        if cfg.ref.precompute:
+            table = precompute(ref, data, micro, cache, key)
+    if table is not None:
+        ref = ReferenceLogps(table=table)
+
+    per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
+    trainable, total = count_parameters(model)
+    pairs = sum(len(p.source.pairs()) for p in data.train)
+    how = ("precomputed" if cfg.ref.precompute else "live") + \
+        (" (the policy with its LoRA adapter off)" if share else f" ({ref_name})")
+    print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {cfg.model.name}: {total / 1e6:.2f}M "
+          f"parameters, {trainable / 1e6:.2f}M trainable; reference log-probs {how}; "
+          f"{len(data.train)} prompts with {pairs} pairs for training, {len(data.eval)} held "
+          f"out; {total_steps} steps of {batch_size} prompts")
+
+    # 3. Optimizer and schedule, restored with everything else on resume.
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    start_step = 0
+    if checkpoint is not None:
+        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
+                                            num_examples=len(data.train),
+                                            data_source=cfg.data.train)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+
+    def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        logps, num_tokens = response_logps(model, [r for p in prefs for r in p.responses],
+                                           pad_id, bf16)
+        return dpo_objective(logps, ref(split, indices, prefs), num_tokens,
+                             preference_pairs(prefs, num_groups), cfg.dpo)
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        loss, sums = 0.0, {}
+        for indices in chunks(list(range(len(data.eval))), micro):
+            micro_loss, micro_sums = forward("eval", indices, [data.eval[i] for i in indices],
+                                             len(data.eval))
+            loss += micro_loss.item()
+            sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
+        model.train()
+        return {"loss/eval": loss, **{k.replace("/", "/eval_", 1): v for k, v in sums.items()}}
+
+    if checkpoint is None and data.eval:
+        log.log(0, evaluate())
+
+    # 4. The loop.
+    model.train()
+    last_saved, metrics = checkpoint, {}
+    progress = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step",
+                    dynamic_ncols=True)
+    for step in range(start_step, total_steps):
+        started = time.perf_counter()
+        indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
+        loss, sums, tokens = 0.0, {}, 0
+        for micro_indices in chunks(indices, micro):
+            prefs = [data.train[i] for i in micro_indices]
+            micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices))
+            micro_loss.backward()
+            loss += micro_loss.item()
+            sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
+            tokens += sum(len(r.input_ids) for p in prefs for r in p.responses)
+        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+
+        done = step + 1
+        metrics = {"loss/train": loss, **sums, "optim/lr": lr, "optim/grad_norm": grad_norm,
+                   "perf/step_s": elapsed, "perf/tokens_per_s": tokens / elapsed,
+                   "data/epoch": step / per_epoch}
+        is_last = done == total_steps
+        if data.eval and due(done, cfg.train.eval_every, is_last):
+            metrics.update(evaluate())
+        if is_last or done % cfg.train.log_every == 0 or "loss/eval" in metrics:
+            log.log(done, metrics)
+        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums['reward/accuracy']:.2f}",
+                             margin=f"{sums['reward/margin']:.3f}")
+        progress.update(1)
+        if due(done, cfg.train.save_every, is_last):
+            last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
+                                             num_examples=len(data.train),
+                                             steps_per_epoch=per_epoch,
+                                             keep=cfg.train.keep_checkpoints)
+    progress.close()
+    log.close()
+    if data.eval and "loss/eval" in metrics:
+        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                       if "/eval" in k))
+
+    # 5. Export.
+    final = save_final(model, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)
+    print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(model) and
+                                      cfg.model.lora.merge_on_save else ""))
+    return final
