@@ -17,6 +17,7 @@ from tether import __version__
 from tether.config import (
     DPOConfig,
     EvalConfig,
+    PPOConfig,
     RMConfig,
     SampleConfig,
     ScoreConfig,
@@ -56,6 +57,10 @@ STAGES = {
                  "train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, "
                  "robust DPO)",
                  "tether dpo --config configs/dpo_example.yaml dpo.beta=0.05"),
+    "ppo": Stage(PPOConfig, "tether.trainers.ppo:train",
+                 "online RL against a reward model or gold scorer: PPO with a KL penalty to "
+                 "the reference, or GRPO / RLOO (algo=grpo|rloo)",
+                 "tether ppo --config configs/ppo_example.yaml algo=rloo rollout.group_size=4"),
     "score": Stage(ScoreConfig, "tether.score:run",
                    "score (prompt, response) rows with a trained reward model",
                    "tether score reward_model=runs/rm/final input=candidates.jsonl"),

@@ -312,6 +312,126 @@ class DPOConfig:
 
 
 @dataclass
+class RolloutConfig:
+    prompts: str = option("", "Prompts to train on: rows with a 'prompt', in any supported data "
+                              "format. Required.")
+    batch_size: int = option(16, "Prompts per iteration (each sampled group_size times).", min=1)
+    group_size: int = option(1, "Samples per prompt. grpo and rloo compare the samples of a "
+                                "prompt with each other, so need at least 2.", min=1)
+    max_new_tokens: int = option(40, "Longest response, in tokens.", min=1)
+    temperature: float = option(1.0, "Sampling temperature; log-probs use the same one.",
+                                min=0.01)
+    top_p: float = option(1.0, "Nucleus sampling (1: off). Below 1 the samples no longer come "
+                               "from the distribution the log-probs describe.", min=0.01, max=1)
+    max_prompt_length: int = option(128, "Prompts longer than this (in tokens) lose their "
+                                         "beginning.", min=1)
+    stop_string: str = option("", "Cut each response after the first occurrence of this text "
+                                  "(it then counts as finished). Empty: only EOS ends one.")
+    chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
+                                choices=["auto", "always", "never"])
+    backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
+                                "cache) or vllm (GPUs only).", choices=["hf", "vllm"])
+
+
+@dataclass
+class PPORewardConfig:
+    model: str = option("", "Reward model directory (a `tether rm` run's final/): the proxy "
+                            "that is optimised. Empty: optimise the gold score.")
+    gold: str = option("sentiment", "Gold scorer (a built-in task or 'module:function' on "
+                                    "response texts): logged next to the proxy, optimised when "
+                                    "there is no reward model. Empty: none.")
+    no_eos_score: float = option(
+        -1.0, "Score given instead to a response that hit max_new_tokens without EOS.")
+    penalize_no_eos: bool = option(True, "Apply no_eos_score (InstructGPT-style penalty).")
+    whiten: bool = option(False, "Whiten the scores of each rollout (keep their mean).")
+    clip: float = option(0.0, "Clip scores to [-clip, clip] after whitening; 0: off.", min=0)
+
+
+@dataclass
+class PPOLossConfig:
+    epochs: int = option(4, "Passes over each rollout.", min=1)
+    minibatch_size: int = option(16, "Sequences per optimizer step within an epoch.", min=1)
+    micro_batch_size: int = option(8, "Sequences per forward pass (gradient accumulation "
+                                      "within a minibatch; changes memory, not the result).",
+                                   min=1)
+    clip_range: float = option(0.2, "Policy ratio clip epsilon.", min=0)
+    clip_range_value: float = option(0.2, "Value clip range around the rollout's values; 0: "
+                                          "no value clipping.", min=0)
+    vf_coef: float = option(0.1, "Weight of the value loss.", min=0)
+    entropy_coef: float = option(0.0, "Entropy bonus weight.", min=0)
+    gamma: float = option(1.0, "Discount.", min=0, max=1)
+    lam: float = option(0.95, "GAE lambda.", min=0, max=1)
+    whiten_advantages: bool = option(True, "Whiten advantages over the rollout's response "
+                                           "tokens.")
+    kl_coef: float = option(0.05, "Weight of the KL penalty to the reference (initial value "
+                                  "with adaptive_kl).", min=0)
+    kl_estimator: str = option("k1", "Per-token KL estimator: k1 = log pi - log ref, k2, k3 "
+                                     "(Schulman 2020).", choices=["k1", "k2", "k3"])
+    kl_in: str = option("reward", "reward: -kl_coef * KL per token in the reward (PPO, "
+                                  "InstructGPT); loss: a KL loss term (GRPO).",
+                        choices=["reward", "loss"])
+    adaptive_kl: bool = option(False, "Adapt kl_coef toward kl_target (Ziegler et al. 2019).")
+    kl_target: float = option(6.0, "Target sequence KL of the adaptive controller.", min=1e-6)
+    kl_horizon: int = option(10000, "Horizon (in samples) of the adaptive controller.", min=1)
+    target_approx_kl: float = option(0.0, "Stop an iteration's epochs early once a "
+                                          "minibatch's approximate KL exceeds this; 0: never.",
+                                     min=0)
+    value_model: str = option(
+        "separate", "separate: a value model of its own, initialised from the reward model "
+        "when it is a causal LM with the policy's vocabulary, else from the policy; head: a "
+        "value head on the policy (shared trunk).", choices=["separate", "head"])
+    group_scale: bool = option(True, "grpo: divide group-centred scores by the group std "
+                                     "(false: Dr. GRPO, centring only).")
+
+
+@dataclass
+class PPOConfig:
+    """Online RL against a reward: PPO with a KL penalty to the reference, or GRPO / RLOO."""
+
+    run_dir: str = option("runs/ppo", "Directory for config.yaml, metrics.jsonl, samples.jsonl, "
+                                      "checkpoints/ and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    algo: str = option("ppo", "ppo: clipped policy and value losses with GAE; grpo: "
+                              "group-normalised advantages, no value model; rloo: "
+                              "leave-one-out baseline, no value model.",
+                       choices=["ppo", "grpo", "rloo"])
+    model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model); "
+                                              "it is also the frozen reference.")
+    reward: PPORewardConfig = section(PPORewardConfig, "What the policy is rewarded for.")
+    rollout: RolloutConfig = section(RolloutConfig, "Sampling the rollouts.")
+    ppo: PPOLossConfig = section(PPOLossConfig, "The policy-gradient objective.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule (policy and value "
+                                              "model together).", lr=1e-5, schedule="constant")
+    train: TrainConfig = section(
+        TrainConfig, "Loop: a step is one iteration (rollout + epochs of updates); max_steps "
+        "iterations, or `epochs` passes over the prompts. batch_size and micro_batch_size are "
+        "not used (see rollout.batch_size, ppo.minibatch_size, ppo.micro_batch_size).",
+        max_steps=20, eval_every=10, save_every=10)
+    eval_prompts: str = option("", "Held-out prompts for periodic evaluation (gold, proxy, KL "
+                                   "of fresh samples). Empty: none.")
+    eval_num_prompts: int = option(32, "Evaluate on the first N held-out prompts.", min=1)
+    sample_every: int = option(5, "Log a few sample responses to samples.jsonl every N "
+                                  "iterations.", min=1)
+
+    def validate(self) -> None:
+        if not self.rollout.prompts:
+            raise ConfigError("rollout.prompts is required: the prompts to train on")
+        if not self.reward.model and not self.reward.gold:
+            raise ConfigError("nothing to optimise: set reward.model (a reward model) or "
+                              "reward.gold (a gold scorer)")
+        if self.algo in ("grpo", "rloo") and self.rollout.group_size < 2:
+            raise ConfigError(f"algo={self.algo} compares samples of the same prompt: set "
+                              f"rollout.group_size >= 2 (e.g. 4)")
+        rollout = self.rollout.batch_size * self.rollout.group_size
+        if rollout % self.ppo.minibatch_size or self.ppo.minibatch_size % \
+                self.ppo.micro_batch_size:
+            raise ConfigError(
+                f"rollout.batch_size x rollout.group_size ({rollout}) must be a multiple of "
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}), and that a multiple of "
+                f"ppo.micro_batch_size ({self.ppo.micro_batch_size})")
+
+
+@dataclass
 class ScoreConfig:
     """Score (prompt, response) rows with a trained reward model."""
 

@@ -45,11 +45,16 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, "time": round(time.time(), 3)}
+        row = {}
         for key, value in metrics.items():
             value = float(value)
             row[key] = value if math.isfinite(value) else str(value)
-        self._file.write(json.dumps(row) + "\n")
+        self.write(step, row)
+
+    def write(self, step: int, record: dict) -> None:
+        """Any JSON-serialisable record (e.g. sample responses), stamped with step and time."""
+        row = {"step": step, "time": round(time.time(), 3), **record}
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

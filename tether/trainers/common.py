@@ -39,10 +39,12 @@ def autocast(bf16: bool) -> contextlib.AbstractContextManager:
 
 def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,
                         optimizer: torch.optim.Optimizer, scheduler: Any, *,
-                        num_examples: int, steps_per_epoch: int, keep: int) -> Path:
+                        num_examples: int, steps_per_epoch: int, keep: int,
+                        extra: dict | None = None) -> Path:
+    """`extra`: whatever else a loop must restore (e.g. an adaptive KL coefficient)."""
     return save_checkpoint(run_dir, step, {
         "step": step, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": capture_rng(),
+        "scheduler": scheduler.state_dict(), "rng": capture_rng(), "extra": extra or {},
         # The batch order is a function of (seed, step); these let resume check it.
         "data": {"num_examples": num_examples, "epoch": step // steps_per_epoch,
                  "batch_in_epoch": step % steps_per_epoch}}, keep=keep)
@@ -50,8 +52,9 @@ def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,
 
 def restore_training_state(checkpoint: Path, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, scheduler: Any, *,
-                           num_examples: int, data_source: str) -> int:
-    """Load everything a checkpoint holds; return the step to continue from."""
+                           num_examples: int, data_source: str, extra: dict | None = None) -> int:
+    """Load everything a checkpoint holds; return the step to continue from. `extra` is
+    updated in place with what save_training_state was given as its `extra`."""
     state = load_checkpoint(checkpoint)
     if state["data"]["num_examples"] != num_examples:
         raise DataError(f"{data_source}: {num_examples} training examples now, "
@@ -61,6 +64,8 @@ def restore_training_state(checkpoint: Path, model: torch.nn.Module,
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])
+    if extra is not None:
+        extra.update(state.get("extra", {}))
     print(f"resumed from {checkpoint} at step {state['step']}")
     return state["step"]
 

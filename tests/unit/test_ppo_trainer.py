@@ -1,0 +1,158 @@
+"""The online RL loop on the tiny model: PPO, GRPO and RLOO learn a toy reward; the details."""
+
+import pytest
+import torch
+from conftest import write_jsonl
+from safetensors.torch import load_file
+
+from tether.checkpoint import list_checkpoints, load_checkpoint
+from tether.cli import main
+from tether.config import PPOConfig, load_config
+from tether.data.collate import collate
+from tether.data.tokenize import Encoded
+from tether.models.reward import RewardModel
+from tether.models.tiny import tiny_tokenizer
+from tether.models.value import ValueModel
+from tether.rundir import read_metrics
+from tether.trainers import ppo as ppo_trainer
+from tether.trainers.ppo import cut_at_stop
+
+
+def share_of_e(texts: list[str]) -> list[float]:
+    """Toy gold reward: how much of the response is the letter 'e'."""
+    return [t.count("e") / max(len(t), 1) for t in texts]
+
+
+def _prompts(tmp_path, n=16):
+    return write_jsonl(tmp_path / "prompts.jsonl",
+                       [{"prompt": f"Write something about item {i}."} for i in range(n)])
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(PPOConfig, None, [
+        f"run_dir={tmp_path / 'run'}", "model.name=tiny", f"rollout.prompts={_prompts(tmp_path)}",
+        "reward.gold=test_ppo_trainer:share_of_e", "rollout.batch_size=8",
+        "rollout.max_new_tokens=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=4",
+        "optim.lr=1e-3", "train.max_steps=2", *overrides])
+
+
+def test_cut_at_stop_keeps_the_shortest_prefix_with_the_stop_string():
+    tok = tiny_tokenizer()
+    ids = tok("The end. More words here", add_special_tokens=False).input_ids
+    cut, stopped = cut_at_stop(tok, ids, ".")
+    assert stopped and tok.decode(cut).endswith(".") and "More" not in tok.decode(cut)
+    assert cut_at_stop(tok, ids, "") == (ids, False)
+    assert cut_at_stop(tok, ids, "@@") == (ids, False)
+
+
+def test_value_model_from_a_reward_model_reads_like_the_reward_model():
+    # The value at position t is the head on the state after token t-1: on a sequence one
+    # token longer, the value at the last position equals the reward model's raw score.
+    rm = RewardModel.build("tiny", seed=0, max_length=64)
+    value = ValueModel.from_reward_model(rm.model)
+    ids = [[5, 9, 33, 41, 2], [7, 12, 2]]
+    raw = rm.raw_scores(collate([Encoded(i, [1] * len(i)) for i in ids], 0))
+    longer = collate([Encoded(i + [3], [1] * (len(i) + 1)) for i in ids], 0)
+    values = value(longer["input_ids"], longer["attention_mask"])
+    torch.testing.assert_close(values[0, 5], raw[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(values[1, 3], raw[1], atol=1e-5, rtol=0)
+    assert values[:, 0].abs().max() == 0  # position 0 has no state before it
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("ppo", []),
+    ("grpo", ["rollout.group_size=4", "ppo.kl_in=loss", "ppo.kl_estimator=k3"]),
+    ("rloo", ["rollout.group_size=4"]),
+])
+def test_cli_run_raises_a_toy_reward(tmp_path, algo, extra):
+    prompts = _prompts(tmp_path)
+    args = ["ppo", "model.name=tiny", f"rollout.prompts={prompts}", f"algo={algo}",
+            "reward.gold=test_ppo_trainer:share_of_e", "reward.penalize_no_eos=false",
+            f"run_dir={tmp_path / 'run'}", "rollout.max_new_tokens=12", "ppo.kl_coef=0.01",
+            "rollout.batch_size=8", "ppo.minibatch_size=16", "ppo.micro_batch_size=8",
+            "optim.lr=3e-3", "train.max_steps=14", "train.save_every=0", *extra]
+    if algo == "ppo":
+        args += ["rollout.group_size=2"]
+    assert main(args) == 0
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    gold = [m["reward/gold"] for m in metrics]
+    first, last = sum(gold[:3]) / 3, sum(gold[-3:]) / 3
+    assert last > first + 0.05, gold
+    assert all(m["kl/seq"] == m["kl/seq"] for m in metrics)  # finite, logged every step
+    for key in ("ppo/clipfrac", "ppo/approx_kl", "loss/policy", "policy/entropy",
+                "response/length", "response/no_eos_frac", "kl/coef", "perf/generate_s",
+                "perf/score_s", "perf/train_s"):
+        assert key in metrics[-1], key
+    assert ("loss/value" in metrics[-1]) == (algo == "ppo")
+    assert ("loss/kl" in metrics[-1]) == (algo == "grpo")
+    state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["model"]
+    assert any(k.startswith("value.") for k in state) == (algo == "ppo")
+    assert (tmp_path / "run" / "samples.jsonl").read_text()
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def test_first_minibatch_has_ratio_one(tmp_path):
+    # One epoch, one minibatch: the update is computed on exactly the rollout's policy.
+    ppo_trainer.train(_cfg(tmp_path, "train.max_steps=1", "ppo.epochs=1"))
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert metrics["ppo/approx_kl"] == pytest.approx(0.0, abs=1e-10)
+    assert metrics["ppo/clipfrac"] == 0.0
+
+
+def test_missing_eos_gets_the_penalty_score(tmp_path):
+    # One new token: (almost) no response ends with EOS, so the optimised score is the penalty.
+    ppo_trainer.train(_cfg(tmp_path, "rollout.max_new_tokens=1", "reward.no_eos_score=-5",
+                           "train.max_steps=1"))
+    m = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert m["response/no_eos_frac"] == 1.0
+    assert m["reward/score"] == -5.0
+    assert m["reward/gold"] > 0  # the gold score is logged as it is
+
+
+def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = ["ppo.adaptive_kl=true", "ppo.kl_target=0.01", "ppo.kl_horizon=100",
+                 "train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5"]
+    ppo_trainer.train(_cfg(tmp_path, *overrides))
+    whole = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    coefs = [m["kl/coef"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert coefs[0] == pytest.approx(0.05) and coefs[-1] != coefs[0]
+
+    again = tmp_path / "again"
+    again.mkdir()
+    cfg = _cfg(again, *overrides)
+    original = ppo_trainer.clip_and_check
+
+    def die_in_step_3(model, max_norm, loss, step, last):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(model, max_norm, loss, step, last)
+
+    monkeypatch.setattr(ppo_trainer, "clip_and_check", die_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ppo_trainer.train(cfg)
+    monkeypatch.setattr(ppo_trainer, "clip_and_check", original)
+    cfg.resume = True
+    ppo_trainer.train(cfg)
+    resumed = load_file(str(again / "run" / "final" / "model.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert [m["kl/coef"] for m in read_metrics(again / "run" / "metrics.jsonl")] == coefs
+
+
+def test_lora_uses_the_base_as_reference_and_loads_one_policy(tmp_path, monkeypatch):
+    loads = []
+    original = ppo_trainer.load_causal_lm
+    monkeypatch.setattr(ppo_trainer, "load_causal_lm",
+                        lambda name, seed=0: loads.append(name) or original(name, seed=seed))
+    ppo_trainer.train(_cfg(tmp_path, "model.lora.enabled=true", "model.lora.r=4",
+                           "ppo.value_model=head", "train.max_steps=2"))
+    assert loads == ["tiny"]
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert metrics[0]["kl/seq"] == pytest.approx(0.0, abs=1e-5)  # adapter starts as a no-op
+    assert metrics[-1]["kl/seq"] != 0.0
+
+
+def test_config_errors(capsys):
+    assert main(["ppo", "rollout.prompts=p.jsonl", "algo=grpo"]) == 2
+    assert "group_size" in capsys.readouterr().err
+    assert main(["ppo", "rollout.prompts=p.jsonl", "reward.gold="]) == 2
+    assert "nothing to optimise" in capsys.readouterr().err

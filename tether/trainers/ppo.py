@@ -1,0 +1,432 @@
+"""Online RL against a reward: PPO (value model + GAE), GRPO and RLOO in one loop.
+
+Each iteration (one `step`), top to bottom:
+  1. rollout: a batch of prompts, `group_size` responses each, sampled from the policy;
+  2. score: the proxy (reward model) and/or the gold scorer; the optimised score (the proxy if
+     there is one) gets the no-EOS penalty, then optional whitening and clipping;
+  3. log-probs of the policy and the reference (and values, for ppo), without gradients;
+  4. rewards and advantages: ppo: -kl_coef * KL per token plus the score at the last token,
+     GAE, whitening; grpo / rloo: the score (minus the sequence KL when it is in the reward)
+     compared within each prompt's group, the same advantage at every token;
+  5. `epochs` passes over shuffled minibatches: clipped policy loss (+ clipped value loss,
+     entropy bonus, KL loss), microbatch gradient accumulation, early stop on approximate KL;
+  6. KL controller update, log, sample responses, evaluate, checkpoint.
+
+Dropout is off in every model (log-probs of the same text must not depend on the pass), so the
+first minibatch of each iteration has ratio exactly 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tether.checkpoint import save_final
+from tether.config import PPOConfig
+from tether.data.collate import collate
+from tether.data.order import batch_indices
+from tether.data.tokenize import Encoded, Messages, wants_chat_template
+from tether.errors import DataError
+from tether.eval.policy import evaluate_policy
+from tether.labeling.simulate import score_all
+from tether.losses.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae,
+    group_advantages,
+    kl_loss,
+    kl_per_token,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    policy_loss,
+    shape_rewards,
+    value_loss,
+)
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
+from tether.models.lora import apply_lora, count_parameters, is_lora
+from tether.models.reward import RewardModel
+from tether.models.value import ValueModel, logits_and_values, value_head
+from tether.optim import make_optimizer, make_scheduler
+from tether.rollout.generate import Generation, SamplingParams, make_generator
+from tether.rundir import MetricsLog, prepare_run_dir
+from tether.sample import encode_prompts, load_prompts
+from tether.tasks.registry import load_gold_scorer
+from tether.trainers.common import (
+    autocast,
+    clip_and_check,
+    due,
+    restore_training_state,
+    save_training_state,
+)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off for good, in train mode too (gradient checkpointing needs train mode)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop",
+                 "attn_pdrop"):
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)
+
+
+def cut_at_stop(tokenizer, response_ids: list[int], stop: str) -> tuple[list[int], bool]:
+    """The shortest prefix of the response whose text contains `stop`, and whether one did."""
+    if not stop or stop not in tokenizer.decode(response_ids, skip_special_tokens=True):
+        return response_ids, False
+    for end in range(1, len(response_ids) + 1):
+        if stop in tokenizer.decode(response_ids[:end], skip_special_tokens=True):
+            return response_ids[:end], True
+    return response_ids, False  # unreachable: the whole response contains it
+
+
+@dataclass
+class Rollout:
+    """One iteration's samples as [N, T] tensors (right-padded prompt + response); `mask` is 1
+    on response tokens. N = prompts x group_size, the samples of a prompt consecutive."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor
+    prompt_index: list[int]
+    texts: list[str]
+    finished: torch.Tensor  # [N] bool
+
+
+def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list[Generation]],
+                  stop: str) -> Rollout:
+    examples, texts, finished, prompt_index = [], [], [], []
+    for i, (prompt, samples) in enumerate(zip(prompt_ids, generations, strict=True)):
+        for g in samples:
+            response, stopped = cut_at_stop(tokenizer, g.response_ids, stop)
+            examples.append(Encoded(prompt + response, [0] * len(prompt) + [1] * len(response)))
+            texts.append(tokenizer.decode(response, skip_special_tokens=True))
+            finished.append(g.finished or stopped)
+            prompt_index.append(i)
+    batch = collate(examples, tokenizer.pad_token_id)
+    return Rollout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"].float(),
+                   prompt_index, texts, torch.tensor(finished))
+
+
+def train(cfg: PPOConfig) -> Path:
+    """Run PPO / GRPO / RLOO as configured; return the final/ directory."""
+    torch.manual_seed(cfg.train.seed)
+    algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
+    bf16, temperature = cfg.train.bf16, rcfg.temperature
+
+    # 0. Prompts, scorers, models. Data and scorer names first: mistakes fail fast.
+    tokenizer = load_tokenizer(cfg.model.name)
+    chat = wants_chat_template(tokenizer, rcfg.chat_template)
+    rows, stats = load_prompts(rcfg.prompts)
+    messages: list[Messages] = [m for _, m in rows]
+    prompt_ids, _ = encode_prompts(tokenizer, messages, chat, rcfg.max_prompt_length)
+    eval_rows = load_prompts(cfg.eval_prompts, cfg.eval_num_prompts)[0] if cfg.eval_prompts \
+        else []
+    eval_ids = encode_prompts(tokenizer, [m for _, m in eval_rows], chat,
+                              rcfg.max_prompt_length)[0]
+    gold = load_gold_scorer(cfg.reward.gold) if cfg.reward.gold else None
+    if len(rows) < rcfg.batch_size:
+        raise DataError(f"{rcfg.prompts}: {len(rows)} prompts, fewer than "
+                        f"rollout.batch_size={rcfg.batch_size}")
+    print(f"prompts: {stats.summary()}" + (f"; {len(eval_rows)} held out for evaluation"
+                                           if eval_rows else ""))
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+
+    reward_model = RewardModel.from_pretrained(cfg.reward.model) if cfg.reward.model else None
+    if reward_model is not None:
+        reward_model.model.requires_grad_(False).eval()
+    policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+    disable_dropout(policy)
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    value_model: torch.nn.Module | None = None
+    if algo == "ppo" and pcfg.value_model == "separate":
+        # InstructGPT initialises the value function from the reward model; that needs a
+        # causal trunk reading the policy's tokens. Otherwise start from the policy.
+        from_rm = (reward_model is not None and reward_model.kind == "policy"
+                   and reward_model.tokenizer.get_vocab() == tokenizer.get_vocab())
+        value_model = (ValueModel.from_reward_model(reward_model.model) if from_rm
+                       else ValueModel.from_policy(policy))
+        disable_dropout(value_model)
+        print(f"value model: initialised from the {'reward model' if from_rm else 'policy'}")
+    elif algo == "ppo":
+        value_model = value_head(policy)
+    if cfg.model.lora.enabled:
+        policy = apply_lora(policy, cfg.model.lora)
+        ref_model = None  # the policy with its adapter off
+    else:
+        ref_model = load_causal_lm(cfg.model.name, seed=cfg.train.seed).requires_grad_(False)
+        disable_dropout(ref_model)
+        ref_model.eval()
+    # One module holding everything trained, for the optimizer and checkpoints.
+    trained = torch.nn.ModuleDict({"policy": policy} | (
+        {"value": value_model} if value_model is not None else {}))
+    shared_head = algo == "ppo" and pcfg.value_model == "head"
+
+    per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
+    total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    num_samples = rcfg.batch_size * rcfg.group_size
+    updates_per_step = pcfg.epochs * num_samples // pcfg.minibatch_size
+    trainable, total = count_parameters(trained)
+    target = f"reward model {cfg.reward.model}" if reward_model else f"gold {cfg.reward.gold}"
+    print(f"{algo} on {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
+          f"trainable; {total_steps} iterations of {rcfg.batch_size} prompts x "
+          f"{rcfg.group_size} samples; optimising the {target}")
+
+    optimizer = make_optimizer(trained, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps * updates_per_step)
+    kl_ctl = (AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)
+              if pcfg.adaptive_kl else FixedKLController(pcfg.kl_coef))
+    start_step, extra = 0, {}
+    if checkpoint is not None:
+        start_step = restore_training_state(checkpoint, trained, optimizer, scheduler,
+                                            num_examples=len(rows), data_source=rcfg.prompts,
+                                            extra=extra)
+        kl_ctl.load_state_dict(extra["kl_controller"])
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+    samples_log = MetricsLog(run_dir / "samples.jsonl",
+                             resume_step=start_step if checkpoint else None)
+    generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16)
+    params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
+                            max_new_tokens=rcfg.max_new_tokens)
+
+    def ref_context():
+        return policy.disable_adapter() if ref_model is None else contextlib.nullcontext()
+
+    def policy_logits(ids, am):
+        """Policy logits (and values, when the value head sits on the policy)."""
+        with autocast(bf16):
+            if shared_head:
+                logits, values = logits_and_values(policy, value_model, ids, am)
+                return logits, values
+            return forward_logits(policy, ids, am), None
+
+    @torch.no_grad()
+    def per_token(rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Old log-probs, reference log-probs, entropy and values of the rollout."""
+        out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [],
+                                              "entropy": [], "values": []}
+        for idx in torch.arange(len(rollout.texts)).split(pcfg.micro_batch_size):
+            ids, am = rollout.input_ids[idx], rollout.attention_mask[idx]
+            logits, values = policy_logits(ids, am)
+            out["logprobs"].append(token_logprobs(logits, ids, temperature))
+            out["entropy"].append(token_entropy(logits, temperature))
+            with ref_context(), autocast(bf16):
+                ref_logits = forward_logits(ref_model if ref_model is not None else policy,
+                                            ids, am)
+            out["ref_logprobs"].append(token_logprobs(ref_logits, ids, temperature))
+            if algo == "ppo" and not shared_head:
+                with autocast(bf16):
+                    values = value_model(ids, am)
+            if values is not None:
+                out["values"].append(values)
+        return {k: torch.cat(v) for k, v in out.items() if v}
+
+    def score(rollout: Rollout, prompts: list[Messages]) -> dict[str, torch.Tensor]:
+        sample_prompts = [prompts[i] for i in rollout.prompt_index]
+        scores = {}
+        if reward_model is not None:
+            scores["proxy"] = torch.tensor(reward_model.score(
+                sample_prompts, rollout.texts, batch_size=pcfg.micro_batch_size, bf16=bf16))
+        if gold is not None:
+            scores["gold"] = torch.tensor(score_all([{"responses": rollout.texts}], gold)[0],
+                                          dtype=torch.float32)
+        return scores
+
+    def evaluate() -> dict[str, float]:
+        records = evaluate_policy(policy, tokenizer, eval_ids, n=1, params=params,
+                                  seed=cfg.train.seed, batch_size=pcfg.micro_batch_size,
+                                  messages=[m for _, m in eval_rows], reference=ref_model,
+                                  gold=gold, reward_model=reward_model, bf16=bf16)
+        metrics = {}
+        for key in ("gold", "proxy", "kl", "num_tokens"):
+            values = [r[key] for r in records if r[key] is not None]
+            if values:
+                metrics[f"eval/{key}"] = float(np.mean(values))
+        return metrics
+
+    if checkpoint is None and eval_rows:
+        log.log(0, evaluate())
+
+    last_saved, metrics = checkpoint, {}
+    progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
+                    dynamic_ncols=True)
+    for step in range(start_step, total_steps):
+        started = time.perf_counter()
+        policy.eval()
+
+        # 1. Rollout.
+        indices = batch_indices(len(rows), rcfg.batch_size, step, cfg.train.seed)
+        batch_prompts = [prompt_ids[i] for i in indices]
+        generations = generator.generate(batch_prompts, rcfg.group_size, params,
+                                         seed=cfg.train.seed * 100_003 + step)
+        rollout = build_rollout(tokenizer, batch_prompts, generations, rcfg.stop_string)
+        mask = rollout.mask
+        generate_s = time.perf_counter() - started
+
+        # 2. Scores: the optimised one is the proxy when there is a reward model.
+        t0 = time.perf_counter()
+        scores = score(rollout, [messages[i] for i in indices])
+        objective = (scores["proxy"] if reward_model is not None else scores["gold"]).clone()
+        if cfg.reward.penalize_no_eos:
+            objective[~rollout.finished] = cfg.reward.no_eos_score
+        if cfg.reward.whiten:
+            objective = (objective - objective.mean()) / (objective.std() + 1e-8) + \
+                objective.mean()
+        if cfg.reward.clip:
+            objective = objective.clamp(-cfg.reward.clip, cfg.reward.clip)
+        score_s = time.perf_counter() - t0
+
+        # 3. Log-probs, reference log-probs and values, before any update.
+        t0 = time.perf_counter()
+        old = per_token(rollout)
+        kl = kl_per_token(old["logprobs"], old["ref_logprobs"], pcfg.kl_estimator)
+        kl_in_reward = pcfg.kl_in == "reward"
+        kl_coef = kl_ctl.value
+
+        # 4. Rewards and advantages.
+        if algo == "ppo":
+            rewards = shape_rewards(objective, kl, mask, kl_coef if kl_in_reward else 0.0)
+            advantages, returns = gae(rewards, old["values"], mask, pcfg.gamma, pcfg.lam)
+            if pcfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        else:
+            total_score = objective - (kl_coef * masked_sum(kl, mask, dim=-1) if kl_in_reward
+                                       else 0.0)
+            per_sequence = group_advantages(total_score, rcfg.group_size, algo,
+                                            scale=pcfg.group_scale)
+            advantages = per_sequence[:, None] * mask
+            returns = None
+        prepare_s = time.perf_counter() - t0
+
+        # 5. Epochs over shuffled minibatches, microbatches accumulated.
+        t0 = time.perf_counter()
+        policy.train()
+        trained.train()
+        shuffle = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+        sums: dict[str, float] = {}
+        updates = 0
+        stop_early = False
+        for _ in range(pcfg.epochs):
+            order = torch.randperm(num_samples, generator=shuffle)
+            for minibatch in order.split(pcfg.minibatch_size):
+                num_tokens = mask[minibatch].sum()
+                mb: dict[str, float] = {}
+                for idx in minibatch.split(pcfg.micro_batch_size):
+                    ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
+                    logits, values = policy_logits(ids, am)
+                    logprobs = token_logprobs(logits, ids, temperature)
+                    loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
+                                          pcfg.clip_range, num_tokens=num_tokens)
+                    weight = (m.sum() / num_tokens).item()
+                    parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item()
+                             * weight, "ppo/approx_kl": s["approx_kl"].item() * weight}
+                    if pcfg.entropy_coef:
+                        entropy = masked_sum(token_entropy(logits, temperature), m) / num_tokens
+                        loss = loss - pcfg.entropy_coef * entropy
+                    if algo == "ppo":
+                        if not shared_head:
+                            with autocast(bf16):
+                                values = value_model(ids, am)
+                        v_loss, vs = value_loss(values, old["values"][idx], returns[idx], m,
+                                                pcfg.clip_range_value, num_tokens=num_tokens)
+                        loss = loss + pcfg.vf_coef * v_loss
+                        parts |= {"loss/value": v_loss.item(),
+                                  "ppo/value_clipfrac": vs["clipfrac"].item() * weight}
+                    if not kl_in_reward:
+                        k_loss = kl_loss(logprobs, old["ref_logprobs"][idx], m,
+                                         num_tokens=num_tokens, estimator=pcfg.kl_estimator)
+                        loss = loss + kl_coef * k_loss
+                        parts["loss/kl"] = k_loss.item()
+                    loss.backward()
+                    mb = {k: mb.get(k, 0.0) + v for k, v in parts.items()}
+                grad_norm = clip_and_check(trained, cfg.optim.max_grad_norm, mb["loss/policy"],
+                                           step + 1, last_saved)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                updates += 1
+                mb["optim/grad_norm"] = grad_norm
+                sums = {k: sums.get(k, 0.0) + v for k, v in mb.items()}
+                if pcfg.target_approx_kl and mb["ppo/approx_kl"] > pcfg.target_approx_kl:
+                    stop_early = True
+                    break
+            if stop_early:
+                break
+        policy.eval()
+        trained.eval()
+        train_s = time.perf_counter() - t0
+
+        # 6. KL controller, metrics, samples, evaluation, checkpoint.
+        seq_kl = masked_sum(old["logprobs"] - old["ref_logprobs"], mask, dim=-1)
+        kl_ctl.update(seq_kl.mean().item(), num_samples)
+        elapsed = time.perf_counter() - started
+        done = step + 1
+        lengths = mask.sum(-1)
+        metrics = {f"{k}": v / updates for k, v in sums.items()}
+        for key, values in scores.items():
+            metrics[f"reward/{key}"] = values.mean().item()
+            metrics[f"reward/{key}_std"] = values.std().item()
+        metrics |= {
+            "reward/score": objective.mean().item(),
+            "kl/seq": seq_kl.mean().item(), "kl/coef": kl_coef,
+            "policy/entropy": masked_mean(old["entropy"], mask).item(),
+            "response/length": lengths.float().mean().item(),
+            "response/no_eos_frac": (~rollout.finished).float().mean().item(),
+            "ppo/advantage_mean": masked_mean(advantages, mask).item(),
+            "ppo/advantage_std": masked_mean(advantages.pow(2), mask).sqrt().item(),
+            "ppo/updates": updates, "ppo/early_stop": float(stop_early),
+            "optim/lr": scheduler.get_last_lr()[0],
+            "perf/generate_s": generate_s, "perf/score_s": score_s, "perf/prepare_s": prepare_s,
+            "perf/train_s": train_s, "perf/step_s": elapsed,
+            "perf/generate_tokens_per_s": lengths.sum().item() / generate_s,
+            "perf/train_tokens_per_s":
+                updates / (num_samples // pcfg.minibatch_size) *
+                rollout.attention_mask.sum().item() / max(train_s, 1e-9),
+            "data/epoch": step / per_epoch}
+        if algo == "ppo":
+            metrics["ppo/returns_mean"] = masked_mean(returns, mask).item()
+            metrics["ppo/explained_variance"] = explained_variance(old["values"], returns,
+                                                                   mask).item()
+        is_last = done == total_steps
+        if eval_rows and due(done, cfg.train.eval_every, is_last):
+            metrics |= evaluate()
+        if is_last or done % cfg.train.log_every == 0 or "eval/gold" in metrics:
+            log.log(done, metrics)
+        if due(done, cfg.sample_every, is_last):
+            samples_log.write(done, {"samples": [
+                {"prompt": rows[indices[rollout.prompt_index[i]]][0], "response": rollout.texts[i],
+                 **{k: v[i].item() for k, v in scores.items()}}
+                for i in range(min(4, num_samples))]})
+        shown = "gold" if "reward/gold" in metrics else "proxy"
+        progress.set_postfix({shown: f"{metrics[f'reward/{shown}']:.3f}",
+                              "kl": f"{metrics['kl/seq']:.2f}"})
+        progress.update(1)
+        if due(done, cfg.train.save_every, is_last):
+            last_saved = save_training_state(run_dir, done, trained, optimizer, scheduler,
+                                             num_examples=len(rows), steps_per_epoch=per_epoch,
+                                             keep=cfg.train.keep_checkpoints,
+                                             extra={"kl_controller": kl_ctl.state_dict()})
+    progress.close()
+    log.close()
+    samples_log.close()
+    if metrics:
+        print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k.split("/")[0] in ("reward", "kl", "eval")))
+
+    final = save_final(policy, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)
+    print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(policy) and
+                                      cfg.model.lora.merge_on_save else ""))
+    return final
+
