@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python -m bench sft
 	$(BIN)/python -m bench rm
 	$(BIN)/python -m bench dpo
+	$(BIN)/python -m bench ppo
 
 lint: setup
 	$(BIN)/ruff check tether tests bench

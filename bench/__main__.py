@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import dpo, peak, rm, sft
+from bench import dpo, peak, ppo, rm, sft
 
-BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo}
+BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo}
 
 
 def main(argv: list[str] | None = None) -> None:
