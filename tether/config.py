@@ -116,6 +116,11 @@ class TrainConfig:
                                "stay fp32).")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
 
+    def check_accumulation(self) -> None:
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"train.batch_size ({self.batch_size}) must be a multiple of "
+                              f"train.micro_batch_size ({self.micro_batch_size})")
+
 
 # ---------------------------------------------------------------------------------------------
 # Stages
@@ -138,10 +143,7 @@ class SFTConfig:
         if not self.data.train:
             raise ConfigError("data.train is required: the demonstrations to train on "
                               "(e.g. data.train=examples/sft/reviews.jsonl)")
-        if self.train.batch_size % self.train.micro_batch_size:
-            raise ConfigError(
-                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
-                f"train.micro_batch_size ({self.train.micro_batch_size})")
+        self.train.check_accumulation()
 
 
 @dataclass
@@ -242,10 +244,7 @@ class RMConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train is required: preference pairs or rankings")
-        if self.train.batch_size % self.train.micro_batch_size:
-            raise ConfigError(
-                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
-                f"train.micro_batch_size ({self.train.micro_batch_size})")
+        self.train.check_accumulation()
 
 
 @dataclass
@@ -300,10 +299,7 @@ class DPOConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train is required: preference pairs or rankings")
-        if self.train.batch_size % self.train.micro_batch_size:
-            raise ConfigError(
-                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
-                f"train.micro_batch_size ({self.train.micro_batch_size})")
+        self.train.check_accumulation()
         if self.dpo.label_smoothing and self.dpo.loss in ("ipo", "hinge"):
             raise ConfigError(f"dpo.label_smoothing is not defined for dpo.loss={self.dpo.loss}; "
                               f"use sigmoid (conservative DPO) or robust")
