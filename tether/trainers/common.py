@@ -19,9 +19,11 @@ from tether.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from tether.config import TrainConfig
+from tether.config import OptimConfig, TrainConfig
 from tether.data.order import steps_per_epoch
 from tether.errors import DataError, TrainingDiverged
+from tether.optim import make_optimizer, make_scheduler
+from tether.rundir import MetricsLog
 
 
 def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int, int]:
@@ -68,6 +70,23 @@ def restore_training_state(checkpoint: Path, model: torch.nn.Module,
         extra.update(state.get("extra", {}))
     print(f"resumed from {checkpoint} at step {state['step']}")
     return state["step"]
+
+
+def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Module,
+                    optim: OptimConfig, total_updates: int, *, num_examples: int,
+                    data_source: str, extra: dict | None = None,
+                    ) -> tuple[torch.optim.Optimizer, Any, int, MetricsLog]:
+    """The optimizer, its schedule over `total_updates` optimizer steps, the step to start
+    from and the metrics log; everything restored from `checkpoint` when resuming."""
+    optimizer = make_optimizer(model, optim)
+    scheduler = make_scheduler(optimizer, optim, total_updates)
+    start_step = 0
+    if checkpoint is not None:
+        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
+                                            num_examples=num_examples, data_source=data_source,
+                                            extra=extra)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+    return optimizer, scheduler, start_step, log
 
 
 def clip_and_check(model: torch.nn.Module, max_grad_norm: float, loss: float, step: int,

@@ -35,15 +35,14 @@ from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
-from tether.optim import make_optimizer, make_scheduler
-from tether.rundir import MetricsLog, prepare_run_dir
+from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     autocast,
     clip_and_check,
     due,
     plan_steps,
-    restore_training_state,
     save_training_state,
+    start_or_resume,
 )
 
 REF_CACHE = "ref_logprobs.pt"
@@ -236,14 +235,9 @@ def train(cfg: DPOConfig) -> Path:
           f"out; {total_steps} steps of {batch_size} prompts")
 
     # 3. Optimizer and schedule, restored with everything else on resume.
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    start_step = 0
-    if checkpoint is not None:
-        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
-                                            num_examples=len(data.train),
-                                            data_source=cfg.data.train)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+    optimizer, scheduler, start_step, log = start_or_resume(
+        run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
+        data_source=cfg.data.train)
 
     def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int
                 ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -55,7 +55,6 @@ from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.value import ValueModel, logits_and_values, value_head
-from tether.optim import make_optimizer, make_scheduler
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -64,8 +63,8 @@ from tether.trainers.common import (
     autocast,
     clip_and_check,
     due,
-    restore_training_state,
     save_training_state,
+    start_or_resume,
 )
 
 
@@ -184,17 +183,14 @@ def train(cfg: PPOConfig) -> Path:
           f"trainable; {total_steps} iterations of {rcfg.batch_size} prompts x "
           f"{rcfg.group_size} samples; optimising the {target}")
 
-    optimizer = make_optimizer(trained, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total_steps * updates_per_step)
     kl_ctl = (AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)
               if pcfg.adaptive_kl else FixedKLController(pcfg.kl_coef))
-    start_step, extra = 0, {}
+    extra: dict = {}
+    optimizer, scheduler, start_step, log = start_or_resume(
+        run_dir, checkpoint, trained, cfg.optim, total_steps * updates_per_step,
+        num_examples=len(rows), data_source=rcfg.prompts, extra=extra)
     if checkpoint is not None:
-        start_step = restore_training_state(checkpoint, trained, optimizer, scheduler,
-                                            num_examples=len(rows), data_source=rcfg.prompts,
-                                            extra=extra)
         kl_ctl.load_state_dict(extra["kl_controller"])
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
     samples_log = MetricsLog(run_dir / "samples.jsonl",
                              resume_step=start_step if checkpoint else None)
     generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16)
@@ -374,7 +370,7 @@ def train(cfg: PPOConfig) -> Path:
         elapsed = time.perf_counter() - started
         done = step + 1
         lengths = mask.sum(-1)
-        metrics = {f"{k}": v / updates for k, v in sums.items()}
+        metrics = {k: v / updates for k, v in sums.items()}
         for key, values in scores.items():
             metrics[f"reward/{key}"] = values.mean().item()
             metrics[f"reward/{key}_std"] = values.std().item()

@@ -23,15 +23,14 @@ from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
 from tether.models.reward import RewardModel
-from tether.optim import make_optimizer, make_scheduler
-from tether.rundir import MetricsLog, prepare_run_dir
+from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     autocast,
     clip_and_check,
     due,
     plan_steps,
-    restore_training_state,
     save_training_state,
+    start_or_resume,
 )
 
 
@@ -80,14 +79,9 @@ def train(cfg: RMConfig) -> Path:
           f"training, {len(data.eval)} held out; {total_steps} steps of {batch_size} prompts")
 
     # 2. Optimizer and schedule, restored with everything else on resume.
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    start_step = 0
-    if checkpoint is not None:
-        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
-                                            num_examples=len(data.train),
-                                            data_source=cfg.data.train)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+    optimizer, scheduler, start_step, log = start_or_resume(
+        run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
+        data_source=cfg.data.train)
 
     def evaluate() -> tuple[dict[str, float], dict]:
         return evaluate_preferences(rm, data.eval, batch_size=2 * micro, bf16=cfg.train.bf16,

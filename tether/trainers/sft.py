@@ -23,15 +23,14 @@ from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters
-from tether.optim import make_optimizer, make_scheduler
-from tether.rundir import MetricsLog, prepare_run_dir
+from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     autocast,
     clip_and_check,
     due,
     plan_steps,
-    restore_training_state,
     save_training_state,
+    start_or_resume,
 )
 
 
@@ -59,14 +58,9 @@ def train(cfg: SFTConfig) -> Path:
           f"{total_steps} steps of {batch_size} sequences ({batch_size // micro} microbatches)")
 
     # 2. Optimizer and schedule, restored with everything else on resume.
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    start_step = 0
-    if checkpoint is not None:
-        start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
-                                            num_examples=len(data.train),
-                                            data_source=cfg.data.train)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+    optimizer, scheduler, start_step, log = start_or_resume(
+        run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
+        data_source=cfg.data.train)
 
     def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(cfg.train.bf16):
