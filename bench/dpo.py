@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from bench import machine, save_results, spread
-from bench.peak import DTYPES, measure_peak
+from bench.peak import time_interleaved
 from tether.config import DPOLossConfig, OptimConfig
 from tether.data.preferences import EncodedPreference, Preference
 from tether.data.tokenize import Encoded
@@ -131,22 +131,9 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("--steps must be at least 1")
     started, before = time.perf_counter(), machine()
     arch, step = _setup(args)
-    records = {name: [] for name in CONFIGS}
-    peaks = {name: [] for name in DTYPES}
-    rounds = args.warmup + args.steps
-    for round_ in range(rounds):
-        measured = round_ >= args.warmup
-        if measured:
-            for name, dtype in DTYPES.items():
-                peaks[name].append(measure_peak(dtype, args.peak_seconds))
-        line = []
-        for name in list(CONFIGS) if round_ % 2 == 0 else list(CONFIGS)[::-1]:
-            record = step(*CONFIGS[name])
-            line.append(f"{name} {record['seconds']:.2f} s")
-            if measured:
-                records[name].append(record)
-        print(f"{'step' if measured else 'warm-up'} {round_ + 1}/{rounds}: {', '.join(line)}",
-              flush=True)
+    records, peaks = time_interleaved(
+        {name: (lambda c=c: step(*c)) for name, c in CONFIGS.items()},
+        warmup=args.warmup, rounds=args.steps, peak_seconds=args.peak_seconds)
 
     print("peak memory: each configuration alone in a fresh process ...", flush=True)
     rss = {}

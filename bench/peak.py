@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -39,6 +40,33 @@ def measure_peak(dtype: torch.dtype, seconds: float = 2.0) -> float:
             if now > deadline:
                 break
     return best
+
+
+def time_interleaved(steps: dict[str, Callable[[], dict]], *, warmup: int, rounds: int,
+                     peak_seconds: float) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
+    """Per round: the matmul peak of each dtype, then one step of each configuration, in an
+    order that alternates between rounds, so the noise of a shared machine falls on all alike.
+    Each step returns a record with its "seconds". Returns (the measured rounds' records per
+    configuration, peak FLOP/s samples per dtype); the first `warmup` rounds are not kept."""
+    records: dict[str, list[dict]] = {name: [] for name in steps}
+    peaks: dict[str, list[float]] = {name: [] for name in DTYPES}
+    total = warmup + rounds
+    for round_ in range(total):
+        measured = round_ >= warmup
+        if measured:
+            for name, dtype in DTYPES.items():
+                peaks[name].append(measure_peak(dtype, peak_seconds))
+        line = []
+        for name in list(steps) if round_ % 2 == 0 else list(steps)[::-1]:
+            record = steps[name]()
+            line.append(f"{name} {record['seconds']:.2f} s")
+            if measured:
+                records[name].append(record)
+        if measured:
+            line += [f"peak {name} {peaks[name][-1] / 1e9:.0f} GFLOP/s" for name in DTYPES]
+        print(f"{'step' if measured else 'warm-up'} {round_ + 1}/{total}: {', '.join(line)}",
+              flush=True)
+    return records, peaks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from bench import machine, machine_busy_seconds, save_results, spread
-from bench.peak import DTYPES, measure_peak
+from bench.peak import time_interleaved
 from tether.config import DataConfig, OptimConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
@@ -165,38 +165,15 @@ def _peak_memory(args: argparse.Namespace) -> dict[str, int]:
     return rss
 
 
-def _time_interleaved(args: argparse.Namespace, step: Callable[[bool], dict]
-                      ) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
-    """Per round: matmul peak of each dtype, then one step of each configuration, in an order
-    that alternates between rounds. Returns (step records, peak FLOP/s samples)."""
-    steps = {name: [] for name in CONFIGS}
-    peaks = {name: [] for name in DTYPES}
-    rounds = args.warmup + args.steps
-    for round_ in range(rounds):
-        measured = round_ >= args.warmup
-        if measured:
-            for name, dtype in DTYPES.items():
-                peaks[name].append(measure_peak(dtype, args.peak_seconds))
-        line = []
-        for name in list(CONFIGS) if round_ % 2 == 0 else list(CONFIGS)[::-1]:
-            record = step(CONFIGS[name])
-            line.append(f"{name} {record['seconds']:.2f} s")
-            if measured:
-                steps[name].append(record)
-        if measured:
-            line += [f"peak {name} {peaks[name][-1] / 1e9:.0f} GFLOP/s" for name in DTYPES]
-        print(f"{'step' if measured else 'warm-up'} {round_ + 1}/{rounds}: {', '.join(line)}",
-              flush=True)
-    return steps, peaks
-
-
 def run(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise SystemExit("--steps must be at least 1")
     before = machine()
     started = time.perf_counter()
     arch, step = _setup(args)
-    steps, peaks = _time_interleaved(args, step)
+    steps, peaks = time_interleaved(
+        {name: (lambda bf16=bf16: step(bf16)) for name, bf16 in CONFIGS.items()},
+        warmup=args.warmup, rounds=args.steps, peak_seconds=args.peak_seconds)
     print("peak memory: each configuration alone in a fresh process ...", flush=True)
     rss = _peak_memory(args)
 
