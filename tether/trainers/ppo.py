@@ -261,7 +261,7 @@ def train(cfg: PPOConfig) -> Path:
                     dynamic_ncols=True)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
-        policy.eval()
+        trained.eval()  # sampling and old log-probs; dropout is off anyway
 
         # 1. Rollout.
         indices = batch_indices(len(rows), rcfg.batch_size, step, cfg.train.seed)
@@ -309,7 +309,6 @@ def train(cfg: PPOConfig) -> Path:
 
         # 5. Epochs over shuffled minibatches, microbatches accumulated.
         t0 = time.perf_counter()
-        policy.train()
         trained.train()
         shuffle = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         sums: dict[str, float] = {}
@@ -361,8 +360,6 @@ def train(cfg: PPOConfig) -> Path:
                     break
             if stop_early:
                 break
-        policy.eval()
-        trained.eval()
         train_s = time.perf_counter() - t0
 
         # 6. KL controller, metrics, samples, evaluation, checkpoint.
