@@ -9,13 +9,25 @@ import torch
 from tether.config import OptimConfig
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    # Norm gains and biases are not decayed: shrinking them toward 0 is not regularisation.
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig,
+                   lr_by_prefix: dict[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW at cfg.lr, or at lr_by_prefix[p] for the parameters whose name starts with p
+    (e.g. {"value.": 1e-4}: a fresh value head next to a pretrained policy)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def lr_of(name: str) -> float:
+        return next((lr for prefix, lr in (lr_by_prefix or {}).items()
+                     if name.startswith(prefix)), cfg.lr)
+
+    groups = []
+    for lr in dict.fromkeys(lr_of(n) for n, _ in named):
+        params = [p for n, p in named if lr_of(n) == lr]
+        # Norm gains and biases are not decayed: shrinking them toward 0 is not regularisation.
+        groups += [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+             "lr": lr},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 

@@ -11,7 +11,8 @@ from tether.data.order import batch_indices, steps_per_epoch
 from tether.data.tokenize import Encoded, encode_example, encode_prompt
 from tether.losses.sft import masked_nll
 from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
-from tether.optim import lr_multiplier
+from tether.config import OptimConfig
+from tether.optim import lr_multiplier, make_optimizer
 
 
 def test_masked_nll_hand_computed():
@@ -172,3 +173,17 @@ def test_batch_order_visits_each_example_once_per_epoch():
         assert len(seen) == len(set(seen)) == per_epoch * bs
     assert batch_indices(n, bs, 0, seed=3) == batch_indices(n, bs, 0, seed=3)
     assert batch_indices(n, bs, 0, seed=3) != batch_indices(n, bs, per_epoch, seed=3)
+
+
+def test_optimizer_groups_decay_and_per_prefix_learning_rates():
+    model = torch.nn.ModuleDict({"policy": torch.nn.Linear(4, 4),
+                                 "value": torch.nn.Linear(4, 1, bias=False)})
+    cfg = OptimConfig(lr=1e-5, weight_decay=0.1)
+    plain = make_optimizer(model, cfg)
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in plain.param_groups] == [
+        (1e-5, 0.1, 2), (1e-5, 0.0, 1)]  # the two matrices decay, the bias does not
+    split = make_optimizer(model, cfg, {"value.": 1e-3})
+    by_lr: dict[float, int] = {}
+    for g in split.param_groups:
+        by_lr[g["lr"]] = by_lr.get(g["lr"], 0) + sum(p.numel() for p in g["params"])
+    assert by_lr == {1e-5: 4 * 4 + 4, 1e-3: 4}

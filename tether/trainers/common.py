@@ -75,10 +75,11 @@ def restore_training_state(checkpoint: Path, model: torch.nn.Module,
 def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Module,
                     optim: OptimConfig, total_updates: int, *, num_examples: int,
                     data_source: str, extra: dict | None = None,
+                    lr_by_prefix: dict[str, float] | None = None,
                     ) -> tuple[torch.optim.Optimizer, Any, int, MetricsLog]:
     """The optimizer, its schedule over `total_updates` optimizer steps, the step to start
     from and the metrics log; everything restored from `checkpoint` when resuming."""
-    optimizer = make_optimizer(model, optim)
+    optimizer = make_optimizer(model, optim, lr_by_prefix)
     scheduler = make_scheduler(optimizer, optim, total_updates)
     start_step = 0
     if checkpoint is not None:
