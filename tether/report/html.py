@@ -1,0 +1,731 @@
+"""One self-contained HTML page summarising a pipeline run.
+
+The page carries its CSS and its charts (inline SVG) and needs neither JavaScript nor network
+access, so it can be attached to an issue, archived with the run, or opened on an offline
+cluster node years later and still look the same.
+
+Everything in `data` is untrusted text as far as the page is concerned: model responses in
+particular are whatever the policy learned to write, and a reward-hacked policy can learn to
+emit markup. So every string from `data` goes through `esc` (html.escape with quote=True),
+and every number through `fmt_number`, never str() or repr().
+
+    python -m tether.report.html OUT.html      # writes the built-in example page
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from tether.report.svg import (
+    PALETTE,
+    Series,
+    colour_for,
+    finite,
+    fmt_number,
+    line_chart,
+    reliability_diagram,
+    scatter_chart,
+)
+
+# Stages in pipeline order; any others follow in the order the data gives them.
+STAGE_ORDER = ("sft", "rm", "ppo", "grpo", "rloo", "dpo", "bon", "eval")
+STAGE_TITLES = {"sft": "Supervised fine-tuning", "rm": "Reward model", "ppo": "PPO",
+                "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "bon": "Best-of-n",
+                "eval": "Evaluation"}
+FIT_FORMS = {"bon": "d(α − β·d)", "rl": "d(α − β·ln d)"}
+
+CSS = """
+:root { --fg: #1d1d1f; --muted: #5f6368; --line: #d8dadd; --soft: #f5f6f8;
+        --warn: #a33c00; --warn-bg: #fff3e6; --warn-line: #d55e00; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial,
+             sans-serif; }
+main { max-width: 1100px; margin: 0 auto; padding: 28px 28px 64px; }
+h1 { font-size: 1.65rem; margin: 0 0 2px; line-height: 1.25; overflow-wrap: anywhere; }
+h2 { font-size: 1.25rem; margin: 40px 0 10px; padding-bottom: 4px;
+     border-bottom: 1px solid var(--line); }
+h3 { font-size: 1.02rem; margin: 22px 0 6px; }
+p { margin: 6px 0 10px; }
+.meta, .explain, caption, .muted { color: var(--muted); }
+.explain { max-width: 85ch; }
+ul.notes { margin: 8px 0 0; padding-left: 20px; color: var(--muted); }
+nav { margin: 14px 0 0; font-size: 0.9rem; }
+nav a { color: #0060a0; text-decoration: none; margin-right: 14px; white-space: nowrap; }
+.warnings { margin: 20px 0; padding: 10px 18px 12px; background: var(--warn-bg);
+            border: 2px solid var(--warn-line); border-left-width: 8px; border-radius: 6px; }
+.warnings h2 { margin: 0 0 4px; border: none; padding: 0; color: var(--warn); }
+.warnings ul { margin: 4px 0 0; padding-left: 20px; }
+.warnings li { margin: 3px 0; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: 0.9rem; }
+caption { caption-side: bottom; text-align: left; font-size: 0.82rem; padding-top: 4px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left;
+         vertical-align: top; }
+thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line); }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+td.num .ci { display: block; color: var(--muted); font-size: 0.82em; }
+tr.total td { font-weight: 600; border-top: 2px solid var(--line); }
+tr.baseline td { background: #fafbfc; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
+          margin-right: 6px; vertical-align: baseline; }
+.status { font-weight: 600; }
+.status-done { color: #007a5a; } .status-failed { color: #b23c00; }
+.status-skipped, .status-pending { color: var(--muted); }
+.row { display: flex; flex-wrap: wrap; gap: 12px 48px; align-items: flex-start; }
+.row > div { max-width: 520px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr));
+          gap: 10px 24px; }
+figure { margin: 6px 0; }
+svg.chart { display: block; max-width: 100%; height: auto; }
+.prompt, .response { white-space: pre-wrap; overflow-wrap: anywhere; }
+.prompt { margin: 4px 0 8px; padding: 8px 12px; background: var(--soft);
+          border-left: 3px solid var(--line); font-size: 0.92rem; }
+table.samples { width: 100%; }
+table.samples td.response { max-width: 0; width: 100%; }
+details { margin: 8px 0; }
+summary { cursor: pointer; color: var(--muted); }
+pre.config { background: var(--soft); padding: 12px 14px; overflow-x: auto;
+             font-size: 0.82rem; line-height: 1.4; }
+footer { margin-top: 48px; color: var(--muted); font-size: 0.8rem; }
+@media print {
+  body { font-size: 10.5pt; }
+  main { max-width: none; padding: 0; }
+  nav { display: none; }
+  h2, h3 { break-after: avoid; }
+  figure, svg, tr, .warnings, .prompt { break-inside: avoid; }
+  thead th, tr.baseline td, .prompt, pre.config { background: none; }
+  .warnings { background: none; }
+  pre.config { white-space: pre-wrap; }
+  .table-wrap { overflow: visible; }
+  table { font-size: 8.5pt; }
+  th, td { padding: 3px 6px; }
+}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def esc(value: Any) -> str:
+    """Text from run data, made inert: it may be a model response containing markup."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _ci(ci: Any, digits: int = 3) -> str | None:
+    if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2 \
+            and finite(ci[0]) and finite(ci[1]):
+        return f"[{fmt_number(ci[0], digits)}, {fmt_number(ci[1], digits)}]"
+    return None
+
+
+def _value_ci(value: Any, ci: Any = None, digits: int = 3) -> str:
+    """'0.620 [0.550, 0.690]' as HTML, the interval muted: the point estimate is what the eye
+    should land on first."""
+    text = esc(fmt_number(value, digits))
+    interval = _ci(ci, digits) if finite(value) else None
+    return f'{text} <span class="ci">{esc(interval)}</span>' if interval else text
+
+
+def _num_cell(html_text: str) -> str:
+    return f'<td class="num">{html_text}</td>'
+
+
+def _duration(seconds: Any) -> str:
+    if not finite(seconds):
+        return "—"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(round(s % 60)):02d} s"
+    return f"{int(s // 3600)} h {int(round(s % 3600 / 60)):02d} min"
+
+
+def _policy_cell(name: Any, extra: str = "") -> str:
+    colour = colour_for(str(name))
+    return (f'<td><span class="swatch" style="background:{colour}"></span>{esc(name)}'
+            f"{extra}</td>")
+
+
+def _section(anchor: str, heading: str, body: str) -> str:
+    return f'<section id="{anchor}">\n<h2>{esc(heading)}</h2>\n{body}\n</section>'
+
+
+def _table(head: Sequence[tuple[str, bool]], rows: Sequence[str], cls: str = "",
+           caption: str = "") -> str:
+    """head: (label, numeric) pairs; rows: already-rendered <tr> strings."""
+    ths = "".join(f'<th{" class=num" if num else ""} scope="col">{esc(label)}</th>'
+                  for label, num in head)
+    cap = f"<caption>{caption}</caption>" if caption else ""
+    cls_attr = f' class="{cls}"' if cls else ""
+    # The wrapper scrolls a wide table sideways on a narrow screen instead of letting it run
+    # off the page.
+    return (f'<div class="table-wrap"><table{cls_attr}>{cap}<thead><tr>{ths}</tr></thead>\n'
+            "<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>")
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _header(data: dict, anchors: list[tuple[str, str]]) -> str:
+    parts = [f"<h1>{esc(data.get('title') or 'tether run')}</h1>"]
+    if data.get("created"):
+        parts.append(f'<div class="meta">Created {esc(data["created"])}</div>')
+    notes = [n for n in _list(data.get("notes")) if n]
+    if notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in notes)
+                     + "</ul>")
+    if len(anchors) > 1:
+        parts.append("<nav>" + "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in anchors)
+                     + "</nav>")
+    return "<header>\n" + "\n".join(parts) + "\n</header>"
+
+
+def _warnings(data: dict) -> str:
+    items = [w for w in _list(data.get("warnings")) if w]
+    if not items:
+        return ""
+    lis = "".join(f"<li>{esc(w)}</li>" for w in items)
+    noun = "Warning" if len(items) == 1 else f"{len(items)} warnings"
+    return (f'<section id="warnings" class="warnings" role="alert">\n<h2>{noun}</h2>\n'
+            f"<ul>{lis}</ul>\n</section>")
+
+
+def _summary(data: dict) -> str:
+    rows_in = [r for r in _list(data.get("summary")) if isinstance(r, dict)]
+    if not rows_in:
+        return ""
+    baseline = data.get("baseline")
+    vs = f"vs {baseline}" if baseline else "vs baseline"
+    head = [("Policy", False), ("Gold reward", True), ("Proxy reward", True),
+            ("KL to reference", True), ("Length (tokens)", True), ("EOS rate", True),
+            (f"Win {vs} (gold)", True), (f"Win {vs} (proxy)", True)]
+    rows = []
+    for r in rows_in:
+        is_base = baseline is not None and r.get("policy") == baseline
+        tag = ' <span class="muted">(baseline)</span>' if is_base else ""
+        cells = [_policy_cell(r.get("policy", "?"), tag),
+                 _num_cell(_value_ci(r.get("gold"), r.get("gold_ci"))),
+                 _num_cell(_value_ci(r.get("proxy"), r.get("proxy_ci"))),
+                 _num_cell(_value_ci(r.get("kl"), r.get("kl_ci"))),
+                 _num_cell(esc(fmt_number(r.get("length")))),
+                 _num_cell(esc(fmt_number(r.get("eos_rate")))),
+                 _num_cell(_value_ci(r.get("win_gold"), r.get("win_gold_ci"))),
+                 _num_cell(_value_ci(r.get("win_proxy"), r.get("win_proxy_ci")))]
+        rows.append(f'<tr{" class=baseline" if is_base else ""}>{"".join(cells)}</tr>')
+    against = esc(baseline or "the baseline")
+    caption = ("Means over held-out prompts with 95% bootstrap intervals over prompts. "
+               "Gold is the true objective, proxy the learned reward model the policies were "
+               f"optimised against. Win rates pair each sample with {against}'s sample for the "
+               "same prompt; ties count half. EOS rate: share of responses "
+               "that ended on their own rather than at the length limit.")
+    return _section("results", "Results on held-out prompts", _table(head, rows, caption=caption))
+
+
+def _fit_curve(fit: dict, d_max: float, steps: int = 80) -> list[tuple[float, float]]:
+    """The fitted reward as a function of d = sqrt(KL): the Gao et al. (2022) forms, with
+    d·ln d taken as 0 at d = 0 (its limit) so the RL curve starts at the offset."""
+    alpha, beta = fit.get("alpha"), fit.get("beta")
+    offset = fit.get("offset") if finite(fit.get("offset")) else 0.0
+    if not (finite(alpha) and finite(beta) and d_max > 0):
+        return []
+    out = []
+    for i in range(steps + 1):
+        d = d_max * i / steps
+        if fit.get("form") == "rl":
+            shape = d * (alpha - beta * math.log(d)) if d > 0 else 0.0
+        else:
+            shape = d * (alpha - beta * d)
+        out.append((d, offset + shape))
+    return out
+
+
+def _frontier(data: dict) -> str:
+    frontier = _dict(data.get("frontier"))
+    points = [p for p in _list(frontier.get("points")) if isinstance(p, dict)]
+    fits = [f for f in _list(frontier.get("fits")) if isinstance(f, dict)]
+    if not points and not fits:
+        return ""
+    methods = list(dict.fromkeys(str(p.get("method", "?")) for p in points))
+    methods += [m for m in dict.fromkeys(str(f.get("method", "?")) for f in fits)
+                if m not in methods]
+
+    def sqrt_kl(p: dict) -> float | None:
+        # Sampled KL estimates can dip just below zero near the reference; that is KL = 0.
+        return math.sqrt(max(float(p["kl"]), 0.0)) if finite(p.get("kl")) else None
+
+    series, d_max = [], {}
+    for m in methods:
+        mine = [p for p in points if str(p.get("method", "?")) == m]
+        ds = [sqrt_kl(p) for p in mine]
+        d_max[m] = max((d for d in ds if d is not None), default=0.0)
+        for reward, hollow in (("gold", False), ("proxy", True)):
+            pts = [(d, p.get(reward)) for d, p in zip(ds, mine, strict=True)]
+            tips = [f"{m} {p.get('label', '')}: KL {fmt_number(p.get('kl'))}, {reward} "
+                    f"{fmt_number(p.get(reward))}" for p in mine]
+            if any(finite(y) for _, y in pts):
+                series.append(Series(f"{m} {reward}", pts, colour_for(m), dashed=hollow,
+                                     hollow=hollow, tooltips=tips))
+    curves = [Series(f"{f.get('method', '?')} {f.get('reward', 'gold')}",
+                     _fit_curve(f, d_max.get(str(f.get("method", "?")), 0.0)),
+                     colour_for(str(f.get("method", "?"))), dashed=f.get("reward") == "proxy")
+              for f in fits]
+    chart = scatter_chart(series, [c for c in curves if c.points], title="Reward vs KL",
+                          x_label="√KL(policy ‖ reference)", y_label="mean reward",
+                          include_zero_x=True, width=900, plot_height=340)
+    explain = ("Each point is one policy (a training checkpoint, or best-of-n at some n) placed "
+               "by the square root of its KL divergence from the reference; filled markers and "
+               "solid lines are gold reward, hollow markers and dashed lines the proxy, and "
+               "proxy rising while gold falls as KL grows is over-optimisation: the policy is "
+               "exploiting the reward model rather than improving.")
+    body = [f'<p class="explain">{explain}</p>', f"<figure>{chart}</figure>"]
+    if fits:
+        head = [("Method", False), ("Reward", False), ("Form: offset + …", False),
+                ("α", True), ("β", True), ("Offset", True), ("R²", True)]
+        rows = [f"<tr>{_policy_cell(f.get('method', '?'))}<td>{esc(f.get('reward'))}</td>"
+                f"<td>{esc(FIT_FORMS.get(str(f.get('form')), f.get('form')))}</td>"
+                + "".join(_num_cell(esc(fmt_number(f.get(k))))
+                          for k in ("alpha", "beta", "offset", "r2")) + "</tr>"
+                for f in fits]
+        body.append(_table(head, rows, caption="Fitted curves, with d = √KL."))
+    return _section("frontier", "Reward vs KL", "\n".join(body))
+
+
+def _length_bias_sentence(bias: dict) -> str:
+    """One data-driven reading of the length correlations: what a policy optimised against
+    this reward model is likely to learn about length."""
+    rm, gold = bias.get("rm_length_pearson"), bias.get("gold_length_pearson")
+    if finite(rm) and finite(gold):
+        r = f"r = {fmt_number(rm, 2)} vs {fmt_number(gold, 2)}"
+        if rm - gold > 0.1:
+            return (f"The reward model favours longer responses more than gold does ({r}), so "
+                    "a policy can gain proxy reward just by writing more: check the length "
+                    "column of the results table.")
+        if gold - rm > 0.1:
+            return (f"The reward model favours length less than gold does ({r}), so "
+                    "optimising it is more likely to shorten responses than to pad them.")
+        return (f"The reward model's taste for length is close to gold's ({r}), so length is "
+                "not an obvious way to game it.")
+    err = bias.get("err_pearson")
+    if finite(err):
+        if abs(err) < 0.1:
+            return (f"Its errors barely depend on length (r = {fmt_number(err, 2)}), so length "
+                    "is not an obvious way to game it.")
+        direction = "longer" if err > 0 else "shorter"
+        return (f"Its errors grow for {direction} responses (r = {fmt_number(err, 2)}): a "
+                f"policy optimised against it may drift {direction}.")
+    return ""
+
+
+def _reward_model(data: dict) -> str:
+    rm = _dict(data.get("rm"))
+    if not rm:
+        return ""
+    figures = [("Pairwise accuracy (held-out)", _value_ci(rm.get("accuracy"),
+                                                          rm.get("accuracy_ci"))),
+               ("Labels' own agreement with gold", esc(fmt_number(rm.get("label_agreement")))),
+               ("Preference pairs", esc(fmt_number(rm.get("pairs")))),
+               ("Expected calibration error", esc(fmt_number(rm.get("ece")))),
+               ("Spearman(reward, gold)", esc(fmt_number(rm.get("spearman_gold"))))]
+    rows = [f"<tr><th scope=row>{esc(k)}</th>{_num_cell(v)}</tr>" for k, v in figures
+            if v != "—"]
+    key_table = (f"<table><tbody>{''.join(rows)}</tbody><caption>The labels' agreement with "
+                 "gold is the ceiling for accuracy: a reward model cannot beat its labels "
+                 "except by luck.</caption></table>") if rows else ""
+    reliability = [b for b in _list(rm.get("reliability")) if isinstance(b, dict)]
+    diagram = (f"<figure>{reliability_diagram(reliability, title='Calibration')}</figure>"
+               if reliability else "")
+    body = [f'<div class="row"><div>{key_table}</div>{diagram}</div>']
+
+    tables = []
+    buckets = [b for b in _list(rm.get("by_length_diff")) if isinstance(b, dict)]
+    if buckets:
+        rows = [f"<tr><td>{esc(b.get('bucket'))}</td>"
+                f"{_num_cell(esc(fmt_number(b.get('count'))))}"
+                f"{_num_cell(esc(fmt_number(b.get('accuracy'))))}</tr>" for b in buckets]
+        tables.append("<div><h3>Accuracy by length difference</h3>" + _table(
+            [("Better − worse (tokens)", False), ("Pairs", True), ("Accuracy", True)], rows,
+            caption="Accuracy rising with the difference means the model leans on length.")
+            + "</div>")
+    bias = _dict(rm.get("length_bias"))
+    if bias:
+        pairs = [("RM error vs length", bias.get("err_pearson"), bias.get("err_spearman")),
+                 ("RM score vs length", bias.get("rm_length_pearson"), None),
+                 ("Gold vs length", bias.get("gold_length_pearson"), None)]
+        rows = [f"<tr><td>{esc(name)}</td>{_num_cell(esc(fmt_number(p)))}"
+                f"{_num_cell(esc(fmt_number(s)))}</tr>" for name, p, s in pairs
+                if finite(p) or finite(s)]
+        n = f"n = {esc(fmt_number(bias.get('n')))} responses." if finite(bias.get("n")) else ""
+        sentence = _length_bias_sentence(bias)
+        tables.append("<div><h3>Length bias</h3>"
+                      + (_table([("Correlation", False), ("Pearson", True),
+                                 ("Spearman", True)], rows, caption=n) if rows else "")
+                      + (f'<p class="explain">{esc(sentence)}</p>' if sentence else "")
+                      + "</div>")
+    if tables:
+        body.append(f'<div class="row">{"".join(tables)}</div>')
+    return _section("reward-model", "Reward model", "\n".join(body))
+
+
+def _metric_group(name: str) -> str:
+    """Which chart a metric goes on: quantities on a shared scale share a chart (losses, gold
+    and proxy rewards, KLs, accuracies); anything else (clip fractions, entropies, DPO's
+    implicit-reward margins) gets its own, since a shared axis would flatten the smaller one."""
+    prefix, _, leaf = name.partition("/")
+    leaf = leaf or prefix
+    if "accuracy" in leaf:
+        return "accuracy"
+    if prefix in ("reward", "rewards", "eval") and leaf in ("gold", "proxy"):
+        return "reward"
+    if prefix == "kl" or (prefix == "eval" and leaf == "kl"):
+        return "kl"
+    if prefix == "loss":
+        return "loss"
+    return name
+
+
+GROUP_TITLES = {"loss": "Losses", "reward": "Rewards (gold and proxy)", "kl": "KL",
+                "accuracy": "Accuracy"}
+
+
+def _stage_charts(metrics: dict) -> list[str]:
+    groups: dict[str, list[str]] = {}
+    for name in metrics:
+        groups.setdefault(_metric_group(str(name)), []).append(name)
+    charts = []
+    for group, names in groups.items():
+        # gold and proxy versions of a metric share a colour and differ in dash, as on the
+        # frontier, so "reward/gold" vs "reward/proxy" reads at a glance.
+        families: dict[str, str] = {}
+        series = []
+        for name in names:
+            family = str(name).replace("proxy", "gold")
+            colour = families.setdefault(family, PALETTE[len(families) % len(PALETTE)])
+            points = _list(metrics[name])
+            sparse = sum(1 for p in points if isinstance(p, list | tuple)) <= 25
+            series.append(Series(str(name), points, colour, dashed="proxy" in str(name),
+                                 hollow="proxy" in str(name), markers=sparse))
+        title = GROUP_TITLES.get(group, group) if len(names) > 1 else str(names[0])
+        charts.append(f"<figure>{line_chart(series, title=title, x_label='step')}</figure>")
+    return charts
+
+
+def _curves(data: dict) -> str:
+    curves = {k: v for k, v in _dict(data.get("curves")).items() if _dict(v)}
+    if not curves:
+        return ""
+    order = [s for s in STAGE_ORDER if s in curves] + [s for s in curves if s not in STAGE_ORDER]
+    body = []
+    for stage in order:
+        title = STAGE_TITLES.get(str(stage), str(stage))
+        body.append(f"<h3>{esc(title)}</h3>")
+        body.append('<div class="charts">' + "\n".join(_stage_charts(curves[stage])) + "</div>")
+    return _section("curves", "Training curves", "\n".join(body))
+
+
+def _samples(data: dict) -> str:
+    prompts = [s for s in _list(data.get("samples")) if isinstance(s, dict)]
+    if not prompts:
+        return ""
+    body = ['<p class="explain">Responses shown exactly as generated (whitespace kept), with '
+            "the gold and proxy reward each received.</p>"]
+    for i, sample in enumerate(prompts, 1):
+        body.append(f"<h3>Prompt {i}</h3>")
+        body.append(f'<div class="prompt">{esc(sample.get("prompt"))}</div>')
+        rows = [f"<tr>{_policy_cell(r.get('policy', '?'))}"
+                f'<td class="response">{esc(r.get("text"))}</td>'
+                f"{_num_cell(esc(fmt_number(r.get('gold'))))}"
+                f"{_num_cell(esc(fmt_number(r.get('proxy'))))}</tr>"
+                for r in _list(sample.get("responses")) if isinstance(r, dict)]
+        if rows:
+            body.append(_table([("Policy", False), ("Response", False), ("Gold", True),
+                                ("Proxy", True)], rows, cls="samples"))
+    return _section("samples", "Sample responses", "\n".join(body))
+
+
+def _stages(data: dict) -> str:
+    stages = [s for s in _list(data.get("stages")) if isinstance(s, dict)]
+    if not stages:
+        return ""
+    rows = []
+    for s in stages:
+        status = str(s.get("status") or "")
+        cls = f"status status-{status}" if status in ("done", "skipped", "failed",
+                                                      "pending") else "status"
+        rows.append(f"<tr><td>{esc(s.get('name'))}</td><td class=\"{cls}\">{esc(status)}</td>"
+                    f"{_num_cell(esc(_duration(s.get('seconds'))))}"
+                    f"<td>{esc(s.get('summary'))}</td></tr>")
+    timed = [float(s["seconds"]) for s in stages if finite(s.get("seconds"))]
+    note = "" if len(timed) == len(stages) else f" ({len(timed)} of {len(stages)} timed)"
+    rows.append(f'<tr class="total"><td>Total</td><td></td>'
+                f"{_num_cell(esc(_duration(sum(timed)) if timed else '—'))}"
+                f"<td>{esc(note.strip())}</td></tr>")
+    head = [("Stage", False), ("Status", False), ("Time", True), ("Summary", False)]
+    return _section("stages", "Stages", _table(head, rows))
+
+
+def _config(data: dict) -> str:
+    text = data.get("config_yaml")
+    if not text:
+        return ""
+    return _section("config", "Configuration",
+                    "<details><summary>Resolved pipeline configuration (YAML)</summary>"
+                    f'<pre class="config">{esc(text)}</pre></details>')
+
+
+# ---------------------------------------------------------------------------------------------
+# Page
+# ---------------------------------------------------------------------------------------------
+
+
+def render(data: dict) -> str:
+    """The whole report as one HTML page; every section but the title is optional."""
+    data = _dict(data)
+    sections = [("results", "Results", _summary(data)),
+                ("frontier", "Reward vs KL", _frontier(data)),
+                ("reward-model", "Reward model", _reward_model(data)),
+                ("curves", "Training curves", _curves(data)),
+                ("samples", "Samples", _samples(data)),
+                ("stages", "Stages", _stages(data)),
+                ("config", "Configuration", _config(data))]
+    present = [(a, t, html) for a, t, html in sections if html]
+    nav = [(a, t) for a, t, _ in present]
+    title = esc(data.get("title") or "tether run")
+    body = "\n".join([_header(data, nav), _warnings(data)] + [h for _, _, h in present])
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{title}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+            f"{body}\n<footer>Generated by tether.</footer>\n</main>\n</body>\n</html>\n")
+
+
+def write_report(data: dict, path: str | os.PathLike) -> Path:
+    """Write the page so that a reader (or a browser left open on it) never sees half a file:
+    the temporary file lives in the target's directory so os.replace is a same-filesystem
+    rename, hence atomic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render(data)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Example
+# ---------------------------------------------------------------------------------------------
+
+
+def example_data() -> dict:
+    """A filled-in report of a plausible run (PPO over-optimising its reward model, DPO and
+    best-of-n alongside), for previews and tests. Seeded, so the page is the same every time."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def curve(steps: Any, values: Any, noise: float) -> list[list[float]]:
+        values = np.asarray(values, dtype=float) + rng.normal(0, noise, len(steps))
+        return [[int(s), round(float(v), 4)] for s, v in zip(steps, values, strict=True)]
+
+    def fit(points: list[dict], reward: str, form: str) -> dict:
+        # Least squares in the same forms the report draws, so the example's curves go through
+        # its points the way a real run's would.
+        d_ = np.sqrt([p["kl"] for p in points])
+        y = np.array([p[reward] for p in points])
+        shape = d_ * np.log(np.maximum(d_, 1e-12)) if form == "rl" else d_ * d_
+        basis = np.stack([np.ones_like(d_), d_, -shape], axis=1)
+        (offset, alpha, beta), *_ = np.linalg.lstsq(basis, y, rcond=None)
+        r2 = 1 - np.sum((basis @ [offset, alpha, beta] - y) ** 2) / np.sum((y - y.mean()) ** 2)
+        return {"method": points[0]["method"], "reward": reward, "form": form,
+                "alpha": round(float(alpha), 4), "beta": round(float(beta), 4),
+                "r2": round(float(r2), 4), "offset": round(float(offset), 4)}
+
+    sft_steps, ppo_steps = np.arange(1, 61), np.arange(1, 201)
+    ppo_eval = np.arange(0, 201, 20)
+    kl = 0.036 * ppo_steps ** 1.1
+    d = np.sqrt(kl)
+    proxy = 0.1 + 0.22 * d - 0.03 * d * np.log(d)
+    gold = 0.12 + 0.55 * d - 0.21 * d * np.log(d) - 0.1 * d ** 1.5
+    eval_d = np.sqrt(0.036 * np.maximum(ppo_eval, 1e-9) ** 1.1)
+    bon_n = np.array([1, 2, 4, 8, 16, 32, 64])
+    bon_kl = np.log(bon_n) - (bon_n - 1) / bon_n
+    bon_d = np.sqrt(bon_kl)
+    ppo_points = [{"method": "ppo", "label": "step 0", "kl": 0.0, "gold": 0.12, "proxy": 0.1}]
+    ppo_points += [{"method": "ppo", "label": f"step {s}", "kl": round(float(k), 3),
+                   "gold": round(float(g), 3), "proxy": round(float(p), 3)}
+                  for s, k, g, p in zip(ppo_steps[19::20], kl[19::20],
+                                        gold[19::20] + rng.normal(0, 0.015, 10),
+                                        proxy[19::20] + rng.normal(0, 0.015, 10), strict=True)]
+    dpo_points = [{"method": "dpo", "label": f"step {s}", "kl": k, "gold": g, "proxy": p}
+                  for s, k, g, p in ((50, 0.8, 0.21, 0.22), (100, 2.1, 0.3, 0.33),
+                                     (150, 3.4, 0.33, 0.38))]
+    bon_points = [{"method": "bon", "label": f"n={n}", "kl": round(float(k), 3),
+                   "gold": round(float(0.12 + d_ * (0.34 - 0.05 * d_) + rng.normal(0, 0.01)), 3),
+                   "proxy": round(float(0.1 + d_ * (0.45 - 0.02 * d_) + rng.normal(0, 0.01)), 3)}
+                  for n, k, d_ in zip(bon_n, bon_kl, bon_d, strict=True)]
+    return {
+        "title": "tether run: runs/pipeline",
+        "created": "2026-11-23 07:30 UTC",
+        "notes": ["KL is the per-sequence sum of log π(y|x) − log π_ref(y|x), averaged over "
+                  "responses sampled at temperature 1 on 256 held-out prompts.",
+                  "Gold: VADER sentiment of the response; proxy: the trained reward model."],
+        "config_yaml": ("run_dir: runs/pipeline\nseed: 0\nmodel: embedded:smollm2-135m\n"
+                        "sft:\n  epochs: 2\n  lr: 2.0e-5\nrm:\n  epochs: 1\n  lr: 1.0e-5\n"
+                        "ppo:\n  steps: 200\n  kl_coef: 0.05\n  batch_size: 64\n"
+                        "dpo:\n  beta: 0.1\n  steps: 150\neval:\n  prompts: 256\n  n: 4\n"),
+        "stages": [
+            {"name": "sft", "status": "done", "seconds": 312.4,
+             "summary": "eval loss 4.25 -> 1.85"},
+            {"name": "rm", "status": "done", "seconds": 188.0,
+             "summary": "held-out accuracy 0.700 [0.660, 0.740]"},
+            {"name": "ppo", "status": "done", "seconds": 1460.2,
+             "summary": "proxy 0.10 -> 0.75; gold peaked at 0.65 (step 80)"},
+            {"name": "dpo", "status": "done", "seconds": 402.9, "summary": "accuracy 0.81"},
+            {"name": "bon", "status": "skipped", "seconds": None,
+             "summary": "evaluated at sampling time only"},
+            {"name": "eval", "status": "done", "seconds": 95.1, "summary": "4 policies"},
+        ],
+        "baseline": "sft",
+        "summary": [
+            {"policy": "sft", "gold": 0.12, "gold_ci": [0.05, 0.19], "proxy": 0.10,
+             "proxy_ci": [0.04, 0.16], "kl": 0.0, "kl_ci": [0.0, 0.0], "length": 25.3,
+             "eos_rate": 0.86, "win_gold": 0.5, "win_gold_ci": [0.5, 0.5], "win_proxy": 0.5,
+             "win_proxy_ci": [0.5, 0.5]},
+            {"policy": "ppo", "gold": 0.45, "gold_ci": [0.38, 0.52], "proxy": 0.75,
+             "proxy_ci": [0.70, 0.80], "kl": 12.2, "kl_ci": [11.0, 13.5], "length": 41.8,
+             "eos_rate": 0.62, "win_gold": 0.68, "win_gold_ci": [0.63, 0.73],
+             "win_proxy": 0.91, "win_proxy_ci": [0.88, 0.94]},
+            {"policy": "dpo", "gold": 0.33, "gold_ci": [0.26, 0.40], "proxy": 0.38,
+             "proxy_ci": [0.31, 0.45], "kl": 3.4, "kl_ci": [3.0, 3.9], "length": 28.1,
+             "eos_rate": 0.84, "win_gold": 0.64, "win_gold_ci": [0.59, 0.69],
+             "win_proxy": 0.69, "win_proxy_ci": [0.64, 0.74]},
+            {"policy": "bon", "gold": 0.39, "gold_ci": [0.32, 0.46], "proxy": 0.58,
+             "proxy_ci": None, "kl": 3.2, "kl_ci": None, "length": 27.0, "eos_rate": None,
+             "win_gold": 0.66, "win_gold_ci": [0.61, 0.71], "win_proxy": None,
+             "win_proxy_ci": None},
+        ],
+        "curves": {
+            "sft": {"loss/train": curve(sft_steps, 1.8 + 2.4 * np.exp(-sft_steps / 12), 0.08),
+                    "loss/eval": curve([0, 10, 20, 30, 40, 50, 60],
+                                       1.85 + 2.4 * np.exp(-np.array([0, 10, 20, 30, 40, 50,
+                                                                      60]) / 12), 0.02)},
+            "rm": {"loss/train": curve(np.arange(1, 101),
+                                       0.55 + 0.14 * np.exp(-np.arange(1, 101) / 30), 0.03),
+                   "eval/accuracy": curve([0, 25, 50, 75, 100], [0.5, 0.62, 0.67, 0.69, 0.7],
+                                          0.005)},
+            "ppo": {"reward/proxy": curve(ppo_steps, proxy, 0.03),
+                    "reward/gold": curve(ppo_steps, gold, 0.03),
+                    "kl/seq": curve(ppo_steps, kl, 0.15),
+                    "ppo/clipfrac": curve(ppo_steps, 0.08 + 0.1 * (ppo_steps / 200), 0.01),
+                    "loss/policy": curve(ppo_steps, np.zeros(len(ppo_steps)), 0.01),
+                    "loss/value": curve(ppo_steps, 0.04 + 0.2 * np.exp(-ppo_steps / 25), 0.01),
+                    "eval/gold": curve(ppo_eval, 0.12 + 0.55 * eval_d - 0.21 * eval_d
+                                       * np.log(np.maximum(eval_d, 1e-9)) - 0.1 * eval_d ** 1.5,
+                                       0.01),
+                    "eval/proxy": curve(ppo_eval, 0.1 + 0.22 * eval_d - 0.03 * eval_d
+                                        * np.log(np.maximum(eval_d, 1e-9)), 0.01)},
+            "dpo": {"loss/train": curve(np.arange(1, 151),
+                                        0.69 * np.exp(-np.arange(1, 151) / 90), 0.03),
+                    "reward/accuracy": curve(np.arange(1, 151),
+                                             0.5 + 0.31 * (1 - np.exp(-np.arange(1, 151) / 40)),
+                                             0.03),
+                    "kl/chosen": curve(np.arange(1, 151), 0.023 * np.arange(1, 151), 0.05),
+                    "eval/gold": [[0, 0.12], [50, 0.21], [100, 0.3], [150, 0.33]]},
+        },
+        "frontier": {
+            "points": ppo_points + dpo_points + bon_points,
+            "fits": [fit(pts, reward, form) for pts, form in ((ppo_points, "rl"),
+                                                               (bon_points, "bon"))
+                     for reward in ("gold", "proxy")],
+        },
+        "rm": {"accuracy": 0.70, "accuracy_ci": [0.66, 0.74], "label_agreement": 0.73,
+               "pairs": 1234, "ece": 0.031, "spearman_gold": 0.6,
+               "reliability": [
+                   {"bin": f"[{b / 10:.1f}, {(b + 1) / 10:.1f})", "count": c,
+                    "mean_prob": (b + 0.5) / 10 + o,
+                    "frac_positive": (b + 0.5) / 10 + o + e}
+                   for b, c, o, e in ((0, 12, 0.02, 0.05), (1, 40, 0.01, 0.04),
+                                      (2, 118, 0.0, 0.03), (3, 260, 0.0, 0.02),
+                                      (4, 420, 0.01, 0.0), (5, 420, -0.01, 0.0),
+                                      (6, 260, 0.0, -0.02), (7, 118, 0.0, -0.03),
+                                      (8, 40, -0.01, -0.04), (9, 12, -0.02, -0.05))],
+               "by_length_diff": [
+                   {"bucket": "(-inf, -16)", "count": 61, "accuracy": 0.52},
+                   {"bucket": "[-16, -8)", "count": 130, "accuracy": 0.61},
+                   {"bucket": "[-8, -2)", "count": 244, "accuracy": 0.66},
+                   {"bucket": "[-2, 2)", "count": 402, "accuracy": 0.70},
+                   {"bucket": "[2, 8)", "count": 231, "accuracy": 0.76},
+                   {"bucket": "[8, 16)", "count": 118, "accuracy": 0.81},
+                   {"bucket": "[16, inf)", "count": 48, "accuracy": 0.85}],
+               "length_bias": {"err_pearson": 0.1, "err_spearman": 0.12,
+                               "rm_length_pearson": 0.24, "gold_length_pearson": 0.05,
+                               "n": 500}},
+        "warnings": [
+            "ppo: gold fell from 0.65 (step 80) to 0.45 (step 200) while the proxy rose from "
+            "0.51 to 0.75: the policy is over-optimising the reward model.",
+            "ppo: EOS rate 0.62 vs 0.86 for sft; 38% of responses hit the length limit, so "
+            "their rewards score truncated text.",
+        ],
+        "samples": [
+            {"prompt": "Write a short review of the film you saw last night.",
+             "responses": [
+                 {"policy": "sft", "text": "It was fine. The plot dragged in the middle but "
+                  "the ending was worth it.", "gold": 0.21, "proxy": 0.18},
+                 {"policy": "ppo", "text": "Wonderful wonderful film!!! Amazing, amazing "
+                  "acting,\nbeautiful beautiful score.\n\nI loved loved loved it! Great great "
+                  "great", "gold": 0.62, "proxy": 0.97},
+                 {"policy": "dpo", "text": "A lovely surprise: warm performances, a clever "
+                  "script and\nan ending that made the slow start worthwhile.",
+                  "gold": 0.58, "proxy": 0.44}]},
+            {"prompt": "Review:\n    the soundtrack of the concert film",
+             "responses": [
+                 {"policy": "sft", "text": "The sound was muddy and too loud.", "gold": -0.3,
+                  "proxy": -0.2},
+                 {"policy": "ppo", "text": "Great great sound, great great great band, great "
+                  "great great great great", "gold": 0.45, "proxy": 0.99},
+                 {"policy": "dpo", "text": "Mostly good; the mix buried the vocals in two "
+                  "songs.", "gold": 0.1, "proxy": None}]},
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m tether.report.html OUT.html  (writes the example report)",
+              file=sys.stderr)
+        return 2
+    print(write_report(example_data(), args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
