@@ -17,7 +17,9 @@ from tether import __version__
 from tether.config import (
     DPOConfig,
     EvalConfig,
+    PipelineConfig,
     PPOConfig,
+    ReportConfig,
     RMConfig,
     SampleConfig,
     ScoreConfig,
@@ -28,6 +30,7 @@ from tether.config import (
     to_yaml,
 )
 from tether.errors import TrainingDiverged, UserError
+from tether.presets import pipeline_sources
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Stage:
     entry: str  # "module:function", imported only when the command runs (keeps --help fast)
     summary: str
     example: str
+    bare: str = ""  # metavar of an optional bare argument (not key=value), e.g. RUN_DIR
 
 
 # A name with a space is a sub-command of a group ("label simulate").
@@ -64,6 +68,16 @@ STAGES = {
     "score": Stage(ScoreConfig, "tether.score:run",
                    "score (prompt, response) rows with a trained reward model",
                    "tether score reward_model=runs/rm/final input=candidates.jsonl"),
+    "run": Stage(PipelineConfig, "tether.pipeline:run",
+                 "the whole pipeline in one resumable command: SFT -> sample -> label -> reward "
+                 "model -> PPO and DPO -> evaluation -> report.html. PIPELINE is a YAML file "
+                 "(layered on the built-in default) or a built-in preset (default, quick); "
+                 "none: the default sentiment pipeline",
+                 "tether run quick    # or: tether run my_pipeline.yaml ppo.optim.lr=2e-5",
+                 bare="PIPELINE"),
+    "report": Stage(ReportConfig, "tether.report.collect:run",
+                    "write report.html for a `tether run` directory, finished or not",
+                    "tether report runs/pipeline", bare="RUN_DIR"),
     "eval": Stage(EvalConfig, "tether.evaluate:run",
                   "evaluate policies by sampling: gold score, proxy reward, KL to a reference, "
                   "win rate",
@@ -105,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_options_help(stage.config))
         sub.add_argument("-c", "--config", metavar="FILE.yaml",
                          help="YAML config; keys not given keep their defaults")
-        sub.add_argument("overrides", nargs="*", metavar="key=value",
+        sub.add_argument("overrides", nargs="*", metavar=f"[{stage.bare}] key=value"
+                         if stage.bare else "key=value",
                          help="dotted overrides applied after the file, e.g. optim.lr=1e-5")
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config and exit without running")
@@ -127,8 +142,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.command = args.stage
     stage = STAGES[args.stage]
+    # A command with a bare argument takes the first word without "=" as it; elsewhere such a
+    # word is a malformed override, which load_config names.
+    bare = [a for a in args.overrides if "=" not in a][:1] if stage.bare else []
+    overrides = [a for a in args.overrides if a not in bare]
     try:
-        cfg = load_config(stage.config, args.config, args.overrides)
+        base, path = [], args.config
+        if args.stage == "run":
+            base, path = pipeline_sources(bare[0] if bare else None, args.config)
+        elif bare:
+            overrides.insert(0, f"run_dir={bare[0]}")
+        cfg = load_config(stage.config, path, overrides, base=base)
         print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
         if args.print_config:
             return 0

@@ -278,6 +278,21 @@ class ReferenceConfig:
 
 
 @dataclass
+class SampledEvalConfig:
+    prompts: str = option("", "Held-out prompts: every train.eval_every steps the policy samples "
+                              "one response to each, scored for gold, proxy and KL to the "
+                              "reference (logged as eval/gold, eval/proxy, eval/kl). Empty: off.")
+    num_prompts: int = option(32, "Use the first N of them.", min=1)
+    gold: str = option("", "Gold scorer for eval/gold: a built-in task (sentiment) or "
+                           "'module:function'. Empty: none.")
+    reward_model: str = option("", "Reward model for eval/proxy (a `tether rm` final/ "
+                                   "directory). Empty: none.")
+    max_new_tokens: int = option(48, "Longest sampled response, in tokens.", min=1)
+    max_prompt_length: int = option(256, "Prompts longer than this (in tokens) lose their "
+                                         "beginning.", min=1)
+
+
+@dataclass
 class DPOConfig:
     """Train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, robust DPO)."""
 
@@ -295,11 +310,19 @@ class DPOConfig:
     train: TrainConfig = section(TrainConfig, "Loop; batch_size and micro_batch_size count "
                                               "prompts (each with all its responses).",
                                  batch_size=8, micro_batch_size=4, eval_every=25)
+    sampled_eval: SampledEvalConfig = section(
+        SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
+        "so its gold reward can be plotted against its KL to the reference (a separate "
+        "reference model is then kept in memory).")
 
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train is required: preference pairs or rankings")
         self.train.check_accumulation()
+        if self.sampled_eval.prompts and not (self.sampled_eval.gold
+                                              or self.sampled_eval.reward_model):
+            raise ConfigError("sampled_eval.prompts needs sampled_eval.gold or "
+                              "sampled_eval.reward_model: something to score the samples with")
         if self.dpo.label_smoothing and self.dpo.loss in ("ipo", "hinge"):
             raise ConfigError(f"dpo.label_smoothing is not defined for dpo.loss={self.dpo.loss}; "
                               f"use sigmoid (conservative DPO) or robust")
@@ -376,6 +399,10 @@ class PPOLossConfig:
         "separate", "separate: a value model of its own, initialised from the reward model "
         "when it is a causal LM with the policy's vocabulary, else from the policy; head: a "
         "value head on the policy (shared trunk).", choices=["separate", "head"])
+    value_lr: float = option(
+        0.0, "Learning rate of the value model or head; 0: optim.lr. A value head starts from "
+        "zero and learns slowly at a policy's small rate; critics often get their own, higher "
+        "one.", min=0)
     group_scale: bool = option(True, "grpo: divide group-centred scores by the group std "
                                      "(false: Dr. GRPO, centring only).")
 
@@ -545,34 +572,139 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# The whole pipeline (`tether run`)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskConfig:
+    name: str = option(
+        "sentiment", "A built-in task that generates its prompts and demonstrations and brings "
+        "its gold scorer (sentiment: continue movie reviews; gold = VADER positivity). Empty: "
+        "your own task, from the files below (which also replace a built-in task's).")
+    prompts: str = option("", "Your prompts: rows with a 'prompt' (string or messages). The "
+                              "policy is sampled on them for labels and trained on them.")
+    heldout_prompts: str = option("", "Your evaluation prompts. Empty: the last num_heldout "
+                                      "of `prompts` are held out.")
+    demonstrations: str = option(
+        "", "Your SFT data ({prompt, completion} or messages rows). Empty with no built-in task: "
+        "no SFT stage; the starting model (sft.model.name) is the policy.")
+    gold: str = option("", "Gold scorer: 'module:function' taking a list of texts and "
+                           "returning one float each (higher = preferred). Empty: the built-in "
+                           "task's. Without one, give `labels` (people's preferences).")
+    labels: str = option("", "Preferences people gave ({prompt, chosen, rejected} pairs or "
+                             "{prompt, responses, ranks} rankings): the reward model and DPO "
+                             "train on these, and the sample and label stages do not run.")
+    num_prompts: int = option(384, "Training prompts (a built-in task generates this many).",
+                              min=1)
+    num_heldout: int = option(64, "Held-out evaluation prompts, disjoint from the training "
+                                  "prompts.", min=1)
+    num_demonstrations: int = option(400, "SFT demonstrations a built-in task generates (plus "
+                                          "a tenth as many for eval).", min=1)
+    seed: int = option(0, "Seed for generating the built-in task's data.")
+
+
+@dataclass
+class PipelineEvalConfig:
+    num_prompts: int = option(64, "Held-out prompts every policy is compared on (at most "
+                                  "task.num_heldout).", min=1)
+    n: int = option(2, "Samples per prompt and policy.", min=1)
+    max_new_tokens: int = option(40, "Longest response, in tokens.", min=1)
+    batch_size: int = option(16, "Prompts per generate call.", min=1)
+    best_of_n: int = option(
+        64, "Best-of-n baseline: this many SFT samples per prompt, ranked by the reward model; "
+        "the curve for n = 1, 2, 4, ... up to it (unbiased estimates from the same samples). "
+        "0: no best-of-n.", min=0)
+    best_of_n_prompts: int = option(16, "Held-out prompts for the best-of-n baseline.", min=1)
+    samples_in_report: int = option(6, "Prompts whose responses the report shows side by "
+                                       "side.", min=0)
+    bf16: bool = option(True, "Generate and score under bf16 autocast.")
+    seed: int = option(0, "Sampling seed shared by every policy (paired comparisons).")
+
+
+PIPELINE_STAGES = ("data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole RLHF pipeline: SFT -> sample -> label -> reward model -> PPO and DPO ->
+    evaluation -> report, in one run directory, each stage skipped when already done."""
+
+    run_dir: str = option("runs/pipeline", "Directory for every stage's outputs, "
+                                           "pipeline.json (stage state) and report.html.")
+    skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo.")
+    rerun: str = option("", "Stages to run again even if unchanged, comma-separated (the "
+                            "stages reading their outputs rerun too).")
+    task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
+                                           "preference (a gold scorer or people's labels).")
+    # The stages. Paths between them (run_dir, data, models) are set by the pipeline.
+    sft: SFTConfig = section(SFTConfig, "Supervised fine-tuning (`tether sft` keys).")
+    sample: SampleConfig = section(SampleConfig, "Sampling K candidates per prompt from the "
+                                                 "SFT policy (`tether sample` keys).")
+    label: SimulateLabelsConfig = section(SimulateLabelsConfig, "The simulated labeler "
+                                                                "(`tether label simulate` keys).")
+    rm: RMConfig = section(RMConfig, "The reward model (`tether rm` keys); model.name=sft "
+                                     "starts it from the SFT policy.")
+    ppo: PPOConfig = section(PPOConfig, "Online RL against the reward model (`tether ppo` keys; "
+                                        "the gold scorer is only logged).")
+    dpo: DPOConfig = section(DPOConfig, "DPO on the same labels (`tether dpo` keys).")
+    eval: PipelineEvalConfig = section(PipelineEvalConfig, "The final comparison on held-out "
+                                                           "prompts, with best-of-n.")
+
+    def stage_list(self, option_name: str) -> list[str]:
+        names = [s.strip() for s in getattr(self, option_name).split(",") if s.strip()]
+        for name in names:
+            if name not in PIPELINE_STAGES:
+                close = difflib.get_close_matches(name, PIPELINE_STAGES, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{option_name}: unknown stage '{name}'{hint}; stages are "
+                                  f"{', '.join(PIPELINE_STAGES)}")
+        return names
+
+    def validate(self) -> None:
+        skipped = self.stage_list("skip")
+        if set(skipped) - {"sft", "ppo", "dpo"}:
+            raise ConfigError(f"skip: only sft, ppo and dpo can be left out, not "
+                              f"{', '.join(sorted(set(skipped) - {'sft', 'ppo', 'dpo'}))}")
+        self.stage_list("rerun")
+        if not self.task.name and not self.task.prompts:
+            raise ConfigError("task.prompts is required for a task of your own (task.name is "
+                              "empty)")
+        if not (self.task.name or self.task.gold or self.task.labels):
+            raise ConfigError("the pipeline needs a preference: task.gold (a scorer) for "
+                              "simulated labels, or task.labels (people's)")
+        if self.eval.num_prompts > self.task.num_heldout:
+            raise ConfigError(f"eval.num_prompts ({self.eval.num_prompts}) is more than "
+                              f"task.num_heldout ({self.task.num_heldout})")
+
+
+@dataclass
+class ReportConfig:
+    """Write report.html for a `tether run` directory, finished or not."""
+
+    run_dir: str = option("", "The run directory (the bare argument: tether report RUN_DIR). "
+                              "Required.")
+
+    def validate(self) -> None:
+        if not self.run_dir:
+            raise ConfigError("give the run directory: tether report RUN_DIR")
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
 
 
-def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -> Any:
-    """Build `cls` from an optional YAML file and `a.b=value` overrides, validated."""
+def load_config(cls: type, path: str | None = None, overrides: list[str] = (),
+                base: list[str | Path] = ()) -> Any:
+    """Build `cls` from optional YAML files and `a.b=value` overrides, validated: the `base`
+    files (presets) first, then `path`, then the overrides, each setting what it names."""
     raw: dict = {}
-    lines: dict[str, int] = {}
-    source = "config"
-    if path:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text") from None
-        try:
-            node = yaml.compose(text)
-            lines = _key_lines(node, path)  # also rejects duplicate keys
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else path
-            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-        raw = _expand_dotted(raw)
+    lines: dict[str, str] = {}  # dotted key -> "file:line" of the file that set it last
+    for source in [*base, *([path] if path else [])]:
+        file_raw, file_lines = _read_yaml(source)
+        _merge(raw, file_raw)
+        lines |= file_lines
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -581,10 +713,40 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] = ()) -
                               f"(e.g. optim.lr=1e-5)")
         _set_dotted(raw, key, _Override(value))
         lines.pop(key, None)  # the override, not the file, set this key
-    cfg = _build(cls, raw, "", lambda key: f"{source}:{lines[key]}: " if key in lines else "", cls)
+    cfg = _build(cls, raw, "", lambda key: f"{lines[key]}: " if key in lines else "", cls)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+def _read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
+    """A config file's mapping (dotted keys expanded) and where each key is set."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        node = yaml.compose(text)
+        lines = _key_lines(node, str(path))  # also rejects duplicate keys
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return _expand_dotted(raw), {key: f"{path}:{line}" for key, line in lines.items()}
+
+
+def _merge(into: dict, update: dict) -> None:
+    """Deep update: a later file changes the keys it names and keeps the rest of a section."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def to_dict(cfg: Any) -> dict:

@@ -14,6 +14,7 @@ from tether.config import DPOConfig, load_config
 from tether.data.collate import collate
 from tether.data.preferences import EncodedPreference, parse_preference
 from tether.data.tokenize import encode_example
+from tether.errors import ConfigError
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.rundir import read_metrics
 from tether.trainers import dpo as dpo_trainer
@@ -256,3 +257,28 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert f"{bad}:1" in err and "'rejected'" in err and "Traceback" not in err
     assert main(["dpo", f"data.train={bad}", "dpo.loss=ipo", "dpo.label_smoothing=0.1"]) == 2
     assert "label_smoothing" in capsys.readouterr().err
+
+
+def letters_e(texts):  # a toy gold scorer for the sampled evaluation
+    return [t.count("e") / max(len(t), 1) for t in texts]
+
+
+def test_sampled_eval_logs_gold_and_kl_of_fresh_samples(tmp_path):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(24, k=2))
+    prompts = write_jsonl(tmp_path / "heldout.jsonl",
+                          [{"prompt": f"Review {i}: the film"} for i in range(6)])
+    dpo_trainer.train(_cfg(tmp_path, data, "train.max_steps=4", "train.eval_every=2",
+                           f"sampled_eval.prompts={prompts}", "sampled_eval.num_prompts=4",
+                           "sampled_eval.gold=test_dpo_trainer:letters_e",
+                           "sampled_eval.max_new_tokens=8"))
+    evals = [m for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/gold" in m]
+    assert [m["step"] for m in evals] == [0, 2, 4]
+    # Before any update the policy is the reference: the KL of its samples is exactly 0.
+    assert evals[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert evals[-1]["eval/kl"] != pytest.approx(0.0, abs=1e-3)
+    assert all(0 <= m["eval/gold"] <= 1 and m["eval/num_tokens"] >= 1 for m in evals)
+
+
+def test_sampled_eval_needs_a_scorer(tmp_path):
+    with pytest.raises(ConfigError, match="sampled_eval.gold or sampled_eval.reward_model"):
+        _cfg(tmp_path, "x.jsonl", "sampled_eval.prompts=p.jsonl")

@@ -161,6 +161,25 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     return records
 
 
+def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                    prompt_ids: list[list[int]], messages: list[Messages], *,
+                    params: SamplingParams, seed: int, batch_size: int,
+                    reference: torch.nn.Module | None, gold: GoldScorer | None,
+                    reward_model: RewardModel | None, bf16: bool) -> dict[str, float]:
+    """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
+    one fresh sample per held-out prompt. The same seed every time, so successive evaluations
+    differ by the policy, not by the sampling noise."""
+    records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
+                              batch_size=batch_size, messages=messages, reference=reference,
+                              gold=gold, reward_model=reward_model, bf16=bf16)
+    metrics = {}
+    for key in ("gold", "proxy", "kl", "num_tokens"):
+        values = [r[key] for r in records if r[key] is not None]
+        if values:
+            metrics[f"eval/{key}"] = float(np.mean(values))
+    return metrics
+
+
 def _add_gold(records: list[dict], gold: GoldScorer, n: int) -> None:
     """One scorer call on all distinct responses, checked as the simulated labeler checks it
     (one finite number per text)."""

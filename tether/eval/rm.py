@@ -53,10 +53,11 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
         gold_diff = gold[better] - gold[worse]
         decided = gold_diff != 0
         metrics["eval/spearman_gold"] = spearman(raw, gold)
-        # How often the labels themselves agree with gold: the ceiling for the accuracy.
-        metrics["eval/label_gold_agreement"] = float((gold_diff[decided] > 0).mean())
-        metrics["eval/accuracy_vs_gold"] = float(
-            (np.sign(diff[decided]) == np.sign(gold_diff[decided])).mean())
+        if decided.any():  # pairs gold ranks equal say nothing about agreement
+            # How often the labels themselves agree with gold: the ceiling for the accuracy.
+            metrics["eval/label_gold_agreement"] = float((gold_diff[decided] > 0).mean())
+            metrics["eval/accuracy_vs_gold"] = float(
+                (np.sign(diff[decided]) == np.sign(gold_diff[decided])).mean())
     return metrics, details
 
 
@@ -68,10 +69,11 @@ def format_table(metrics: dict[str, float]) -> str:
             ("mean margin r_better - r_worse", f"{metrics['eval/margin']:.3f}"),
             ("expected calibration error", f"{metrics['eval/ece']:.3f}"),
             ("corr(reward, response length)", f"{metrics['eval/reward_length_corr']:.3f}")]
-    if "eval/spearman_gold" in metrics:
+    if "eval/label_gold_agreement" in metrics:
         rows += [("labels' agreement with gold", f"{metrics['eval/label_gold_agreement']:.3f}"),
-                 ("reward order agrees with gold", f"{metrics['eval/accuracy_vs_gold']:.3f}"),
-                 ("Spearman(reward, gold)", f"{metrics['eval/spearman_gold']:.3f}")]
+                 ("reward order agrees with gold", f"{metrics['eval/accuracy_vs_gold']:.3f}")]
+    if "eval/spearman_gold" in metrics:
+        rows += [("Spearman(reward, gold)", f"{metrics['eval/spearman_gold']:.3f}")]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from collections.abc import Callable
 
 from tether.errors import UserError
@@ -35,6 +37,9 @@ def load_gold_scorer(name: str) -> GoldScorer:
     if not module_name or not attr:
         raise UserError(f"gold scorer '{name}': expected 'module:function', e.g. "
                         f"'my_scorers:length_score'")
+    # A scorer module of the user's, next to their config, imports as it would in `python`.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:

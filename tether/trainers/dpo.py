@@ -29,13 +29,18 @@ from tether.config import DPOConfig, DPOLossConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
 from tether.data.preferences import EncodedPreference, load_preference_data
-from tether.data.tokenize import Encoded
+from tether.data.tokenize import Encoded, wants_chat_template
 from tether.errors import ConfigError
+from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
+from tether.models.reward import RewardModel
+from tether.rollout.generate import SamplingParams
 from tether.rundir import prepare_run_dir
+from tether.sample import encode_prompts, load_prompts
+from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
     autocast,
     clip_and_check,
@@ -179,6 +184,28 @@ def data_key(ref_name: str, bf16: bool, data) -> str:
     return h.hexdigest()
 
 
+def sampled_eval(cfg: DPOConfig, tokenizer) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """Gold, proxy and KL of fresh samples on held-out prompts, for plotting DPO's reward
+    against its KL like PPO's. The KL needs the reference's log-probs of new samples, so a
+    frozen reference model stays loaded."""
+    ecfg = cfg.sampled_eval
+    rows = load_prompts(ecfg.prompts, ecfg.num_prompts)[0]
+    messages = [m for _, m in rows]
+    prompt_ids = encode_prompts(tokenizer, messages, wants_chat_template(tokenizer, "auto"),
+                                ecfg.max_prompt_length)[0]
+    gold = load_gold_scorer(ecfg.gold) if ecfg.gold else None
+    reward_model = RewardModel.from_pretrained(ecfg.reward_model) if ecfg.reward_model else None
+    if reward_model is not None:
+        reward_model.model.requires_grad_(False).eval()
+    reference = load_causal_lm(cfg.ref.model or cfg.model.name,
+                               seed=cfg.train.seed).requires_grad_(False).eval()
+    params = SamplingParams(temperature=1.0, max_new_tokens=ecfg.max_new_tokens)
+    return lambda policy: heldout_metrics(
+        policy, tokenizer, prompt_ids, messages, params=params, seed=cfg.train.seed,
+        batch_size=cfg.train.micro_batch_size * 4, reference=reference, gold=gold,
+        reward_model=reward_model, bf16=cfg.train.bf16)
+
+
 def train(cfg: DPOConfig) -> Path:
     """Run DPO (or a relative) as configured; return the final/ directory."""
     torch.manual_seed(cfg.train.seed)
@@ -224,6 +251,8 @@ def train(cfg: DPOConfig) -> Path:
     if table is not None:
         ref = ReferenceLogps(table=table)
 
+    sampled = sampled_eval(cfg, tokenizer) if cfg.sampled_eval.prompts else None
+
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     trainable, total = count_parameters(model)
     pairs = sum(len(p.source.pairs()) for p in data.train)
@@ -249,16 +278,22 @@ def train(cfg: DPOConfig) -> Path:
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
         model.eval()
-        loss, sums = 0.0, {}
-        for indices in chunks(list(range(len(data.eval))), micro):
-            micro_loss, micro_sums = forward("eval", indices, [data.eval[i] for i in indices],
-                                             len(data.eval))
-            loss += micro_loss.item()
-            sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
+        metrics = {}
+        if data.eval:
+            loss, sums = 0.0, {}
+            for indices in chunks(list(range(len(data.eval))), micro):
+                micro_loss, micro_sums = forward("eval", indices,
+                                                 [data.eval[i] for i in indices], len(data.eval))
+                loss += micro_loss.item()
+                sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
+            metrics = {"loss/eval": loss,
+                       **{k.replace("/", "/eval_", 1): v for k, v in sums.items()}}
+        if sampled is not None:
+            metrics |= sampled(model)
         model.train()
-        return {"loss/eval": loss, **{k.replace("/", "/eval_", 1): v for k, v in sums.items()}}
+        return metrics
 
-    if checkpoint is None and data.eval:
+    if checkpoint is None and (data.eval or sampled):
         log.log(0, evaluate())
 
     # 4. The loop.
@@ -289,9 +324,10 @@ def train(cfg: DPOConfig) -> Path:
                    "perf/step_s": elapsed, "perf/tokens_per_s": tokens / elapsed,
                    "data/epoch": step / per_epoch}
         is_last = done == total_steps
-        if data.eval and due(done, cfg.train.eval_every, is_last):
+        evaluated = bool(data.eval or sampled) and due(done, cfg.train.eval_every, is_last)
+        if evaluated:
             metrics.update(evaluate())
-        if is_last or done % cfg.train.log_every == 0 or "loss/eval" in metrics:
+        if is_last or done % cfg.train.log_every == 0 or evaluated:
             log.log(done, metrics)
         progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums['reward/accuracy']:.2f}",
                              margin=f"{sums['reward/margin']:.3f}")
@@ -303,9 +339,9 @@ def train(cfg: DPOConfig) -> Path:
                                              keep=cfg.train.keep_checkpoints)
     progress.close()
     log.close()
-    if data.eval and "loss/eval" in metrics:
-        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                       if "/eval" in k))
+    held_out = {k: v for k, v in metrics.items() if "eval" in k}
+    if held_out:
+        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items()))
 
     # 5. Export.
     final = save_final(model, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)

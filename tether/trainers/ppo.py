@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -33,7 +32,7 @@ from tether.data.collate import collate
 from tether.data.order import batch_indices
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
 from tether.errors import DataError
-from tether.eval.policy import evaluate_policy
+from tether.eval.policy import heldout_metrics
 from tether.labeling.simulate import score_all
 from tether.losses.ppo import (
     AdaptiveKLController,
@@ -189,7 +188,8 @@ def train(cfg: PPOConfig) -> Path:
     extra: dict = {}
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, trained, cfg.optim, total_steps * updates_per_step,
-        num_examples=len(rows), data_source=rcfg.prompts, extra=extra)
+        num_examples=len(rows), data_source=rcfg.prompts, extra=extra,
+        lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and value_model else None)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
     samples_log = MetricsLog(run_dir / "samples.jsonl",
@@ -242,16 +242,10 @@ def train(cfg: PPOConfig) -> Path:
         return scores
 
     def evaluate() -> dict[str, float]:
-        records = evaluate_policy(policy, tokenizer, eval_ids, n=1, params=params,
-                                  seed=cfg.train.seed, batch_size=pcfg.micro_batch_size,
-                                  messages=[m for _, m in eval_rows], reference=ref_model,
-                                  gold=gold, reward_model=reward_model, bf16=bf16)
-        metrics = {}
-        for key in ("gold", "proxy", "kl", "num_tokens"):
-            values = [r[key] for r in records if r[key] is not None]
-            if values:
-                metrics[f"eval/{key}"] = float(np.mean(values))
-        return metrics
+        return heldout_metrics(policy, tokenizer, eval_ids, [m for _, m in eval_rows],
+                               params=params, seed=cfg.train.seed,
+                               batch_size=pcfg.micro_batch_size, reference=ref_model, gold=gold,
+                               reward_model=reward_model, bf16=bf16)
 
     if checkpoint is None and eval_rows:
         log.log(0, evaluate())

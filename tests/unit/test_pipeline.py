@@ -1,0 +1,202 @@
+"""`tether run` on the tiny model: every artifact, stage skipping, reruns, resume, the report."""
+
+import json
+import shutil
+
+import pytest
+from conftest import REPO, ranking_rows, write_jsonl
+
+from tether.cli import main
+from tether.rundir import read_metrics
+from tether.trainers import ppo as ppo_trainer
+
+STAGES = ["data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report"]
+
+# Every stage, each as small as it can be: the point is the plumbing, not the numbers.
+TINY = """
+task: {num_prompts: 16, num_heldout: 8, num_demonstrations: 16}
+sft:
+  model: {name: tiny}
+  optim: {lr: 1.0e-3}
+  train: {max_steps: 2, eval_every: 0, save_every: 2}
+sample: {k: 2, max_new_tokens: 6, bf16: false}
+rm:
+  model: {name: sft}
+  train: {epochs: 1, save_every: 0}
+ppo:
+  rollout: {batch_size: 8, max_new_tokens: 6}
+  ppo: {minibatch_size: 8, micro_batch_size: 8}
+  train: {max_steps: 2, eval_every: 1, save_every: 2, bf16: false}
+  eval_num_prompts: 4
+dpo:
+  train: {max_steps: 2, eval_every: 1, save_every: 2, bf16: false}
+  sampled_eval: {num_prompts: 4, max_new_tokens: 6}
+eval: {num_prompts: 4, n: 1, max_new_tokens: 6, best_of_n: 4, best_of_n_prompts: 2,
+       bf16: false}
+"""
+
+
+def _run(tmp_path, run_dir, *overrides):
+    pipeline = tmp_path / "tiny.yaml"
+    pipeline.write_text(TINY)
+    return main(["run", str(pipeline), f"run_dir={run_dir}", *overrides])
+
+
+def _ran(out: str) -> list[str]:
+    """The stages that ran (rather than being skipped), from the terminal output."""
+    return [s for s in STAGES if f"] {s}: running" in out or f"] {s}: resuming" in out]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One complete tiny pipeline, copied by the tests that change it."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    assert _run(tmp, tmp / "run") == 0
+    return tmp / "run"
+
+
+def test_every_stage_writes_its_artifacts(finished):
+    state = json.loads((finished / "pipeline.json").read_text())["stages"]
+    assert list(state) == STAGES
+    assert all(s["status"] == "done" and s["seconds"] >= 0 and s["summary"]
+               for s in state.values())
+    for stage in ("sft", "rm", "ppo", "dpo"):
+        assert (finished / stage / "final" / "config.json").exists(), stage
+        assert read_metrics(finished / stage / "metrics.jsonl"), stage
+    assert (finished / "label" / "labels.jsonl").exists()
+    # PPO and DPO evaluate fresh samples during training: the points of the frontier plot.
+    for stage in ("ppo", "dpo"):
+        evals = [m for m in read_metrics(finished / stage / "metrics.jsonl") if "eval/kl" in m]
+        assert [m["step"] for m in evals] == [0, 1, 2]
+        assert evals[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)
+        assert "eval/gold" in evals[0] and "eval/proxy" in evals[0]
+    policies = json.loads((finished / "eval" / "policies.json").read_text())
+    assert list(policies["policies"]) == ["sft", "ppo", "dpo"]
+    frontier = json.loads((finished / "eval" / "frontier.json").read_text())
+    methods = [p["method"] for p in frontier["points"]]
+    assert methods.count("ppo") == 3 and methods.count("dpo") == 3
+    assert [p["n"] for p in frontier["points"] if p["method"] == "bon"] == [1, 2, 4]
+    assert frontier["length_bias"]["n"] == 4 * 3
+    report = (finished / "report.html").read_text()
+    for heading in ("Results on held-out prompts", "Reward vs KL", "Reward model",
+                    "Training curves", "Sample responses", "Stages"):
+        assert heading in report, heading
+
+
+def test_a_rerun_skips_every_finished_stage(finished, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    capsys.readouterr()
+    assert _run(tmp_path, run_dir) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["report"]  # the report is cheap and always redrawn
+    assert out.count("unchanged, skipped") == 8
+
+
+def test_a_changed_option_reruns_its_stage_and_those_reading_it(finished, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    capsys.readouterr()
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5") == 0
+    assert _ran(capsys.readouterr().out) == ["dpo", "eval", "report"]
+    config = (run_dir / "dpo" / "config.yaml").read_text()
+    assert "beta: 0.5" in config
+    # The reward model feeds PPO, DPO and the evaluation; SFT's data is upstream of it.
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4") == 0
+    assert _ran(capsys.readouterr().out) == ["rm", "ppo", "dpo", "eval", "report"]
+    # rerun= forces a stage (and what reads it) although nothing changed.
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4", "rerun=ppo") == 0
+    assert _ran(capsys.readouterr().out) == ["ppo", "eval", "report"]
+
+
+def test_a_killed_pipeline_resumes_the_stage_from_its_checkpoint(finished, tmp_path, capsys,
+                                                                 monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    original = ppo_trainer.save_training_state
+
+    def save_then_die(run_dir, step, *args, **kwargs):
+        path = original(run_dir, step, *args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+        return path
+
+    monkeypatch.setattr(ppo_trainer, "save_training_state", save_then_die)
+    steps = ["ppo.train.max_steps=4", "ppo.train.save_every=2"]
+    assert _run(tmp_path, run_dir, *steps) == 130
+    state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert state["ppo"]["status"] == "running"
+    monkeypatch.setattr(ppo_trainer, "save_training_state", original)
+    capsys.readouterr()
+    assert _run(tmp_path, run_dir, *steps) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["ppo", "eval", "report"]
+    assert "ppo: resuming" in out and "at step 2" in out
+    metrics = read_metrics(run_dir / "ppo" / "metrics.jsonl")
+    assert [m["step"] for m in metrics if "loss/policy" in m] == [1, 2, 3, 4]
+
+
+def test_the_report_escapes_model_text(finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    path = run_dir / "eval" / "policies.json"
+    policies = json.loads(path.read_text())
+    policies["policies"]["ppo"]["samples"][0]["response"] = "<script>alert(1)</script> & more"
+    path.write_text(json.dumps(policies))
+    assert main(["report", str(run_dir)]) == 0
+    report = (run_dir / "report.html").read_text()
+    assert "<script>" not in report
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in report
+
+
+def test_mistakes_are_reported_before_anything_runs(tmp_path, capsys):
+    assert _run(tmp_path, tmp_path / "run", "ppo.rollout.prompts=mine.jsonl") == 2
+    assert "ppo.rollout.prompts is set by the pipeline" in capsys.readouterr().err
+    assert _run(tmp_path, tmp_path / "run", "skip=rm") == 2
+    assert "only sft, ppo and dpo" in capsys.readouterr().err
+    assert main(["run", "nonexistent-preset"]) == 2
+    assert "neither a pipeline YAML file nor a built-in preset" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a `tether run` directory" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+# The tiny settings as overrides, for pipelines whose YAML file is someone else's.
+TINY_OVERRIDES = [
+    "sft.model.name=tiny", "rm.model.name=sft", "rm.train.epochs=1", "rm.train.save_every=0",
+    "sample.k=2", "sample.max_new_tokens=6", "sample.bf16=false",
+    "ppo.rollout.batch_size=8", "ppo.rollout.max_new_tokens=6", "ppo.ppo.minibatch_size=8",
+    "ppo.ppo.micro_batch_size=8", "ppo.train.max_steps=1", "ppo.train.bf16=false",
+    "ppo.eval_num_prompts=4", "dpo.train.max_steps=1", "dpo.train.bf16=false",
+    "dpo.sampled_eval.num_prompts=4", "dpo.sampled_eval.max_new_tokens=6",
+    "eval.num_prompts=4", "eval.n=1", "eval.max_new_tokens=6", "eval.best_of_n=2",
+    "eval.best_of_n_prompts=2", "eval.bf16=false",
+]
+
+
+def test_a_task_of_your_own_needs_only_prompts_and_a_gold_scorer(tmp_path, monkeypatch,
+                                                                 capsys):
+    example = REPO / "examples" / "own_task"
+    monkeypatch.chdir(example)  # as the example says: run from its directory
+    monkeypatch.syspath_prepend(str(example))
+    assert main(["run", "pipeline.yaml", f"run_dir={tmp_path / 'run'}", "task.num_prompts=16",
+                 *TINY_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["data", "sample", "label", "rm", "ppo", "dpo", "eval", "report"]
+    assert not (tmp_path / "run" / "sft").exists()
+    policies = json.loads((tmp_path / "run" / "eval" / "policies.json").read_text())
+    assert policies["config"]["reference"] == "tiny"  # the starting model is the SFT policy
+    assert all(r["gold"] <= 1 for p in policies["policies"].values() for r in p["samples"])
+
+
+def test_people_s_labels_replace_sampling_and_the_simulated_labeler(tmp_path, capsys):
+    rows = ranking_rows(24, k=2)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in rows])
+    labels = write_jsonl(tmp_path / "labels.jsonl",
+                         [{"prompt": r["prompt"], "responses": r["responses"],
+                           "ranks": r["ranks"]} for r in rows])
+    assert main(["run", f"run_dir={tmp_path / 'run'}", "task.name=", f"task.prompts={prompts}",
+                 f"task.labels={labels}", "task.num_heldout=8", *TINY_OVERRIDES]) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["data", "label", "rm", "ppo", "dpo", "eval", "report"]
+    assert (tmp_path / "run" / "label" / "labels.jsonl").read_text() == labels.read_text()
+    assert "proxy:" in out  # no gold scorer: the evaluation reports the reward model's score

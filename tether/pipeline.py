@@ -1,0 +1,492 @@
+"""`tether run`: the whole RLHF pipeline as one resumable command.
+
+    data -> sft -> sample -> label -> rm -> ppo, dpo -> eval -> report
+
+Every stage writes into its own directory of one run directory. A stage's key is a hash of
+its resolved config, of the files it reads from outside the run, and of the versions of the
+outputs of the stages it reads from (a version is new each time a stage runs). A stage that
+finished with the same key is skipped, so a changed option reruns its stage and the stages
+that read its outputs, directly or not, and nothing else. A killed pipeline starts the stage
+it was in again, and the trainers continue from their newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tether import evaluate
+from tether import sample as sampling
+from tether.checkpoint import CHECKPOINTS, atomic_write_text
+from tether.config import PIPELINE_STAGES, EvalConfig, PipelineConfig, to_yaml
+from tether.data.tokenize import wants_chat_template
+from tether.errors import ConfigError, DataError
+from tether.eval.frontier import (
+    best_of_n_points,
+    fit_points,
+    hacking_warnings,
+    sample_best_of_n,
+    trajectory_points,
+)
+from tether.eval.overopt import length_bias
+from tether.labeling import simulate
+from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.reward import RewardModel
+from tether.report.collect import write_run_report
+from tether.rollout.generate import SamplingParams
+from tether.rundir import read_metrics
+from tether.tasks.registry import load_gold_scorer
+from tether.trainers import dpo, ppo, rm, sft
+
+STATE = "pipeline.json"
+BUILTIN_TASKS = {"sentiment": "tether.tasks.sentiment"}
+
+
+@dataclass
+class Stage:
+    name: str
+    reads: tuple[str, ...]  # the stages whose outputs it reads
+    configure: Callable[[Run], Any]  # its resolved config: what its key hashes
+    execute: Callable[[Run, Any], str]  # runs it; returns a one-line summary
+    inputs: Callable[[Run], list[str]] = lambda run: []  # files it reads from outside the run
+
+
+def _digest(path: str) -> str:
+    p = Path(path)
+    if p.is_file():
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    return f"{path} (not a file)"  # a directory or hub name: its name stands for it
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class Run:
+    """One pipeline run directory: the paths between stages, the stages' configs, and the
+    state of each stage (pipeline.json)."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.run_dir)
+        self.skipped = set(cfg.stage_list("skip"))
+        task = cfg.task
+        self.builtin = BUILTIN_TASKS.get(task.name) if task.name else None
+        if task.name and self.builtin is None:
+            raise ConfigError(f"task.name: no built-in task '{task.name}' (built in: "
+                              f"{', '.join(BUILTIN_TASKS)}); leave it empty for a task of your "
+                              f"own, given by task.prompts and task.gold or task.labels")
+        if not self.builtin and not task.demonstrations:
+            self.skipped.add("sft")
+        self.gold = task.gold or (f"{self.builtin}:gold_score" if self.builtin else "")
+        self.state_path = self.root / STATE
+        self.state: dict = json.loads(self.state_path.read_text()) \
+            if self.state_path.exists() else {"stages": {}}
+
+    # Paths between the stages -----------------------------------------------------------------
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    @property
+    def prompts(self) -> Path:
+        return self.dir("data") / "prompts.jsonl"
+
+    @property
+    def heldout(self) -> Path:
+        return self.dir("data") / "heldout.jsonl"
+
+    @property
+    def policy(self) -> str:
+        """The SFT policy: the starting point of PPO and DPO, and their reference."""
+        return self.cfg.sft.model.name if "sft" in self.skipped else str(self.dir("sft") / "final")
+
+    @property
+    def labels(self) -> Path:
+        return self.dir("label") / "labels.jsonl"
+
+    @property
+    def reward_model(self) -> str:
+        return str(self.dir("rm") / "final")
+
+    def stages(self) -> list[Stage]:
+        """The stages this run has: people's labels need no samples to label."""
+        return [s for s in STAGES if s.name not in self.skipped
+                and not (self.cfg.task.labels and s.name == "sample")]
+
+    # State ------------------------------------------------------------------------------------
+    def key(self, stage: Stage, cfg: Any, versions: dict[str, str]) -> str:
+        h = hashlib.sha256(stage.name.encode())
+        text = to_yaml(cfg) if dataclasses.is_dataclass(cfg) else json.dumps(cfg)
+        # Paths inside the run count relative to it: a moved run directory is still done.
+        h.update(text.replace(str(self.root), "<run_dir>").encode())
+        for path in stage.inputs(self):
+            h.update(_digest(path).encode())
+        for upstream in stage.reads:
+            h.update(versions.get(upstream, "absent").encode())
+        return h.hexdigest()[:16]
+
+    def save_state(self) -> None:
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_not_set(section: Any, defaults: Any, keys: list[str], prefix: str) -> None:
+    """Paths between stages belong to the pipeline: a user value would be silently replaced."""
+    for key in keys:
+        value, default = section, defaults
+        for part in key.split("."):
+            value, default = getattr(value, part), getattr(default, part)
+        if value != default:
+            raise ConfigError(f"{prefix}.{key} is set by the pipeline (to another stage's "
+                              f"output); set the task.* keys or the stage's other options")
+
+
+def _wired(run: Run, name: str, keys: list[str], **values: Any) -> Any:
+    """A copy of the stage's config with the pipeline's paths filled in."""
+    section = getattr(run.cfg, name)
+    _check_not_set(section, type(section)(), keys, name)
+    cfg = copy.deepcopy(section)
+    for key, value in values.items():
+        target = cfg
+        *parents, leaf = key.split("__")
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, leaf, value)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+# data ---------------------------------------------------------------------------------------
+def configure_data(run: Run) -> dict:
+    return {"task": dataclasses.asdict(run.cfg.task), "sft": "sft" not in run.skipped}
+
+
+def data_inputs(run: Run) -> list[str]:
+    t = run.cfg.task
+    return [p for p in (t.prompts, t.heldout_prompts, t.demonstrations, t.labels) if p]
+
+
+def execute_data(run: Run, _: dict) -> str:
+    task, out = run.cfg.task, run.dir("data")
+    out.mkdir(parents=True, exist_ok=True)
+    if task.prompts:
+        rows = [{"prompt": p} for p, _ in sampling.load_prompts(task.prompts)[0]]
+        if task.heldout_prompts:
+            heldout = [{"prompt": p} for p, _ in
+                       sampling.load_prompts(task.heldout_prompts, task.num_heldout)[0]]
+        else:
+            if len(rows) <= task.num_heldout:
+                raise DataError(f"{task.prompts}: {len(rows)} prompts, not more than "
+                                f"task.num_heldout={task.num_heldout} held out for evaluation")
+            rows, heldout = rows[:-task.num_heldout], rows[-task.num_heldout:]
+        train = rows[:task.num_prompts]
+    else:
+        module = importlib.import_module(run.builtin)
+        prompts = module.make_prompts(task.num_prompts + task.num_heldout, task.seed)
+        train = [{"prompt": p} for p in prompts[:task.num_prompts]]
+        heldout = [{"prompt": p} for p in prompts[task.num_prompts:]]
+    _write_jsonl(out / "prompts.jsonl", train)
+    _write_jsonl(out / "heldout.jsonl", heldout)
+    what = f"{len(train)} training prompts, {len(heldout)} held out"
+    if "sft" not in run.skipped and not task.demonstrations:
+        module = importlib.import_module(run.builtin)
+        n = task.num_demonstrations
+        demos = module.make_demonstrations(n + max(n // 10, 1), task.seed + 1)
+        _write_jsonl(out / "demonstrations.jsonl", demos[:n])
+        _write_jsonl(out / "demonstrations_eval.jsonl", demos[n:])
+        what += f", {n} demonstrations"
+    return what
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+# sft ----------------------------------------------------------------------------------------
+def configure_sft(run: Run) -> Any:
+    task, data = run.cfg.task, run.dir("data")
+    train = task.demonstrations or str(data / "demonstrations.jsonl")
+    evaluation = "" if task.demonstrations else str(data / "demonstrations_eval.jsonl")
+    return _wired(run, "sft", ["run_dir", "data.train", "data.eval", "resume"],
+                  run_dir=str(run.dir("sft")), data__train=train, data__eval=evaluation)
+
+
+def execute_sft(run: Run, cfg: Any) -> str:
+    sft.train(cfg)
+    losses = [m["loss/eval"] for m in read_metrics(run.dir("sft") / "metrics.jsonl")
+              if "loss/eval" in m]
+    return f"eval loss {losses[0]:.2f} -> {losses[-1]:.2f}" if losses else "trained"
+
+
+# sample -------------------------------------------------------------------------------------
+def configure_sample(run: Run) -> Any:
+    return _wired(run, "sample", ["policy", "prompts", "output"], policy=run.policy,
+                  prompts=str(run.prompts), output=str(run.dir("sample") / "candidates.jsonl"))
+
+
+def execute_sample(run: Run, cfg: Any) -> str:
+    path = sampling.run(cfg)
+    rows = sum(1 for line in Path(path).open() if line.strip())
+    return f"{rows * cfg.k} responses ({rows} prompts x {cfg.k})"
+
+
+# label --------------------------------------------------------------------------------------
+def configure_label(run: Run) -> Any:
+    if run.cfg.task.labels:
+        return {"labels": run.cfg.task.labels}
+    return _wired(run, "label", ["candidates", "output", "gold"],
+                  candidates=str(run.dir("sample") / "candidates.jsonl"),
+                  output=str(run.labels), gold=run.gold)
+
+
+def label_inputs(run: Run) -> list[str]:
+    return [run.cfg.task.labels] if run.cfg.task.labels else []
+
+
+def execute_label(run: Run, cfg: Any) -> str:
+    if isinstance(cfg, dict):  # people's labels: copied, so the run directory is complete
+        run.labels.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cfg["labels"], run.labels)
+        rows = sum(1 for line in run.labels.open() if line.strip())
+        return f"{rows} rows of people's labels from {cfg['labels']}"
+
+    simulate.run(cfg)
+    stats = json.loads(simulate.stats_path_for(run.labels).read_text())
+    agreement = stats["agreement_with_gold"]
+    return (f"{stats['rows']} {stats['format']} from a simulated labeler; agreement with gold "
+            + ("n/a" if agreement is None else f"{agreement:.3f}"))
+
+
+# rm -----------------------------------------------------------------------------------------
+def configure_rm(run: Run) -> Any:
+    backbone = run.cfg.rm.model.name
+    values = {"model__name": run.policy} if backbone == "sft" else {}
+    return _wired(run, "rm", ["run_dir", "data.train", "resume"], run_dir=str(run.dir("rm")),
+                  data__train=str(run.labels), **values)
+
+
+def execute_rm(run: Run, cfg: Any) -> str:
+    rm.train(cfg)
+    path = run.dir("rm") / "eval.json"
+    if not path.exists():
+        return "trained (no held-out labels)"
+    m = json.loads(path.read_text())["metrics"]
+    text = (f"held-out accuracy {m['eval/accuracy']:.3f} [{m['eval/accuracy_ci_lo']:.3f}, "
+            f"{m['eval/accuracy_ci_hi']:.3f}]")
+    if "eval/label_gold_agreement" in m:
+        text += f" (the labels' own agreement with gold: {m['eval/label_gold_agreement']:.3f})"
+    return text
+
+
+# ppo, dpo -----------------------------------------------------------------------------------
+def configure_ppo(run: Run) -> Any:
+    return _wired(run, "ppo", ["run_dir", "model.name", "reward.model", "reward.gold",
+                               "rollout.prompts", "eval_prompts", "resume"],
+                  run_dir=str(run.dir("ppo")), model__name=run.policy,
+                  reward__model=run.reward_model, reward__gold=run.gold,
+                  rollout__prompts=str(run.prompts), eval_prompts=str(run.heldout))
+
+
+def configure_dpo(run: Run) -> Any:
+    return _wired(run, "dpo", ["run_dir", "model.name", "data.train", "sampled_eval.prompts",
+                               "sampled_eval.gold", "sampled_eval.reward_model", "resume"],
+                  run_dir=str(run.dir("dpo")), model__name=run.policy,
+                  data__train=str(run.labels), sampled_eval__prompts=str(run.heldout),
+                  sampled_eval__gold=run.gold, sampled_eval__reward_model=run.reward_model)
+
+
+def _trajectory_summary(run_dir: Path) -> str:
+    evals = [m for m in read_metrics(run_dir / "metrics.jsonl") if "eval/gold" in m
+             or "eval/proxy" in m]
+    if not evals:
+        return "trained"
+    first, last = evals[0], evals[-1]
+    parts = [f"{key} {first[f'eval/{key}']:.2f} -> {last[f'eval/{key}']:.2f}"
+             for key in ("gold", "proxy") if f"eval/{key}" in last]
+    return ", ".join(parts) + f", KL {last.get('eval/kl', float('nan')):.1f} (held-out samples)"
+
+
+def execute_ppo(run: Run, cfg: Any) -> str:
+    ppo.train(cfg)
+    return _trajectory_summary(run.dir("ppo"))
+
+
+def execute_dpo(run: Run, cfg: Any) -> str:
+    dpo.train(cfg)
+    return _trajectory_summary(run.dir("dpo"))
+
+
+# eval ---------------------------------------------------------------------------------------
+def configure_eval(run: Run) -> dict:
+    return {"eval": dataclasses.asdict(run.cfg.eval), "gold": run.gold,
+            "policies": [name for name in ("ppo", "dpo") if name not in run.skipped]}
+
+
+def execute_eval(run: Run, cfg: dict) -> str:
+    """Every policy on the same held-out prompts (tether eval), best-of-n from the SFT policy,
+    and the reward-KL frontier of PPO's and DPO's evaluations during training."""
+    ecfg, out = run.cfg.eval, run.dir("eval")
+    names = ["sft", *cfg["policies"]]
+    policies = [run.policy] + [str(run.dir(name) / "final") for name in cfg["policies"]]
+    has_rm = (run.dir("rm") / "final").exists()
+    eval_cfg = EvalConfig(
+        policies=",".join(policies), names=",".join(names), reference=run.policy,
+        baseline="sft", prompts=str(run.heldout), num_prompts=ecfg.num_prompts, n=ecfg.n,
+        max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size, gold=run.gold,
+        reward_model=run.reward_model if has_rm else "", output=str(out / "policies.json"),
+        bf16=ecfg.bf16, seed=ecfg.seed)
+    eval_cfg.validate()
+    evaluate.run(eval_cfg)
+    result = json.loads((out / "policies.json").read_text())
+    summaries = {name: p["summary"] for name, p in result["policies"].items()}
+
+    points = []
+    for name in cfg["policies"]:
+        points += trajectory_points(name, read_metrics(run.dir(name) / "metrics.jsonl"))
+    bon = None
+    if ecfg.best_of_n and has_rm:
+        bon = _sample_best_of_n(run, ecfg)
+        points += best_of_n_points(bon)
+    records = [r for p in result["policies"].values() for r in p["samples"]]
+    bias = None
+    if records and all(r["proxy"] is not None and r["gold"] is not None for r in records):
+        bias = length_bias([r["proxy"] for r in records], [r["gold"] for r in records],
+                           [r["num_tokens"] for r in records])
+    frontier = {"points": points, "fits": fit_points(points), "best_of_n": bon,
+                "warnings": hacking_warnings(points, summaries), "length_bias": bias}
+    atomic_write_text(out / "frontier.json", json.dumps(frontier, indent=1) + "\n")
+    for warning in frontier["warnings"]:
+        print(f"warning: {warning}")
+
+    def gold(name: str) -> str:
+        g = summaries[name]["gold"]
+        if g is None:
+            return f"{name} -"
+        gain = "" if name == "sft" else f" ({g['mean'] - summaries['sft']['gold']['mean']:+.2f})"
+        return f"{name} {g['mean']:.2f}{gain}"
+
+    what = "gold" if summaries["sft"]["gold"] else "proxy"
+    if what == "proxy":
+        return "proxy: " + ", ".join(f"{n} {summaries[n]['proxy']['mean']:.2f}" for n in names)
+    return (f"gold on {summaries['sft']['prompts']} held-out prompts: "
+            + ", ".join(gold(n) for n in names))
+
+
+def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
+    rows = sampling.load_prompts(str(run.heldout), ecfg.best_of_n_prompts)[0]
+    messages = [m for _, m in rows]
+    tokenizer = load_tokenizer(run.policy)
+    chat = wants_chat_template(tokenizer, "auto")
+    prompt_ids = sampling.encode_prompts(tokenizer, messages, chat, 256)[0]
+    reward_model = RewardModel.from_pretrained(run.reward_model)
+    model = load_causal_lm(run.policy)
+    params = SamplingParams(max_new_tokens=ecfg.max_new_tokens)
+    with tqdm(total=len(rows), desc=f"best-of-{ecfg.best_of_n}", unit="prompt",
+              dynamic_ncols=True) as bar:
+        return sample_best_of_n(model, tokenizer, prompt_ids, messages, n=ecfg.best_of_n,
+                                params=params, seed=ecfg.seed,
+                                gold=load_gold_scorer(run.gold) if run.gold else None,
+                                reward_model=reward_model, bf16=ecfg.bf16, progress=bar.update)
+
+
+# report -------------------------------------------------------------------------------------
+def execute_report(run: Run, _: dict) -> str:
+    return f"wrote {write_run_report(run.root)}"
+
+
+STAGES = [
+    Stage("data", (), configure_data, execute_data, data_inputs),
+    Stage("sft", ("data",), configure_sft, execute_sft),
+    Stage("sample", ("sft", "data"), configure_sample, execute_sample),
+    Stage("label", ("sample",), configure_label, execute_label, label_inputs),
+    Stage("rm", ("label", "sft"), configure_rm, execute_rm),
+    Stage("ppo", ("rm", "sft", "data"), configure_ppo, execute_ppo),
+    Stage("dpo", ("label", "rm", "sft", "data"), configure_dpo, execute_dpo),
+    Stage("eval", ("ppo", "dpo", "rm", "sft", "data"), configure_eval, execute_eval),
+    # The report reads everything and takes seconds: it is written anew on every run.
+    Stage("report", (), lambda run: {}, execute_report),
+]
+assert tuple(s.name for s in STAGES) == PIPELINE_STAGES
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Run every stage that is not already done; return the report's path."""
+    pipeline = Run(cfg)
+    stages = pipeline.stages()
+    # Every stage's config is built (and checked) before the first one runs: a mistake in
+    # the DPO options should not surface after twenty minutes of SFT and PPO.
+    configs = {s.name: s.configure(pipeline) for s in stages}
+    forced = set(cfg.stage_list("rerun"))
+    pipeline.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(pipeline.root / "config.yaml", to_yaml(cfg))
+
+    versions: dict[str, str] = {}  # what each stage's outputs are, for the stages reading them
+    started_all = time.perf_counter()
+    for index, stage in enumerate(stages, 1):
+        key = pipeline.key(stage, configs[stage.name], versions)
+        state = pipeline.state["stages"].get(stage.name, {})
+        tag = f"[{index}/{len(stages)}] {stage.name}"
+        same = state.get("key") == key
+        if same and state.get("status") == "done" and stage.name not in forced \
+                and stage.name != "report":
+            versions[stage.name] = state.get("version", key)
+            print(f"{tag}: unchanged, skipped. {state['summary']}", flush=True)
+            continue
+        resuming = same and state.get("status") == "running"
+        if not resuming and pipeline.dir(stage.name).exists():
+            shutil.rmtree(pipeline.dir(stage.name))  # outputs of another config: start over
+        cfg_now = configs[stage.name]
+        if dataclasses.is_dataclass(cfg_now) and hasattr(cfg_now, "resume"):
+            cfg_now.resume = resuming  # trainers continue from their newest checkpoint
+        print(f"\n{tag}: {'resuming' if resuming else 'running'}", flush=True)
+        earlier = state.get("seconds", 0.0) if resuming else 0.0
+        pipeline.state["stages"][stage.name] = {"key": key, "status": "running",
+                                                "seconds": earlier, "summary": ""}
+        pipeline.save_state()
+        started = time.perf_counter()
+        summary = stage.execute(pipeline, cfg_now)
+        seconds = earlier + time.perf_counter() - started
+        # A finished stage reruns from the start if it reruns at all: its checkpoints (the
+        # optimizer state makes them several times the model's size) are dead weight now.
+        shutil.rmtree(pipeline.dir(stage.name) / CHECKPOINTS, ignore_errors=True)
+        # New outputs: every stage reading them sees a new version and runs again.
+        version = hashlib.sha256(f"{key}{time.time()}".encode()).hexdigest()[:16]
+        versions[stage.name] = version
+        pipeline.state["stages"][stage.name] = {"key": key, "version": version,
+                                                "status": "done", "seconds": seconds,
+                                                "summary": summary}
+        pipeline.save_state()
+        print(f"{tag} done in {_duration(seconds)}: {summary}", flush=True)
+
+    print(f"\n# tether run: {pipeline.root} ({_duration(time.perf_counter() - started_all)} "
+          f"this time)")
+    done = pipeline.state["stages"]
+    width = max(len(s.name) for s in stages)
+    for s in stages:
+        st = done.get(s.name, {})
+        print(f"  {s.name:<{width}}  {_duration(st.get('seconds', 0.0)):>9}  "
+              f"{st.get('summary', '')}")
+    total = sum(done.get(s.name, {}).get("seconds", 0.0) for s in stages)
+    print(f"  {'total':<{width}}  {_duration(total):>9}")
+    return pipeline.root / "report.html"

@@ -1,0 +1,158 @@
+"""Read a pipeline run directory into the report's data (see tether.report.html.render).
+
+Everything is read from files the stages wrote, so `tether report RUN_DIR` redraws the report
+of any run, finished or not: a section whose stage has not run yet is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from tether.config import ReportConfig
+from tether.errors import UserError
+from tether.report.html import write_report
+from tether.rundir import read_metrics
+
+# Training curves shown per stage: metric names, in the order the report groups them.
+CURVES = {
+    "sft": ("loss/train", "loss/eval"),
+    "rm": ("loss/train", "loss/eval", "reward/accuracy", "eval/accuracy"),
+    "ppo": ("reward/proxy", "reward/gold", "eval/gold", "eval/proxy", "kl/seq", "eval/kl",
+            "ppo/clipfrac", "ppo/approx_kl", "loss/policy", "loss/value",
+            "ppo/explained_variance", "policy/entropy", "response/length"),
+    "dpo": ("loss/train", "loss/eval", "reward/accuracy", "reward/eval_accuracy",
+            "reward/margin", "kl/chosen", "eval/gold", "eval/proxy", "eval/kl"),
+}
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _curves(root: Path) -> dict:
+    curves = {}
+    for stage, keys in CURVES.items():
+        path = root / stage / "metrics.jsonl"
+        if not path.exists():
+            continue
+        metrics = read_metrics(path)
+        series = {key: [[m["step"], m[key]] for m in metrics
+                        if isinstance(m.get(key), (int, float))] for key in keys}
+        curves[stage] = {k: v for k, v in series.items() if v}
+    return curves
+
+
+def _summary_rows(policies: dict) -> list[dict]:
+    def mean(stat):
+        return None if stat is None else stat["mean"]
+
+    def ci(stat):
+        return None if stat is None else stat["ci"]
+
+    rows = []
+    for name, policy in policies.items():
+        s = policy["summary"]
+        wins = s.get("win_rate") or {}
+        rows.append({
+            "policy": name, "gold": mean(s["gold"]), "gold_ci": ci(s["gold"]),
+            "proxy": mean(s["proxy"]), "proxy_ci": ci(s["proxy"]),
+            "kl": mean(s["kl"]), "kl_ci": ci(s["kl"]), "length": mean(s["num_tokens"]),
+            "eos_rate": s["eos_fraction"],
+            "win_gold": mean(wins.get("gold")), "win_gold_ci": ci(wins.get("gold")),
+            "win_proxy": mean(wins.get("proxy")), "win_proxy_ci": ci(wins.get("proxy")),
+        })
+    return rows
+
+
+def _samples(policies: dict, prompts: list, count: int) -> list[dict]:
+    """The first sample of each policy on the first `count` prompts, side by side."""
+    out = []
+    for index, prompt in enumerate(prompts[:count]):
+        responses = []
+        for name, policy in policies.items():
+            record = next((r for r in policy["samples"] if r["prompt_index"] == index), None)
+            if record is not None:
+                responses.append({"policy": name, "text": record["response"],
+                                  "gold": record["gold"], "proxy": record["proxy"]})
+        text = prompt if isinstance(prompt, str) else "\n".join(
+            f"{m['role']}: {m['content']}" for m in prompt)
+        out.append({"prompt": text, "responses": responses})
+    return out
+
+
+def _reward_model(root: Path, frontier: dict | None) -> dict | None:
+    rm = _json(root / "rm" / "eval.json")
+    if rm is None:
+        return None
+    m = rm["metrics"]
+    labels = _json(root / "label" / "labels.stats.json") or {}
+    out = {
+        "accuracy": m["eval/accuracy"],
+        "accuracy_ci": [m["eval/accuracy_ci_lo"], m["eval/accuracy_ci_hi"]],
+        # On the reward model's own held-out labels; else the labeler's over all labels.
+        "label_agreement": m.get("eval/label_gold_agreement", labels.get("agreement_with_gold")),
+        "pairs": int(m["eval/pairs"]), "ece": m["eval/ece"],
+        "spearman_gold": m.get("eval/spearman_gold"),
+        "reliability": rm.get("reliability"), "by_length_diff": rm.get("by_length_diff"),
+    }
+    bias = (frontier or {}).get("length_bias")
+    if bias:
+        out["length_bias"] = {"err_pearson": bias["err_length_pearson"],
+                              "err_spearman": bias["err_length_spearman"],
+                              "rm_length_pearson": bias["rm_length_pearson"],
+                              "gold_length_pearson": bias["gold_length_pearson"],
+                              "n": bias["n"]}
+    return out
+
+
+def collect(root: str | Path) -> dict:
+    """The report's data for the run directory `root`."""
+    root = Path(root)
+    state = (_json(root / "pipeline.json") or {}).get("stages", {})
+    evaluation = _json(root / "eval" / "policies.json")
+    frontier = _json(root / "eval" / "frontier.json")
+    config = root / "config.yaml"
+    data: dict = {
+        "title": f"tether run: {root}",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "config_yaml": config.read_text() if config.exists() else None,
+        "stages": [{"name": name, "status": st.get("status"), "seconds": st.get("seconds"),
+                    "summary": st.get("summary")} for name, st in state.items()],
+        "curves": _curves(root),
+        "rm": _reward_model(root, frontier),
+        "warnings": (frontier or {}).get("warnings", []),
+        "notes": [
+            "KL is the summed log-ratio log pi(y|x) - log pi_ref(y|x) of a policy's own "
+            "samples (temperature 1), averaged over held-out prompts; the reference is the SFT "
+            "policy. Best-of-n's KL is the analytic log n - (n - 1)/n.",
+            "Gold is the task's scorer (the hidden preference the labels were drawn from); "
+            "proxy is the reward model trained on those labels.",
+        ],
+    }
+    if evaluation is not None:
+        data["summary"] = _summary_rows(evaluation["policies"])
+        data["baseline"] = evaluation["baseline"]
+        settings = yaml.safe_load(data["config_yaml"] or "") or {}
+        count = settings.get("eval", {}).get("samples_in_report", 6)
+        data["samples"] = _samples(evaluation["policies"], evaluation["prompts"], count)
+    if frontier is not None:
+        data["frontier"] = {"points": frontier["points"], "fits": frontier["fits"]}
+    return data
+
+
+def write_run_report(root: str | Path) -> Path:
+    """Collect the run directory `root` and write its report.html; return the path."""
+    if not (Path(root) / "pipeline.json").exists():
+        raise UserError(f"{root} is not a `tether run` directory (it has no pipeline.json)")
+    return write_report(collect(root), Path(root) / "report.html")
+
+
+def run(cfg: ReportConfig) -> Path:
+    """`tether report RUN_DIR`."""
+    path = write_run_report(cfg.run_dir)
+    print(f"wrote {path}")
+    return path
