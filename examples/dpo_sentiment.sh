@@ -3,8 +3,8 @@
 # prompts -> K=4 samples from the SFT model -> simulated rankings (gold = VADER, ~25% noise)
 # -> DPO at two betas -> gold score and KL to the SFT model on held-out prompts.
 # Usage: examples/dpo_sentiment.sh [BETA ...]      (default: 0.1 0.5)
-# Needs the SFT model of `make demo` (runs/sft-example/final). Shares its data directory with
-# examples/rm_sentiment.sh, so the candidates and labels are made once for both.
+# Needs the SFT model of configs/sft_example.yaml (runs/sft-example/final). Shares its data
+# directory with examples/rm_sentiment.sh, so the candidates and labels are made once for both.
 # Measured on 2 cores: ~7 min sampling, per beta ~4 min reference log-probs (the first
 # run; later ones reuse the cache) and ~10 min of DPO, ~2 min evaluating each policy.
 set -euo pipefail
@@ -12,7 +12,7 @@ betas=("$@")
 [ ${#betas[@]} -gt 0 ] || betas=(0.1 0.5)
 sft=runs/sft-example/final
 if [ ! -d "$sft" ]; then
-  echo "no $sft yet: run 'make demo' first" >&2
+  echo "no $sft yet: train it first: tether sft --config configs/sft_example.yaml" >&2
   exit 2
 fi
 data=runs/rm-example-data

@@ -22,7 +22,7 @@ from tether.rollout.generate import SamplingParams
 # samples moves by a few hundredths from sampling noise alone.
 NOISE = 0.03
 # A fit needs points spread over KL: the largest d at least this many times the smallest.
-MIN_SPREAD = 1.5
+MIN_SPREAD = 1.25
 # Which functional form each method's curve follows (Gao et al. 2022, eq. 1 and 2).
 FORMS = {"bon": "bon", "ppo": "rl", "dpo": "rl", "grpo": "rl", "rloo": "rl"}
 
