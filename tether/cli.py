@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tether import __version__
 from tether.config import (
+    PIPELINE_WIRED,
     DPOConfig,
     EvalConfig,
     PipelineConfig,
@@ -69,10 +70,9 @@ STAGES = {
                    "score (prompt, response) rows with a trained reward model",
                    "tether score reward_model=runs/rm/final input=candidates.jsonl"),
     "run": Stage(PipelineConfig, "tether.pipeline:run",
-                 "the whole pipeline in one resumable command: SFT -> sample -> label -> reward "
-                 "model -> PPO and DPO -> evaluation -> report.html. PIPELINE is a YAML file "
-                 "(layered on the built-in default) or a built-in preset (default, quick); "
-                 "none: the default sentiment pipeline",
+                 "the whole pipeline, resumable: SFT -> sample -> label -> reward model -> PPO "
+                 "and DPO -> evaluation -> report.html. PIPELINE: a YAML file (layered on the "
+                 "default) or a preset (default, quick)",
                  "tether run quick    # or: tether run my_pipeline.yaml ppo.optim.lr=2e-5",
                  bare="PIPELINE"),
     "report": Stage(ReportConfig, "tether.report.collect:run",
@@ -86,14 +86,27 @@ STAGES = {
 }
 
 
-def _options_help(cls: type) -> str:
+def _options_help(cls: type, defaults: object = None, hidden: frozenset[str] = frozenset()
+                  ) -> str:
     lines = ["config keys (set in the YAML file, or as key=value after it):"]
-    for key, type_name, default, help in field_docs(cls):
+    for key, type_name, default, help in field_docs(cls, defaults=defaults):
+        if key in hidden:
+            continue
         shown = json.dumps(default)  # YAML spelling: true/false, "text", numbers
         lines.append(f"  {key} ({type_name}; default {shown})")
         lines += textwrap.wrap(help, width=88, initial_indent="      ",
                                subsequent_indent="      ")
     return "\n".join(lines)
+
+
+def _pipeline_help() -> str:
+    """`tether run`'s keys with the built-in pipeline's values (what a pipeline file starts
+    from), leaving out the paths between stages, which the pipeline sets."""
+    wired = {f"{stage}.{key}" for stage, keys in PIPELINE_WIRED.items() for key in keys}
+    defaults = load_config(PipelineConfig, base=pipeline_sources(None, None)[0])
+    return (_options_help(PipelineConfig, defaults, frozenset(wired)) + "\n\n"
+            + textwrap.fill("set by the pipeline (the paths from one stage to the next): "
+                            + ", ".join(sorted(wired)) + ".", width=88))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
             leaf, help=stage.summary, formatter_class=argparse.RawDescriptionHelpFormatter,
             description=f"{stage.summary[0].upper()}{stage.summary[1:]}.\n\n"
                         f"example:\n  {stage.example}",
-            epilog=_options_help(stage.config))
+            epilog=_pipeline_help() if stage.config is PipelineConfig
+            else _options_help(stage.config))
         sub.add_argument("-c", "--config", metavar="FILE.yaml",
                          help="YAML config; keys not given keep their defaults")
         sub.add_argument("overrides", nargs="*", metavar=f"[{stage.bare}] key=value"

@@ -623,6 +623,17 @@ class PipelineEvalConfig:
 
 
 PIPELINE_STAGES = ("data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report")
+# The keys `tether run` sets itself, per stage: the paths from one stage to the next.
+PIPELINE_WIRED = {
+    "sft": ("run_dir", "resume", "data.train", "data.eval"),
+    "sample": ("policy", "prompts", "output"),
+    "label": ("candidates", "output", "gold"),
+    "rm": ("run_dir", "resume", "data.train"),
+    "ppo": ("run_dir", "resume", "model.name", "reward.model", "reward.gold",
+            "rollout.prompts", "eval_prompts"),
+    "dpo": ("run_dir", "resume", "model.name", "data.train", "sampled_eval.prompts",
+            "sampled_eval.gold", "sampled_eval.reward_model"),
+}
 
 
 @dataclass

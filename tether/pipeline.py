@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 from tether import evaluate
 from tether import sample as sampling
 from tether.checkpoint import CHECKPOINTS, atomic_write_text
-from tether.config import PIPELINE_STAGES, EvalConfig, PipelineConfig, to_yaml
+from tether.config import (
+    PIPELINE_STAGES,
+    PIPELINE_WIRED,
+    EvalConfig,
+    PipelineConfig,
+    to_yaml,
+)
 from tether.data.tokenize import wants_chat_template
 from tether.errors import ConfigError, DataError
 from tether.eval.frontier import (
@@ -145,7 +151,7 @@ class Run:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_not_set(section: Any, defaults: Any, keys: list[str], prefix: str) -> None:
+def _check_not_set(section: Any, defaults: Any, keys: tuple[str, ...], prefix: str) -> None:
     """Paths between stages belong to the pipeline: a user value would be silently replaced."""
     for key in keys:
         value, default = section, defaults
@@ -156,10 +162,10 @@ def _check_not_set(section: Any, defaults: Any, keys: list[str], prefix: str) ->
                               f"output); set the task.* keys or the stage's other options")
 
 
-def _wired(run: Run, name: str, keys: list[str], **values: Any) -> Any:
+def _wired(run: Run, name: str, **values: Any) -> Any:
     """A copy of the stage's config with the pipeline's paths filled in."""
     section = getattr(run.cfg, name)
-    _check_not_set(section, type(section)(), keys, name)
+    _check_not_set(section, type(section)(), PIPELINE_WIRED[name], name)
     cfg = copy.deepcopy(section)
     for key, value in values.items():
         target = cfg
@@ -223,8 +229,8 @@ def configure_sft(run: Run) -> Any:
     task, data = run.cfg.task, run.dir("data")
     train = task.demonstrations or str(data / "demonstrations.jsonl")
     evaluation = "" if task.demonstrations else str(data / "demonstrations_eval.jsonl")
-    return _wired(run, "sft", ["run_dir", "data.train", "data.eval", "resume"],
-                  run_dir=str(run.dir("sft")), data__train=train, data__eval=evaluation)
+    return _wired(run, "sft", run_dir=str(run.dir("sft")), data__train=train,
+                  data__eval=evaluation)
 
 
 def execute_sft(run: Run, cfg: Any) -> str:
@@ -236,7 +242,7 @@ def execute_sft(run: Run, cfg: Any) -> str:
 
 # sample -------------------------------------------------------------------------------------
 def configure_sample(run: Run) -> Any:
-    return _wired(run, "sample", ["policy", "prompts", "output"], policy=run.policy,
+    return _wired(run, "sample", policy=run.policy,
                   prompts=str(run.prompts), output=str(run.dir("sample") / "candidates.jsonl"))
 
 
@@ -250,8 +256,7 @@ def execute_sample(run: Run, cfg: Any) -> str:
 def configure_label(run: Run) -> Any:
     if run.cfg.task.labels:
         return {"labels": run.cfg.task.labels}
-    return _wired(run, "label", ["candidates", "output", "gold"],
-                  candidates=str(run.dir("sample") / "candidates.jsonl"),
+    return _wired(run, "label", candidates=str(run.dir("sample") / "candidates.jsonl"),
                   output=str(run.labels), gold=run.gold)
 
 
@@ -277,7 +282,7 @@ def execute_label(run: Run, cfg: Any) -> str:
 def configure_rm(run: Run) -> Any:
     backbone = run.cfg.rm.model.name
     values = {"model__name": run.policy} if backbone == "sft" else {}
-    return _wired(run, "rm", ["run_dir", "data.train", "resume"], run_dir=str(run.dir("rm")),
+    return _wired(run, "rm", run_dir=str(run.dir("rm")),
                   data__train=str(run.labels), **values)
 
 
@@ -296,17 +301,13 @@ def execute_rm(run: Run, cfg: Any) -> str:
 
 # ppo, dpo -----------------------------------------------------------------------------------
 def configure_ppo(run: Run) -> Any:
-    return _wired(run, "ppo", ["run_dir", "model.name", "reward.model", "reward.gold",
-                               "rollout.prompts", "eval_prompts", "resume"],
-                  run_dir=str(run.dir("ppo")), model__name=run.policy,
+    return _wired(run, "ppo", run_dir=str(run.dir("ppo")), model__name=run.policy,
                   reward__model=run.reward_model, reward__gold=run.gold,
                   rollout__prompts=str(run.prompts), eval_prompts=str(run.heldout))
 
 
 def configure_dpo(run: Run) -> Any:
-    return _wired(run, "dpo", ["run_dir", "model.name", "data.train", "sampled_eval.prompts",
-                               "sampled_eval.gold", "sampled_eval.reward_model", "resume"],
-                  run_dir=str(run.dir("dpo")), model__name=run.policy,
+    return _wired(run, "dpo", run_dir=str(run.dir("dpo")), model__name=run.policy,
                   data__train=str(run.labels), sampled_eval__prompts=str(run.heldout),
                   sampled_eval__gold=run.gold, sampled_eval__reward_model=run.reward_model)
 
@@ -374,18 +375,13 @@ def execute_eval(run: Run, cfg: dict) -> str:
     for warning in frontier["warnings"]:
         print(f"warning: {warning}")
 
-    def gold(name: str) -> str:
-        g = summaries[name]["gold"]
-        if g is None:
-            return f"{name} -"
-        gain = "" if name == "sft" else f" ({g['mean'] - summaries['sft']['gold']['mean']:+.2f})"
-        return f"{name} {g['mean']:.2f}{gain}"
-
-    what = "gold" if summaries["sft"]["gold"] else "proxy"
-    if what == "proxy":
+    if summaries["sft"]["gold"] is None:  # people's labels and no gold scorer
         return "proxy: " + ", ".join(f"{n} {summaries[n]['proxy']['mean']:.2f}" for n in names)
-    return (f"gold on {summaries['sft']['prompts']} held-out prompts: "
-            + ", ".join(gold(n) for n in names))
+    base = summaries["sft"]["gold"]["mean"]
+    gains = [f"{n} {summaries[n]['gold']['mean']:.2f}"
+             + ("" if n == "sft" else f" ({summaries[n]['gold']['mean'] - base:+.2f})")
+             for n in names]
+    return f"gold on {summaries['sft']['prompts']} held-out prompts: " + ", ".join(gains)
 
 
 def _sample_best_of_n(run: Run, ecfg: Any) -> dict:

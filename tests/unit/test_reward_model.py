@@ -142,10 +142,17 @@ def test_pairs_and_rankings_load_as_one_shape(tmp_path):
     ({"prompt": "p", "chosen": " same", "rejected": " same"}, "the same text"),
     ({"prompt": "p", "chosen": " a"}, "no 'rejected'"),
     ({"prompt": "p", "responses": [" a", " b"], "ranks": ["x", 1]}, "list of integers"),
-    ({"prompt": "p", "responses": [" a", ""], "ranks": [0, 1]}, "empty response"),
+    ({"prompt": "p", "responses": [" a", 7], "ranks": [0, 1]}, "must be a string"),
 ])
 def test_bad_preference_rows_name_file_and_line(tmp_path, row, message):
     good = {"prompt": "p", "chosen": " good", "rejected": " bad"}
     with pytest.raises(DataError) as info:
         _prefs(tmp_path, [good, row])
     assert "prefs.jsonl:2: " in str(info.value) and message in str(info.value)
+
+
+def test_an_empty_sample_can_be_ranked(tmp_path):
+    # A policy may end its response at once; the labeler still ranks it (usually last).
+    data = _prefs(tmp_path, [{"prompt": "p", "responses": [" a fine film", ""], "ranks": [0, 1]}])
+    empty = data.train[0].responses[1]
+    assert sum(empty.loss_mask) == 1  # the EOS alone: the model is scored on ending there

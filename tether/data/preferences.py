@@ -19,6 +19,11 @@ from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_t
 from tether.errors import DataError
 
 
+def _response(value: Any, name: str, where: str) -> str:
+    # Samples compared by a labeler may be empty: the policy ended its response at once.
+    return parse_response(value, name, where, allow_empty=True)
+
+
 @dataclass
 class Preference:
     prompt: Messages
@@ -40,8 +45,8 @@ def parse_preference(record: Any, where: str) -> Preference:
             if name not in record:
                 raise BadRow(f"{where}: has '{'chosen' if name == 'rejected' else 'rejected'}' "
                              f"but no '{name}'")
-        chosen = parse_response(record["chosen"], "chosen", where)
-        rejected = parse_response(record["rejected"], "rejected", where)
+        chosen = _response(record["chosen"], "chosen", where)
+        rejected = _response(record["rejected"], "rejected", where)
         if chosen == rejected:
             raise BadRow(f"{where}: 'chosen' and 'rejected' are the same text")
         gold = None
@@ -55,7 +60,7 @@ def parse_preference(record: Any, where: str) -> Preference:
     responses = record["responses"]
     if not isinstance(responses, list) or len(responses) < 2:
         raise BadRow(f"{where}: 'responses' must be a list of at least 2 responses")
-    responses = [parse_response(r, f"responses[{i}]", where) for i, r in enumerate(responses)]
+    responses = [_response(r, f"responses[{i}]", where) for i, r in enumerate(responses)]
     ranks = record.get("ranks")
     if not isinstance(ranks, list) or not all(isinstance(r, int) and not isinstance(r, bool)
                                               for r in ranks):
@@ -119,13 +124,13 @@ def parse_responses(record: Any, where: str) -> tuple[Messages, list[str]]:
     preference row: the texts to score or to normalise rewards against."""
     prompt = parse_prompt(record, where)
     if "response" in record:
-        return prompt, [parse_response(record["response"], "response", where)]
+        return prompt, [_response(record["response"], "response", where)]
     if "responses" in record:
         responses = record["responses"]
         if not isinstance(responses, list) or not responses:
             raise BadRow(f"{where}: 'responses' must be a non-empty list")
-        return prompt, [parse_response(r, f"responses[{i}]", where)
+        return prompt, [_response(r, f"responses[{i}]", where)
                         for i, r in enumerate(responses)]
     if "chosen" in record and "rejected" in record:
-        return prompt, [parse_response(record[n], n, where) for n in ("chosen", "rejected")]
+        return prompt, [_response(record[n], n, where) for n in ("chosen", "rejected")]
     raise BadRow(f"{where}: needs 'response', 'responses', or 'chosen' and 'rejected'")

@@ -44,8 +44,10 @@ def parse_prompt(record: Any, where: str) -> Messages:
                  f"got {type(prompt).__name__}")
 
 
-def parse_response(value: Any, name: str, where: str) -> str:
-    """A response given as a string, or as a list holding one assistant message."""
+def parse_response(value: Any, name: str, where: str, allow_empty: bool = False) -> str:
+    """A response given as a string, or as a list holding one assistant message. Empty is a
+    mistake in a demonstration, but a policy's sample may be empty (it ended at once), and
+    a preference between such samples is still a preference: `allow_empty`."""
     if isinstance(value, list):
         messages = parse_messages(value, name, where)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
@@ -53,7 +55,7 @@ def parse_response(value: Any, name: str, where: str) -> str:
         value = messages[0]["content"]
     if not isinstance(value, str):
         raise BadRow(f"{where}: '{name}' must be a string, got {type(value).__name__}")
-    if not value.strip():
+    if not value.strip() and not allow_empty:
         raise BadRow(f"{where}: empty response in '{name}'")
     return value
 
