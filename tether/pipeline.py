@@ -444,7 +444,8 @@ def run(cfg: PipelineConfig) -> Path:
         state = pipeline.state["stages"].get(stage.name, {})
         tag = f"[{index}/{len(stages)}] {stage.name}"
         same = state.get("key") == key
-        if same and state.get("status") == "done" and stage.name not in forced \
+        outputs = stage.name == "report" or pipeline.dir(stage.name).is_dir()
+        if same and state.get("status") == "done" and outputs and stage.name not in forced \
                 and stage.name != "report":
             versions[stage.name] = state.get("version", key)
             print(f"{tag}: unchanged, skipped. {state['summary']}", flush=True)

@@ -107,6 +107,10 @@ def test_a_changed_option_reruns_its_stage_and_those_reading_it(finished, tmp_pa
     # rerun= forces a stage (and what reads it) although nothing changed.
     assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4", "rerun=ppo") == 0
     assert _ran(capsys.readouterr().out) == ["ppo", "eval", "report"]
+    # Outputs deleted by hand are made again, with everything that reads them.
+    shutil.rmtree(run_dir / "dpo")
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4") == 0
+    assert _ran(capsys.readouterr().out) == ["dpo", "eval", "report"]
 
 
 def test_a_killed_pipeline_resumes_the_stage_from_its_checkpoint(finished, tmp_path, capsys,

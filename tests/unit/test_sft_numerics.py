@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tether.config import OptimConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices, steps_per_epoch
 from tether.data.tokenize import Encoded, encode_example, encode_prompt
 from tether.losses.sft import masked_nll
 from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
-from tether.config import OptimConfig
 from tether.optim import lr_multiplier, make_optimizer
 
 
