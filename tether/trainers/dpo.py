@@ -186,24 +186,35 @@ def data_key(ref_name: str, bf16: bool, data) -> str:
 
 def sampled_eval(cfg: DPOConfig, tokenizer) -> Callable[[torch.nn.Module], dict[str, float]]:
     """Gold, proxy and KL of fresh samples on held-out prompts, for plotting DPO's reward
-    against its KL like PPO's. The KL needs the reference's log-probs of new samples, so a
-    frozen reference model stays loaded."""
+    against its KL like PPO's. The prompts and the scorer are read now, so a mistake stops the
+    run before any model loads; the frozen reference (the KL needs its log-probs of the new
+    samples) and the reward model load at the first evaluation and stay."""
     ecfg = cfg.sampled_eval
     rows = load_prompts(ecfg.prompts, ecfg.num_prompts)[0]
     messages = [m for _, m in rows]
     prompt_ids = encode_prompts(tokenizer, messages, wants_chat_template(tokenizer, "auto"),
                                 ecfg.max_prompt_length)[0]
     gold = load_gold_scorer(ecfg.gold) if ecfg.gold else None
-    reward_model = RewardModel.from_pretrained(ecfg.reward_model) if ecfg.reward_model else None
-    if reward_model is not None:
-        reward_model.model.requires_grad_(False).eval()
-    reference = load_causal_lm(cfg.ref.model or cfg.model.name,
-                               seed=cfg.train.seed).requires_grad_(False).eval()
+    if ecfg.reward_model and not Path(ecfg.reward_model).is_dir():
+        raise ConfigError(f"sampled_eval.reward_model={ecfg.reward_model} is not a directory "
+                          f"(a `tether rm` run's final/)")
     params = SamplingParams(temperature=1.0, max_new_tokens=ecfg.max_new_tokens)
-    return lambda policy: heldout_metrics(
-        policy, tokenizer, prompt_ids, messages, params=params, seed=cfg.train.seed,
-        batch_size=cfg.train.micro_batch_size * 4, reference=reference, gold=gold,
-        reward_model=reward_model, bf16=cfg.train.bf16)
+    models: dict = {}
+
+    def evaluate(policy: torch.nn.Module) -> dict[str, float]:
+        if not models:
+            models["reference"] = load_causal_lm(cfg.ref.model or cfg.model.name,
+                                                 seed=cfg.train.seed).requires_grad_(False).eval()
+            models["reward"] = RewardModel.from_pretrained(ecfg.reward_model) \
+                if ecfg.reward_model else None
+            if models["reward"] is not None:
+                models["reward"].model.requires_grad_(False).eval()
+        return heldout_metrics(policy, tokenizer, prompt_ids, messages, params=params,
+                               seed=cfg.train.seed, batch_size=cfg.train.micro_batch_size * 4,
+                               reference=models["reference"], gold=gold,
+                               reward_model=models["reward"], bf16=cfg.train.bf16)
+
+    return evaluate
 
 
 def train(cfg: DPOConfig) -> Path:
@@ -215,6 +226,7 @@ def train(cfg: DPOConfig) -> Path:
     data = load_preference_data(cfg.data, tokenizer, cfg.train.seed)
     for split, stats in data.stats.items():
         print(f"data/{split}: {stats.summary()}")
+    sampled = sampled_eval(cfg, tokenizer) if cfg.sampled_eval.prompts else None
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
     batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
     pad_id = tokenizer.pad_token_id
@@ -250,8 +262,6 @@ def train(cfg: DPOConfig) -> Path:
             table = precompute(ref, data, micro, cache, key)
     if table is not None:
         ref = ReferenceLogps(table=table)
-
-    sampled = sampled_eval(cfg, tokenizer) if cfg.sampled_eval.prompts else None
 
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     trainable, total = count_parameters(model)
