@@ -308,7 +308,10 @@ def _frontier(data: dict) -> str:
                 + "".join(_num_cell(esc(fmt_number(f.get(k))))
                           for k in ("alpha", "beta", "offset", "r2")) + "</tr>"
                 for f in fits]
-        body.append(_table(head, rows, caption="Fitted curves, with d = √KL."))
+        body.append(_table(head, rows, caption=(
+            "Gao et al. (2022): reward = offset + form, d = √KL, fitted to the gain over each "
+            "method's first point. β > 0: the gain bends over (over-optimisation ahead); "
+            "β ≤ 0: still rising.")))
     return _section("frontier", "Reward vs KL", "\n".join(body))
 
 
