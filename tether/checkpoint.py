@@ -43,6 +43,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_jsonl(path: Path, rows: list) -> None:
+    """One JSON object per line, UTF-8 kept readable, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished directory into place, replacing any older one at `target`."""
     old = None

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from tether import evaluate
 from tether import sample as sampling
-from tether.checkpoint import CHECKPOINTS, atomic_write_text
+from tether.checkpoint import CHECKPOINTS, atomic_write_jsonl, atomic_write_text
 from tether.config import (
     PIPELINE_STAGES,
     PIPELINE_WIRED,
@@ -207,21 +207,17 @@ def execute_data(run: Run, _: dict) -> str:
         prompts = module.make_prompts(task.num_prompts + task.num_heldout, task.seed)
         train = [{"prompt": p} for p in prompts[:task.num_prompts]]
         heldout = [{"prompt": p} for p in prompts[task.num_prompts:]]
-    _write_jsonl(out / "prompts.jsonl", train)
-    _write_jsonl(out / "heldout.jsonl", heldout)
+    atomic_write_jsonl(out / "prompts.jsonl", train)
+    atomic_write_jsonl(out / "heldout.jsonl", heldout)
     what = f"{len(train)} training prompts, {len(heldout)} held out"
     if "sft" not in run.skipped and not task.demonstrations:
         module = importlib.import_module(run.builtin)
         n = task.num_demonstrations
         demos = module.make_demonstrations(n + max(n // 10, 1), task.seed + 1)
-        _write_jsonl(out / "demonstrations.jsonl", demos[:n])
-        _write_jsonl(out / "demonstrations_eval.jsonl", demos[n:])
+        atomic_write_jsonl(out / "demonstrations.jsonl", demos[:n])
+        atomic_write_jsonl(out / "demonstrations_eval.jsonl", demos[n:])
         what += f", {n} demonstrations"
     return what
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 # sft ----------------------------------------------------------------------------------------

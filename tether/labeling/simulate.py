@@ -45,7 +45,7 @@ Scorer = Callable[[list[str]], Sequence[float]]
 def run(cfg: SimulateLabelsConfig) -> Path:
     """`tether label simulate`: read candidates, label them, write labels atomically."""
     # imported here: tether.checkpoint pulls in torch and peft (~5 s), which labelling never uses
-    from tether.checkpoint import atomic_write_text
+    from tether.checkpoint import atomic_write_jsonl, atomic_write_text
 
     out = Path(cfg.output)
     if out.suffix != ".jsonl":
@@ -55,7 +55,7 @@ def run(cfg: SimulateLabelsConfig) -> Path:
     rows = read_candidates(cfg.candidates)
     scorer = load_gold_scorer(cfg.gold)
     out_rows, stats = simulate(rows, scorer, cfg)
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
+    atomic_write_jsonl(out, out_rows)
     stats_path = stats_path_for(out)
     atomic_write_text(stats_path, json.dumps(stats, indent=2) + "\n")
     print(summary(stats, out))
