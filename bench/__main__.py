@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import dpo, peak, ppo, rm, sft
+from bench import dpo, label, peak, ppo, rm, sft
 
-BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo}
+BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,11 @@ from tether.config import (
     PIPELINE_WIRED,
     DPOConfig,
     EvalConfig,
+    LabelAnnotatorConfig,
+    LabelExportConfig,
+    LabelImportConfig,
+    LabelServeConfig,
+    LabelStatsConfig,
     PipelineConfig,
     PPOConfig,
     ReportConfig,
@@ -55,6 +60,28 @@ STAGES = {
         SimulateLabelsConfig, "tether.labeling.simulate:run",
         "label candidates with a simulated labeler (noisy Bradley-Terry on a gold score)",
         "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3"),
+    "label import": Stage(
+        LabelImportConfig, "tether.labeling.commands:import_candidates",
+        "import candidates into a new labeling project (with gold items and active sampling)",
+        "tether label import project=sentiment candidates=runs/sample/candidates.jsonl "
+        "overlap=3 gold=gold.jsonl"),
+    "label add-annotator": Stage(
+        LabelAnnotatorConfig, "tether.labeling.commands:add_annotator",
+        "create an annotator (or an admin) and print their access token",
+        "tether label add-annotator name=alice"),
+    "label serve": Stage(
+        LabelServeConfig, "tether.labeling.commands:serve",
+        "serve the labeling web app: people compare or rank responses in the browser",
+        "tether label serve db=runs/label/labels.db port=8000"),
+    "label stats": Stage(
+        LabelStatsConfig, "tether.labeling.commands:stats",
+        "label quality: gold accuracy per annotator, Cohen's kappa, Krippendorff's alpha, "
+        "position bias",
+        "tether label stats project=sentiment"),
+    "label export": Stage(
+        LabelExportConfig, "tether.labeling.commands:export",
+        "export labels as preference pairs/rankings for `tether rm` and `tether dpo`",
+        "tether label export output=labels.jsonl min_gold_accuracy=0.7"),
     "rm": Stage(RMConfig, "tether.trainers.rm:train",
                 "train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
                 "tether rm --config configs/rm_example.yaml"),

@@ -205,6 +205,83 @@ class SimulateLabelsConfig:
             raise ConfigError("candidates is required: the output of `tether sample`")
 
 
+LABEL_DB_HELP = ("The labeling database: a file path (SQLite, created if missing) or a "
+                 "SQLAlchemy URL such as postgresql://user@host/labels for a team.")
+
+
+@dataclass
+class LabelServeConfig:
+    """Serve the labeling web app."""
+
+    db: str = option("runs/label/labels.db", LABEL_DB_HELP)
+    host: str = option("127.0.0.1", "Address to listen on; 0.0.0.0 lets other machines in "
+                                    "(put it behind HTTPS then: tokens travel in cookies).")
+    port: int = option(8000, "Port to listen on.", min=1, max=65535)
+
+
+@dataclass
+class LabelImportConfig:
+    """Import candidates into a new labeling project."""
+
+    db: str = option("runs/label/labels.db", LABEL_DB_HELP)
+    project: str = option("", "Name of the new project. Required.")
+    candidates: str = option("", "candidates.jsonl from `tether sample`: {prompt, responses} "
+                                 "rows with K >= 2. Required.")
+    gold: str = option("", "Gold items: preference rows with a known answer (pairs or "
+                           "rankings), mixed in to measure each annotator's accuracy.")
+    overlap: int = option(1, "How many different annotators label each item.", min=1)
+    gold_rate: float = option(0.1, "Share of the items served that are gold items (when there "
+                                   "are any).", min=0, max=1)
+    lease_minutes: float = option(30.0, "An item shown but not answered within this time "
+                                        "goes to someone else.", min=0.1)
+    reward_model: str = option(
+        "", "Active sampling: reward model directories (comma-separated). One: items whose "
+        "responses it scores closest are served first; several: items whose margins they "
+        "disagree on most.")
+    batch_size: int = option(16, "Sequences per reward-model forward pass.", min=1)
+
+    def validate(self) -> None:
+        if not self.project or not self.candidates:
+            raise ConfigError("project and candidates are required")
+
+
+@dataclass
+class LabelAnnotatorConfig:
+    """Create an annotator and print their access token."""
+
+    db: str = option("runs/label/labels.db", LABEL_DB_HELP)
+    name: str = option("", "The annotator's name (letters, digits, _ . -). Required.")
+    admin: bool = option(False, "Admin role: import, export and statistics through the API.")
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("name is required")
+
+
+@dataclass
+class LabelStatsConfig:
+    """Quality of a project's labels."""
+
+    db: str = option("runs/label/labels.db", LABEL_DB_HELP)
+    project: str = option("", "The project; empty: the database's only project.")
+    output: str = option("", "Also write the statistics as JSON to this file.")
+
+
+@dataclass
+class LabelExportConfig:
+    """Export a project's labels as preference rows."""
+
+    db: str = option("runs/label/labels.db", LABEL_DB_HELP)
+    project: str = option("", "The project; empty: the database's only project.")
+    output: str = option("runs/label/labels.jsonl", "Where to write the rows (.jsonl).")
+    aggregate: str = option("majority", "majority: one row per item, responses ordered by "
+                                        "their mean rank across annotators; all: one row per "
+                                        "label, with the annotator's name.",
+                            choices=["majority", "all"])
+    min_gold_accuracy: float = option(0.0, "Leave out annotators whose accuracy on gold items "
+                                           "is below this.", min=0, max=1)
+
+
 @dataclass
 class RewardConfig:
     backbone: str = option(
@@ -594,7 +671,9 @@ class TaskConfig:
                            "task's. Without one, give `labels` (people's preferences).")
     labels: str = option("", "Preferences people gave ({prompt, chosen, rejected} pairs or "
                              "{prompt, responses, ranks} rankings): the reward model and DPO "
-                             "train on these, and the sample and label stages do not run.")
+                             "train on these, and the sample and label stages do not run. "
+                             "'human': people label the SFT samples in the labeling app, "
+                             "which the label stage starts and waits on (see `human`).")
     num_prompts: int = option(384, "Training prompts (a built-in task generates this many).",
                               min=1)
     num_heldout: int = option(64, "Held-out evaluation prompts, disjoint from the training "
@@ -602,6 +681,25 @@ class TaskConfig:
     num_demonstrations: int = option(400, "SFT demonstrations a built-in task generates (plus "
                                           "a tenth as many for eval).", min=1)
     seed: int = option(0, "Seed for generating the built-in task's data.")
+
+
+@dataclass
+class HumanLabelsConfig:
+    annotators: str = option("annotator1", "Annotators to create, comma-separated; each gets "
+                                           "an access token, printed when the server starts.")
+    overlap: int = option(1, "How many different annotators label each item.", min=1)
+    target: int = option(0, "Labels to wait for before training; 0: every item, times "
+                            "overlap.", min=0)
+    gold: str = option("", "Gold items (preference rows with a known answer) mixed in to "
+                           "measure each annotator.")
+    gold_rate: float = option(0.1, "Share of the items served that are gold items.", min=0,
+                              max=1)
+    min_gold_accuracy: float = option(0.0, "Leave out annotators whose gold accuracy is below "
+                                           "this.", min=0, max=1)
+    db: str = option("", "Labeling database (a path or SQLAlchemy URL). Empty: labels.db in "
+                         "the run directory, which the pipeline never deletes.")
+    host: str = option("127.0.0.1", "Address the labeling app listens on.")
+    port: int = option(8000, "Port the labeling app listens on.", min=1, max=65535)
 
 
 @dataclass
@@ -654,6 +752,8 @@ class PipelineConfig:
                                                  "SFT policy (`tether sample` keys).")
     label: SimulateLabelsConfig = section(SimulateLabelsConfig, "The simulated labeler "
                                                                 "(`tether label simulate` keys).")
+    human: HumanLabelsConfig = section(HumanLabelsConfig, "People's labels in the labeling app, "
+                                                          "with task.labels=human.")
     rm: RMConfig = section(RMConfig, "The reward model (`tether rm` keys); model.name=sft "
                                      "starts it from the SFT policy.")
     ppo: PPOConfig = section(PPOConfig, "Online RL against the reward model (`tether ppo` keys; "

@@ -33,6 +33,7 @@ from tether.config import (
     PIPELINE_STAGES,
     PIPELINE_WIRED,
     EvalConfig,
+    HumanLabelsConfig,
     PipelineConfig,
     to_yaml,
 )
@@ -56,6 +57,7 @@ from tether.tasks.registry import load_gold_scorer
 from tether.trainers import dpo, ppo, rm, sft
 
 STATE = "pipeline.json"
+HUMAN = "human"  # task.labels: people label the samples in the labeling app
 BUILTIN_TASKS = {"sentiment": "tether.tasks.sentiment"}
 
 
@@ -128,7 +130,7 @@ class Run:
     def stages(self) -> list[Stage]:
         """The stages this run has: people's labels need no samples to label."""
         return [s for s in STAGES if s.name not in self.skipped
-                and not (self.cfg.task.labels and s.name == "sample")]
+                and not (self.cfg.task.labels not in ("", HUMAN) and s.name == "sample")]
 
     # State ------------------------------------------------------------------------------------
     def key(self, stage: Stage, cfg: Any, versions: dict[str, str]) -> str:
@@ -185,7 +187,8 @@ def configure_data(run: Run) -> dict:
 
 def data_inputs(run: Run) -> list[str]:
     t = run.cfg.task
-    return [p for p in (t.prompts, t.heldout_prompts, t.demonstrations, t.labels) if p]
+    return [p for p in (t.prompts, t.heldout_prompts, t.demonstrations, t.labels)
+            if p and p != HUMAN]
 
 
 def execute_data(run: Run, _: dict) -> str:
@@ -250,6 +253,12 @@ def execute_sample(run: Run, cfg: Any) -> str:
 
 # label --------------------------------------------------------------------------------------
 def configure_label(run: Run) -> Any:
+    if run.cfg.task.labels == HUMAN:
+        # the database lives outside label/, which a changed config would wipe: people's
+        # labels are never thrown away
+        return {"human": dataclasses.asdict(run.cfg.human),
+                "db": run.cfg.human.db or str(run.root / "labels.db"),
+                "candidates": str(run.dir("sample") / "candidates.jsonl")}
     if run.cfg.task.labels:
         return {"labels": run.cfg.task.labels}
     return _wired(run, "label", candidates=str(run.dir("sample") / "candidates.jsonl"),
@@ -257,10 +266,15 @@ def configure_label(run: Run) -> Any:
 
 
 def label_inputs(run: Run) -> list[str]:
-    return [run.cfg.task.labels] if run.cfg.task.labels else []
+    return [run.cfg.task.labels] if run.cfg.task.labels not in ("", HUMAN) else []
 
 
 def execute_label(run: Run, cfg: Any) -> str:
+    if isinstance(cfg, dict) and "human" in cfg:
+        from tether.labeling.collect import collect
+
+        return collect(Path(cfg["candidates"]), run.labels, HumanLabelsConfig(**cfg["human"]),
+                       cfg["db"])
     if isinstance(cfg, dict):  # people's labels: copied, so the run directory is complete
         run.labels.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cfg["labels"], run.labels)

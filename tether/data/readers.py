@@ -1,4 +1,5 @@
-"""Read records from JSONL, JSON, Parquet, a `datasets` directory, or a hub dataset name.
+"""Read records from JSONL, JSON, Parquet, a `datasets` directory, a hub dataset name, or a
+labeling database (`labels.db[#project]`, exported as `tether label export` does).
 
 Every record comes with where it came from (`file:line` for JSONL, `file: row N` otherwise),
 so that a bad row can be reported precisely.
@@ -26,6 +27,11 @@ class BadRow(DataError):
 
 
 def read_rows(source: str) -> Iterator[Row]:
+    from tether.labeling.commands import is_database, read_database
+
+    if is_database(source):  # people's labels, straight from the labeling app's database
+        yield from (Row(where, record) for where, record in read_database(source))
+        return
     path = Path(source).expanduser()
     if not path.exists():
         if _looks_like_hub_name(source):

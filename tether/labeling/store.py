@@ -1,0 +1,438 @@
+"""The labeling app's database: projects, items, annotators, assignments and labels.
+
+Storage goes through SQLAlchemy: a file path is an embedded SQLite database (WAL journal,
+synchronous=FULL, so a label is on disk before it is acknowledged and a killed server loses
+none), and any SQLAlchemy URL (postgresql://...) serves a team. One database holds several
+projects.
+
+An item is one prompt with its K responses (canonical order, as imported). Each item is shown
+to `overlap` annotators, never twice to the same one; gold items (known answer) are mixed in at
+`gold_rate` and every annotator may see each once. Showing an item to an annotator creates an
+assignment, which records the display order (randomised per annotator); the label submitted for
+it is stored in canonical order. An assignment not answered within `lease_minutes` is given
+back, so a closed browser tab does not hold an item forever.
+
+Tokens are stored as SHA-256 hashes: the database alone does not let anyone log in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from tether.errors import ConfigError, DataError
+
+CHOICES = ("rank", "both_bad", "cant_tell")
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as naive UTC
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    k: Mapped[int] = mapped_column(Integer, default=2)  # the most responses of any item
+    overlap: Mapped[int] = mapped_column(Integer, default=1)
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    lease_minutes: Mapped[float] = mapped_column(Float, default=30.0)
+    created: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of messages
+    responses: Mapped[list] = mapped_column(JSON)
+    gold_ranks: Mapped[list | None] = mapped_column(JSON, nullable=True)  # gold items only
+    # Active sampling: higher is served first (e.g. minus the reward model's smallest margin).
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+    source: Mapped[str] = mapped_column(String(512), default="")  # file:line it came from
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("item_id", "annotator_id"),)  # never shown twice
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    order: Mapped[list] = mapped_column(JSON)  # order[p] = canonical index shown at position p
+    created: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+class Label(Base):
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("item_id", "annotator_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # unique: a resubmitted form finds its label instead of writing a second one
+    assignment_id: Mapped[str] = mapped_column(ForeignKey("assignments.id"), unique=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(16))
+    ranks: Mapped[list | None] = mapped_column(JSON, nullable=True)  # canonical order
+    rationale: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[datetime] = mapped_column(DateTime, default=now)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def dense_ranks(ranks: Sequence[int]) -> list[int]:
+    """[3, 1, 3] -> [1, 0, 1]: the same order and ties, ranks 0, 1, 2, ..."""
+    levels = sorted(set(ranks))
+    return [levels.index(r) for r in ranks]
+
+
+def engine_for(db: str) -> Engine:
+    """An engine for a SQLAlchemy URL, or for a file path (SQLite, created if missing)."""
+    if "://" in db:
+        try:
+            url = make_url(db)
+        except ArgumentError:
+            raise ConfigError(f"db: '{db}' is not a valid SQLAlchemy URL") from None
+    else:
+        path = Path(db).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"db: '{db}' is a directory; give a database file such as "
+                              f"labels.db")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = make_url(f"sqlite:///{path}")
+    sqlite = url.get_backend_name() == "sqlite"
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}
+                           if sqlite else {})
+    if sqlite:
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            cur.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+    return engine
+
+
+@dataclass
+class NextItem:
+    assignment: str
+    prompt: Any
+    responses: list[str]  # display order
+    gold: bool
+
+
+class Store:
+    """All reads and writes of the labeling database. Thread-safe: the server calls it from
+    its worker threads. Writes are serialised by one lock, which SQLite needs anyway (a single
+    writer) and which makes "give this item to at most `overlap` annotators" exact."""
+
+    def __init__(self, db: str):
+        self.db = db
+        self.engine = engine_for(db)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError as e:
+            raise ConfigError(f"db: cannot open '{db}': {e.orig}") from None
+        self.write_lock = threading.Lock()
+        self.rng = random.Random()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- secrets and annotators ---------------------------------------------------------------
+
+    def secret(self) -> bytes:
+        """A per-database random key (for CSRF tokens), created on first use."""
+        with self.write_lock, self.session() as s:
+            row = s.get(Meta, "secret")
+            if row is None:
+                row = Meta(key="secret", value=secrets.token_hex(32))
+                s.add(row)
+                s.commit()
+            return bytes.fromhex(row.value)
+
+    def add_annotator(self, name: str, admin: bool = False, token: str | None = None) -> str:
+        """Create an annotator; returns their token (shown once: only its hash is stored)."""
+        if not PROJECT_NAME.match(name):
+            raise ConfigError(f"annotator name '{name}': use letters, digits, '_', '.', '-' "
+                              f"(at most 64)")
+        token = token or "tt_" + secrets.token_urlsafe(24)
+        with self.write_lock, self.session() as s:
+            if s.scalar(select(Annotator).where(Annotator.name == name)) is not None:
+                raise ConfigError(f"annotator '{name}' already exists in {self.db}")
+            s.add(Annotator(name=name, token_hash=hash_token(token), admin=admin))
+            s.commit()
+        return token
+
+    def annotator_for_token(self, token: str) -> Annotator | None:
+        with self.session() as s:
+            return s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
+
+    def annotators(self) -> list[Annotator]:
+        with self.session() as s:
+            return list(s.scalars(select(Annotator).order_by(Annotator.id)))
+
+    # -- projects and items -------------------------------------------------------------------
+
+    def project(self, name: str) -> Project | None:
+        with self.session() as s:
+            return s.scalar(select(Project).where(Project.name == name))
+
+    def projects(self) -> list[Project]:
+        with self.session() as s:
+            return list(s.scalars(select(Project).order_by(Project.id)))
+
+    def create_project(self, name: str, items: Sequence[dict], gold: Sequence[dict] = (),
+                       overlap: int = 1, gold_rate: float = 0.0,
+                       lease_minutes: float = 30.0) -> Project:
+        """A new project with its items, all in one transaction: a failed import leaves
+        nothing behind. Items are {"prompt", "responses", "source"} (+ "ranks" for gold)."""
+        if not PROJECT_NAME.match(name):
+            raise ConfigError(f"project name '{name}': use letters, digits, '_', '.', '-' "
+                              f"(at most 64, starting with a letter or digit)")
+        with self.write_lock, self.session() as s:
+            if s.scalar(select(Project).where(Project.name == name)) is not None:
+                raise ConfigError(f"project '{name}' already exists in {self.db}; choose "
+                                  f"another name (items are never merged into a project)")
+            k = max(len(row["responses"]) for row in [*items, *gold])
+            project = Project(name=name, k=k, overlap=overlap, gold_rate=gold_rate,
+                              lease_minutes=lease_minutes)
+            s.add(project)
+            s.flush()
+            for row in items:
+                s.add(Item(project_id=project.id, prompt=row["prompt"],
+                           responses=row["responses"], source=row.get("source", "")[:512]))
+            for row in gold:
+                s.add(Item(project_id=project.id, prompt=row["prompt"],
+                           responses=row["responses"], gold_ranks=dense_ranks(row["ranks"]),
+                           source=row.get("source", "")[:512]))
+            s.commit()
+            return project
+
+    def set_priorities(self, project: str, priorities: dict[int, float]) -> None:
+        with self.write_lock, self.session() as s:
+            for item_id, p in priorities.items():
+                s.get(Item, item_id).priority = float(p)
+            s.commit()
+
+    def items(self, project: str) -> list[Item]:
+        with self.session() as s:
+            return list(s.scalars(select(Item).join(Project).where(Project.name == project)
+                                  .order_by(Item.id)))
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def next_item(self, project: Project, annotator: Annotator) -> NextItem | None:
+        """The item this annotator should label next, creating its assignment: their
+        unanswered one if any; else, with probability gold_rate, a gold item they have not
+        seen; else the open item with the highest priority (then the one closest to its
+        overlap, so items complete in turn and agreement can be measured early)."""
+        with self.write_lock, self.session() as s:
+            pending = s.execute(
+                select(Assignment, Item).join(Item, Assignment.item_id == Item.id)
+                .outerjoin(Label, Label.assignment_id == Assignment.id)
+                .where(Item.project_id == project.id, Assignment.annotator_id == annotator.id,
+                       Label.id.is_(None))
+                .order_by(Assignment.created)).first()
+            if pending is not None:
+                a, item = pending
+                return self._shown(a, item)
+            self._expire_leases(s, project)
+            seen = select(Assignment.item_id).where(Assignment.annotator_id == annotator.id)
+            item = None
+            if project.gold_rate > 0 and self.rng.random() < project.gold_rate:
+                item = s.scalar(select(Item).where(
+                    Item.project_id == project.id, Item.gold_ranks.is_not(None),
+                    Item.id.not_in(seen)).order_by(func.random()).limit(1))
+            if item is None:
+                taken = (select(func.count(Assignment.id)).where(Assignment.item_id == Item.id)
+                         .correlate(Item).scalar_subquery())
+                item = s.scalar(
+                    select(Item).where(Item.project_id == project.id,
+                                       Item.gold_ranks.is_(None), Item.id.not_in(seen),
+                                       taken < project.overlap)
+                    .order_by(Item.priority.desc(), taken.desc(), func.random()).limit(1))
+            if item is None:
+                return None
+            order = list(range(len(item.responses)))
+            self.rng.shuffle(order)
+            a = Assignment(id=secrets.token_hex(16), item_id=item.id,
+                           annotator_id=annotator.id, order=order)
+            s.add(a)
+            s.commit()
+            return self._shown(a, item)
+
+    @staticmethod
+    def _shown(a: Assignment, item: Item) -> NextItem:
+        return NextItem(a.id, item.prompt, [item.responses[i] for i in a.order],
+                        item.gold_ranks is not None)
+
+    @staticmethod
+    def _expire_leases(s: Session, project: Project) -> None:
+        cutoff = now() - timedelta(minutes=project.lease_minutes)
+        stale = s.scalars(
+            select(Assignment).join(Item, Assignment.item_id == Item.id)
+            .outerjoin(Label, Label.assignment_id == Assignment.id)
+            .where(Item.project_id == project.id, Label.id.is_(None),
+                   Assignment.created < cutoff))
+        for a in stale:
+            s.delete(a)
+        s.flush()
+
+    def submit(self, project: Project, annotator: Annotator, assignment_id: str, choice: str,
+               ranks: Sequence[int] | None, rationale: str = "") -> tuple[int, bool]:
+        """Store a label for an assignment; returns (label id, duplicate). A second submission
+        of the same assignment returns the first label, unchanged. Raises LookupError if the
+        assignment does not exist (or has expired), PermissionError if it is someone else's,
+        ValueError for a bad label."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got '{choice}'")
+        with self.write_lock, self.session() as s:
+            a = s.get(Assignment, assignment_id)
+            item = None if a is None else s.get(Item, a.item_id)
+            if a is not None and a.annotator_id != annotator.id:
+                raise PermissionError("this item was assigned to another annotator")
+            if a is None or item is None or item.project_id != project.id:
+                raise LookupError("no such assignment in this project (it may have expired: "
+                                  "load the next item)")
+            done = s.scalar(select(Label).where(Label.assignment_id == a.id))
+            if done is not None:
+                return done.id, True
+            canonical = None
+            if choice == "rank":
+                k = len(a.order)
+                if (not isinstance(ranks, list) or len(ranks) != k
+                        or not all(isinstance(r, int) and not isinstance(r, bool)
+                                   for r in ranks)):
+                    raise ValueError(f"ranks must be a list of {k} integers, one per response "
+                                     f"in the order shown (lower is better, equal is a tie)")
+                canonical = [0] * k
+                for pos, r in enumerate(dense_ranks(ranks)):
+                    canonical[a.order[pos]] = r
+            label = Label(assignment_id=a.id, item_id=a.item_id, annotator_id=annotator.id,
+                          choice=choice, ranks=canonical, rationale=(rationale or "")[:5000])
+            s.add(label)
+            try:
+                s.commit()
+            except IntegrityError:  # the same assignment raced in twice
+                s.rollback()
+                done = s.scalar(select(Label).where(Label.assignment_id == a.id))
+                return done.id, True
+            return label.id, False
+
+    # -- reading labels -----------------------------------------------------------------------
+
+    def labels(self, project: str, annotator: Annotator | None = None) -> list[dict]:
+        """Every label of a project (or of one annotator) with its item, oldest first."""
+        with self.session() as s:
+            q = (select(Label, Item, Assignment, Annotator)
+                 .join(Item, Label.item_id == Item.id)
+                 .join(Project, Item.project_id == Project.id)
+                 .join(Assignment, Label.assignment_id == Assignment.id)
+                 .join(Annotator, Label.annotator_id == Annotator.id)
+                 .where(Project.name == project).order_by(Label.id))
+            if annotator is not None:
+                q = q.where(Label.annotator_id == annotator.id)
+            return [{"label": label.id, "item": item.id, "annotator": who.name,
+                     "prompt": item.prompt, "responses": item.responses,
+                     "choice": label.choice, "ranks": label.ranks, "order": a.order,
+                     "gold": item.gold_ranks, "rationale": label.rationale,
+                     "created": label.created.isoformat() + "Z"}
+                    for label, item, a, who in s.execute(q)]
+
+    def progress(self, project: Project, annotator: Annotator | None = None) -> dict[str, int]:
+        """Labels done, and the most there can be (non-gold items x overlap), for the project
+        or for one annotator (who may label each non-gold item once)."""
+        with self.session() as s:
+            items = s.scalar(select(func.count(Item.id)).where(
+                Item.project_id == project.id, Item.gold_ranks.is_(None)))
+            q = (select(func.count(Label.id)).join(Item, Label.item_id == Item.id)
+                 .where(Item.project_id == project.id, Item.gold_ranks.is_(None)))
+            if annotator is None:
+                return {"done": s.scalar(q), "total": items * project.overlap}
+            mine = s.scalar(q.where(Label.annotator_id == annotator.id))
+            full = s.scalar(select(func.count(Item.id)).where(
+                Item.project_id == project.id, Item.gold_ranks.is_(None),
+                select(func.count(Label.id)).where(Label.item_id == Item.id)
+                .correlate(Item).scalar_subquery() >= project.overlap,
+                Item.id.not_in(select(Label.item_id).where(
+                    Label.annotator_id == annotator.id))))
+            return {"done": mine, "total": items - full}
+
+
+def rows_to_items(rows: Iterable[tuple[str, Any]], gold: bool) -> list[dict]:
+    """Validated import rows from (where, record): candidates ({prompt, responses}) or, for
+    gold items, preferences with a known answer (pairs or rankings)."""
+    from tether.data.preferences import parse_preference
+    from tether.labeling.simulate import parse_candidate
+
+    out = []
+    for where, record in rows:
+        if gold:
+            if isinstance(record, Exception):
+                raise record
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected an object, got {type(record).__name__}")
+            pref = parse_preference(record, where)
+            if len(set(pref.ranks)) < 2:
+                raise DataError(f"{where}: a gold item needs a known answer; every response "
+                                f"is tied")
+            out.append({"prompt": record["prompt"], "responses": pref.responses,
+                        "ranks": pref.ranks, "source": where})
+        else:
+            row = parse_candidate(record, where)
+            out.append({**row, "source": where})
+    return out
+
