@@ -7,6 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tether-installed
 
+# The browser tests drive Debian's chromium with Playwright, which downloads no browser.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: setup demo test bench lint clean
 
 $(STAMP): pyproject.toml Makefile
@@ -20,19 +24,27 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		|| ($(SUDO) apt-get update -qq \
+		    && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 # The whole RLHF pipeline on the built-in sentiment task (about 20 minutes on 2 cores), ending
 # with runs/pipeline/report.html. Rerunning skips every finished stage and resumes a killed one.
 demo: setup
 	$(BIN)/tether run
 
-test: setup
-	$(BIN)/python -m pytest -n 2 -q
+# TETHER_BROWSER_TESTS=required: a missing chromium fails the browser tests instead of
+# skipping them.
+test: setup $(CHROMIUM)
+	TETHER_BROWSER_TESTS=required $(BIN)/python -m pytest -n 2 -q
 
 bench: setup
 	$(BIN)/python -m bench sft
 	$(BIN)/python -m bench rm
 	$(BIN)/python -m bench dpo
 	$(BIN)/python -m bench ppo
+	$(BIN)/python -m bench label
 
 lint: setup
 	$(BIN)/ruff check tether tests bench

@@ -49,7 +49,8 @@ SECURITY_HEADERS = {
                                "frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a form post says "Origin: null"
+    "Referrer-Policy": "same-origin",
 }
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -112,8 +113,9 @@ def create_app(store: Store) -> FastAPI:
     # -- pages --------------------------------------------------------------------------------
 
     def page(name: str) -> FileResponse:
+        # no-store: after logging out, the back button must ask the server again
         return FileResponse(str(static_dir() / name), media_type="text/html",
-                            headers={"Cache-Control": "no-cache"})
+                            headers={"Cache-Control": "no-store"})
 
     @app.get("/")
     def index() -> Response:
