@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tether.labeling.client import ServerProcess
 from tether.labeling.commands import create_project
@@ -139,8 +140,7 @@ def test_my_answers_and_rank_mode_by_keyboard(browser, tmp_path):
         [label] = store.labels("rank")
         assert label["ranks"] == [0, 1, 1]  # canonical order, the tie kept
         page.keyboard.press("m")
-        page.wait_for_selector("#my-answers", state="visible")
-        assert "Rank these." in page.locator("#my-answers").inner_text()
+        expect(page.locator("#my-answers")).to_contain_text("Rank these.")  # waits for it
     finally:
         server.stop()
         store.close()

@@ -147,7 +147,7 @@ def free_port() -> int:
 class ServerProcess:
     """`tether label serve` in a subprocess on 127.0.0.1 and a free port (tests, benchmarks)."""
 
-    def __init__(self, db: Path, log: Path):
+    def __init__(self, db: str | Path, log: Path):
         self.db, self.log = db, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

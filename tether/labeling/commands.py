@@ -73,12 +73,12 @@ def project_stats(store: Store, project: Project) -> dict:
     stats = agreement_stats(labels)
     progress = store.progress(project)
     items = store.items(project.name)
-    return {"project": project.name, "overlap": project.overlap, "gold_rate": project.gold_rate,
+    return {**stats, "project": project.name, "overlap": project.overlap,
+            "gold_rate": project.gold_rate, "items_labelled": stats["items"],
             "items": sum(i.gold_ranks is None for i in items),
             "gold_items": sum(i.gold_ranks is not None for i in items),
             "labels_done": progress["done"], "labels_target": progress["total"],
-            "choices": dict(sorted(Counter(lab["choice"] for lab in labels).items())),
-            **stats}
+            "choices": dict(sorted(Counter(lab["choice"] for lab in labels).items()))}
 
 
 def format_stats(s: dict) -> str:

@@ -84,7 +84,8 @@ class Item(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of messages
     responses: Mapped[list] = mapped_column(JSON)
-    gold_ranks: Mapped[list | None] = mapped_column(JSON, nullable=True)  # gold items only
+    # none_as_null: None is SQL NULL (not JSON null), so `IS NULL` finds the non-gold items
+    gold_ranks: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     # Active sampling: higher is served first (e.g. minus the reward model's smallest margin).
     priority: Mapped[float] = mapped_column(Float, default=0.0)
     source: Mapped[str] = mapped_column(String(512), default="")  # file:line it came from
@@ -118,7 +119,7 @@ class Label(Base):
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     choice: Mapped[str] = mapped_column(String(16))
-    ranks: Mapped[list | None] = mapped_column(JSON, nullable=True)  # canonical order
+    ranks: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     rationale: Mapped[str] = mapped_column(Text, default="")
     created: Mapped[datetime] = mapped_column(DateTime, default=now)
 
@@ -176,8 +177,9 @@ class Store:
     writer) and which makes "give this item to at most `overlap` annotators" exact."""
 
     def __init__(self, db: str):
-        self.db = db
         self.engine = engine_for(db)
+        # what messages call the database: a URL without its password
+        self.db = self.engine.url.render_as_string(hide_password=True) if "://" in db else db
         try:
             Base.metadata.create_all(self.engine)
         except OperationalError as e:
