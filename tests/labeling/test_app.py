@@ -389,3 +389,33 @@ def test_rm_trains_on_the_database(store):
     label_all(TestClient(create_app(store)), "p", store.add_annotator("a"))
     prefs = [parse_preference(row.record, row.where) for row in read_rows(store.db)]
     assert len(prefs) == 3 and all(p.ranks[0] == 0 for p in prefs)
+
+
+def test_import_with_reward_models_orders_items_by_their_uncertainty(tmp_path):
+    """`tether label import reward_model=A,B`: every item scored by both models, and served
+    in the order of the margins' disagreement, computed here from the models' own scores."""
+    from tether.models.reward import RewardModel
+
+    paths = [str(RewardModel.build("tiny", seed=seed, max_length=64).save(tmp_path / f"rm{seed}"))
+             for seed in (1, 2)]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in candidates(6, k=3)))
+    db = tmp_path / "l.db"
+    assert main(["label", "import", f"db={db}", "project=p", f"candidates={path}",
+                 f"reward_model={','.join(paths)}"]) == 0
+    store = Store(str(db))
+    items = store.items("p")
+    models = [RewardModel.from_pretrained(p) for p in paths]
+    expected = {}
+    for item in items:
+        prompt = [{"role": "user", "content": item.prompt}]
+        scores = np.array([m.score([prompt] * 3, item.responses) for m in models])
+        expected[item.id] = priority(scores)
+        assert item.priority == pytest.approx(expected[item.id], abs=1e-5)
+    who = store.annotator_for_token(store.add_annotator("a"))
+    project = store.project("p")
+    served = []
+    while (item := store.next_item(project, who)) is not None:
+        served.append(next(i.id for i in items if sorted(i.responses) == sorted(item.responses)))
+        store.submit(project, who, item.assignment, "cant_tell", None)
+    assert served == sorted(expected, key=expected.get, reverse=True)
