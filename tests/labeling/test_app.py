@@ -242,8 +242,8 @@ def test_another_annotators_assignment_and_labels_are_off_limits(app_setup):
                        json=body).status_code == 201
     assert client.get("/api/projects/p/labels", headers=bearer(t["bob"])).json() == \
         {"labels": []}
-    assert len(client.get("/api/projects/p/labels",
-                          headers=bearer(t["alice"])).json()["labels"]) == 1
+    [mine] = client.get("/api/projects/p/labels", headers=bearer(t["alice"])).json()["labels"]
+    assert mine["responses"] == item["responses"] and mine["ranks"] == [0, 1]  # as she saw it
 
 
 def test_admin_routes_need_an_admin_token(app_setup):

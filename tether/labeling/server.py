@@ -10,7 +10,8 @@ JSON API (an annotator's session cookie, or `Authorization: Bearer <token>` for 
     GET  /api/me                              who am I, my projects and progress
     GET  /api/projects/{p}/next               the next item, responses in display order
     POST /api/projects/{p}/labels             {assignment, choice, ranks, rationale}
-    GET  /api/projects/{p}/labels             my own labels (never anyone else's)
+    GET  /api/projects/{p}/labels             my own labels (never anyone else's), newest
+                                              first, responses in the order I saw them
 Admin tokens only:
     GET  /api/admin/projects                  every project with its progress
     GET  /api/admin/projects/{p}/stats        agreement, gold accuracy, position bias
@@ -211,9 +212,16 @@ def create_app(store: Store) -> FastAPI:
     def my_labels(name: str, request: Request) -> dict:
         who = authenticate(request)
         project_named(name)
-        keep = ("label", "prompt", "responses", "choice", "ranks", "rationale", "created")
-        return {"labels": [{k: lab[k] for k in keep}
-                           for lab in reversed(store.labels(name, annotator=who))]}
+        def as_seen(values: list | None, order: list[int]) -> list | None:
+            return None if values is None else [values[i] for i in order]
+
+        # responses and ranks in the order this annotator saw them, as they remember them
+        return {"labels": [
+            {"label": lab["label"], "prompt": lab["prompt"], "choice": lab["choice"],
+             "responses": as_seen(lab["responses"], lab["order"]),
+             "ranks": as_seen(lab["ranks"], lab["order"]), "rationale": lab["rationale"],
+             "created": lab["created"]}
+            for lab in reversed(store.labels(name, annotator=who))]}
 
     # -- admin --------------------------------------------------------------------------------
 

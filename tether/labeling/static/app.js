@@ -598,7 +598,8 @@
         const grid = h("div", { className: "answer-responses" });
         (label.responses || []).forEach((resp, i) => {
           const rank = Array.isArray(label.ranks) ? label.ranks[i] : null;
-          const title = "Response " + (i + 1) + (rank != null ? " · rank " + (rank + 1) : "");
+          // the server returns them in the order this annotator saw them: A, B, ...
+          const title = LETTERS[i] + (rank != null ? " · rank " + (rank + 1) : "");
           const body = renderMarkdown(resp);
           body.classList.add("card-body");
           grid.append(h("div", { className: "answer-response" }, [h("div", { className: "answer-response-title", text: title }), body]));
