@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "labels.db"
         store = Store(str(db))
-        items = args.total // args.overlap + args.clients
+        items = args.total  # enough for any number of clients: each labels an item once
         create_project(store, "bench", [(f"item {i}", {
             "prompt": f"Write a review of film {i}.",
             "responses": [f"A fine film, number {i}. " * 8, f"A dull film, number {i}. " * 8]})
