@@ -65,8 +65,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = option("", "Training data: .jsonl, .json, .parquet, a `datasets` directory, or "
-                            "a hub dataset name. Required.")
+    train: str = option("", "Training data: .jsonl, .json, .parquet, a `datasets` directory, "
+                            "a hub dataset name, or for preferences a labeling database "
+                            "(labels.db or labels.db#project: its labels exported as `tether "
+                            "label export` does). Required.")
     eval: str = option("", "Held-out data in the same formats. Empty: hold out eval_fraction "
                            "of train.")
     eval_fraction: float = option(0.05, "Share of train held out for eval when `eval` is empty.",

@@ -381,14 +381,18 @@ def test_add_annotator_prints_a_token_that_logs_in(tmp_path, capsys):
         assert token not in json.dumps([a.token_hash for a in s.query(store_module.Annotator)])
 
 
-def test_rm_trains_on_the_database(store):
-    """`tether rm data.train=labels.db`: the reader yields rows the preference parser takes."""
+def test_rm_trains_on_the_database(store, tmp_path):
+    """`tether rm data.train=labels.db`: people's labels, straight from the database."""
     from tether.data.preferences import parse_preference
 
-    create_project(store, "p", rows(candidates(3, k=3)))
+    create_project(store, "p", rows(candidates(12, k=3)))
     label_all(TestClient(create_app(store)), "p", store.add_annotator("a"))
     prefs = [parse_preference(row.record, row.where) for row in read_rows(store.db)]
-    assert len(prefs) == 3 and all(p.ranks[0] == 0 for p in prefs)
+    assert len(prefs) == 12 and all(p.ranks[0] == 0 for p in prefs)
+    assert main(["rm", "model.name=tiny", f"data.train={store.db}#p", "data.eval_fraction=0",
+                 f"run_dir={tmp_path / 'rm'}", "train.epochs=1", "train.batch_size=4",
+                 "train.micro_batch_size=4"]) == 0
+    assert (tmp_path / "rm" / "final" / "config.json").exists()
 
 
 def test_import_with_reward_models_orders_items_by_their_uncertainty(tmp_path):
