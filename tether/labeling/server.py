@@ -56,6 +56,17 @@ SECURITY_HEADERS = {
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
+async def json_object(request: Request, key: str, kind: type, expected: str) -> dict:
+    """The request's JSON object, which must have `key` of type `kind`; else 400/422."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(400, "the body must be JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get(key), kind):
+        raise HTTPException(422, f"expected {expected}")
+    return body
+
+
 def static_dir():
     return resources.files("tether.labeling") / "static"
 
@@ -185,13 +196,8 @@ def create_app(store: Store) -> FastAPI:
     async def submit(name: str, request: Request) -> Response:
         who = authenticate(request)
         project = project_named(name)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the body must be JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("assignment"), str):
-            raise HTTPException(422, "expected {\"assignment\": ..., \"choice\": ..., "
-                                     "\"ranks\": [...], \"rationale\": ...}")
+        body = await json_object(request, "assignment", str, '{"assignment": ..., "choice": '
+                                 '..., "ranks": [...], "rationale": ...}')
         rationale = body.get("rationale") or ""
         if not isinstance(rationale, str):
             raise HTTPException(422, "rationale must be text")
@@ -257,13 +263,8 @@ def create_app(store: Store) -> FastAPI:
         from tether.labeling.commands import create_project
 
         admin(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the body must be JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-            raise HTTPException(422, "expected {\"items\": [candidate rows], \"gold\": [...], "
-                                     "\"overlap\": N, \"gold_rate\": x}")
+        body = await json_object(request, "items", list, '{"items": [candidate rows], "gold": '
+                                 '[...], "overlap": N, "gold_rate": x}')
         try:
             project = create_project(
                 store, name, [(f"items[{i}]", r) for i, r in enumerate(body["items"])],
