@@ -68,7 +68,8 @@ def test_killing_the_server_mid_load_loses_no_acknowledged_label(tmp_path, serve
     load.join(60)
     result = outcome["result"]
     assert result.errors, "the clients should have seen the server die"
-    assert len(result.stored) >= 150
+    # 150 were committed; each client had at most one answer in flight when the server died
+    assert len(result.stored) >= 150 - len(tokens)
     stored = {lab["label"] for lab in Store(str(tmp_path / "labels.db")).labels("p")}
     assert set(result.stored.values()) <= stored  # every acknowledged label survived
     # a restarted server knows them: resending one is a duplicate, not a second label
