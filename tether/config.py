@@ -102,10 +102,15 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(8, "Sequences per optimizer step.", min=1)
+    batch_size: int = option(8, "Sequences per optimizer step, in all: under torchrun each of "
+                                "N processes takes batch_size / N of them.", min=1)
     micro_batch_size: int = option(
         8, "Sequences per forward pass; batch_size / micro_batch_size gradient accumulation "
         "steps. Changes memory, not the result.", min=1)
+    strategy: str = option(
+        "ddp", "Under torchrun: ddp (every process holds the whole model) or fsdp2 (parameters, "
+        "gradients and optimizer state sharded over the processes). Changes memory, not the "
+        "result.", choices=["ddp", "fsdp2"])
     epochs: int = option(1, "Passes over the training data (ignored if max_steps > 0).", min=1)
     max_steps: int = option(0, "Optimizer steps to run; 0 means `epochs` full passes.", min=0)
     eval_every: int = option(50, "Evaluate every N steps (and always at the end); 0: only at "

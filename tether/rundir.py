@@ -13,14 +13,18 @@ from tether.config import to_yaml
 from tether.errors import UserError
 
 
-def prepare_run_dir(run_dir: str, cfg: Any, resume: bool) -> tuple[Path, Path | None]:
+def prepare_run_dir(run_dir: str, cfg: Any, resume: bool,
+                    write: bool = True) -> tuple[Path, Path | None]:
     """Create the run directory and save config.yaml; return it and the checkpoint to resume
-    from (None for a fresh start). Refuses to silently overwrite someone's earlier run."""
+    from (None for a fresh start). Refuses to silently overwrite someone's earlier run.
+    write=False (ranks other than 0 under torchrun): the same checks, nothing written."""
     path = Path(run_dir)
     checkpoint = latest_checkpoint(path)
     if checkpoint is not None and not resume:
         raise UserError(f"{path} already holds checkpoints of a run; pass resume=true to "
                         f"continue it, or choose another run_dir")
+    if not write:
+        return path, checkpoint
     if resume and checkpoint is None:
         print(f"resume=true, but {path} has no checkpoint yet: starting from the beginning")
     path.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,19 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+class NullLog:
+    """The metrics log of ranks other than 0 under torchrun: rank 0 writes for everyone."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def write(self, step: int, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def read_metrics(path: Path) -> list[dict]:

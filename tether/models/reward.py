@@ -57,6 +57,29 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if is_lora(model) else model
 
 
+class LastTokenScorer(torch.nn.Module):
+    """Raw rewards [N] of a collated batch as a module's forward, so that DDP and FSDP2 (whose
+    hooks run on a module's forward) can wrap the whole computation: the backbone, the hidden
+    state at the last real token, the scalar head."""
+
+    def __init__(self, model: torch.nn.Module, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        if self.kind == "encoder":
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids)
+            return out.logits[:, 0].float()
+        inner = _unwrap(self.model)
+        backbone = getattr(inner, inner.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]
+        return _head(inner)(last)[:, 0].float()
+
+
 class RewardModel:
     """A sequence-classification model with the encoding and normalisation it was trained
     with. `model` is the torch module (what an optimizer trains)."""
@@ -71,6 +94,9 @@ class RewardModel:
         self.max_length = max_length
         self.truncation = truncation
         self.gain, self.bias = 1.0, 0.0
+        # Under torchrun: a LastTokenScorer of `model` wrapped in DDP or FSDP2 (the trainer
+        # sets it); scores then go through it.
+        self.parallel: torch.nn.Module | None = None
         norm = getattr(config, "tether_reward_norm", None)
         if norm:
             self.gain, self.bias = float(norm["gain"]), float(norm["bias"])
@@ -158,16 +184,8 @@ class RewardModel:
 
     def raw_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unnormalised rewards [N] for a collated batch (differentiable)."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        if self.kind == "encoder":
-            out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=batch["loss_mask"])
-            return out.logits[:, 0].float()
-        inner = _unwrap(self.model)
-        backbone = getattr(inner, inner.base_model_prefix)
-        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False,
-                          position_ids=position_ids_from_mask(mask)).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0]), last_token_index(mask)]
-        return _head(inner)(last)[:, 0].float()
+        scorer = self.parallel or LastTokenScorer(self.model, self.kind)
+        return scorer(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
 
     def collate(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
         # Encoders use absolute positions: always pad on the right for them.

@@ -12,18 +12,20 @@ from typing import Any
 import torch
 
 from tether.checkpoint import (
+    CHECKPOINTS,
     capture_rng,
     load_checkpoint,
-    load_trainable_state,
     restore_rng,
     save_checkpoint,
-    trainable_state,
 )
 from tether.config import OptimConfig, TrainConfig
 from tether.data.order import steps_per_epoch
+from tether.distributed import Dist
 from tether.errors import DataError, TrainingDiverged
 from tether.optim import make_optimizer, make_scheduler
-from tether.rundir import MetricsLog
+from tether.rundir import MetricsLog, NullLog
+
+SINGLE = Dist()  # one process: every collective below is a no-op
 
 
 def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int, int]:
@@ -35,26 +37,35 @@ def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int,
     return per_epoch, train.max_steps or train.epochs * per_epoch
 
 
-def autocast(bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+def autocast(bf16: bool, device: torch.device | None = None) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the model's device type (weights and optimizer state stay fp32)."""
+    device_type = device.type if device is not None else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,
                         optimizer: torch.optim.Optimizer, scheduler: Any, *,
                         num_examples: int, steps_per_epoch: int, keep: int,
-                        extra: dict | None = None) -> Path:
-    """`extra`: whatever else a loop must restore (e.g. an adaptive KL coefficient)."""
-    return save_checkpoint(run_dir, step, {
-        "step": step, "model": trainable_state(model), "optimizer": optimizer.state_dict(),
+                        extra: dict | None = None, dist: Dist = SINGLE) -> Path:
+    """`extra`: whatever else a loop must restore (e.g. an adaptive KL coefficient). Called on
+    every rank (gathering FSDP2 shards is collective); rank 0 writes."""
+    state = {
+        "step": step, "model": dist.trainable_state(model),
+        "optimizer": dist.optimizer_state(model, optimizer),
         "scheduler": scheduler.state_dict(), "rng": capture_rng(), "extra": extra or {},
         # The batch order is a function of (seed, step); these let resume check it.
         "data": {"num_examples": num_examples, "epoch": step // steps_per_epoch,
-                 "batch_in_epoch": step % steps_per_epoch}}, keep=keep)
+                 "batch_in_epoch": step % steps_per_epoch}}
+    path = save_checkpoint(run_dir, step, state, keep=keep) if dist.main else \
+        Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+    dist.barrier()  # no rank goes on (or resumes) before the checkpoint is complete
+    return path
 
 
 def restore_training_state(checkpoint: Path, model: torch.nn.Module,
                            optimizer: torch.optim.Optimizer, scheduler: Any, *,
-                           num_examples: int, data_source: str, extra: dict | None = None) -> int:
+                           num_examples: int, data_source: str, extra: dict | None = None,
+                           dist: Dist = SINGLE) -> int:
     """Load everything a checkpoint holds; return the step to continue from. `extra` is
     updated in place with what save_training_state was given as its `extra`."""
     state = load_checkpoint(checkpoint)
@@ -62,39 +73,43 @@ def restore_training_state(checkpoint: Path, model: torch.nn.Module,
         raise DataError(f"{data_source}: {num_examples} training examples now, "
                         f"{state['data']['num_examples']} when {checkpoint} was written; "
                         f"resuming would not continue the same data order")
-    load_trainable_state(model, state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    dist.load_trainable_state(model, state["model"])
+    dist.load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])
     if extra is not None:
         extra.update(state.get("extra", {}))
-    print(f"resumed from {checkpoint} at step {state['step']}")
+    if dist.main:
+        print(f"resumed from {checkpoint} at step {state['step']}")
     return state["step"]
 
 
 def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Module,
                     optim: OptimConfig, total_updates: int, *, num_examples: int,
                     data_source: str, extra: dict | None = None,
-                    lr_by_prefix: dict[str, float] | None = None,
+                    lr_by_prefix: dict[str, float] | None = None, dist: Dist = SINGLE,
                     ) -> tuple[torch.optim.Optimizer, Any, int, MetricsLog]:
     """The optimizer, its schedule over `total_updates` optimizer steps, the step to start
-    from and the metrics log; everything restored from `checkpoint` when resuming."""
+    from and the metrics log (rank 0's; the others log nothing); everything restored from
+    `checkpoint` when resuming."""
     optimizer = make_optimizer(model, optim, lr_by_prefix)
     scheduler = make_scheduler(optimizer, optim, total_updates)
     start_step = 0
     if checkpoint is not None:
         start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
                                             num_examples=num_examples, data_source=data_source,
-                                            extra=extra)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None)
+                                            extra=extra, dist=dist)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None) \
+        if dist.main else NullLog()
     return optimizer, scheduler, start_step, log
 
 
 def clip_and_check(model: torch.nn.Module, max_grad_norm: float, loss: float, step: int,
-                   last_checkpoint: Path | None) -> float:
-    """Clip gradients; stop (before the optimizer step spoils the weights) on NaN/inf."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in model.parameters() if p.requires_grad], max_grad_norm or math.inf).item()
+                   last_checkpoint: Path | None, dist: Dist = SINGLE) -> float:
+    """Clip gradients; stop (before the optimizer step spoils the weights) on NaN/inf. `loss`
+    is the global one (the same on every rank), so every rank stops together."""
+    grad_norm = dist.clip_grad_norm([p for p in model.parameters() if p.requires_grad],
+                                    max_grad_norm or math.inf)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
                  else "no checkpoint had been written yet")

@@ -19,10 +19,11 @@ from tether.config import RMConfig
 from tether.data.order import batch_indices, chunks
 from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
 from tether.data.sft import LoadStats, load_records
+from tether.distributed import setup
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
-from tether.models.reward import RewardModel
+from tether.models.reward import LastTokenScorer, RewardModel
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     autocast,
@@ -53,37 +54,49 @@ def rewards_grid(raw: torch.Tensor, prefs: list[EncodedPreference]
 
 
 def train(cfg: RMConfig) -> Path:
-    """Train a reward model as configured; return the final/ directory."""
+    """Train a reward model as configured; return the final/ directory. Under torchrun, every
+    process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
+    d = setup(cfg.train.strategy)
 
     # 1. Backbone with a fresh scalar head, then the preferences encoded for it.
-    rm = RewardModel.build(cfg.model.name, cfg.reward.backbone, seed=cfg.train.seed,
-                           chat_template=cfg.data.chat_template, max_length=cfg.data.max_length,
-                           truncation=cfg.data.truncation)
+    def build() -> RewardModel:
+        built = RewardModel.build(cfg.model.name, cfg.reward.backbone, seed=cfg.train.seed,
+                                  chat_template=cfg.data.chat_template,
+                                  max_length=cfg.data.max_length, truncation=cfg.data.truncation)
+        if cfg.model.lora.enabled:
+            built.model = apply_lora(built.model, cfg.model.lora, task_type="SEQ_CLS")
+        return built
+
+    rm = build()
     data = load_preference_data(cfg.data, rm.tokenizer, cfg.train.seed, encode=rm.encode)
     for split, stats in data.stats.items():
-        print(f"data/{split}: {stats.summary()}")
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+        if d.main:
+            print(f"data/{split}: {stats.summary()}")
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
     if cfg.model.gradient_checkpointing:
         rm.model.gradient_checkpointing_enable()
-    if cfg.model.lora.enabled:
-        rm.model = apply_lora(rm.model, cfg.model.lora, task_type="SEQ_CLS")
-    model = rm.model
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
-    trainable, total = count_parameters(model)
+    trainable, total = count_parameters(rm.model)
     pairs = sum(len(p.source.pairs()) for p in data.train)
-    print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M parameters, "
-          f"{trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with {pairs} pairs for "
-          f"training, {len(data.eval)} held out; {total_steps} steps of {batch_size} prompts")
+    if d.main:
+        print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M "
+              f"parameters, {trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with "
+              f"{pairs} pairs for training, {len(data.eval)} held out; {total_steps} steps of "
+              f"{batch_size} prompts ({d.world} process{'es' if d.world > 1 else ''})")
+    model = rm.model  # what the optimizer trains; the forward goes through the wrapper
+    if d.world > 1:
+        rm.parallel = d.wrap(LastTokenScorer(rm.model, rm.kind))
 
     # 2. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train)
+        data_source=cfg.data.train, dist=d)
 
     def evaluate() -> tuple[dict[str, float], dict]:
+        # every rank evaluates the whole (small) held-out set: FSDP2 needs all in each forward
         return evaluate_preferences(rm, data.eval, batch_size=2 * micro, bf16=cfg.train.bf16,
                                     seed=cfg.train.seed)
 
@@ -91,15 +104,15 @@ def train(cfg: RMConfig) -> Path:
     model.train()
     last_saved = checkpoint
     progress = tqdm(total=total_steps, initial=start_step, desc="rm", unit="step",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
         prefs = [data.train[i] for i in batch_indices(len(data.train), batch_size, step,
                                                       cfg.train.seed)]
-        # Whole-batch counts, so that accumulated microbatches equal one big batch.
+        # Whole-batch counts, so that microbatches and ranks add up to one big batch.
         num_groups, num_responses = len(prefs), sum(len(p.responses) for p in prefs)
         loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
-        for micro_prefs in chunks(prefs, micro):
+        for micro_prefs in chunks(d.shard(prefs), micro):
             with autocast(cfg.train.bf16):
                 raw = rm.raw_scores(rm.collate([e for p in micro_prefs for e in p.responses]))
             rewards, ranks, mask = rewards_grid(raw, micro_prefs)
@@ -107,12 +120,14 @@ def train(cfg: RMConfig) -> Path:
                 rewards, ranks, mask, margin=cfg.reward.margin,
                 center_coef=cfg.reward.center_coef, num_groups=num_groups,
                 num_responses=num_responses)
-            micro_loss.backward()
+            d.backward(micro_loss)
             loss += micro_loss.item()
             c, n = pairwise_accuracy(rewards.detach(), ranks, mask)
             correct, total_pairs = correct + c.item(), total_pairs + n.item()
             rewards_seen.append(raw.detach())
-        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved)
+        loss, correct, total_pairs = d.sum(loss, correct, total_pairs)
+        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
+                                   d)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -120,7 +135,7 @@ def train(cfg: RMConfig) -> Path:
         elapsed = time.perf_counter() - started
 
         done = step + 1
-        seen = torch.cat(rewards_seen)
+        seen = d.gather(torch.cat(rewards_seen))
         metrics = {"loss/train": loss, "reward/train_accuracy": correct / max(total_pairs, 1),
                    "reward/mean": seen.mean().item(), "reward/std": seen.std().item(),
                    "optim/lr": lr, "optim/grad_norm": grad_norm, "perf/step_s": elapsed,
@@ -136,7 +151,7 @@ def train(cfg: RMConfig) -> Path:
             last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
                                              num_examples=len(data.train),
                                              steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints)
+                                             keep=cfg.train.keep_checkpoints, dist=d)
     progress.close()
 
     # 4. Normalise on reference responses: by default the training set's, i.e. the SFT
@@ -144,20 +159,30 @@ def train(cfg: RMConfig) -> Path:
     reference = _reference_encodings(cfg, rm, data)
     rm.fit_normalization(rm.raw_scores_of(reference, 2 * micro, cfg.train.bf16),
                          cfg.reward.normalize)
-    print(f"normalisation ({cfg.reward.normalize}) on {len(reference)} reference responses: "
-          f"reward = {rm.gain:.4f} * raw + {rm.bias:.4f}")
+    if d.main:
+        print(f"normalisation ({cfg.reward.normalize}) on {len(reference)} reference "
+              f"responses: reward = {rm.gain:.4f} * raw + {rm.bias:.4f}")
 
     # 5. Final evaluation and export.
     if data.eval:
         final_metrics, details = evaluate()
         log.log(total_steps, {**final_metrics, "reward/norm_gain": rm.gain,
                               "reward/norm_bias": rm.bias})
-        atomic_write_text(run_dir / "eval.json",
-                          json.dumps({"metrics": final_metrics, **details}, indent=1))
-        print(f"held-out evaluation ({len(data.eval)} prompts):\n{format_table(final_metrics)}")
+        if d.main:
+            atomic_write_text(run_dir / "eval.json",
+                              json.dumps({"metrics": final_metrics, **details}, indent=1))
+            print(f"held-out evaluation ({len(data.eval)} prompts):\n"
+                  f"{format_table(final_metrics)}")
     log.close()
-    final = rm.save(run_dir / "final", cfg.model.lora.merge_on_save)
-    print(f"final reward model: {final}")
+    final = run_dir / "final"
+    whole = d.full_model(rm.parallel or model, lambda: LastTokenScorer(build().model, rm.kind))
+    if d.main:
+        rm.model = whole.model if rm.parallel is not None else whole
+        rm.parallel = None
+        rm.save(final, cfg.model.lora.merge_on_save)
+        print(f"final reward model: {final}")
+    d.barrier()
+    d.close()
     return final
 
 

@@ -19,6 +19,7 @@ from tether.config import SFTConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
 from tether.data.sft import load_sft_data
+from tether.distributed import setup
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import forward_logits, token_logprobs
@@ -35,32 +36,42 @@ from tether.trainers.common import (
 
 
 def train(cfg: SFTConfig) -> Path:
-    """Run SFT as configured; return the final/ directory."""
+    """Run SFT as configured; return the final/ directory. Under torchrun, every process
+    runs this; each takes its slice of every batch."""
     torch.manual_seed(cfg.train.seed)
+    d = setup(cfg.train.strategy)
 
     # 1. Data first (a bad row should not wait for a model to load), then the model.
     tokenizer = load_tokenizer(cfg.model.name)
     data = load_sft_data(cfg.data, tokenizer, cfg.train.seed)
     for split, stats in data.stats.items():
-        print(f"data/{split}: {stats.summary()}")
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
-    model = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        if d.main:
+            print(f"data/{split}: {stats.summary()}")
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+
+    def build() -> torch.nn.Module:
+        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
+
+    model = build()
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     trainable, total = count_parameters(model)
-    print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
-          f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
-          f"{total_steps} steps of {batch_size} sequences ({batch_size // micro} microbatches)")
+    if d.main:
+        print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
+              f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
+              f"{total_steps} steps of {batch_size} sequences "
+              f"({d.world} process{'es' if d.world > 1 else ''}, {d.strategy}; microbatches "
+              f"of {micro})")
+    model = d.wrap(model)
 
     # 2. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train)
+        data_source=cfg.data.train, dist=d)
 
     def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(cfg.train.bf16):
@@ -69,6 +80,8 @@ def train(cfg: SFTConfig) -> Path:
 
     @torch.no_grad()
     def evaluate() -> float:
+        # Every rank evaluates the whole (small) eval set: FSDP2 needs all ranks in every
+        # forward, and nothing needs reducing.
         model.eval()
         nll, count = 0.0, 0
         for examples in chunks(data.eval, micro):
@@ -86,21 +99,23 @@ def train(cfg: SFTConfig) -> Path:
     model.train()
     last_saved = checkpoint
     progress = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
         examples = [data.train[i] for i in batch_indices(len(data.train), batch_size, step,
                                                          cfg.train.seed)]
-        # Normalise by the whole batch's response tokens, so that accumulating microbatches
-        # gives the same gradient as one big batch.
+        # Normalise by the whole batch's response tokens (every rank counts them itself), so
+        # that microbatches and ranks add up to the gradient of one big batch.
         num_tokens = sum(sum(e.loss_mask) for e in examples)
         loss = 0.0
-        for micro_examples in chunks(examples, micro):
+        for micro_examples in chunks(d.shard(examples), micro):
             batch = collate(micro_examples, tokenizer.pad_token_id)
             micro_loss = masked_nll(run_forward(batch), batch["loss_mask"], num_tokens)
-            micro_loss.backward()
+            d.backward(micro_loss)
             loss += micro_loss.item()
-        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved)
+        [loss] = d.sum(loss)
+        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
+                                   d)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -123,11 +138,16 @@ def train(cfg: SFTConfig) -> Path:
             last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
                                              num_examples=len(data.train),
                                              steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints)
+                                             keep=cfg.train.keep_checkpoints, dist=d)
     progress.close()
     log.close()
 
-    # 4. Export.
-    final = save_final(model, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)
-    print(f"final model: {final}")
+    # 4. Export (rank 0; the others wait, so no one reads final/ half-written).
+    final = run_dir / "final"
+    whole = d.full_model(model, build)
+    if d.main:
+        save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
+        print(f"final model: {final}")
+    d.barrier()
+    d.close()
     return final

@@ -1,0 +1,75 @@
+"""Data parallelism is invisible in the numbers: 2 processes under torchrun (gloo, CPU), each
+taking half of every batch, follow the same loss curve to the same final weights as 1 process
+with the whole batch, with DDP and with FSDP2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ranking_rows, write_jsonl
+from safetensors.torch import load_file
+
+from tether.rundir import read_metrics
+
+pytestmark = pytest.mark.distributed
+
+
+def run(n: int, command: str, run_dir, *args: str) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={n}"] if n > 1 else [sys.executable]
+    result = subprocess.run([*launcher, "-m", "tether", command, f"run_dir={run_dir}", *args],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def assert_same_run(one, two, keys: tuple[str, ...], atol: float = 1e-5) -> None:
+    m1, m2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [m["step"] for m in m1] == [m["step"] for m in m2]
+    for a, b in zip(m1, m2, strict=True):
+        for key in keys:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=atol, rel=1e-4), (key, a["step"])
+    w1, w2 = weights(one), weights(two)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=atol, rtol=1e-4, msg=name)
+    # and the runs learned something: equal results are not two untouched models
+    train = [m["loss/train"] for m in m1 if "loss/train" in m]
+    assert train[-1] < train[0]
+
+
+SFT = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8", "train.micro_batch_size=2",
+       "train.max_steps=3", "train.eval_every=0", "train.save_every=0"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows)
+    args = [*SFT, f"data.train={data}", "data.eval_fraction=0.1"]
+    run(1, "sft", tmp_path / "one", *args)
+    out = run(2, "sft", tmp_path / "two", *args, f"train.strategy={strategy}")
+    assert "2 processes" in out.stdout
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
+                                                         "loss/eval"))
+
+
+RM = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8", "train.micro_batch_size=2",
+      "train.max_steps=3", "train.eval_every=0", "train.save_every=0", "data.eval_fraction=0.2"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_rm_two_processes_match_one(tmp_path, strategy):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(48))
+    run(1, "rm", tmp_path / "one", *RM, f"data.train={data}")
+    run(2, "rm", tmp_path / "two", *RM, f"data.train={data}", f"train.strategy={strategy}")
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
+                                                         "reward/train_accuracy", "reward/mean",
+                                                         "reward/std", "eval/accuracy"))

@@ -1,0 +1,254 @@
+"""Data parallelism under `torchrun`: the process group, model wrapping, sharded batches, and
+the reductions that make N processes compute what one process would.
+
+    torchrun --nproc-per-node 2 -m tether sft --config C.yaml train.strategy=fsdp2
+
+Every trainer keeps its one loop; this module gives it a `Dist` and a few verbs:
+
+- `setup(strategy)`: joins the group torchrun started (gloo on CPU, NCCL on CUDA), or returns a
+  single-process `Dist` that does nothing at all.
+- `wrap(model)`: DistributedDataParallel (`ddp`, every rank holds the whole model) or FSDP2
+  (`fsdp2`, `torch.distributed.fsdp.fully_shard` on every transformer block and the root:
+  parameters, gradients and optimizer state sharded across ranks).
+- `shard(batch)`: this rank's contiguous slice of the global batch. `train.batch_size` is the
+  global batch, so one config means the same optimisation on any number of processes.
+- `backward(loss)`: the losses are normalised by whole-batch counts (tokens, pairs, groups)
+  that every rank computes itself, so the global loss is the SUM of the ranks' losses. DDP and
+  FSDP2 average gradients over ranks; scaling each rank's loss by the world size turns that
+  average back into the sum. Token-level means thus weight every token equally, whatever rank
+  it landed on (the all-reduce of sums and counts, never a mean of means).
+- `sum(...)`: metrics summed across ranks before logging; only rank 0 (`main`) writes logs,
+  checkpoints and the final model.
+
+Checkpoints hold whole (unsharded) tensors, so a run resumes on another number of processes:
+`ddp` and single-process checkpoints load into each other at any world size; `fsdp2` ones
+(optimizer state keyed by parameter name) resume under `fsdp2` at any world size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tether.errors import ConfigError
+
+STRATEGIES = ("ddp", "fsdp2")
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    strategy: str = "ddp"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1 and self.strategy == "fsdp2"
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def shard(self, items: list) -> list:
+        """This rank's slice of a global batch (whose size the config checks divides)."""
+        if self.world == 1:
+            return items
+        if len(items) % self.world:
+            raise ConfigError(f"a batch of {len(items)} does not split over {self.world} "
+                              f"processes; make the batch size a multiple of the world size")
+        n = len(items) // self.world
+        return items[self.rank * n:(self.rank + 1) * n]
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the ranks (float64, so counts stay exact)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """1-D tensors of any length from every rank, concatenated in rank order."""
+        if self.world == 1:
+            return tensor
+        t = tensor.detach().to(self.comm_device, torch.float32).flatten()
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.comm_device)
+                 for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([t.numel()], device=self.comm_device))
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.cat([t, t.new_zeros(longest - t.numel())])
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes, strict=True)]).cpu()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    @property
+    def comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    # -- the model ----------------------------------------------------------------------------
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.local_rank] if self.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = _transformer_blocks(model)
+        if not blocks:
+            raise ConfigError(f"train.strategy=fsdp2: found no transformer blocks in "
+                              f"{type(model).__name__} to shard")
+        for block in blocks:
+            fully_shard(block)
+        # The root too reshards after every forward (FSDP2 keeps it whole by default, until
+        # the backward): after a no-grad evaluation it would otherwise stay whole, and its
+        # parameters would no longer be the ones the optimizer holds.
+        fully_shard(model, reshard_after_forward=True)
+        return model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # DDP and FSDP2 average gradients over ranks; the loss is a sum over ranks.
+        (loss * self.world).backward()
+
+    def clip_grad_norm(self, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor, sharded like the gradients
+            norm = norm.full_tensor()
+        return norm.item()
+
+    def trainable_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Whole tensors of the trained parameters (collective under fsdp2; every rank gets
+        them)."""
+        out = {}
+        for name, p in unwrap(model).named_parameters():
+            if p.requires_grad:
+                full = p.full_tensor() if hasattr(p, "full_tensor") else p
+                out[name] = full.detach().cpu().clone()
+        return out
+
+    def load_trainable_state(self, model: torch.nn.Module,
+                             state: dict[str, torch.Tensor]) -> None:
+        from torch.distributed.tensor import distribute_tensor
+
+        params = dict(unwrap(model).named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, "
+                               f"unexpected {extra[:3]} (was it written with another model or "
+                               f"LoRA setting?)")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                p = params[name]
+                if hasattr(p, "device_mesh"):  # an FSDP2 shard: keep this rank's part
+                    tensor = distribute_tensor(tensor.to(p.dtype), p.device_mesh, p.placements)
+                p.copy_(tensor)
+
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        if not self.sharded:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             state: dict) -> None:
+        keyed_by_name = any(isinstance(k, str) for k in state.get("state", {}))
+        if keyed_by_name != self.sharded:
+            raise ConfigError("this checkpoint was written with another train.strategy: "
+                              "fsdp2 checkpoints resume under fsdp2, ddp and single-process "
+                              "ones under ddp or one process")
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(model, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True))
+
+    def full_model(self, model: torch.nn.Module,
+                   rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+        """The trained model, whole, on rank 0 (None elsewhere): to save or evaluate alone.
+        Under fsdp2 its shards are gathered (collective) into a fresh copy from `rebuild`."""
+        if not self.sharded:
+            return unwrap(model) if self.main else None
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        state = get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        if not self.main:
+            return None
+        whole = rebuild()
+        whole.load_state_dict(state)
+        return whole
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a Hugging Face model (decoder layers, encoder layers)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and \
+                len({type(m) for m in module}) == 1:
+            return list(module)
+    return []
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (FSDP2 shards in place: nothing to unwrap)."""
+    return getattr(model, "module", model) if type(model).__name__ == \
+        "DistributedDataParallel" else model
+
+
+def setup(strategy: str = "ddp") -> Dist:
+    """Join the process group `torchrun` describes in the environment; one process otherwise."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got "
+                          f"'{strategy}'")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(strategy=strategy)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device,
+                strategy=strategy)
+
+
+def quiet_unless_main(d: Dist) -> Any:
+    """Progress bars and prints from rank 0 only: N copies of every line help nobody."""
+    return {"disable": not d.main}
