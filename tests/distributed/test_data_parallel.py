@@ -73,3 +73,18 @@ def test_rm_two_processes_match_one(tmp_path, strategy):
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
                                                          "reward/train_accuracy", "reward/mean",
                                                          "reward/std", "eval/accuracy"))
+
+
+DPO = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8", "train.micro_batch_size=2",
+       "train.max_steps=3", "train.eval_every=0", "train.save_every=0", "data.eval_fraction=0.2",
+       "dpo.beta=0.1"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_dpo_two_processes_match_one(tmp_path, strategy):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(48))
+    run(1, "dpo", tmp_path / "one", *DPO, f"data.train={data}")
+    run(2, "dpo", tmp_path / "two", *DPO, f"data.train={data}", f"train.strategy={strategy}")
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
+                                                         "reward/accuracy", "reward/margin",
+                                                         "loss/eval"))

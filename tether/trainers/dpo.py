@@ -30,6 +30,7 @@ from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
 from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.tokenize import Encoded, wants_chat_template
+from tether.distributed import setup, unwrap
 from tether.errors import ConfigError
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
@@ -139,14 +140,16 @@ class ReferenceLogps:
         return logps.float()
 
 
-def load_cached(cache: Path, key: str) -> dict[str, list[torch.Tensor]] | None:
+def load_cached(cache: Path, key: str,
+                quiet: bool = False) -> dict[str, list[torch.Tensor]] | None:
     """The table in `cache` if it was written for the same reference and data (`key`)."""
     if not cache.exists():
         return None
     saved = torch.load(cache, map_location="cpu", weights_only=True)
     if saved.get("key") != key:
         return None
-    print(f"reference log-probs: loaded from {cache}")
+    if not quiet:
+        print(f"reference log-probs: loaded from {cache}")
     return saved["table"]
 
 
@@ -218,16 +221,19 @@ def sampled_eval(cfg: DPOConfig, tokenizer) -> Callable[[torch.nn.Module], dict[
 
 
 def train(cfg: DPOConfig) -> Path:
-    """Run DPO (or a relative) as configured; return the final/ directory."""
+    """Run DPO (or a relative) as configured; return the final/ directory. Under torchrun,
+    every process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
+    d = setup(cfg.train.strategy)
 
     # 1. Data first (a bad row should not wait for a model to load).
     tokenizer = load_tokenizer(cfg.model.name)
     data = load_preference_data(cfg.data, tokenizer, cfg.train.seed)
     for split, stats in data.stats.items():
-        print(f"data/{split}: {stats.summary()}")
+        if d.main:
+            print(f"data/{split}: {stats.summary()}")
     sampled = sampled_eval(cfg, tokenizer) if cfg.sampled_eval.prompts else None
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
     batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
     pad_id = tokenizer.pad_token_id
 
@@ -241,9 +247,11 @@ def train(cfg: DPOConfig) -> Path:
                           f"model.name={cfg.model.name}; their log-probs cannot be compared")
     key = data_key(ref_name, bf16, data)
     cache = run_dir / REF_CACHE
-    table = load_cached(cache, key) if cfg.ref.precompute else None
+    # Under torchrun rank 0 precomputes the table and the others read it from its cache file.
+    computes = cfg.ref.precompute and d.main
+    table = load_cached(cache, key) if computes else None
     ref = None
-    if not share and table is None:
+    if not share and table is None and (computes or not cfg.ref.precompute):
         ref_model = load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False)
         ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16)
         if cfg.ref.precompute:
@@ -251,15 +259,21 @@ def train(cfg: DPOConfig) -> Path:
             del ref, ref_model
             gc.collect()
 
-    model = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+    def build() -> torch.nn.Module:
+        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
+
+    model = build()
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
-    if share and table is None:  # the base model is the policy with its adapter switched off
+    if share and table is None and (computes or not cfg.ref.precompute):
+        # the base model is the policy with its adapter switched off
         ref = ReferenceLogps(model=model, switch=model.disable_adapter, pad_id=pad_id, bf16=bf16)
         if cfg.ref.precompute:
             table = precompute(ref, data, micro, cache, key)
+    d.barrier()
+    if cfg.ref.precompute and not d.main:
+        table = load_cached(cache, key, quiet=True)
     if table is not None:
         ref = ReferenceLogps(table=table)
 
@@ -268,15 +282,18 @@ def train(cfg: DPOConfig) -> Path:
     pairs = sum(len(p.source.pairs()) for p in data.train)
     how = ("precomputed" if cfg.ref.precompute else "live") + \
         (" (the policy with its LoRA adapter off)" if share else f" ({ref_name})")
-    print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {cfg.model.name}: {total / 1e6:.2f}M "
-          f"parameters, {trainable / 1e6:.2f}M trainable; reference log-probs {how}; "
-          f"{len(data.train)} prompts with {pairs} pairs for training, {len(data.eval)} held "
-          f"out; {total_steps} steps of {batch_size} prompts")
+    if d.main:
+        print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {cfg.model.name}: "
+              f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable; reference "
+              f"log-probs {how}; {len(data.train)} prompts with {pairs} pairs for training, "
+              f"{len(data.eval)} held out; {total_steps} steps of {batch_size} prompts "
+              f"({d.world} process{'es' if d.world > 1 else ''})")
+    model = d.wrap(model)
 
     # 3. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train)
+        data_source=cfg.data.train, dist=d)
 
     def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int
                 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -287,6 +304,8 @@ def train(cfg: DPOConfig) -> Path:
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
+        # Every rank evaluates everything (FSDP2 needs all ranks in each forward); sampling
+        # with the same seed, they draw the same responses.
         model.eval()
         metrics = {}
         if data.eval:
@@ -299,7 +318,7 @@ def train(cfg: DPOConfig) -> Path:
             metrics = {"loss/eval": loss,
                        **{k.replace("/", "/eval_", 1): v for k, v in sums.items()}}
         if sampled is not None:
-            metrics |= sampled(model)
+            metrics |= sampled(unwrap(model))
         model.train()
         return metrics
 
@@ -310,19 +329,23 @@ def train(cfg: DPOConfig) -> Path:
     model.train()
     last_saved, metrics = checkpoint, {}
     progress = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
         indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
         loss, sums, tokens = 0.0, {}, 0
-        for micro_indices in chunks(indices, micro):
+        # Pair weights count the whole batch's prompts: microbatches and ranks add up to it.
+        for micro_indices in chunks(d.shard(indices), micro):
             prefs = [data.train[i] for i in micro_indices]
             micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices))
-            micro_loss.backward()
+            d.backward(micro_loss)
             loss += micro_loss.item()
             sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
             tokens += sum(len(r.input_ids) for p in prefs for r in p.responses)
-        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved)
+        loss, tokens, *summed = d.sum(loss, tokens, *sums.values())
+        sums = dict(zip(sums, summed, strict=True))
+        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
+                                   d)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -346,15 +369,20 @@ def train(cfg: DPOConfig) -> Path:
             last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
                                              num_examples=len(data.train),
                                              steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints)
+                                             keep=cfg.train.keep_checkpoints, dist=d)
     progress.close()
     log.close()
     held_out = {k: v for k, v in metrics.items() if "eval" in k}
-    if held_out:
+    if held_out and d.main:
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items()))
 
-    # 5. Export.
-    final = save_final(model, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)
-    print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(model) and
-                                      cfg.model.lora.merge_on_save else ""))
+    # 5. Export (rank 0; the others wait, so no one reads final/ half-written).
+    final = run_dir / "final"
+    whole = d.full_model(model, build)
+    if d.main:
+        save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
+        print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(whole) and
+                                          cfg.model.lora.merge_on_save else ""))
+    d.barrier()
+    d.close()
     return final
