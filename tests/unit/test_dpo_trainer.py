@@ -215,10 +215,10 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     cfg = _cfg(other, data, "train.save_every=2", "train.max_steps=6")
     original = dpo_trainer.clip_and_check
 
-    def die_at_step_4(model, max_norm, loss, step, last):
+    def die_at_step_4(model, max_norm, loss, step, last, *dist):
         if step == 4:
             raise KeyboardInterrupt  # killed after the step-2 checkpoint
-        return original(model, max_norm, loss, step, last)
+        return original(model, max_norm, loss, step, last, *dist)
 
     monkeypatch.setattr(dpo_trainer, "clip_and_check", die_at_step_4)
     with pytest.raises(KeyboardInterrupt):
