@@ -16,11 +16,11 @@ from tether.rundir import read_metrics
 pytestmark = pytest.mark.distributed
 
 
-def run(n: int, command: str, run_dir, *args: str) -> subprocess.CompletedProcess:
+def run(n: int, command: str, run_dir, *args: str, cwd=None) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={n}"] if n > 1 else [sys.executable]
     result = subprocess.run([*launcher, "-m", "tether", command, f"run_dir={run_dir}", *args],
-                            capture_output=True, text=True, timeout=600,
+                            capture_output=True, text=True, timeout=600, cwd=cwd,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -88,3 +88,33 @@ def test_dpo_two_processes_match_one(tmp_path, strategy):
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
                                                          "reward/accuracy", "reward/margin",
                                                          "loss/eval"))
+
+
+SCORER = ("def vowels(texts):\n"
+          "    return [sum(c in 'aeiou' for c in t) / (1 + len(t)) for t in texts]\n")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_ppo_two_processes_match_one(tmp_path, algo):
+    """Both processes sample the same rollout (same seed) and split every minibatch: the
+    losses, statistics and updated weights are the single process's."""
+    (tmp_path / "scorer.py").write_text(SCORER)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"Tell me about item {i}."} for i in range(16)])
+    args = ["model.name=tiny", f"rollout.prompts={prompts}", "reward.gold=scorer:vowels",
+            f"algo={algo}", "rollout.batch_size=4", "rollout.group_size=2",
+            "rollout.max_new_tokens=6", "ppo.minibatch_size=4", "ppo.micro_batch_size=1",
+            "ppo.epochs=2", "optim.lr=1e-3", "train.max_steps=2", "train.save_every=0"]
+    run(1, "ppo", tmp_path / "one", *args, cwd=tmp_path)
+    run(2, "ppo", tmp_path / "two", *args, cwd=tmp_path)
+    keys = ("loss/policy", "ppo/approx_kl", "ppo/clipfrac", "optim/grad_norm", "reward/gold",
+            "kl/seq", "ppo/advantage_std") + (("loss/value",) if algo == "ppo" else ())
+    m1 = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    m2 = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [m["step"] for m in m1] == [m["step"] for m in m2] == [1, 2]
+    for a, b in zip(m1, m2, strict=True):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-4), (key, a["step"])
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4, msg=name)

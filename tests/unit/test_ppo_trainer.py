@@ -122,10 +122,10 @@ def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path, monkeypatch
     cfg = _cfg(again, *overrides)
     original = ppo_trainer.clip_and_check
 
-    def die_in_step_3(model, max_norm, loss, step, last):
+    def die_in_step_3(model, max_norm, loss, step, last, *dist):
         if step == 3:
             raise KeyboardInterrupt
-        return original(model, max_norm, loss, step, last)
+        return original(model, max_norm, loss, step, last, *dist)
 
     monkeypatch.setattr(ppo_trainer, "clip_and_check", die_in_step_3)
     with pytest.raises(KeyboardInterrupt):

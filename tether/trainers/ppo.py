@@ -31,7 +31,8 @@ from tether.config import PPOConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
-from tether.errors import DataError
+from tether.distributed import setup
+from tether.errors import ConfigError, DataError
 from tether.eval.policy import heldout_metrics
 from tether.labeling.simulate import score_all
 from tether.losses.ppo import (
@@ -56,7 +57,7 @@ from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.rollout.generate import Generation, SamplingParams, make_generator
-from tether.rundir import MetricsLog, prepare_run_dir
+from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
@@ -103,6 +104,27 @@ class Rollout:
     finished: torch.Tensor  # [N] bool
 
 
+class PolicyAndValue(torch.nn.Module):
+    """Everything trained, as one module: the optimizer and checkpoints see `policy.*` and
+    `value.*`, and its forward gives the logits and values of a batch in one call, which is
+    what DDP wraps (its gradient hooks run on a module's forward)."""
+
+    def __init__(self, policy: torch.nn.Module, value: torch.nn.Module | None,
+                 shared_head: bool, bf16: bool):
+        super().__init__()
+        self.policy, self.value = policy, value
+        self.shared_head, self.bf16 = shared_head, bf16
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with autocast(self.bf16):
+            if self.shared_head:
+                return logits_and_values(self.policy, self.value, input_ids, attention_mask)
+            logits = forward_logits(self.policy, input_ids, attention_mask)
+            values = None if self.value is None else self.value(input_ids, attention_mask)
+        return logits, values
+
+
 def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list[Generation]],
                   stop: str) -> Rollout:
     examples, texts, finished, prompt_index = [], [], [], []
@@ -119,10 +141,22 @@ def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list
 
 
 def train(cfg: PPOConfig) -> Path:
-    """Run PPO / GRPO / RLOO as configured; return the final/ directory."""
+    """Run PPO / GRPO / RLOO as configured; return the final/ directory.
+
+    Under torchrun (ddp) every process samples and scores the whole batch, the same samples
+    by the same seed, and each takes its slice of every minibatch for the update: the
+    gradients, and every statistic of the batch (advantage whitening among them), are those
+    of one process."""
     torch.manual_seed(cfg.train.seed)
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
     bf16, temperature = cfg.train.bf16, rcfg.temperature
+    d = setup(cfg.train.strategy)
+    if d.sharded:
+        raise ConfigError("ppo, grpo and rloo run under torchrun with train.strategy=ddp; "
+                          "fsdp2 is not supported for them yet")
+    if pcfg.minibatch_size % d.world:
+        raise ConfigError(f"ppo.minibatch_size ({pcfg.minibatch_size}) must be a multiple of "
+                          f"the number of processes ({d.world})")
 
     # 0. Prompts, scorers, models. Data and scorer names first: mistakes fail fast.
     tokenizer = load_tokenizer(cfg.model.name)
@@ -138,9 +172,10 @@ def train(cfg: PPOConfig) -> Path:
     if len(rows) < rcfg.batch_size:
         raise DataError(f"{rcfg.prompts}: {len(rows)} prompts, fewer than "
                         f"rollout.batch_size={rcfg.batch_size}")
-    print(f"prompts: {stats.summary()}" + (f"; {len(eval_rows)} held out for evaluation"
-                                           if eval_rows else ""))
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume)
+    if d.main:
+        print(f"prompts: {stats.summary()}" + (f"; {len(eval_rows)} held out for evaluation"
+                                               if eval_rows else ""))
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
 
     reward_model = RewardModel.from_pretrained(cfg.reward.model) if cfg.reward.model else None
     if reward_model is not None:
@@ -158,7 +193,8 @@ def train(cfg: PPOConfig) -> Path:
         value_model = (ValueModel.from_reward_model(reward_model.model) if from_rm
                        else ValueModel.from_policy(policy))
         disable_dropout(value_model)
-        print(f"value model: initialised from the {'reward model' if from_rm else 'policy'}")
+        if d.main:
+            print(f"value model: initialised from the {'reward model' if from_rm else 'policy'}")
     elif algo == "ppo":
         value_model = value_head(policy)
     if cfg.model.lora.enabled:
@@ -168,10 +204,8 @@ def train(cfg: PPOConfig) -> Path:
         ref_model = load_causal_lm(cfg.model.name, seed=cfg.train.seed).requires_grad_(False)
         disable_dropout(ref_model)
         ref_model.eval()
-    # One module holding everything trained, for the optimizer and checkpoints.
-    trained = torch.nn.ModuleDict({"policy": policy} | (
-        {"value": value_model} if value_model is not None else {}))
     shared_head = algo == "ppo" and pcfg.value_model == "head"
+    trained = PolicyAndValue(policy, value_model, shared_head, bf16)
 
     per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
     total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
@@ -179,9 +213,12 @@ def train(cfg: PPOConfig) -> Path:
     updates_per_step = pcfg.epochs * num_samples // pcfg.minibatch_size
     trainable, total = count_parameters(trained)
     target = f"reward model {cfg.reward.model}" if reward_model else f"gold {cfg.reward.gold}"
-    print(f"{algo} on {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
-          f"trainable; {total_steps} iterations of {rcfg.batch_size} prompts x "
-          f"{rcfg.group_size} samples; optimising the {target}")
+    if d.main:
+        print(f"{algo} on {cfg.model.name}: {total / 1e6:.2f}M parameters, "
+              f"{trainable / 1e6:.2f}M trainable; {total_steps} iterations of "
+              f"{rcfg.batch_size} prompts x {rcfg.group_size} samples; optimising the "
+              f"{target} ({d.world} process{'es' if d.world > 1 else ''})")
+    forward = d.wrap(trained)  # the training passes go through DDP when there is one
 
     kl_ctl = (AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)
               if pcfg.adaptive_kl else FixedKLController(pcfg.kl_coef))
@@ -189,25 +226,19 @@ def train(cfg: PPOConfig) -> Path:
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, trained, cfg.optim, total_steps * updates_per_step,
         num_examples=len(rows), data_source=rcfg.prompts, extra=extra,
-        lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and value_model else None)
+        lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and value_model else None,
+        dist=d)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
     samples_log = MetricsLog(run_dir / "samples.jsonl",
-                             resume_step=start_step if checkpoint else None)
+                             resume_step=start_step if checkpoint else None) \
+        if d.main else NullLog()
     generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16)
     params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
 
     def ref_context():
         return policy.disable_adapter() if ref_model is None else contextlib.nullcontext()
-
-    def policy_logits(ids, am):
-        """Policy logits (and values, when the value head sits on the policy)."""
-        with autocast(bf16):
-            if shared_head:
-                logits, values = logits_and_values(policy, value_model, ids, am)
-                return logits, values
-            return forward_logits(policy, ids, am), None
 
     @torch.no_grad()
     def per_token(rollout: Rollout) -> dict[str, torch.Tensor]:
@@ -216,16 +247,13 @@ def train(cfg: PPOConfig) -> Path:
                                               "entropy": [], "values": []}
         for idx in torch.arange(len(rollout.texts)).split(pcfg.micro_batch_size):
             ids, am = rollout.input_ids[idx], rollout.attention_mask[idx]
-            logits, values = policy_logits(ids, am)
+            logits, values = trained(ids, am)
             out["logprobs"].append(token_logprobs(logits, ids, temperature))
             out["entropy"].append(token_entropy(logits, temperature))
             with ref_context(), autocast(bf16):
                 ref_logits = forward_logits(ref_model if ref_model is not None else policy,
                                             ids, am)
             out["ref_logprobs"].append(token_logprobs(ref_logits, ids, temperature))
-            if algo == "ppo" and not shared_head:
-                with autocast(bf16):
-                    values = value_model(ids, am)
             if values is not None:
                 out["values"].append(values)
         return {k: torch.cat(v) for k, v in out.items() if v}
@@ -247,12 +275,13 @@ def train(cfg: PPOConfig) -> Path:
                                batch_size=pcfg.micro_batch_size, reference=ref_model, gold=gold,
                                reward_model=reward_model, bf16=bf16)
 
-    if checkpoint is None and eval_rows:
+    # Held-out evaluation samples without any collective: rank 0 does it alone.
+    if checkpoint is None and eval_rows and d.main:
         log.log(0, evaluate())
 
     last_saved, metrics = checkpoint, {}
     progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
         trained.eval()  # sampling and old log-probs; dropout is off anyway
@@ -311,11 +340,13 @@ def train(cfg: PPOConfig) -> Path:
         for _ in range(pcfg.epochs):
             order = torch.randperm(num_samples, generator=shuffle)
             for minibatch in order.split(pcfg.minibatch_size):
+                # Token means over the whole minibatch (every rank counts its tokens), so the
+                # ranks' slices and the microbatches add up to one process's gradient.
                 num_tokens = mask[minibatch].sum()
                 mb: dict[str, float] = {}
-                for idx in minibatch.split(pcfg.micro_batch_size):
+                for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
                     ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
-                    logits, values = policy_logits(ids, am)
+                    logits, values = forward(ids, am)
                     logprobs = token_logprobs(logits, ids, temperature)
                     loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
                                           pcfg.clip_range, num_tokens=num_tokens)
@@ -326,9 +357,6 @@ def train(cfg: PPOConfig) -> Path:
                         entropy = masked_sum(token_entropy(logits, temperature), m) / num_tokens
                         loss = loss - pcfg.entropy_coef * entropy
                     if algo == "ppo":
-                        if not shared_head:
-                            with autocast(bf16):
-                                values = value_model(ids, am)
                         v_loss, vs = value_loss(values, old["values"][idx], returns[idx], m,
                                                 pcfg.clip_range_value, num_tokens=num_tokens)
                         loss = loss + pcfg.vf_coef * v_loss
@@ -339,10 +367,11 @@ def train(cfg: PPOConfig) -> Path:
                                          num_tokens=num_tokens, estimator=pcfg.kl_estimator)
                         loss = loss + kl_coef * k_loss
                         parts["loss/kl"] = k_loss.item()
-                    loss.backward()
+                    d.backward(loss)
                     mb = {k: mb.get(k, 0.0) + v for k, v in parts.items()}
+                mb = dict(zip(mb, d.sum(*mb.values()), strict=True))
                 grad_norm = clip_and_check(trained, cfg.optim.max_grad_norm, mb["loss/policy"],
-                                           step + 1, last_saved)
+                                           step + 1, last_saved, d)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -388,7 +417,7 @@ def train(cfg: PPOConfig) -> Path:
             metrics["ppo/explained_variance"] = explained_variance(old["values"], returns,
                                                                    mask).item()
         is_last = done == total_steps
-        if eval_rows and due(done, cfg.train.eval_every, is_last):
+        if eval_rows and due(done, cfg.train.eval_every, is_last) and d.main:
             metrics |= evaluate()
         if is_last or done % cfg.train.log_every == 0 or "eval/gold" in metrics:
             log.log(done, metrics)
@@ -405,16 +434,20 @@ def train(cfg: PPOConfig) -> Path:
             last_saved = save_training_state(run_dir, done, trained, optimizer, scheduler,
                                              num_examples=len(rows), steps_per_epoch=per_epoch,
                                              keep=cfg.train.keep_checkpoints,
-                                             extra={"kl_controller": kl_ctl.state_dict()})
+                                             extra={"kl_controller": kl_ctl.state_dict()},
+                                             dist=d)
     progress.close()
     log.close()
     samples_log.close()
-    if metrics:
-        print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                        if k.split("/")[0] in ("reward", "kl", "eval")))
-
-    final = save_final(policy, tokenizer, run_dir / "final", cfg.model.lora.merge_on_save)
-    print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(policy) and
-                                      cfg.model.lora.merge_on_save else ""))
+    final = run_dir / "final"
+    if d.main:
+        if metrics:
+            print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                            if k.split("/")[0] in ("reward", "kl", "eval")))
+        save_final(policy, tokenizer, final, cfg.model.lora.merge_on_save)
+        print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(policy) and
+                                          cfg.model.lora.merge_on_save else ""))
+    d.barrier()
+    d.close()
     return final
 
