@@ -20,9 +20,9 @@ Every trainer keeps its one loop; this module gives it a `Dist` and a few verbs:
 - `sum(...)`: metrics summed across ranks before logging; only rank 0 (`main`) writes logs,
   checkpoints and the final model.
 
-Checkpoints hold whole (unsharded) tensors, so a run resumes on another number of processes:
-`ddp` and single-process checkpoints load into each other at any world size; `fsdp2` ones
-(optimizer state keyed by parameter name) resume under `fsdp2` at any world size.
+Checkpoints hold whole (unsharded) tensors and the optimizer state keyed by parameter name, so
+a run resumes on any number of processes and under either strategy: a checkpoint written by 2
+`fsdp2` processes continues on 1 process, or on 4 `ddp` ones.
 """
 
 from __future__ import annotations
@@ -161,8 +161,10 @@ class Dist:
                 p.copy_(tensor)
 
     def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's whole state keyed by parameter name, whatever the strategy and
+        world size (collective under fsdp2), so that any of them can resume from it."""
         if not self.sharded:
-            return optimizer.state_dict()
+            return _names_for_indices(_param_names(model, optimizer), optimizer.state_dict())
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_optimizer_state_dict,
@@ -173,21 +175,20 @@ class Dist:
 
     def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                              state: dict) -> None:
-        keyed_by_name = any(isinstance(k, str) for k in state.get("state", {}))
-        if keyed_by_name != self.sharded:
-            raise ConfigError("this checkpoint was written with another train.strategy: "
-                              "fsdp2 checkpoints resume under fsdp2, ddp and single-process "
-                              "ones under ddp or one process")
+        by_index = all(isinstance(p, int) for g in state["param_groups"] for p in g["params"])
         if not self.sharded:
-            optimizer.load_state_dict(state)
+            optimizer.load_state_dict(
+                state if by_index else _indices_for_names(_param_names(model, optimizer), state))
             return
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_optimizer_state_dict,
         )
 
-        set_optimizer_state_dict(model, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(
+            model, optimizer,
+            _names_for_indices(_param_names(model, optimizer), state) if by_index else state,
+            options=StateDictOptions(full_state_dict=True))
 
     def full_model(self, model: torch.nn.Module,
                    rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
@@ -211,6 +212,31 @@ class Dist:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters, in its order (what torch numbers 0, 1, ...)."""
+    name_of = {id(p): n for n, p in unwrap(model).named_parameters()}
+    return [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _names_for_indices(names: list[str], state: dict) -> dict:
+    """An optimizer state_dict with parameters numbered 0, 1, ... keyed by their names."""
+    return {"state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                             for g in state["param_groups"]]}
+
+
+def _indices_for_names(names: list[str], state: dict) -> dict:
+    index = {name: i for i, name in enumerate(names)}
+    missing = {n for g in state["param_groups"] for n in g["params"]} - set(index)
+    if missing or len(index) != sum(len(g["params"]) for g in state["param_groups"]):
+        raise ConfigError(f"the checkpoint's optimizer state does not match the model's "
+                          f"trained parameters (e.g. {sorted(missing)[:2]}): was it written "
+                          f"for another model or LoRA setting?")
+    return {"state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                             for g in state["param_groups"]]}
 
 
 def _transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -118,3 +118,22 @@ def test_ppo_two_processes_match_one(tmp_path, algo):
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("first, then", [((2, "fsdp2"), (1, "ddp")), ((1, "ddp"), (2, "fsdp2"))])
+def test_a_checkpoint_resumes_on_another_world_size_and_strategy(tmp_path, sft_rows, first,
+                                                                 then):
+    """Two steps on one setup, a checkpoint, two more on another: the weights of four
+    uninterrupted steps on one process (a constant lr keeps the schedule out of it)."""
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows)
+    args = [*SFT, f"data.train={data}", "data.eval_fraction=0", "optim.schedule=constant",
+            "optim.warmup_steps=0"]
+    run(1, "sft", tmp_path / "whole", *args, "train.max_steps=4")
+    (n1, s1), (n2, s2) = first, then
+    run(n1, "sft", tmp_path / "split", *args, "train.max_steps=2", f"train.strategy={s1}")
+    out = run(n2, "sft", tmp_path / "split", *args, "train.max_steps=4", "resume=true",
+              f"train.strategy={s2}")
+    assert "resumed from" in out.stdout and "step-00000002" in out.stdout
+    w1, w2 = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4, msg=name)
