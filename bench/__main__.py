@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from bench import dpo, label, peak, ppo, rm, sft
+from bench import dpo, label, peak, ppo, precision, rm, sft
 
-BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label}
+BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
+              "precision": precision}
 
 
 def main(argv: list[str] | None = None) -> None:
