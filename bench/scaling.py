@@ -1,0 +1,70 @@
+"""Data-parallel scaling on this machine: SFT tokens/s on 1 process against 2 under torchrun.
+
+Three runs of the same SFT config (same global batch, same steps), each in its own processes:
+  1 process, 1 thread        the baseline a second process is compared with;
+  1 process, 2 threads       what one process gets from the whole machine;
+  2 processes x 1 thread     torchrun, DDP over gloo, each process half of every batch.
+Reported: the median tokens/s over the steps after the first, and the scaling efficiency,
+tokens/s(2 processes) / (2 x tokens/s(1 process, 1 thread)). On a 2-core machine the second
+process has only the second core, so this measures the cost of the gradient all-reduce and of
+sharing memory bandwidth, not a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import machine, save_results
+from tether.rundir import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2"])
+
+
+def tokens_per_s(processes: int, threads: int, args: argparse.Namespace, run_dir: Path) -> float:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable]
+    subprocess.run(
+        [*launcher, "-m", "tether", "sft", f"run_dir={run_dir}", f"model.name={args.model}",
+         f"data.train={REPO / 'examples/sft/reviews.jsonl'}", "data.eval_fraction=0",
+         f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch // 2}",
+         f"train.max_steps={args.steps}", "train.save_every=0", "train.eval_every=0",
+         f"train.strategy={args.strategy}"],
+        check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    steps = [m["perf/tokens_per_s"] for m in read_metrics(run_dir / "metrics.jsonl")
+             if "perf/tokens_per_s" in m][1:]
+    return statistics.median(steps)
+
+
+def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        one = tokens_per_s(1, 1, args, Path(tmp) / "one")
+        one_two_threads = tokens_per_s(1, 2, args, Path(tmp) / "one-2t")
+        two = tokens_per_s(2, 1, args, Path(tmp) / "two")
+    figures = {"model": args.model, "strategy": args.strategy, "batch": args.batch,
+               "tokens_per_s_1proc_1thread": round(one, 1),
+               "tokens_per_s_1proc_2threads": round(one_two_threads, 1),
+               "tokens_per_s_2proc_1thread": round(two, 1),
+               "scaling_efficiency": round(two / (2 * one), 3),
+               "speedup_over_1proc_2threads": round(two / one_two_threads, 3),
+               "machine": machine()}
+    print(f"SFT {args.model}, global batch {args.batch}, {args.strategy}:\n"
+          f"  1 process, 1 thread:      {one:8.1f} tokens/s\n"
+          f"  1 process, 2 threads:     {one_two_threads:8.1f} tokens/s\n"
+          f"  2 processes, 1 thread:    {two:8.1f} tokens/s\n"
+          f"  scaling efficiency {figures['scaling_efficiency']:.2f} (2 processes against "
+          f"twice 1 process); {figures['speedup_over_1proc_2threads']:.2f}x one process using "
+          f"both cores")
+    save_results(f"scaling-{args.strategy}", figures)
