@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from bench import dpo, label, peak, ppo, precision, rm, scaling, sft
+from bench import dpo, generation, label, peak, ppo, precision, rm, scaling, sft
 
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
-              "precision": precision, "scaling": scaling}
+              "precision": precision, "scaling": scaling, "generation": generation}
 
 
 def main(argv: list[str] | None = None) -> None:

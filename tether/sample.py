@@ -19,7 +19,7 @@ from tether.checkpoint import atomic_write_text
 from tether.config import SampleConfig
 from tether.data.sft import LoadStats, load_records, parse_prompt
 from tether.data.tokenize import Messages, encode_prompt, wants_chat_template
-from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.rollout.generate import SamplingParams, make_generator
 
 
@@ -67,8 +67,13 @@ def run(cfg: SampleConfig) -> Path:
           + (f" (prompts truncated to their last {cfg.max_prompt_length} tokens)"
              if truncated else ""))
 
+    if cfg.backend == "vllm":
+        from tether.rollout.vllm import require_vllm
+
+        require_vllm()  # before loading anything
     model = load_causal_lm(cfg.policy)
-    generator = make_generator(cfg.backend, model, tokenizer, bf16=cfg.bf16)
+    generator = make_generator(cfg.backend, model, tokenizer, bf16=cfg.bf16,
+                               model_path=str(resolve(cfg.policy)))
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
     sampling = {"policy": cfg.policy, "temperature": cfg.temperature, "top_p": cfg.top_p,

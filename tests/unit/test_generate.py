@@ -143,7 +143,24 @@ def test_sampling_params_are_checked():
 
 def test_make_generator_by_backend(model, tokenizer):
     assert isinstance(make_generator("hf", model, tokenizer, bf16=True), HFGenerator)
-    with pytest.raises(UserError, match="vLLM.*not implemented.*CUDA GPU"):
-        make_generator("vllm", model, tokenizer)
+    if not torch.cuda.is_available():  # here: one clear line, no traceback from vllm
+        with pytest.raises(UserError, match="backend=vllm needs a CUDA GPU"):
+            make_generator("vllm", model, tokenizer, model_path="unused")
     with pytest.raises(UserError, match="unknown generation backend"):
         make_generator("jax", model, tokenizer)
+
+
+def test_ppo_and_sample_refuse_vllm_without_a_gpu_before_loading(tmp_path, capsys):
+    from tether.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    assert main(["sample", "policy=tiny", f"prompts={prompts}", "backend=vllm",
+                 f"output={tmp_path / 'c.jsonl'}"]) == 2
+    assert main(["ppo", "model.name=tiny", f"rollout.prompts={prompts}", "reward.gold=sentiment",
+                 "rollout.backend=vllm", "rollout.batch_size=1", "ppo.minibatch_size=1",
+                 "ppo.micro_batch_size=1", f"run_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("backend=vllm needs a CUDA GPU") == 2 and "Traceback" not in err

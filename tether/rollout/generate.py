@@ -124,13 +124,19 @@ class HFGenerator:
         return results
 
 
+    def sync(self, model: torch.nn.Module | None = None) -> None:
+        """Nothing to do: generate reads the policy's weights themselves."""
+
+
 def make_generator(backend: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                   **kw) -> HFGenerator:
-    """The generation backend by name: 'hf' (Hugging Face generate) or 'vllm' (not yet)."""
+                   model_path: str = "", **kw):
+    """The generation backend by name: 'hf' (Hugging Face generate, any device) or 'vllm'
+    (a CUDA GPU; built from `model_path`, the policy's starting weights)."""
     if backend == "hf":
         return HFGenerator(model, tokenizer, **kw)
     if backend == "vllm":
-        raise UserError("the vLLM generation backend is not implemented yet (it will need a "
-                        "CUDA GPU and the vllm package); use the 'hf' backend")
+        from tether.rollout.vllm import VLLMGenerator
+
+        return VLLMGenerator(model, tokenizer, model_path=model_path, **kw)
     raise UserError(f"unknown generation backend {backend!r}; choose one of "
                     f"{', '.join(BACKENDS)}")

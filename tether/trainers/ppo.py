@@ -51,7 +51,7 @@ from tether.losses.ppo import (
     shape_rewards,
     value_loss,
 )
-from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
@@ -151,6 +151,10 @@ def train(cfg: PPOConfig) -> Path:
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
     bf16, temperature = cfg.train.bf16, rcfg.temperature
     d = setup(cfg.train.strategy)
+    if rcfg.backend == "vllm":
+        from tether.rollout.vllm import require_vllm
+
+        require_vllm()  # before loading anything
     if d.sharded:
         raise ConfigError("ppo, grpo and rloo run under torchrun with train.strategy=ddp; "
                           "fsdp2 is not supported for them yet")
@@ -233,7 +237,8 @@ def train(cfg: PPOConfig) -> Path:
     samples_log = MetricsLog(run_dir / "samples.jsonl",
                              resume_step=start_step if checkpoint else None) \
         if d.main else NullLog()
-    generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16)
+    generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16,
+                               model_path=str(resolve(cfg.model.name)))
     params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
 
@@ -384,6 +389,7 @@ def train(cfg: PPOConfig) -> Path:
             if stop_early:
                 break
         train_s = time.perf_counter() - t0
+        generator.sync(policy)  # vllm: the next rollout samples from the updated weights
 
         # 6. KL controller, metrics, samples, evaluation, checkpoint.
         seq_kl = masked_sum(old["logprobs"] - old["ref_logprobs"], mask, dim=-1)
