@@ -33,31 +33,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp2"])
 
 
-def tokens_per_s(processes: int, threads: int, args: argparse.Namespace, run_dir: Path) -> float:
+def tokens_per_s(processes: int, threads: int, args: argparse.Namespace,
+                 run_dir: Path) -> tuple[float, float]:
+    """(median tokens/s after the first step, peak RSS of the largest process in MB)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable]
-    subprocess.run(
-        [*launcher, "-m", "tether", "sft", f"run_dir={run_dir}", f"model.name={args.model}",
+    # A wrapper process reports the largest peak RSS among the processes it waited for.
+    rss = [sys.executable, "-c", "import resource, subprocess, sys; "
+           "subprocess.run(sys.argv[1:], check=True); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"]
+    out = subprocess.run(
+        [*rss, *launcher, "-m", "tether", "sft", f"run_dir={run_dir}", f"model.name={args.model}",
          f"data.train={REPO / 'examples/sft/reviews.jsonl'}", "data.eval_fraction=0",
          f"train.batch_size={args.batch}", f"train.micro_batch_size={args.batch // 2}",
          f"train.max_steps={args.steps}", "train.save_every=0", "train.eval_every=0",
          f"train.strategy={args.strategy}"],
-        check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        check=True, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     steps = [m["perf/tokens_per_s"] for m in read_metrics(run_dir / "metrics.jsonl")
              if "perf/tokens_per_s" in m][1:]
-    return statistics.median(steps)
+    peak_mb = int(out.stdout.strip().splitlines()[-1]) / 1024
+    return statistics.median(steps), peak_mb
 
 
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        one = tokens_per_s(1, 1, args, Path(tmp) / "one")
-        one_two_threads = tokens_per_s(1, 2, args, Path(tmp) / "one-2t")
-        two = tokens_per_s(2, 1, args, Path(tmp) / "two")
+        one, one_mb = tokens_per_s(1, 1, args, Path(tmp) / "one")
+        one_two_threads, _ = tokens_per_s(1, 2, args, Path(tmp) / "one-2t")
+        two, two_mb = tokens_per_s(2, 1, args, Path(tmp) / "two")
     figures = {"model": args.model, "strategy": args.strategy, "batch": args.batch,
                "tokens_per_s_1proc_1thread": round(one, 1),
                "tokens_per_s_1proc_2threads": round(one_two_threads, 1),
                "tokens_per_s_2proc_1thread": round(two, 1),
                "scaling_efficiency": round(two / (2 * one), 3),
+               "peak_rss_mb_1proc": round(one_mb), "peak_rss_mb_per_proc_2proc": round(two_mb),
                "speedup_over_1proc_2threads": round(two / one_two_threads, 3),
                "machine": machine()}
     print(f"SFT {args.model}, global batch {args.batch}, {args.strategy}:\n"
@@ -66,5 +75,6 @@ def run(args: argparse.Namespace) -> None:
           f"  2 processes, 1 thread:    {two:8.1f} tokens/s\n"
           f"  scaling efficiency {figures['scaling_efficiency']:.2f} (2 processes against "
           f"twice 1 process); {figures['speedup_over_1proc_2threads']:.2f}x one process using "
-          f"both cores")
+          f"both cores\n  peak memory per process: {one_mb:.0f} MB on 1 process, "
+          f"{two_mb:.0f} MB on each of 2")
     save_results(f"scaling-{args.strategy}", figures)

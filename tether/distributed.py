@@ -5,8 +5,8 @@ the reductions that make N processes compute what one process would.
 
 Every trainer keeps its one loop; this module gives it a `Dist` and a few verbs:
 
-- `setup(strategy)`: joins the group torchrun started (gloo on CPU, NCCL on CUDA), or returns a
-  single-process `Dist` that does nothing at all.
+- `setup(strategy)`: joins the group torchrun started (gloo: the trainers run on the CPU for
+  now), or returns a single-process `Dist` that does nothing at all.
 - `wrap(model)`: DistributedDataParallel (`ddp`, every rank holds the whole model) or FSDP2
   (`fsdp2`, `torch.distributed.fsdp.fully_shard` on every transformer block and the root:
   parameters, gradients and optimizer state sharded across ranks).
@@ -263,12 +263,10 @@ def setup(strategy: str = "ddp") -> Dist:
     if world == 1:
         return Dist(strategy=strategy)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
+    # The trainers keep their models on the CPU today, so the backend is gloo. NCCL (chosen
+    # when the model lives on a CUDA device) comes with placing the trainers on GPUs.
+    device = torch.device("cpu")
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device,
