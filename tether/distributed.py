@@ -45,7 +45,6 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
     strategy: str = "ddp"
 
     @property
@@ -72,7 +71,7 @@ class Dist:
         """Each value summed over the ranks (float64, so counts stay exact)."""
         if self.world == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
+        t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -80,10 +79,9 @@ class Dist:
         """1-D tensors of any length from every rank, concatenated in rank order."""
         if self.world == 1:
             return tensor
-        t = tensor.detach().to(self.comm_device, torch.float32).flatten()
-        sizes = [torch.zeros(1, dtype=torch.long, device=self.comm_device)
-                 for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([t.numel()], device=self.comm_device))
+        t = tensor.detach().to(torch.float32).flatten()
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([t.numel()]))
         longest = int(max(s.item() for s in sizes))
         padded = torch.cat([t, t.new_zeros(longest - t.numel())])
         parts = [torch.empty_like(padded) for _ in range(self.world)]
@@ -94,10 +92,6 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
-    @property
-    def comm_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
-
     # -- the model ----------------------------------------------------------------------------
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -106,8 +100,7 @@ class Dist:
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.local_rank] if self.device.type == "cuda" else None
-            return DistributedDataParallel(model, device_ids=ids)
+            return DistributedDataParallel(model)
         from torch.distributed.fsdp import fully_shard
 
         blocks = _transformer_blocks(model)
@@ -263,14 +256,11 @@ def setup(strategy: str = "ddp") -> Dist:
     if world == 1:
         return Dist(strategy=strategy)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    # The trainers keep their models on the CPU today, so the backend is gloo. NCCL (chosen
-    # when the model lives on a CUDA device) comes with placing the trainers on GPUs.
-    device = torch.device("cpu")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # The trainers keep their models on the CPU today, so the backend is gloo; NCCL comes with
+    # placing them on GPUs.
     if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
-    return Dist(rank=rank, world=world, local_rank=local_rank, device=device,
-                strategy=strategy)
+        dist.init_process_group("gloo")
+    return Dist(rank=rank, world=world, local_rank=local_rank, strategy=strategy)
 
 
 def quiet_unless_main(d: Dist) -> Any:

@@ -73,7 +73,8 @@ def run(cfg: SampleConfig) -> Path:
         require_vllm()  # before loading anything
     model = load_causal_lm(cfg.policy)
     generator = make_generator(cfg.backend, model, tokenizer, bf16=cfg.bf16,
-                               model_path=str(resolve(cfg.policy)))
+                               model_path=str(resolve(cfg.policy)) if cfg.backend == "vllm"
+                               else "")
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens)
     sampling = {"policy": cfg.policy, "temperature": cfg.temperature, "top_p": cfg.top_p,

@@ -238,7 +238,8 @@ def train(cfg: PPOConfig) -> Path:
                              resume_step=start_step if checkpoint else None) \
         if d.main else NullLog()
     generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16,
-                               model_path=str(resolve(cfg.model.name)))
+                               model_path=str(resolve(cfg.model.name)) if rcfg.backend == "vllm"
+                               else "")
     params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
 
