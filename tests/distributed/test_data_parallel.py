@@ -61,33 +61,23 @@ def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
                                                          "loss/eval"))
 
 
-RM = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8", "train.micro_batch_size=2",
-      "train.max_steps=3", "train.eval_every=0", "train.save_every=0", "data.eval_fraction=0.2"]
+PREFERENCES = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8",
+               "train.micro_batch_size=2", "train.max_steps=3", "train.eval_every=0",
+               "train.save_every=0", "data.eval_fraction=0.2"]
+KEYS = {"rm": ("loss/train", "optim/grad_norm", "reward/train_accuracy", "reward/mean",
+               "reward/std", "eval/accuracy"),
+        "dpo": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/margin",
+                "loss/eval")}
 
 
+@pytest.mark.parametrize("command", ["rm", "dpo"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_rm_two_processes_match_one(tmp_path, strategy):
+def test_preference_trainers_two_processes_match_one(tmp_path, command, strategy):
     data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(48))
-    run(1, "rm", tmp_path / "one", *RM, f"data.train={data}")
-    run(2, "rm", tmp_path / "two", *RM, f"data.train={data}", f"train.strategy={strategy}")
-    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
-                                                         "reward/train_accuracy", "reward/mean",
-                                                         "reward/std", "eval/accuracy"))
-
-
-DPO = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8", "train.micro_batch_size=2",
-       "train.max_steps=3", "train.eval_every=0", "train.save_every=0", "data.eval_fraction=0.2",
-       "dpo.beta=0.1"]
-
-
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_dpo_two_processes_match_one(tmp_path, strategy):
-    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(48))
-    run(1, "dpo", tmp_path / "one", *DPO, f"data.train={data}")
-    run(2, "dpo", tmp_path / "two", *DPO, f"data.train={data}", f"train.strategy={strategy}")
-    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
-                                                         "reward/accuracy", "reward/margin",
-                                                         "loss/eval"))
+    run(1, command, tmp_path / "one", *PREFERENCES, f"data.train={data}")
+    run(2, command, tmp_path / "two", *PREFERENCES, f"data.train={data}",
+        f"train.strategy={strategy}")
+    assert_same_run(tmp_path / "one", tmp_path / "two", KEYS[command])
 
 
 SCORER = ("def vowels(texts):\n"
