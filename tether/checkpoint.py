@@ -79,10 +79,14 @@ def _as_tuples(x: Any) -> Any:
     return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    root = Path(run_dir) / CHECKPOINTS
+    target = checkpoint_path(run_dir, step)
+    root = target.parent
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}-", dir=root))
     with open(tmp / _STATE, "wb") as f:
         torch.save(state, f)

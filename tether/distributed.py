@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,12 +43,16 @@ STRATEGIES = ("ddp", "fsdp2")
 class Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     strategy: str = "ddp"
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def processes(self) -> str:
+        """"1 process", or "2 processes, fsdp2": for the line each trainer starts with."""
+        return "1 process" if self.world == 1 else f"{self.world} processes, {self.strategy}"
 
     @property
     def sharded(self) -> bool:
@@ -255,14 +258,10 @@ def setup(strategy: str = "ddp") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(strategy=strategy)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank = int(os.environ["RANK"])
     # The trainers keep their models on the CPU today, so the backend is gloo; NCCL comes with
     # placing them on GPUs.
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-    return Dist(rank=rank, world=world, local_rank=local_rank, strategy=strategy)
+    return Dist(rank=rank, world=world, strategy=strategy)
 
-
-def quiet_unless_main(d: Dist) -> Any:
-    """Progress bars and prints from rank 0 only: N copies of every line help nobody."""
-    return {"disable": not d.main}

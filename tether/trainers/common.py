@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from tether.checkpoint import (
-    CHECKPOINTS,
     capture_rng,
+    checkpoint_path,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -37,10 +37,8 @@ def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int,
     return per_epoch, train.max_steps or train.epochs * per_epoch
 
 
-def autocast(bf16: bool, device: torch.device | None = None) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the model's device type (weights and optimizer state stay fp32)."""
-    device_type = device.type if device is not None else "cpu"
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+def autocast(bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,
@@ -57,7 +55,7 @@ def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,
         "data": {"num_examples": num_examples, "epoch": step // steps_per_epoch,
                  "batch_in_epoch": step % steps_per_epoch}}
     path = save_checkpoint(run_dir, step, state, keep=keep) if dist.main else \
-        Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+        checkpoint_path(run_dir, step)
     dist.barrier()  # no rank goes on (or resumes) before the checkpoint is complete
     return path
 

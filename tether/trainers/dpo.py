@@ -287,7 +287,7 @@ def train(cfg: DPOConfig) -> Path:
               f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable; reference "
               f"log-probs {how}; {len(data.train)} prompts with {pairs} pairs for training, "
               f"{len(data.eval)} held out; {total_steps} steps of {batch_size} prompts "
-              f"({d.world} process{'es' if d.world > 1 else ''})")
+              f"({d.processes})")
     model = d.wrap(model)
 
     # 3. Optimizer and schedule, restored with everything else on resume.

@@ -221,7 +221,7 @@ def train(cfg: PPOConfig) -> Path:
         print(f"{algo} on {cfg.model.name}: {total / 1e6:.2f}M parameters, "
               f"{trainable / 1e6:.2f}M trainable; {total_steps} iterations of "
               f"{rcfg.batch_size} prompts x {rcfg.group_size} samples; optimising the "
-              f"{target} ({d.world} process{'es' if d.world > 1 else ''})")
+              f"{target} ({d.processes})")
     forward = d.wrap(trained)  # the training passes go through DDP when there is one
 
     kl_ctl = (AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)

@@ -85,7 +85,7 @@ def train(cfg: RMConfig) -> Path:
         print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M "
               f"parameters, {trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with "
               f"{pairs} pairs for training, {len(data.eval)} held out; {total_steps} steps of "
-              f"{batch_size} prompts ({d.world} process{'es' if d.world > 1 else ''})")
+              f"{batch_size} prompts ({d.processes})")
     model = rm.model  # what the optimizer trains; the forward goes through the wrapper
     if d.world > 1:
         rm.parallel = d.wrap(LastTokenScorer(rm.model, rm.kind))

@@ -64,7 +64,7 @@ def train(cfg: SFTConfig) -> Path:
         print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
               f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
               f"{total_steps} steps of {batch_size} sequences "
-              f"({d.world} process{'es' if d.world > 1 else ''}, {d.strategy}; microbatches "
+              f"({d.processes}; microbatches "
               f"of {micro})")
     model = d.wrap(model)
 
