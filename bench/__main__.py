@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from bench import dpo, generation, label, peak, ppo, precision, rm, scaling, sft
+from bench import dpo, generation, label, peak, ppo, precision, rm, scaling, sft, vs_trl
 
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
-              "precision": precision, "scaling": scaling, "generation": generation}
+              "precision": precision, "scaling": scaling, "generation": generation,
+              "vs-trl": vs_trl}
 
 
 def main(argv: list[str] | None = None) -> None:
