@@ -27,8 +27,9 @@ a run resumes on any number of processes and under either strategy: a checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,25 @@ class Dist:
         fully_shard(model, reshard_after_forward=True)
         return model
 
+    @contextlib.contextmanager
+    def gathered(self, model: torch.nn.Module) -> Iterator[None]:
+        """Under fsdp2, the root's own parameters (embeddings, output head, final norm) whole
+        for calls into a submodule that bypass the root's forward: generation, a reference
+        pass through the policy with its adapter off. The blocks gather theirs as they run.
+        Every rank must make the same calls inside. Elsewhere it does nothing."""
+        if not self.sharded:
+            yield
+            return
+        # FSDP2 takes the first module to run a forward for the root; when that is a block
+        # (generation before any training pass), every block becomes a root of its own. Settle
+        # the root first (what its first forward would do; torch has no public call for it).
+        model._get_fsdp_state()._lazy_init()
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+
     def backward(self, loss: torch.Tensor) -> None:
         # DDP and FSDP2 average gradients over ranks; the loss is a sum over ranks.
         (loss * self.world).backward()
@@ -186,12 +206,13 @@ class Dist:
             _names_for_indices(_param_names(model, optimizer), state) if by_index else state,
             options=StateDictOptions(full_state_dict=True))
 
-    def full_model(self, model: torch.nn.Module,
-                   rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
-        """The trained model, whole, on rank 0 (None elsewhere): to save or evaluate alone.
-        Under fsdp2 its shards are gathered (collective) into a fresh copy from `rebuild`."""
+    def full_model(self, model: torch.nn.Module, rebuild: Callable[[], torch.nn.Module],
+                   part: str = "") -> torch.nn.Module | None:
+        """The trained model (or its submodule named `part`), whole, on rank 0 (None
+        elsewhere): to save or evaluate alone. Under fsdp2 its shards are gathered (collective)
+        into a fresh copy from `rebuild`."""
         if not self.sharded:
-            return unwrap(model) if self.main else None
+            return unwrap(model).get_submodule(part) if self.main else None
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -201,6 +222,8 @@ class Dist:
             full_state_dict=True, cpu_offload=True))
         if not self.main:
             return None
+        if part:
+            state = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
         whole = rebuild()
         whole.load_state_dict(state)
         return whole

@@ -72,6 +72,29 @@ def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
                                                          "loss/eval"))
 
 
+def test_two_nodes_rendezvous_like_two_machines(tmp_path, sft_rows):
+    """README's multi-machine command: 2 torchrun agents of 1 process each, meeting through a
+    c10d rendezvous (here both on 127.0.0.1), train what 1 process does."""
+    from tether.labeling.client import free_port
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows)
+    args = [*SFT, f"data.train={data}", "data.eval_fraction=0.1"]
+    run(1, "sft", tmp_path / "one", *args)
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+         "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=tether-test",
+         "-m", "tether", "sft", f"run_dir={tmp_path / 'two'}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
+    for agent, output in zip(agents, outputs, strict=True):
+        assert agent.returncode == 0, output[-3000:]
+    assert any("2 processes, ddp" in output for output in outputs)
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
+                                                         "loss/eval"))
+
+
 PREFERENCES = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8",
                "train.micro_batch_size=2", "train.max_steps=3", "train.eval_every=0",
                "train.save_every=0", "data.eval_fraction=0.2"]
@@ -95,8 +118,13 @@ SCORER = ("def vowels(texts):\n"
           "    return [sum(c in 'aeiou' for c in t) / (1 + len(t)) for t in texts]\n")
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_ppo_two_processes_match_one(tmp_path, algo):
+@pytest.mark.parametrize("algo, strategy, extra", [
+    ("ppo", "ddp", ()), ("grpo", "ddp", ()),
+    # fsdp2 generates from sharded weights, and evaluates on every rank
+    ("ppo", "fsdp2", ("eval_prompts=prompts.jsonl", "eval_num_prompts=4")),
+    # the reference is the policy with its adapter off: a pass that bypasses the root
+    ("grpo", "fsdp2", ("model.lora.enabled=true", "model.lora.r=4"))])
+def test_ppo_two_processes_match_one(tmp_path, algo, strategy, extra):
     """Both processes sample the same rollout (same seed) and split every minibatch: the
     losses, statistics and updated weights are the single process's."""
     (tmp_path / "scorer.py").write_text(SCORER)
@@ -105,17 +133,23 @@ def test_ppo_two_processes_match_one(tmp_path, algo):
     args = ["model.name=tiny", f"rollout.prompts={prompts}", "reward.gold=scorer:vowels",
             f"algo={algo}", "rollout.batch_size=4", "rollout.group_size=2",
             "rollout.max_new_tokens=6", "ppo.minibatch_size=4", "ppo.micro_batch_size=1",
-            "ppo.epochs=2", "optim.lr=1e-3", "train.max_steps=2", "train.save_every=0"]
+            "ppo.epochs=2", "optim.lr=1e-3", "train.max_steps=2", "train.save_every=0",
+            f"train.strategy={strategy}", *extra]
     run(1, "ppo", tmp_path / "one", *args, cwd=tmp_path)
     run(2, "ppo", tmp_path / "two", *args, cwd=tmp_path)
     keys = ("loss/policy", "ppo/approx_kl", "ppo/clipfrac", "optim/grad_norm", "reward/gold",
-            "kl/seq", "ppo/advantage_std") + (("loss/value",) if algo == "ppo" else ())
+            "kl/seq", "ppo/advantage_std", "eval/gold") + \
+        (("loss/value",) if algo == "ppo" else ())
     m1 = read_metrics(tmp_path / "one" / "metrics.jsonl")
     m2 = read_metrics(tmp_path / "two" / "metrics.jsonl")
-    assert [m["step"] for m in m1] == [m["step"] for m in m2] == [1, 2]
+    assert [m["step"] for m in m1] == [m["step"] for m in m2]
+    assert [m["step"] for m in m1 if "loss/policy" in m] == [1, 2]
+    evaluated = [m["step"] for m in m1 if "eval/gold" in m]
+    assert evaluated == ([0, 2] if any(e.startswith("eval_prompts") for e in extra) else [])
     for a, b in zip(m1, m2, strict=True):
         for key in keys:
-            assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-4), (key, a["step"])
+            if key in a or key in b:
+                assert b[key] == pytest.approx(a[key], abs=1e-5, rel=1e-4), (key, a["step"])
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4, msg=name)

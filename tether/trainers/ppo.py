@@ -18,7 +18,6 @@ first minibatch of each iteration has ratio exactly 1.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +154,9 @@ def train(cfg: PPOConfig) -> Path:
         from tether.rollout.vllm import require_vllm
 
         require_vllm()  # before loading anything
-    if d.sharded:
-        raise ConfigError("ppo, grpo and rloo run under torchrun with train.strategy=ddp; "
-                          "fsdp2 is not supported for them yet")
+    if d.sharded and rcfg.backend == "vllm":
+        raise ConfigError("rollout.backend=vllm loads the whole policy into its engine in "
+                          "every process: use train.strategy=ddp with it")
     if pcfg.minibatch_size % d.world:
         raise ConfigError(f"ppo.minibatch_size ({pcfg.minibatch_size}) must be a multiple of "
                           f"the number of processes ({d.world})")
@@ -184,8 +183,16 @@ def train(cfg: PPOConfig) -> Path:
     reward_model = RewardModel.from_pretrained(cfg.reward.model) if cfg.reward.model else None
     if reward_model is not None:
         reward_model.model.requires_grad_(False).eval()
-    policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
-    disable_dropout(policy)
+    def base_policy() -> torch.nn.Module:
+        policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        disable_dropout(policy)
+        return policy
+
+    def build_policy() -> torch.nn.Module:  # a fresh copy for gathering fsdp2 shards into
+        policy = base_policy()
+        return apply_lora(policy, cfg.model.lora) if cfg.model.lora.enabled else policy
+
+    policy = base_policy()
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     value_model: torch.nn.Module | None = None
@@ -243,9 +250,6 @@ def train(cfg: PPOConfig) -> Path:
     params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
 
-    def ref_context():
-        return policy.disable_adapter() if ref_model is None else contextlib.nullcontext()
-
     @torch.no_grad()
     def per_token(rollout: Rollout) -> dict[str, torch.Tensor]:
         """Old log-probs, reference log-probs, entropy and values of the rollout."""
@@ -256,9 +260,12 @@ def train(cfg: PPOConfig) -> Path:
             logits, values = trained(ids, am)
             out["logprobs"].append(token_logprobs(logits, ids, temperature))
             out["entropy"].append(token_entropy(logits, temperature))
-            with ref_context(), autocast(bf16):
-                ref_logits = forward_logits(ref_model if ref_model is not None else policy,
-                                            ids, am)
+            if ref_model is not None:
+                with autocast(bf16):
+                    ref_logits = forward_logits(ref_model, ids, am)
+            else:
+                with policy.disable_adapter(), d.gathered(trained), autocast(bf16):
+                    ref_logits = forward_logits(policy, ids, am)
             out["ref_logprobs"].append(token_logprobs(ref_logits, ids, temperature))
             if values is not None:
                 out["values"].append(values)
@@ -275,14 +282,18 @@ def train(cfg: PPOConfig) -> Path:
                                           dtype=torch.float32)
         return scores
 
-    def evaluate() -> dict[str, float]:
-        return heldout_metrics(policy, tokenizer, eval_ids, [m for _, m in eval_rows],
-                               params=params, seed=cfg.train.seed,
-                               batch_size=pcfg.micro_batch_size, reference=ref_model, gold=gold,
-                               reward_model=reward_model, bf16=bf16)
+    # Held-out evaluation samples the policy: rank 0 does it alone, except under fsdp2, where
+    # its forwards gather shards, so every rank runs it (identically) and rank 0 logs it.
+    evaluates = bool(eval_rows) and (d.main or d.sharded)
 
-    # Held-out evaluation samples without any collective: rank 0 does it alone.
-    if checkpoint is None and eval_rows and d.main:
+    def evaluate() -> dict[str, float]:
+        with d.gathered(trained):
+            return heldout_metrics(policy, tokenizer, eval_ids, [m for _, m in eval_rows],
+                                   params=params, seed=cfg.train.seed,
+                                   batch_size=pcfg.micro_batch_size, reference=ref_model,
+                                   gold=gold, reward_model=reward_model, bf16=bf16)
+
+    if checkpoint is None and evaluates:
         log.log(0, evaluate())
 
     last_saved, metrics = checkpoint, {}
@@ -295,8 +306,9 @@ def train(cfg: PPOConfig) -> Path:
         # 1. Rollout.
         indices = batch_indices(len(rows), rcfg.batch_size, step, cfg.train.seed)
         batch_prompts = [prompt_ids[i] for i in indices]
-        generations = generator.generate(batch_prompts, rcfg.group_size, params,
-                                         seed=cfg.train.seed * 100_003 + step)
+        with d.gathered(trained):
+            generations = generator.generate(batch_prompts, rcfg.group_size, params,
+                                             seed=cfg.train.seed * 100_003 + step)
         rollout = build_rollout(tokenizer, batch_prompts, generations, rcfg.stop_string)
         mask = rollout.mask
         generate_s = time.perf_counter() - started
@@ -424,7 +436,7 @@ def train(cfg: PPOConfig) -> Path:
             metrics["ppo/explained_variance"] = explained_variance(old["values"], returns,
                                                                    mask).item()
         is_last = done == total_steps
-        if eval_rows and due(done, cfg.train.eval_every, is_last) and d.main:
+        if evaluates and due(done, cfg.train.eval_every, is_last):
             metrics |= evaluate()
         if is_last or done % cfg.train.log_every == 0 or "eval/gold" in metrics:
             log.log(done, metrics)
@@ -447,11 +459,12 @@ def train(cfg: PPOConfig) -> Path:
     log.close()
     samples_log.close()
     final = run_dir / "final"
+    whole = d.full_model(trained, build_policy, part="policy")
     if d.main:
         if metrics:
             print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                             if k.split("/")[0] in ("reward", "kl", "eval")))
-        save_final(policy, tokenizer, final, cfg.model.lora.merge_on_save)
+        save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
         print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(policy) and
                                           cfg.model.lora.merge_on_save else ""))
     d.barrier()
