@@ -11,7 +11,7 @@ from tether.data.collate import collate
 from tether.data.order import batch_indices, steps_per_epoch
 from tether.data.tokenize import Encoded, encode_example, encode_prompt
 from tether.losses.sft import masked_nll
-from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
+from tether.models.logprobs import first_scored, forward_logits, token_entropy, token_logprobs
 from tether.optim import lr_multiplier, make_optimizer
 
 
@@ -63,6 +63,31 @@ def test_logprobs_match_log_softmax_per_token(model):
         logits = model(input_ids=ids).logits
     expected = F.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
     assert torch.allclose(token_logprobs(logits, ids)[:, 1:], expected, atol=1e-6)
+
+
+def test_first_scored_column():
+    mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 0]])
+    assert first_scored(mask) == 2
+    assert first_scored(torch.ones(2, 4)) == 1  # token 0 has no prediction
+    assert first_scored(torch.zeros(2, 4)) == 4
+
+
+@pytest.mark.parametrize("first", [1, 2, 5, 9])
+def test_logits_of_the_scored_tokens_only_give_the_same_logprobs(model, first):
+    """forward_logits(first_token=k): the output head runs on the last positions only, and the
+    log-probs and entropies of tokens k.. are those of the full logits, 0 before."""
+    ids = torch.randint(3, 500, (3, 9))
+    mask = torch.tensor([[1] * 9, [1] * 7 + [0] * 2, [1] * 5 + [0] * 4])
+    with torch.no_grad():
+        full = forward_logits(model, ids, mask)
+        part = forward_logits(model, ids, mask, first)
+    assert part.shape[1] == 9 - first + 1
+    for per_token in (lambda lg: token_logprobs(lg, ids, 0.8),
+                      lambda lg: token_entropy(lg, 0.8, ids.shape[1])):
+        want, got = per_token(full), per_token(part)
+        assert got.shape == ids.shape
+        torch.testing.assert_close(got[:, first:], want[:, first:], atol=1e-5, rtol=1e-5)
+        assert (got[:, :first] == 0).all()
 
 
 def _encode(tokenizer, rows, **kw):

@@ -35,13 +35,15 @@ def _values(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def logits_and_values(policy: torch.nn.Module, head: torch.nn.Module, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of the policy's trunk for both its logits and a value head on the same hidden
-    states (ppo.value_model=head). Assumes logits = output embedding(last hidden state), as in
+                      attention_mask: torch.Tensor, first_token: int = 1
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the policy's trunk for both its logits (from `first_token` on, as in
+    tether.models.logprobs.forward_logits) and a value head on the same hidden states
+    (ppo.value_model=head). Assumes logits = output embedding(last hidden state), as in
     Llama-family models."""
     base = policy.get_base_model() if is_lora(policy) else policy
     hidden = _hidden(causal_trunk(policy), input_ids, attention_mask)
-    return base.get_output_embeddings()(hidden), _values(head, hidden)
+    return base.get_output_embeddings()(hidden[:, first_token - 1:]), _values(head, hidden)
 
 
 def value_head(policy: torch.nn.Module) -> torch.nn.Linear:

@@ -35,7 +35,7 @@ from tether.errors import ConfigError
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.logprobs import forward_logits, token_logprobs
+from tether.models.logprobs import first_scored, forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.rollout.generate import SamplingParams
@@ -61,9 +61,10 @@ def response_logps(model: torch.nn.Module, responses: list[Encoded], pad_id: int
 
     All responses go through the model in one forward pass: chosen and rejected together."""
     batch = collate(responses, pad_id)
-    with autocast(bf16):
-        logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
     mask = batch["loss_mask"]
+    with autocast(bf16):
+        logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
+                                first_scored(mask))
     return (token_logprobs(logits, batch["input_ids"]) * mask).sum(-1), mask.sum(-1)
 
 

@@ -51,7 +51,7 @@ from tether.losses.ppo import (
     value_loss,
 )
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
-from tether.models.logprobs import forward_logits, token_entropy, token_logprobs
+from tether.models.logprobs import first_scored, forward_logits, token_entropy, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.value import ValueModel, logits_and_values, value_head
@@ -114,12 +114,14 @@ class PolicyAndValue(torch.nn.Module):
         self.policy, self.value = policy, value
         self.shared_head, self.bf16 = shared_head, bf16
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_token: int
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits from `first_token` on (see forward_logits), values at every position."""
         with autocast(self.bf16):
             if self.shared_head:
-                return logits_and_values(self.policy, self.value, input_ids, attention_mask)
-            logits = forward_logits(self.policy, input_ids, attention_mask)
+                return logits_and_values(self.policy, self.value, input_ids, attention_mask,
+                                         first_token)
+            logits = forward_logits(self.policy, input_ids, attention_mask, first_token)
             values = None if self.value is None else self.value(input_ids, attention_mask)
         return logits, values
 
@@ -257,15 +259,16 @@ def train(cfg: PPOConfig) -> Path:
                                               "entropy": [], "values": []}
         for idx in torch.arange(len(rollout.texts)).split(pcfg.micro_batch_size):
             ids, am = rollout.input_ids[idx], rollout.attention_mask[idx]
-            logits, values = trained(ids, am)
+            first = first_scored(rollout.mask[idx])  # logits for the responses only
+            logits, values = trained(ids, am, first)
             out["logprobs"].append(token_logprobs(logits, ids, temperature))
-            out["entropy"].append(token_entropy(logits, temperature))
+            out["entropy"].append(token_entropy(logits, temperature, ids.shape[1]))
             if ref_model is not None:
                 with autocast(bf16):
-                    ref_logits = forward_logits(ref_model, ids, am)
+                    ref_logits = forward_logits(ref_model, ids, am, first)
             else:
                 with policy.disable_adapter(), d.gathered(trained), autocast(bf16):
-                    ref_logits = forward_logits(policy, ids, am)
+                    ref_logits = forward_logits(policy, ids, am, first)
             out["ref_logprobs"].append(token_logprobs(ref_logits, ids, temperature))
             if values is not None:
                 out["values"].append(values)
@@ -364,7 +367,7 @@ def train(cfg: PPOConfig) -> Path:
                 mb: dict[str, float] = {}
                 for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
                     ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
-                    logits, values = forward(ids, am)
+                    logits, values = forward(ids, am, first_scored(m))
                     logprobs = token_logprobs(logits, ids, temperature)
                     loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
                                           pcfg.clip_range, num_tokens=num_tokens)
@@ -372,7 +375,8 @@ def train(cfg: PPOConfig) -> Path:
                     parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item()
                              * weight, "ppo/approx_kl": s["approx_kl"].item() * weight}
                     if pcfg.entropy_coef:
-                        entropy = masked_sum(token_entropy(logits, temperature), m) / num_tokens
+                        entropy = masked_sum(token_entropy(logits, temperature, ids.shape[1]),
+                                             m) / num_tokens
                         loss = loss - pcfg.entropy_coef * entropy
                     if algo == "ppo":
                         v_loss, vs = value_loss(values, old["values"][idx], returns[idx], m,

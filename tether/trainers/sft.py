@@ -22,7 +22,7 @@ from tether.data.sft import load_sft_data
 from tether.distributed import setup
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.logprobs import forward_logits, token_logprobs
+from tether.models.logprobs import first_scored, forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
@@ -75,7 +75,8 @@ def train(cfg: SFTConfig) -> Path:
 
     def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(cfg.train.bf16):
-            logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+            logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
+                                    first_scored(batch["loss_mask"]))
         return token_logprobs(logits, batch["input_ids"])
 
     @torch.no_grad()
