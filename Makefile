@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m bench dpo
 	$(BIN)/python -m bench ppo
 	$(BIN)/python -m bench label
+	$(BIN)/python -m bench vs-trl
 
 lint: setup
 	$(BIN)/ruff check tether tests bench
