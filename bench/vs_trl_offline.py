@@ -110,10 +110,13 @@ from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.sft import load_sft_data
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
+from tether.models.shared_prompt import row_widths
 from tether.models.tiny import TINY
 
 SEED = 0
 REVIEWS = Path(__file__).resolve().parents[1] / "examples" / "sft" / "reviews.jsonl"
+SHARED = ("a prompt's responses in one row, the prompt read once (train.share_prompt); MFU "
+          "counts the tokens read")
 # Steps each loop is given beyond the most the harness asks of one side (warm-up, measured
 # rounds, or the memory run's MEMORY_STEPS), so that it never runs out.
 SPARE_STEPS = 8
@@ -222,10 +225,11 @@ def _tether_config(cls: type, args: argparse.Namespace, run_dir: Path, data: Pat
         *more])
 
 
-def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, int]],
+def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, int, int]],
                  live_ref: bool, precision: str, tmp: Path, notes: list[str]) -> Built:
     """`trainer.train(cfg)` in a Gate. `observe` names the function the loop calls with each
-    batch; `count(*its args)` gives that batch's (real tokens, padded width)."""
+    batch; `count(*its args)` gives that batch's (real tokens, tokens the model reads, widest
+    row): the two differ where responses share their prompt's row."""
     if trainer.__name__ in _GATED_TRAINERS:
         raise RuntimeError(f"a tether side of {trainer.__name__} is already running: close it "
                            f"first (its wrapped functions are module-wide)")
@@ -241,7 +245,7 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
     def gated_batch_indices(*a, **k):
         if ours():
             gate.wait()  # the gate point: the top of every step
-            record.update(tokens=0, width=0, loss=None)
+            record.update(tokens=0, computed=0, width=0, loss=None)
         return originals["batch_indices"](*a, **k)
 
     def seeing_start_or_resume(run_dir, checkpoint, model, *a, **k):
@@ -251,8 +255,9 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
 
     def counting(*a, **k):
         if ours():
-            tokens, width = count(*a, **k)
+            tokens, computed, width = count(*a, **k)
             record["tokens"] += tokens
+            record["computed"] += computed
             record["width"] = max(record["width"], width)
         return originals[observe](*a, **k)
 
@@ -298,7 +303,7 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
         seconds = gate.step()
         r = dict(record)
         return {"seconds": seconds, "tokens": r["tokens"],
-                "flops": arch.flops(r["tokens"], r["width"], live_ref), "loss": r["loss"]}
+                "flops": arch.flops(r["computed"], r["width"], live_ref), "loss": r["loss"]}
 
     def close() -> None:
         gate.close()
@@ -313,13 +318,16 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
     return Built(side, lambda: _trainable(found["model"]))
 
 
-def _count_encoded(examples, *_, **__) -> tuple[int, int]:  # sft: collate(examples, pad_id)
-    return sum(len(e.input_ids) for e in examples), max(len(e.input_ids) for e in examples)
+def _count_encoded(examples, *_, **__) -> tuple[int, int, int]:  # sft: collate(examples, pad_id)
+    lengths = [len(e.input_ids) for e in examples]
+    return sum(lengths), sum(lengths), max(lengths)
 
 
-def _count_prefs(prefs: list[EncodedPreference]) -> tuple[int, int]:
-    lengths = [len(r.input_ids) for p in prefs for r in p.responses]
-    return sum(lengths), max(lengths)
+def _count_prefs(prefs: list[EncodedPreference], share_prompt: bool) -> tuple[int, int, int]:
+    sequences = [r.input_ids for p in prefs for r in p.responses]
+    rows = (row_widths(sequences, [len(p.responses) for p in prefs]) if share_prompt
+            else [len(s) for s in sequences])
+    return sum(len(s) for s in sequences), sum(rows), max(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,10 +503,11 @@ def _build_rm(args: argparse.Namespace, side: str, k: int) -> Built:
     if side == "tether":
         import tether.trainers.rm as trainer
         return _tether_side(
-            trainer, cfg, observe="rewards_grid", count=lambda raw, prefs: _count_prefs(prefs),
+            trainer, cfg, observe="rewards_grid",
+            count=lambda raw, prefs: _count_prefs(prefs, cfg.train.share_prompt),
             live_ref=False, precision=args.precision, tmp=tmp,
-            notes=[f"each response scored once, all C({k}, 2) pairs of a prompt from those "
-                   f"scores; train accuracy and reward mean/std every step"])
+            notes=[f"{SHARED}; all C({k}, 2) pairs of a prompt from its responses' scores; "
+                   f"train accuracy and reward mean/std every step"])
 
     pairs = list(itertools.combinations(range(k), 2))  # tether's pairs() for ranks 0..k-1
 
@@ -548,10 +557,9 @@ def _build_dpo(args: argparse.Namespace, side: str, precompute: bool) -> Built:
     if side == "tether":
         import tether.trainers.dpo as trainer
         return _tether_side(trainer, cfg, observe="preference_pairs",
-                            count=lambda prefs, num_groups: _count_prefs(prefs),
+                            count=lambda prefs, _: _count_prefs(prefs, cfg.train.share_prompt),
                             live_ref=not precompute, precision=args.precision, tmp=tmp,
-                            notes=[f"{ref}; chosen and rejected in one forward; reward and "
-                                   f"log-prob metrics every step"])
+                            notes=[f"{ref}; {SHARED}; reward and log-prob metrics every step"])
 
     def make_trainer():
         import trl

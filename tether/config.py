@@ -122,6 +122,10 @@ class TrainConfig:
     bf16: bool = option(False, "bf16 autocast for forward/backward (weights and optimizer "
                                "stay fp32).")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
+    share_prompt: bool = option(
+        True, "dpo, rm (causal-LM backbone): the responses of one prompt packed into one row "
+        "with the prompt read once (a block attention mask), not a row per response. The same "
+        "results to float rounding, fewer tokens through the model; sft and ppo ignore it.")
 
     def check_accumulation(self) -> None:
         if self.batch_size % self.micro_batch_size:

@@ -53,14 +53,32 @@ def test_k_way_batch_scores_each_response_once(tmp_path, monkeypatch):
     original = RewardModel.raw_scores
 
     def counting(self, batch):
-        seen.append(batch["input_ids"].shape[0])
+        seen.append((batch["input_ids"].shape[0], len(original(self, batch))))
         return original(self, batch)
 
     monkeypatch.setattr(RewardModel, "raw_scores", counting)
-    rm_trainer.train(_cfg(tmp_path, data, "train.max_steps=1", "train.batch_size=8",
-                          "train.micro_batch_size=8", "data.eval_fraction=0"))
-    # One step of 8 prompts x 4 responses: 32 sequences through the model, not 8 x 2 x C(4,2).
-    assert seen[0] == 32
+    for share in ("false", "true"):
+        seen.clear()
+        rm_trainer.train(_cfg(tmp_path / share, data, "train.max_steps=1", "train.batch_size=8",
+                              "train.micro_batch_size=8", "data.eval_fraction=0",
+                              f"train.share_prompt={share}"))
+        # One step of 8 prompts x 4 responses: 32 scores from 32 sequences (or 8 rows, each
+        # holding a prompt once and its 4 responses), not 8 x 2 x C(4,2) sequences.
+        assert seen[0] == ((8, 32) if share == "true" else (32, 32))
+
+
+def test_shared_prompts_train_as_separate_rows_do(tmp_path):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(24))
+    runs = {}
+    for share in ("false", "true"):
+        out = tmp_path / share
+        out.mkdir()
+        rm_trainer.train(_cfg(out, data, "train.max_steps=3", "data.eval_fraction=0",
+                              f"train.share_prompt={share}"))
+        runs[share] = read_metrics(out / "run" / "metrics.jsonl")
+    for a, b in zip(runs["false"], runs["true"], strict=True):
+        assert a["loss/train"] == pytest.approx(b["loss/train"], abs=1e-5)
+        assert a["optim/grad_norm"] == pytest.approx(b["optim/grad_norm"], rel=1e-4)
 
 
 def test_accumulation_matches_one_big_batch(tmp_path):

@@ -34,6 +34,7 @@ from tether.errors import UserError
 from tether.models.loading import load_tokenizer, resolve
 from tether.models.logprobs import position_ids_from_mask
 from tether.models.lora import is_lora
+from tether.models.shared_prompt import attention_mask_for, pack_groups
 from tether.models.tiny import TINY, tiny_llama
 
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra",
@@ -67,16 +68,25 @@ class LastTokenScorer(torch.nn.Module):
         self.model, self.kind = model, kind
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+                token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                last_columns: torch.Tensor | None = None) -> torch.Tensor:
+        """A collated batch, or (policy backbone) responses packed under shared prompts
+        (RewardModel.collate with group sizes): a 4-D attention mask, the position ids, and
+        the flat column of each response's last token."""
         if self.kind == "encoder":
             out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids)
             return out.logits[:, 0].float()
         inner = _unwrap(self.model)
         backbone = getattr(inner, inner.base_model_prefix)
+        if last_columns is None:
+            position_ids = position_ids_from_mask(attention_mask)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]
+                          position_ids=position_ids).last_hidden_state
+        if last_columns is None:
+            last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]
+        else:
+            last = hidden.flatten(0, 1)[last_columns]
         return _head(inner)(last)[:, 0].float()
 
 
@@ -185,9 +195,21 @@ class RewardModel:
     def raw_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unnormalised rewards [N] for a collated batch (differentiable)."""
         scorer = self.parallel or LastTokenScorer(self.model, self.kind)
-        return scorer(batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        return scorer(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"),
+                      batch.get("position_ids"), batch.get("last_columns"))
 
-    def collate(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    def collate(self, encoded: Sequence[Encoded],
+                group_sizes: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """A batch for raw_scores. With `group_sizes` (the responses of each prompt, in order)
+        a policy backbone reads each prompt once, its responses packed into one row
+        (tether.models.shared_prompt); an encoder cannot share and ignores them."""
+        if group_sizes is not None and self.kind == "policy":
+            packed = pack_groups([e.input_ids for e in encoded], group_sizes,
+                                 self.tokenizer.pad_token_id)
+            return {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
+                    "attention_mask": attention_mask_for(_unwrap(self.model),
+                                                         packed.attention_mask),
+                    "last_columns": packed.last_columns}
         # Encoders use absolute positions: always pad on the right for them.
         return collate(encoded, self.tokenizer.pad_token_id, "right")
 

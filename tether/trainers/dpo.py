@@ -38,6 +38,7 @@ from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.logprobs import first_scored, forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
+from tether.models.shared_prompt import shared_prompt_logprobs
 from tether.rollout.generate import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -55,17 +56,30 @@ REF_CACHE = "ref_logprobs.pt"
 
 
 def response_logps(model: torch.nn.Module, responses: list[Encoded], pad_id: int,
-                   bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   bf16: bool, group_sizes: list[int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs summed over each response's tokens (its loss_mask: the response and EOS,
     never the prompt or padding), and the number of those tokens; [R] each.
 
-    All responses go through the model in one forward pass: chosen and rejected together."""
-    batch = collate(responses, pad_id)
-    mask = batch["loss_mask"]
+    All responses go through the model in one forward pass: chosen and rejected together.
+    With `group_sizes` (the responses of each prompt, in order), each prompt's responses share
+    one row and the prompt is read once (tether.models.shared_prompt)."""
     with autocast(bf16):
+        if group_sizes is not None:
+            logprobs, mask, _ = shared_prompt_logprobs(model, responses, group_sizes, pad_id)
+            return logprobs.sum(-1), mask.sum(-1)
+        batch = collate(responses, pad_id)
+        mask = batch["loss_mask"]
         logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
                                 first_scored(mask))
     return (token_logprobs(logits, batch["input_ids"]) * mask).sum(-1), mask.sum(-1)
+
+
+def prefs_logps(model: torch.nn.Module, prefs: list[EncodedPreference], pad_id: int, bf16: bool,
+                share_prompt: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """response_logps of every response of `prefs`, in order."""
+    return response_logps(model, [r for p in prefs for r in p.responses], pad_id, bf16,
+                          [len(p.responses) for p in prefs] if share_prompt else None)
 
 
 @dataclass
@@ -124,9 +138,9 @@ class ReferenceLogps:
 
     def __init__(self, table: dict[str, list[torch.Tensor]] | None = None,
                  model: torch.nn.Module | None = None, switch: Callable = contextlib.nullcontext,
-                 pad_id: int = 0, bf16: bool = False):
+                 pad_id: int = 0, bf16: bool = False, share_prompt: bool = True):
         self.table, self.model, self.switch = table, model, switch
-        self.pad_id, self.bf16 = pad_id, bf16
+        self.pad_id, self.bf16, self.share_prompt = pad_id, bf16, share_prompt
 
     def __call__(self, split: str, indices: list[int],
                  prefs: list[EncodedPreference]) -> torch.Tensor:
@@ -135,8 +149,8 @@ class ReferenceLogps:
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad(), self.switch():
-            logps, _ = response_logps(self.model, [r for p in prefs for r in p.responses],
-                                      self.pad_id, self.bf16)
+            logps, _ = prefs_logps(self.model, prefs, self.pad_id, self.bf16,
+                                   self.share_prompt)
         self.model.train(was_training)
         return logps.float()
 
@@ -254,7 +268,8 @@ def train(cfg: DPOConfig) -> Path:
     ref = None
     if not share and table is None and (computes or not cfg.ref.precompute):
         ref_model = load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False)
-        ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16)
+        ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16,
+                             share_prompt=cfg.train.share_prompt)
         if cfg.ref.precompute:
             table = precompute(ref, data, micro, cache, key)
             del ref, ref_model
@@ -269,7 +284,8 @@ def train(cfg: DPOConfig) -> Path:
         model.gradient_checkpointing_enable()
     if share and table is None and (computes or not cfg.ref.precompute):
         # the base model is the policy with its adapter switched off
-        ref = ReferenceLogps(model=model, switch=model.disable_adapter, pad_id=pad_id, bf16=bf16)
+        ref = ReferenceLogps(model=model, switch=model.disable_adapter, pad_id=pad_id, bf16=bf16,
+                             share_prompt=cfg.train.share_prompt)
         if cfg.ref.precompute:
             table = precompute(ref, data, micro, cache, key)
     d.barrier()
@@ -298,8 +314,7 @@ def train(cfg: DPOConfig) -> Path:
 
     def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, num_tokens = response_logps(model, [r for p in prefs for r in p.responses],
-                                           pad_id, bf16)
+        logps, num_tokens = prefs_logps(model, prefs, pad_id, bf16, cfg.train.share_prompt)
         return dpo_objective(logps, ref(split, indices, prefs), num_tokens,
                              preference_pairs(prefs, num_groups), cfg.dpo)
 

@@ -114,7 +114,9 @@ def train(cfg: RMConfig) -> Path:
         loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
         for micro_prefs in chunks(d.shard(prefs), micro):
             with autocast(cfg.train.bf16):
-                raw = rm.raw_scores(rm.collate([e for p in micro_prefs for e in p.responses]))
+                raw = rm.raw_scores(rm.collate(
+                    [e for p in micro_prefs for e in p.responses],
+                    [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None))
             rewards, ranks, mask = rewards_grid(raw, micro_prefs)
             micro_loss = bradley_terry_loss(
                 rewards, ranks, mask, margin=cfg.reward.margin,
