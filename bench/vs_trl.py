@@ -263,10 +263,11 @@ def _run_row(row: Row, args: argparse.Namespace) -> dict:
     return result
 
 
-def _print_table(results: dict, args: argparse.Namespace) -> None:
-    print(f"\n{args.model}, {args.precision}, batch {args.batch_size}, max length "
-          f"{args.max_length}; {args.steps} measured steps after {args.warmup} warm-up, "
-          f"alternating")
+def _print_table(results: dict, args: argparse.Namespace, header: bool = True) -> None:
+    if header:
+        print(f"\n{args.model}, {args.precision}, batch {args.batch_size}, max length "
+              f"{args.max_length}; {args.steps} measured steps after {args.warmup} warm-up, "
+              f"alternating")
     print(f"{'row':<16}{'side':<8}{'step s: median [min, max]':>28}{'tokens/s':>10}"
           f"{'peak RSS MiB':>14}{'MFU':>7}   tether/TRL tokens/s")
     for row, r in results.items():
@@ -299,12 +300,16 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("--steps and --warmup must be at least 1")
     before = machine()
     started = time.perf_counter()
-    results = {name: _run_row(rows[name], args) for name in chosen}
+    results: dict = {}
+    for name in chosen:
+        results[name] = _run_row(rows[name], args)
+        _print_table({name: results[name]}, args, header=False)  # each row as it ends
+        after = machine()
+        # Saved after every row: a long run cut short keeps what it measured.
+        path = save_results(f"vs_trl_{args.model}_{args.precision}", {
+            "args": vars(args), "machine": before, "trl": trl.__version__,
+            "load_average_1m_after": after["load_average_1m"], "rows": results})
     _print_table(results, args)
-    after = machine()
     print(f"load average (1 min) {before['load_average_1m']:.1f} before, "
           f"{after['load_average_1m']:.1f} after; {time.perf_counter() - started:.0f} s in all")
-    path = save_results(f"vs_trl_{args.model}_{args.precision}", {
-        "args": vars(args), "machine": before, "trl": trl.__version__,
-        "load_average_1m_after": after["load_average_1m"], "rows": results})
     print(f"results: {path}")

@@ -72,15 +72,18 @@ Differences that remain (each framework's own algorithm; none changes the tokens
 -------------------------------------------------------------------------------
 - Samples differ: each framework draws from its own RNG stream, so rewards, advantages and
   losses differ from the first step (compare_loss=False; the loss column is printed only).
+- tether (grpo, rloo) packs a prompt's completions into one row behind the prompt in every
+  pass after generation (train.share_prompt): the prompt is read once per group, where TRL
+  reads it once per completion. Same tokens, same results; fewer FLOPs, and they count it.
 - grpo: TRL skips the old-policy log-prob pass (with one update per generation the ratio is
   taken against the detached current log-probs); tether always runs it (its first minibatch
   has ratio 1 by construction, and it logs entropy from it). So tether runs one no-grad
   forward more per iteration; the FLOPs count it.
 - rloo: TRL's ratio is per sequence (summed log-probs) and its loss a mean over sequences;
   tether's is per token and a mean over tokens. Same passes, same cost.
-- TRL computes logits only at the completion positions (logits_to_keep), tether at every
-  position; tether's no-grad pass also computes the full-vocabulary entropy. The FLOPs
-  below count the model, not these implementation choices.
+- Both compute logits only where a completion token is predicted (logits_to_keep); tether's
+  no-grad pass also computes the full-vocabulary entropy. The FLOPs below count the model,
+  not these implementation choices.
 - TRL re-applies the chat template to the prompts every iteration; tether encodes them once.
 
 Counted per step
@@ -91,7 +94,8 @@ generation: the prompt's p tokens in one forward at 2 N + 4 L d p each, then the
 sampled tokens fed back at 2 N + 4 L d T each, T the context length at that point; every
 no-grad pass over a sequence of S = p + r tokens (tether: old log-probs and reference; TRL
 grpo: reference; TRL rloo: old and reference) S (2 N + 4 L d S); the update S (6 N + 12 L d S)
-(bench.sft.model_flops_per_token). ppo adds its value model (its trunk and head, N without the
+(bench.sft.model_flops_per_token); for tether's grpo and rloo S is a packed row, p plus the
+group's responses. ppo adds its value model (its trunk and head, N without the
 embedding lookup): one no-grad pass and one trained pass.
 """
 
@@ -229,15 +233,16 @@ class Arch:
 
 
 def _iteration_flops(arch: Arch, lengths: list[tuple[int, int]], no_grad_passes: int,
-                     value: Arch | None = None) -> int:
-    """Model FLOPs of one iteration over (prompt, response) lengths (see the docstring)."""
-    flops = 0
-    for prompt, response in lengths:
-        seq = prompt + response
-        flops += arch.generate(prompt, response) + no_grad_passes * arch.forward(seq)
-        flops += arch.train(seq)
-        if value is not None:
-            flops += value.forward(seq) + value.train(seq)
+                     value: Arch | None = None, group: int = 1) -> int:
+    """Model FLOPs of one iteration over (prompt, response) lengths (see the docstring). With
+    `group` > 1 the passes read each prompt once, its `group` responses packed after it."""
+    flops = sum(arch.generate(prompt, response) for prompt, response in lengths)
+    rows = [lengths[i][0] + sum(r for _, r in lengths[i:i + group])
+            for i in range(0, len(lengths), group)]
+    for seq in rows:
+        flops += no_grad_passes * arch.forward(seq) + arch.train(seq)
+    for prompt, response in lengths if value is not None else []:
+        flops += value.forward(prompt + response) + value.train(prompt + response)
     return flops
 
 
@@ -332,7 +337,8 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         loss = m["loss/policy"] + kl_coef * m.get("loss/kl", 0.0) + \
             vf_coef * m.get("loss/value", 0.0)
         return {"seconds": seconds, "tokens": sum(p + r for p, r in lengths),
-                "flops": _iteration_flops(arch, lengths, no_grad_passes, value),
+                "flops": _iteration_flops(arch, lengths, no_grad_passes, value,
+                                          group if cfg.train.share_prompt else 1),
                 "loss": loss, "stages": {name: m[key] for name, key in STAGES.items()}}
 
     def close() -> None:
@@ -345,6 +351,9 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
              f"exactly {args.gen_len} new tokens (min_new_tokens)"]
     if algo == "grpo":
         notes.append("runs the old-policy log-prob pass TRL skips (counted in its FLOPs)")
+    if algo != "ppo" and cfg.train.share_prompt:
+        notes.append(f"each prompt read once, its {group} completions packed after it, in "
+                     f"every pass after generation (train.share_prompt)")
     if algo == "ppo":
         notes.append("one epoch, one minibatch per iteration; value model: a separate copy of "
                      "the policy's trunk")

@@ -123,9 +123,10 @@ class TrainConfig:
                                "stay fp32).")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
     share_prompt: bool = option(
-        True, "dpo, rm (causal-LM backbone): the responses of one prompt packed into one row "
-        "with the prompt read once (a block attention mask), not a row per response. The same "
-        "results to float rounding, fewer tokens through the model; sft and ppo ignore it.")
+        True, "dpo, rm (causal-LM backbone), grpo and rloo: the responses of one prompt packed "
+        "into one row with the prompt read once (a block attention mask), not a row per "
+        "response. The same results to float rounding, fewer tokens through the model; sft "
+        "and ppo (algo=ppo) ignore it.")
 
     def check_accumulation(self) -> None:
         if self.batch_size % self.micro_batch_size:

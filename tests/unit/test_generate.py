@@ -46,6 +46,25 @@ def test_n_samples_per_prompt_in_prompt_order(model, tokenizer):
     assert len({tuple(g.response_ids) for g in results[0]}) > 1
 
 
+def test_each_prompt_is_read_once_for_its_n_samples(model, tokenizer):
+    prompts = _prompts(tokenizer)
+    widths = []
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    generator = HFGenerator(model, tokenizer)
+    shared = _ids(generator.generate(prompts, 4, SamplingParams(max_new_tokens=6), seed=0))
+    longest = max(len(p) for p in prompts)
+    # The 3 prompts' caches (all but their last token) once, then 12 rows one token at a time.
+    assert widths[0] == (3, longest - 1) and widths[1] == (12, 1)
+    # The same samples as the 12 rows prefilled each on its own (the same seed).
+    repeated = [p for p in prompts for _ in range(4)]
+    widths.clear()
+    alone = _ids(generator.generate(repeated, 1, SamplingParams(max_new_tokens=6), seed=0))
+    assert widths[0] == (12, longest)
+    assert [g for samples in shared for g in samples] == [s[0] for s in alone]
+
+
 def test_finished_iff_the_response_ends_with_eos(model, tokenizer):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     assert pad != eos
@@ -88,12 +107,15 @@ def test_position_ids_follow_the_attention_mask(model, tokenizer):
         with_kwargs=True)
     prompts = _prompts(tokenizer)
     HFGenerator(model, tokenizer).generate(prompts, 2, SamplingParams(max_new_tokens=4), seed=0)
+    # First the prompts' caches, each prompt once: all its tokens but the last.
     positions, mask = seen[0]
-    for row in range(positions.shape[0]):
-        length = len(prompts[row // 2])
+    assert positions.shape[0] == len(prompts)
+    for row, prompt in enumerate(prompts):
+        length = len(prompt) - 1
         assert positions[row, -length:].tolist() == list(range(length))
         assert mask[row].sum() == length
-    for step, (positions, _) in enumerate(seen[1:], start=1):
+    # Then each sample's row one token at a time: the prompt's last token, then its response.
+    for step, (positions, _) in enumerate(seen[1:]):
         for row in range(positions.shape[0]):
             assert positions[row].tolist() == [len(prompts[row // 2]) - 1 + step]
 

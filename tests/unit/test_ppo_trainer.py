@@ -99,6 +99,36 @@ def test_first_minibatch_has_ratio_one(tmp_path):
     assert metrics["ppo/clipfrac"] == 0.0
 
 
+@pytest.mark.parametrize("algo,extra", [
+    ("grpo", ["ppo.kl_in=loss", "ppo.kl_estimator=k3", "ppo.entropy_coef=0.01"]),
+    ("rloo", ["model.lora.enabled=true", "model.lora.r=4"]),  # reference: the adapter off
+])
+def test_shared_prompts_train_as_separate_rows_do(tmp_path, algo, extra, monkeypatch):
+    # 4 prompts x 4 samples, 2 epochs of shuffled minibatches of 8 in microbatches of 4: a
+    # microbatch holds some of a prompt's samples, often from several prompts.
+    groups = []
+    original = ppo_trainer.packed_logits
+    monkeypatch.setattr(ppo_trainer, "packed_logits",
+                        lambda *a: groups.append(a[-1]) or original(*a))
+    runs = {}
+    for share in ("false", "true"):
+        out = tmp_path / share
+        out.mkdir()
+        ppo_trainer.train(_cfg(out, f"algo={algo}", "rollout.batch_size=4",
+                               "rollout.group_size=4", "ppo.epochs=2", "train.max_steps=2",
+                               f"train.share_prompt={share}", *extra))
+        runs[share] = read_metrics(out / "run" / "metrics.jsonl")
+        assert bool(groups) == (share == "true")
+    # Per iteration, the policy and reference passes over the rollout (4 prompts' 4 samples in
+    # microbatches of 4), then 2 epochs x 2 microbatches of shuffled samples, sorted by prompt.
+    assert groups[:2] == [[4]] * 2 and any(len(g) > 1 for g in groups[8:12])
+    for a, b in zip(runs["false"], runs["true"], strict=True):
+        assert a["response/length"] == b["response/length"]  # the same samples
+        for key in ("loss/policy", "kl/seq", "policy/entropy", "ppo/approx_kl",
+                    "optim/grad_norm", "reward/gold"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
 def test_missing_eos_gets_the_penalty_score(tmp_path):
     # One new token: (almost) no response ends with EOS, so the optimised score is the penalty.
     ppo_trainer.train(_cfg(tmp_path, "rollout.max_new_tokens=1", "reward.no_eos_score=-5",

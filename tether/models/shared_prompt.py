@@ -131,32 +131,78 @@ def attention_mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tens
     return torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
 
 
-def shared_prompt_logprobs(model: torch.nn.Module, responses: Sequence[Encoded],
-                           group_sizes: Sequence[int], pad_id: int, temperature: float = 1.0
-                           ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-token log-probs of each response's scored tokens (its loss_mask) with the responses
-    of a group packed into one row, [R, T] as collate lays them out (0 where the loss_mask is
-    0), the loss_mask [R, T], and the tokens the model read.
+@dataclass
+class PackedLogits:
+    """Logits of responses packed under shared prompts, only at the positions that predict a
+    scored token, each position once (the last prompt position predicts the first token of
+    every response of its group); `index` says which row predicts which token."""
 
-    The same as token_logprobs(forward_logits(...)) on the collated batch, masked. The LM head
-    and log-softmax run only where a scored token is predicted, each such position once: the
-    last prompt position predicts the first token of every response of its group."""
-    packed = pack_groups([r.input_ids for r in responses], group_sizes, pad_id)
-    batch = collate(responses, pad_id)
-    scored = batch["loss_mask"].bool()
+    logits: torch.Tensor  # [K, vocab]
+    index: torch.Tensor  # [R, T]: the row of `logits` that predicts token t of response r
+    scored: torch.Tensor  # [R, T] bool: the tokens with a prediction here
+    num_tokens: int  # tokens the model read
+
+    def logprobs(self, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """[R, T] as tether.models.logprobs.token_logprobs gives them, 0 where not scored."""
+        logits = self._tempered(temperature)
+        rows, tokens = self.scored.nonzero(as_tuple=True)
+        at = self.index[rows, tokens]
+        picked = logits[at, input_ids[rows, tokens]] - logits.logsumexp(-1)[at]
+        return torch.zeros(self.scored.shape, dtype=picked.dtype).index_put((rows, tokens),
+                                                                             picked)
+
+    def entropy(self, temperature: float = 1.0) -> torch.Tensor:
+        """[R, T] entropy of the distribution each scored token was drawn from, else 0."""
+        logp = torch.log_softmax(self._tempered(temperature), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        return torch.where(self.scored, entropy[self.index], 0.0)
+
+    def _tempered(self, temperature: float) -> torch.Tensor:
+        logits = self.logits.float()
+        return logits / temperature if temperature != 1.0 else logits
+
+
+def packed_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  scored_mask: torch.Tensor, group_sizes: Sequence[int]) -> PackedLogits:
+    """One forward pass over right-padded [R, T] rows, the rows of each group (`group_sizes`
+    consecutive rows) packed into one row under their common prefix; logits only where a
+    token of `scored_mask` is predicted."""
+    lengths = attention_mask.sum(-1).tolist()
+    sequences = [row[:n].tolist() for row, n in zip(input_ids, lengths, strict=True)]
+    packed = pack_groups(sequences, group_sizes, pad_id=0)  # padding is never read
+    scored = scored_mask.bool().clone()
     scored[:, 0] = False  # token 0 has no prediction
     rows, tokens = scored.nonzero(as_tuple=True)
-    predictors = packed.columns[rows, tokens - 1]  # flat columns whose logits predict them
+    predictors = packed.columns[rows, tokens - 1]  # the flat columns whose logits predict them
     keep = torch.zeros(packed.input_ids.numel(), dtype=torch.bool)
     keep[predictors] = True
     logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
                    attention_mask=attention_mask_for(model, packed.attention_mask),
                    use_cache=False, logits_to_keep=keep.view_as(packed.input_ids)).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    kept = keep.cumsum(0) - 1  # flat column -> its row among the kept logits
-    at = kept[predictors]
-    picked = logits[at, batch["input_ids"][rows, tokens]] - logits.logsumexp(-1)[at]
-    logprobs = torch.zeros(scored.shape, dtype=picked.dtype).index_put((rows, tokens), picked)
-    return logprobs, batch["loss_mask"], packed.num_tokens
+    index = torch.zeros(scored.shape, dtype=torch.long)
+    index[rows, tokens] = (keep.cumsum(0) - 1)[predictors]
+    return PackedLogits(logits.reshape(-1, logits.shape[-1]), index, scored, packed.num_tokens)
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, responses: Sequence[Encoded],
+                           group_sizes: Sequence[int], pad_id: int, temperature: float = 1.0
+                           ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-token log-probs of each response's scored tokens (its loss_mask), with the
+    responses of a group packed into one row: [R, T] as collate lays them out (0 where the
+    loss_mask is 0), the loss_mask [R, T], and the tokens the model read. The same as
+    token_logprobs(forward_logits(...)) on the collated batch, masked."""
+    batch = collate(responses, pad_id)
+    out = packed_logits(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                        group_sizes)
+    return out.logprobs(batch["input_ids"], temperature), batch["loss_mask"], out.num_tokens
+
+
+def group_runs(keys: Sequence[int]) -> list[int]:
+    """Lengths of the runs of equal consecutive keys: [7, 7, 3, 7] -> [2, 1, 1]."""
+    runs: list[int] = []
+    for i, key in enumerate(keys):
+        if i and key == keys[i - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs

@@ -17,10 +17,11 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
 from tether.errors import UserError
+from tether.models.logprobs import position_ids_from_mask
 
 BACKENDS = ("hf", "vllm")
 
@@ -99,10 +100,20 @@ class HFGenerator:
                                                        enabled=self.bf16):
                 if seed is not None:
                     torch.manual_seed(seed)
+                cache = None
+                if n > 1 and input_ids.shape[1] > 1:
+                    # Each prompt read once, not once per sample: its cache, copied n times,
+                    # holds all but the last prompt token, which generate then reads to draw
+                    # the first response token.
+                    cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1])
+                    cache.batch_repeat_interleave(n)
+                    input_ids = input_ids.repeat_interleave(n, 0)
+                    attention_mask = attention_mask.repeat_interleave(n, 0)
                 out = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask,
+                    input_ids=input_ids, attention_mask=attention_mask, cache=cache,
                     do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                    max_new_tokens=params.max_new_tokens, num_return_sequences=n,
+                    max_new_tokens=params.max_new_tokens,
+                    num_return_sequences=1 if cache is not None else n,
                     eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
                     use_cache=True, return_dict_in_generate=False, **_PLAIN_SAMPLING)
         finally:
@@ -123,6 +134,13 @@ class HFGenerator:
             results.append(samples)
         return results
 
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> DynamicCache:
+        """The KV cache of left-padded prompts, at the positions generate gives them."""
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=True,
+                   logits_to_keep=1)
+        return cache
 
     def sync(self, model: torch.nn.Module | None = None) -> None:
         """Nothing to do: generate reads the policy's weights themselves."""

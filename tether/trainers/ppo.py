@@ -54,6 +54,7 @@ from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.logprobs import first_scored, forward_logits, token_entropy, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
+from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
@@ -114,16 +115,43 @@ class PolicyAndValue(torch.nn.Module):
         self.policy, self.value = policy, value
         self.shared_head, self.bf16 = shared_head, bf16
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_token: int
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits from `first_token` on (see forward_logits), values at every position."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                mask: torch.Tensor, groups: list[int] | None = None
+                ) -> tuple[torch.Tensor | PackedLogits, torch.Tensor | None]:
+        """The logits that predict the response tokens (`mask`; see response_logits), and
+        values at every position."""
         with autocast(self.bf16):
             if self.shared_head:
                 return logits_and_values(self.policy, self.value, input_ids, attention_mask,
-                                         first_token)
-            logits = forward_logits(self.policy, input_ids, attention_mask, first_token)
+                                         first_scored(mask))
+            logits = response_logits(self.policy, input_ids, attention_mask, mask, groups)
             values = None if self.value is None else self.value(input_ids, attention_mask)
         return logits, values
+
+
+def response_logits(model: torch.nn.Module, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, mask: torch.Tensor,
+                    groups: list[int] | None) -> torch.Tensor | PackedLogits:
+    """Logits for the response tokens `mask`: with `groups` (the rows of each prompt, in
+    order) the responses of a prompt share one row and the prompt is read once; else a row
+    each, logits from the first response column on."""
+    if groups is not None:
+        return packed_logits(model, input_ids, attention_mask, mask, groups)
+    return forward_logits(model, input_ids, attention_mask, first_scored(mask))
+
+
+def logprobs_of(logits: torch.Tensor | PackedLogits, input_ids: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    if isinstance(logits, PackedLogits):
+        return logits.logprobs(input_ids, temperature)
+    return token_logprobs(logits, input_ids, temperature)
+
+
+def entropy_of(logits: torch.Tensor | PackedLogits, temperature: float,
+               length: int) -> torch.Tensor:
+    if isinstance(logits, PackedLogits):
+        return logits.entropy(temperature)
+    return token_entropy(logits, temperature, length)
 
 
 def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list[Generation]],
@@ -251,25 +279,37 @@ def train(cfg: PPOConfig) -> Path:
                                else "")
     params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
+    # grpo / rloo: a prompt's samples share one row in every pass, the prompt read once (ppo's
+    # value model reads every position of every row, so it keeps a row per sample).
+    share = cfg.train.share_prompt and algo != "ppo" and rcfg.group_size > 1
+
+    def grouped(rollout: Rollout, idx: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
+        """A microbatch's rows with each prompt's samples together, and how many of each."""
+        if not share:
+            return idx, None
+        prompt = torch.tensor(rollout.prompt_index)[idx]
+        order = torch.argsort(prompt, stable=True)
+        return idx[order], group_runs(prompt[order].tolist())
 
     @torch.no_grad()
     def per_token(rollout: Rollout) -> dict[str, torch.Tensor]:
         """Old log-probs, reference log-probs, entropy and values of the rollout."""
         out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [],
                                               "entropy": [], "values": []}
+        # In order: a prompt's samples are consecutive, so `grouped` keeps the order.
         for idx in torch.arange(len(rollout.texts)).split(pcfg.micro_batch_size):
-            ids, am = rollout.input_ids[idx], rollout.attention_mask[idx]
-            first = first_scored(rollout.mask[idx])  # logits for the responses only
-            logits, values = trained(ids, am, first)
-            out["logprobs"].append(token_logprobs(logits, ids, temperature))
-            out["entropy"].append(token_entropy(logits, temperature, ids.shape[1]))
+            idx, groups = grouped(rollout, idx)
+            ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
+            logits, values = trained(ids, am, m, groups)
+            out["logprobs"].append(logprobs_of(logits, ids, temperature))
+            out["entropy"].append(entropy_of(logits, temperature, ids.shape[1]))
             if ref_model is not None:
                 with autocast(bf16):
-                    ref_logits = forward_logits(ref_model, ids, am, first)
+                    ref_logits = response_logits(ref_model, ids, am, m, groups)
             else:
                 with policy.disable_adapter(), d.gathered(trained), autocast(bf16):
-                    ref_logits = forward_logits(policy, ids, am, first)
-            out["ref_logprobs"].append(token_logprobs(ref_logits, ids, temperature))
+                    ref_logits = response_logits(policy, ids, am, m, groups)
+            out["ref_logprobs"].append(logprobs_of(ref_logits, ids, temperature))
             if values is not None:
                 out["values"].append(values)
         return {k: torch.cat(v) for k, v in out.items() if v}
@@ -366,16 +406,17 @@ def train(cfg: PPOConfig) -> Path:
                 num_tokens = mask[minibatch].sum()
                 mb: dict[str, float] = {}
                 for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
+                    idx, groups = grouped(rollout, idx)
                     ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
-                    logits, values = forward(ids, am, first_scored(m))
-                    logprobs = token_logprobs(logits, ids, temperature)
+                    logits, values = forward(ids, am, m, groups)
+                    logprobs = logprobs_of(logits, ids, temperature)
                     loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
                                           pcfg.clip_range, num_tokens=num_tokens)
                     weight = (m.sum() / num_tokens).item()
                     parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item()
                              * weight, "ppo/approx_kl": s["approx_kl"].item() * weight}
                     if pcfg.entropy_coef:
-                        entropy = masked_sum(token_entropy(logits, temperature, ids.shape[1]),
+                        entropy = masked_sum(entropy_of(logits, temperature, ids.shape[1]),
                                              m) / num_tokens
                         loss = loss - pcfg.entropy_coef * entropy
                     if algo == "ppo":
