@@ -75,10 +75,8 @@ Differences that remain (each framework's own algorithm; none changes the tokens
 - tether (grpo, rloo) packs a prompt's completions into one row behind the prompt in every
   pass after generation (train.share_prompt): the prompt is read once per group, where TRL
   reads it once per completion. Same tokens, same results; fewer FLOPs, and they count it.
-- grpo: TRL skips the old-policy log-prob pass (with one update per generation the ratio is
-  taken against the detached current log-probs); tether always runs it (its first minibatch
-  has ratio 1 by construction, and it logs entropy from it). So tether runs one no-grad
-  forward more per iteration; the FLOPs count it.
+- grpo: neither runs the old policy's log-prob pass: with one update per generation the ratio
+  is taken against the update's own detached log-probs (tether: ppo.needs_policy_pass).
 - rloo: TRL's ratio is per sequence (summed log-probs) and its loss a mean over sequences;
   tether's is per token and a mean over tokens. Same passes, same cost.
 - Both compute logits only where a completion token is predicted (logits_to_keep); tether's
@@ -90,8 +88,9 @@ Counted per step
 ----------------
 tokens: prompt + completion tokens of all completions (what the update trains on).
 flops (model FLOPs, N parameters with a tied embedding counted once, L layers, width d):
-generation: the prompt's p tokens in one forward at 2 N + 4 L d p each, then the r - 1
-sampled tokens fed back at 2 N + 4 L d T each, T the context length at that point; every
+generation: the prompt's p tokens in one forward at 2 N + 4 L d p each (tether: once per
+prompt, TRL: once per completion), then the r - 1 sampled tokens fed back at 2 N + 4 L d T
+each, T the context length at that point; every
 no-grad pass over a sequence of S = p + r tokens (tether: old log-probs and reference; TRL
 grpo: reference; TRL rloo: old and reference) S (2 N + 4 L d S); the update S (6 N + 12 L d S)
 (bench.sft.model_flops_per_token); for tether's grpo and rloo S is a packed row, p plus the
@@ -227,16 +226,22 @@ class Arch:
 
     def generate(self, prompt: int, response: int) -> int:
         """Prefill of the prompt, then the response tokens fed back one at a time."""
+        return self.forward(prompt) + self.decode(prompt, response)
+
+    def decode(self, prompt: int, response: int) -> int:
+        """The response tokens fed back one at a time after a prefilled prompt."""
         fed = response - 1  # the last sampled token is never fed back
         attention = 4 * self.layers * self.d_model * (fed * prompt + fed * (fed + 1) // 2)
-        return self.forward(prompt) + fed * 2 * self.params + attention
+        return fed * 2 * self.params + attention
 
 
 def _iteration_flops(arch: Arch, lengths: list[tuple[int, int]], no_grad_passes: int,
                      value: Arch | None = None, group: int = 1) -> int:
     """Model FLOPs of one iteration over (prompt, response) lengths (see the docstring). With
-    `group` > 1 the passes read each prompt once, its `group` responses packed after it."""
-    flops = sum(arch.generate(prompt, response) for prompt, response in lengths)
+    `group` > 1 each prompt is read once: prefilled once for its `group` samples, and in the
+    passes after generation its responses packed after it."""
+    flops = sum(arch.decode(prompt, response) for prompt, response in lengths)
+    flops += sum(arch.forward(prompt) for prompt, _ in lengths[::group])
     rows = [lengths[i][0] + sum(r for _, r in lengths[i:i + group])
             for i in range(0, len(lengths), group)]
     for seq in rows:
@@ -328,7 +333,8 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         embedding = trained.policy.get_input_embeddings().weight.numel()
         value = Arch(sum(p.numel() for p in trained.value.parameters()) - embedding,
                      arch.layers, arch.d_model)
-    no_grad_passes = 2  # the policy's old log-probs and the reference's
+    # the reference's log-probs, and the policy's old ones unless its update stands for them
+    no_grad_passes = 2 if ppo.needs_policy_pass(cfg, world=1) else 1
     kl_coef, vf_coef = cfg.ppo.kl_coef, cfg.ppo.vf_coef
 
     def step() -> dict:
@@ -349,8 +355,6 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
 
     notes = [f"{num_prompts} prompts x {group}, {len(texts)} same-length prompts in all; "
              f"exactly {args.gen_len} new tokens (min_new_tokens)"]
-    if algo == "grpo":
-        notes.append("runs the old-policy log-prob pass TRL skips (counted in its FLOPs)")
     if algo != "ppo" and cfg.train.share_prompt:
         notes.append(f"each prompt read once, its {group} completions packed after it, in "
                      f"every pass after generation (train.share_prompt)")

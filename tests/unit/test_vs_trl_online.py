@@ -65,21 +65,21 @@ def test_tether_and_trl_do_the_same_work_and_both_learn(name):
         assert record["seconds"] > 0 and record["flops"] > 0
         assert set(record["stages"]) == {"generate", "score", "log-probs + values", "train"}
         assert all(s >= 0 for s in record["stages"].values())
-    # tether reads each prompt once under its group's completions (train.share_prompt), so
-    # fewer model FLOPs, although its grpo runs the old-log-prob pass TRL's skips.
+    # tether reads each prompt once under its group's completions (train.share_prompt): fewer
+    # model FLOPs for the same tokens.
     assert t_records[0]["flops"] < r_records[0]["flops"]
 
 
 def test_flops_of_an_iteration_by_hand():
     arch = Arch(params=10, layers=1, d_model=1)
-    # One prompt of 3 tokens, two responses of 2: generation is the same either way; the
-    # passes read rows of 5 and 5 tokens, or one packed row of 3 + 2 + 2 = 7.
-    generate = 2 * arch.generate(3, 2)
+    # One prompt of 3 tokens, two responses of 2: prefilled twice and the passes over rows of
+    # 5 and 5 tokens, or prefilled once and one packed row of 3 + 2 + 2 = 7.
     assert arch.forward(5) == 5 * (20 + 4 * 5)
+    assert arch.decode(3, 2) == 20 + 4 * 4  # one token fed back: it attends to 3 + itself
     assert _iteration_flops(arch, [(3, 2), (3, 2)], 2) == \
-        generate + 2 * (2 * arch.forward(5) + arch.train(5))
+        2 * arch.generate(3, 2) + 2 * (2 * arch.forward(5) + arch.train(5))
     assert _iteration_flops(arch, [(3, 2), (3, 2)], 2, group=2) == \
-        generate + 2 * arch.forward(7) + arch.train(7)
+        arch.forward(3) + 2 * arch.decode(3, 2) + 2 * arch.forward(7) + arch.train(7)
 
 
 def test_ppo_is_tether_only_and_split_by_stage():

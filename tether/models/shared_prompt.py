@@ -11,7 +11,7 @@ a causal mask), at the positions they have in a row of their own, so every hidde
 log-prob and reward is the unpacked one up to float rounding. What is shared is the group's
 longest common prefix of token ids, so a prompt truncated differently under two responses
 just shares less. On the sentiment task's pairs (prompts of ~50 tokens, responses of ~20) a
-pair is ~92 tokens packed against ~142 as two rows; a ranking of 4, ~134 against ~284.
+pair is ~92 tokens packed against ~142 as two rows; a ranking of 4, ~135 against ~285.
 
 This needs a model whose attention takes an explicit 4-D mask and position ids: Hugging Face
 causal LMs with the sdpa or eager attention do. Bidirectional encoders cannot share (their

@@ -154,6 +154,18 @@ def entropy_of(logits: torch.Tensor | PackedLogits, temperature: float,
     return token_entropy(logits, temperature, length)
 
 
+def needs_policy_pass(cfg: PPOConfig, world: int) -> bool:
+    """Whether an iteration needs the policy's no-grad pass over the rollout (old log-probs,
+    entropy) before updating. Not with one update per rollout (one epoch of one minibatch),
+    the KL in the loss and no value model: the policy before the update is then the one the
+    update's own forward runs, whose detached log-probs and entropy stand for the pass (the
+    ratio is exactly 1; TRL skips it too). Under torchrun it runs: each rank's update sees
+    only its slice."""
+    one_update = cfg.ppo.epochs == 1 and \
+        cfg.ppo.minibatch_size == cfg.rollout.batch_size * cfg.rollout.group_size
+    return not (one_update and cfg.algo != "ppo" and cfg.ppo.kl_in == "loss" and world == 1)
+
+
 def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list[Generation]],
                   stop: str) -> Rollout:
     examples, texts, finished, prompt_index = [], [], [], []
@@ -291,18 +303,26 @@ def train(cfg: PPOConfig) -> Path:
         order = torch.argsort(prompt, stable=True)
         return idx[order], group_runs(prompt[order].tolist())
 
+    policy_pass = needs_policy_pass(cfg, d.world)
+
     @torch.no_grad()
     def per_token(rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Old log-probs, reference log-probs, entropy and values of the rollout."""
+        """Old log-probs (zeros without the policy pass), reference log-probs, entropy and
+        values of the rollout."""
         out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [],
                                               "entropy": [], "values": []}
         # In order: a prompt's samples are consecutive, so `grouped` keeps the order.
         for idx in torch.arange(len(rollout.texts)).split(pcfg.micro_batch_size):
             idx, groups = grouped(rollout, idx)
             ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
-            logits, values = trained(ids, am, m, groups)
-            out["logprobs"].append(logprobs_of(logits, ids, temperature))
-            out["entropy"].append(entropy_of(logits, temperature, ids.shape[1]))
+            if policy_pass:
+                logits, values = trained(ids, am, m, groups)
+                out["logprobs"].append(logprobs_of(logits, ids, temperature))
+                out["entropy"].append(entropy_of(logits, temperature, ids.shape[1]))
+            else:
+                values = None
+                out["logprobs"].append(torch.zeros(ids.shape))
+                out["entropy"].append(torch.zeros(ids.shape))
             if ref_model is not None:
                 with autocast(bf16):
                     ref_logits = response_logits(ref_model, ids, am, m, groups)
@@ -372,19 +392,21 @@ def train(cfg: PPOConfig) -> Path:
         # 3. Log-probs, reference log-probs and values, before any update.
         t0 = time.perf_counter()
         old = per_token(rollout)
-        kl = kl_per_token(old["logprobs"], old["ref_logprobs"], pcfg.kl_estimator)
         kl_in_reward = pcfg.kl_in == "reward"
         kl_coef = kl_ctl.value
 
         # 4. Rewards and advantages.
         if algo == "ppo":
+            kl = kl_per_token(old["logprobs"], old["ref_logprobs"], pcfg.kl_estimator)
             rewards = shape_rewards(objective, kl, mask, kl_coef if kl_in_reward else 0.0)
             advantages, returns = gae(rewards, old["values"], mask, pcfg.gamma, pcfg.lam)
             if pcfg.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
         else:
-            total_score = objective - (kl_coef * masked_sum(kl, mask, dim=-1) if kl_in_reward
-                                       else 0.0)
+            total_score = objective
+            if kl_in_reward:
+                kl = kl_per_token(old["logprobs"], old["ref_logprobs"], pcfg.kl_estimator)
+                total_score = total_score - kl_coef * masked_sum(kl, mask, dim=-1)
             per_sequence = group_advantages(total_score, rcfg.group_size, algo,
                                             scale=pcfg.group_scale)
             advantages = per_sequence[:, None] * mask
@@ -410,6 +432,10 @@ def train(cfg: PPOConfig) -> Path:
                     ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
                     logits, values = forward(ids, am, m, groups)
                     logprobs = logprobs_of(logits, ids, temperature)
+                    if not policy_pass:  # this forward is the rollout policy's (see above)
+                        with torch.no_grad():
+                            old["logprobs"][idx] = logprobs.detach()
+                            old["entropy"][idx] = entropy_of(logits, temperature, ids.shape[1])
                     loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
                                           pcfg.clip_range, num_tokens=num_tokens)
                     weight = (m.sum() / num_tokens).item()
