@@ -38,7 +38,8 @@ Rows:
   so padding matters; with the tiny tokenizer 8 are cut to 128 tokens by tether's prompt_left
   truncation, and TRL gets the cut ids). TRL: SFTTrainer on {input_ids, completion_mask} with
   completion_only_loss=True; its default loss_type chunked_nll projects only response tokens
-  through the LM head, in checkpointed chunks of 256 tokens, where tether computes full logits.
+  through the LM head, in checkpointed chunks of 256 tokens, where tether computes the logits
+  of every position from the batch's first response token on.
 - rm: Bradley-Terry on pairs built from the reviews: prompt i, chosen = review i's own
   continuation, rejected = review i+1's. tether: its reward model (the policy with a scalar head,
   tether.models.reward) on the pairs as 2-response rankings. TRL: RewardTrainer on {chosen_ids,
@@ -71,8 +72,8 @@ Deliberate differences that remain (each also printed as a note with its row):
 - TRL's defaults are kept except where they would change the work: activation checkpointing is
   off (TRL's default is on; tether's model.gradient_checkpointing is false) and progress bars,
   logging output, saving and reporting are off. So TRL keeps: AdamW with fused=True
-  (transformers' default on torch >= 2.8; tether uses torch's default implementation, same
-  math), and the metrics it computes in every step (sft: entropy and token accuracy; rm:
+  (transformers' default on torch >= 2.8, as tether's), and the metrics it computes in every
+  step (sft: entropy and token accuracy; rm:
   reward min/mean/max, accuracy, margin; dpo: entropy over the full logits, mean logits, token
   accuracy, rewards, margins, log-probs).
 - Weight decay is 0 on both sides; were it not, tether decays matrices only and transformers
@@ -398,8 +399,7 @@ def _trl_side(make_trainer: Callable[[], object], *, count: Callable[[dict], tup
 
     side = Side(step=step, trainable_params=trainable, dtype=precision, close=close,
                 notes=["activation checkpointing off (TRL's default is on; tether's is off); "
-                       "AdamW fused=True (transformers' default; tether: torch's default "
-                       "implementation, same math)", *notes])
+                       "AdamW fused=True (transformers' default, as tether's)", *notes])
     return Built(side, lambda: _trainable(held["trainer"].model))
 
 
@@ -440,8 +440,8 @@ def _build_sft(args: argparse.Namespace, side: str) -> Built:
         import tether.trainers.sft as trainer
         return _tether_side(trainer, cfg, observe="collate", count=_count_encoded, live_ref=False,
                             precision=args.precision, tmp=tmp,
-                            notes=["full logits at every position, the loss on response "
-                                   "tokens only"])
+                            notes=["logits from the batch's first response token on, the "
+                                   "loss on response tokens only"])
 
     def make_trainer():
         import trl

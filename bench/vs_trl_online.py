@@ -63,8 +63,8 @@ Identical work (checked by the harness: trainable parameters and tokens per step
   completions; TRL per_device_train_batch_size = all the completions, gradient accumulation 1,
   steps_per_generation 1, num_iterations 1. Clip range 0.2 on both.
 - Optimizer: AdamW with tether's defaults for online RL (lr 1e-5 constant, no warm-up, betas
-  0.9 / 0.999, eps 1e-8, weight decay 0, gradient norm clipped to 1); TRL optim=adamw_torch
-  (torch.optim.AdamW, as tether; transformers' default for this torch is the fused kernel).
+  0.9 / 0.999, eps 1e-8, weight decay 0, gradient norm clipped to 1), torch.optim.AdamW's
+  fused kernel on both (TRL optim=adamw_torch_fused, transformers' default for this torch).
 - Precision: --precision fp32, or bf16 autocast with fp32 weights (tether train.bf16, TRL
   bf16=True through accelerate). Dropout off, gradient checkpointing off on both.
 
@@ -453,7 +453,7 @@ def _trl_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         max_completion_length=args.gen_len, generation_kwargs={"min_new_tokens": args.gen_len},
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0, min_p=None,
         repetition_penalty=1.0, beta=cfg.ppo.kl_coef, epsilon=cfg.ppo.clip_range,
-        optim="adamw_torch", learning_rate=opt.lr, lr_scheduler_type="constant",
+        optim="adamw_torch_fused", learning_rate=opt.lr, lr_scheduler_type="constant",
         warmup_steps=opt.warmup_steps, weight_decay=opt.weight_decay, adam_beta1=opt.beta1,
         adam_beta2=opt.beta2, adam_epsilon=opt.eps, max_grad_norm=opt.max_grad_norm,
         max_steps=MAX_STEPS, logging_steps=cfg.train.log_every, save_strategy="no",

@@ -94,10 +94,10 @@ def pack_groups(sequences: Sequence[Sequence[int]], group_sizes: Sequence[int],
     position_ids = torch.zeros(num_groups, width, dtype=torch.long)
     mask = torch.zeros(num_groups, 1, width, width, dtype=torch.bool)
     columns = torch.zeros(len(sequences), longest, dtype=torch.long)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
     r = 0
     for g, (prefix, starts, row_width) in enumerate(layouts):
         base = g * width
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
         if prefix:
             input_ids[g, :prefix] = torch.as_tensor(sequences[r][:prefix])
             position_ids[g, :prefix] = torch.arange(prefix)

@@ -4,7 +4,9 @@ Each iteration (one `step`), top to bottom:
   1. rollout: a batch of prompts, `group_size` responses each, sampled from the policy;
   2. score: the proxy (reward model) and/or the gold scorer; the optimised score (the proxy if
      there is one) gets the no-EOS penalty, then optional whitening and clipping;
-  3. log-probs of the policy and the reference (and values, for ppo), without gradients;
+  3. log-probs of the policy and the reference (and values, for ppo), without gradients (the
+     policy's pass is left to the update when there is one update per rollout, see
+     needs_policy_pass);
   4. rewards and advantages: ppo: -kl_coef * KL per token plus the score at the last token,
      GAE, whitening; grpo / rloo: the score (minus the sequence KL when it is in the reward)
      compared within each prompt's group, the same advantage at every token;
@@ -13,7 +15,9 @@ Each iteration (one `step`), top to bottom:
   6. KL controller update, log, sample responses, evaluate, checkpoint.
 
 Dropout is off in every model (log-probs of the same text must not depend on the pass), so the
-first minibatch of each iteration has ratio exactly 1.
+first minibatch of each iteration has ratio 1 (to float rounding: its rows may be batched or
+packed differently from the rollout pass's). A prompt's samples share one row behind one copy
+of the prompt (train.share_prompt, grpo and rloo; tether.models.shared_prompt).
 """
 
 from __future__ import annotations
