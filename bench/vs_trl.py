@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench import machine, save_results, spread
 from bench.peak import time_interleaved
+from tether.errors import UserError
 
 MEMORY_STEPS = 3
 FIRST_LOSS_TOLERANCE = 1e-3  # relative; fp32 on both sides agrees far closer
@@ -180,6 +181,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grpo/rloo: completions per prompt. Default: %(default)s.")
     parser.add_argument("--gen-len", type=int, default=32,
                         help="grpo/rloo/ppo: new tokens per completion. Default: %(default)s.")
+    parser.add_argument("--tether-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="A config override for tether's side only, after the row's own "
+                             "(repeatable), e.g. train.share_prompt=false to measure what "
+                             "sharing prompts brings.")
     parser.add_argument("--peak-seconds", type=float, default=1.0,
                         help="Seconds of matmul peak measurement per dtype per measured round. "
                              "Default: %(default)s.")
@@ -301,12 +306,17 @@ def run(args: argparse.Namespace) -> None:
     before = machine()
     started = time.perf_counter()
     results: dict = {}
-    for name in chosen:
-        results[name] = _run_row(rows[name], args)
-        _print_table({name: results[name]}, args, header=False)  # each row as it ends
+    name = f"vs_trl_{args.model}_{args.precision}" + "".join(
+        f"_{re.sub(r'[^A-Za-z0-9.=_-]', '', o)}" for o in args.tether_set)
+    for row in chosen:
+        try:
+            results[row] = _run_row(rows[row], args)
+        except UserError as error:  # a bad --tether-set, say
+            raise SystemExit(f"python -m bench vs-trl: {row}: {error}") from None
+        _print_table({row: results[row]}, args, header=False)  # each row as it ends
         after = machine()
         # Saved after every row: a long run cut short keeps what it measured.
-        path = save_results(f"vs_trl_{args.model}_{args.precision}", {
+        path = save_results(name, {
             "args": vars(args), "machine": before, "trl": trl.__version__,
             "load_average_1m_after": after["load_average_1m"], "rows": results})
     _print_table(results, args)

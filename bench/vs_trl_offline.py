@@ -223,7 +223,7 @@ def _tether_config(cls: type, args: argparse.Namespace, run_dir: Path, data: Pat
         f"train.batch_size={args.batch_size}", f"train.micro_batch_size={args.batch_size}",
         f"train.max_steps={_horizon(args)}", "train.eval_every=0", "train.save_every=0",
         f"train.bf16={'true' if args.precision == 'bf16' else 'false'}", f"train.seed={SEED}",
-        *more])
+        *more, *args.tether_set])
 
 
 def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, int, int]],

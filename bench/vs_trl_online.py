@@ -199,7 +199,7 @@ def _tether_config(args: argparse.Namespace, algo: str, run_dir: str = "run",
         f"ppo.micro_batch_size={args.batch_size}", *kl,
         f"train.max_steps={MAX_STEPS}", "train.save_every=0", "train.eval_every=0",
         "train.log_every=1", f"train.bf16={str(args.precision == 'bf16').lower()}",
-        "train.seed=0", f"sample_every={MAX_STEPS}"])
+        "train.seed=0", f"sample_every={MAX_STEPS}", *args.tether_set])
 
 
 # ---- FLOPs ----
