@@ -23,6 +23,8 @@ TRL is an optional extra (`pip install -e ".[bench]"`), never a dependency of te
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import multiprocessing as mp
 import re
 import statistics
@@ -240,6 +242,10 @@ def _run_row(row: Row, args: argparse.Namespace) -> dict:
     for side in sides.values():
         side.close()
     del sides
+    # Hand the freed heap back to the system before the memory runs: a fresh process of a
+    # large row (TRL's rm-k4 passed 15 GB) must fit beside this one.
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     rss = {}
     for name in row.sides:
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
