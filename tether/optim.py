@@ -28,8 +28,8 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig,
              "lr": lr},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
         ]
-    # The fused kernel: the same update as the default (foreach) one, which on the CPU took
-    # several times longer, up to a third of an SFT step of SmolLM2-135M (BENCHMARKS.md).
+    # The fused kernel: the same update as the default (foreach) one, which on 2 CPU cores took
+    # 5-10x longer for SmolLM2-135M, up to a sixth of an fp32 SFT step (BENCHMARKS.md).
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
 
