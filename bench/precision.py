@@ -17,11 +17,11 @@ from bench import machine, save_results
 from tether.config import OptimConfig
 from tether.data.collate import collate
 from tether.data.tokenize import Encoded
+from tether.device import autocast
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.optim import make_optimizer
-from tether.trainers.common import autocast
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

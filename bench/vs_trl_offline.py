@@ -557,7 +557,7 @@ def _build_dpo(args: argparse.Namespace, side: str, precompute: bool) -> Built:
     if side == "tether":
         import tether.trainers.dpo as trainer
         return _tether_side(trainer, cfg, observe="preference_pairs",
-                            count=lambda prefs, _: _count_prefs(prefs, cfg.train.share_prompt),
+                            count=lambda prefs, *_: _count_prefs(prefs, cfg.train.share_prompt),
                             live_ref=not precompute, precision=args.precision, tmp=tmp,
                             notes=[f"{ref}; {SHARED}; reward and log-prob metrics every step"])
 

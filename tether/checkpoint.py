@@ -64,12 +64,20 @@ def replace_dir(tmp: Path, target: Path) -> None:
 def capture_rng() -> dict[str, Any]:
     _, key, pos, has_gauss, cached = np.random.get_state()
     # Plain lists and numbers, so the checkpoint loads with torch.load(weights_only=True).
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [key.tolist(), int(pos), int(has_gauss), float(cached)]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [key.tolist(), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    # GPU generators come back where the machine has as many GPUs; elsewhere (resuming a GPU
+    # run on another machine) they keep their seeds, and only GPU-side sampling differs.
+    if "cuda" in state and torch.cuda.is_available() and \
+            len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(_as_tuples(state["python"]))
     key, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))

@@ -100,6 +100,11 @@ class OptimConfig:
                                   min=0)
 
 
+def device_option() -> str:
+    return option("auto", "Where the models run: auto (a CUDA GPU when there is one, else the "
+                          "CPU), cuda or cpu.", choices=["auto", "cuda", "cpu"])
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = option(8, "Sequences per optimizer step, in all: under torchrun each of "
@@ -111,6 +116,10 @@ class TrainConfig:
         "ddp", "Under torchrun: ddp (every process holds the whole model) or fsdp2 (parameters, "
         "gradients and optimizer state sharded over the processes). Changes memory, not the "
         "result.", choices=["ddp", "fsdp2"])
+    device: str = option(
+        "auto", "Where to train: auto (a CUDA GPU when there is one, else the CPU), cuda or "
+        "cpu. Under torchrun each process takes the GPU of its LOCAL_RANK, and the processes "
+        "talk over NCCL (gloo on the CPU).", choices=["auto", "cuda", "cpu"])
     epochs: int = option(1, "Passes over the training data (ignored if max_steps > 0).", min=1)
     max_steps: int = option(0, "Optimizer steps to run; 0 means `epochs` full passes.", min=0)
     eval_every: int = option(50, "Evaluate every N steps (and always at the end); 0: only at "
@@ -183,6 +192,7 @@ class SampleConfig:
     backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
                                 "cache; CPU or GPU) or vllm (GPUs only).", choices=["hf", "vllm"])
     bf16: bool = option(False, "Generate under bf16 autocast.")
+    device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
     seed: int = option(0, "Seed: the same seed and batch_size give the same samples.")
 
@@ -554,6 +564,7 @@ class ScoreConfig:
     output: str = option("scores.jsonl", "Where to write the rows with their scores.")
     batch_size: int = option(16, "Sequences per forward pass.", min=1)
     bf16: bool = option(False, "Score under bf16 autocast.")
+    device: str = device_option()
 
     def validate(self) -> None:
         if not self.reward_model or not self.input:
@@ -597,6 +608,7 @@ class EvalConfig:
     output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
                                                 "sample (JSON).")
     bf16: bool = option(False, "Generate and compute log-probs under bf16 autocast.")
+    device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
     seed: int = option(0, "Seed: every policy is sampled with it, so identical policies give "
                           "identical samples and win rates are paired.")
@@ -729,6 +741,7 @@ class PipelineEvalConfig:
     samples_in_report: int = option(6, "Prompts whose responses the report shows side by "
                                        "side.", min=0)
     bf16: bool = option(True, "Generate and score under bf16 autocast.")
+    device: str = device_option()
     seed: int = option(0, "Sampling seed shared by every policy (paired comparisons).")
 
 

@@ -5,8 +5,9 @@ the reductions that make N processes compute what one process would.
 
 Every trainer keeps its one loop; this module gives it a `Dist` and a few verbs:
 
-- `setup(strategy)`: joins the group torchrun started (gloo: the trainers run on the CPU for
-  now), or returns a single-process `Dist` that does nothing at all.
+- `setup(strategy, device)`: joins the group torchrun started, or returns a single-process
+  `Dist` that does nothing at all. Each process takes the GPU of its LOCAL_RANK when CUDA is
+  available (NCCL between them), else the CPU (gloo); `train.device` can insist on either.
 - `wrap(model)`: DistributedDataParallel (`ddp`, every rank holds the whole model) or FSDP2
   (`fsdp2`, `torch.distributed.fsdp.fully_shard` on every transformer block and the root:
   parameters, gradients and optimizer state sharded across ranks).
@@ -30,11 +31,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from tether.device import pick_device
 from tether.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp2")
@@ -45,6 +47,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     strategy: str = "ddp"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -52,8 +55,10 @@ class Dist:
 
     @property
     def processes(self) -> str:
-        """"1 process", or "2 processes, fsdp2": for the line each trainer starts with."""
-        return "1 process" if self.world == 1 else f"{self.world} processes, {self.strategy}"
+        """"1 process on cpu", or "2 processes, fsdp2, on cuda": for the line each trainer
+        starts with."""
+        who = "1 process" if self.world == 1 else f"{self.world} processes, {self.strategy},"
+        return f"{who} on {self.device.type}"
 
     @property
     def sharded(self) -> bool:
@@ -75,7 +80,7 @@ class Dist:
         """Each value summed over the ranks (float64, so counts stay exact)."""
         if self.world == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -83,9 +88,10 @@ class Dist:
         """1-D tensors of any length from every rank, concatenated in rank order."""
         if self.world == 1:
             return tensor
-        t = tensor.detach().to(torch.float32).flatten()
-        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor([t.numel()]))
+        t = tensor.detach().to(self.device, torch.float32).flatten()
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.device)
+                 for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([t.numel()], device=self.device))
         longest = int(max(s.item() for s in sizes))
         padded = torch.cat([t, t.new_zeros(longest - t.numel())])
         parts = [torch.empty_like(padded) for _ in range(self.world)]
@@ -94,29 +100,39 @@ class Dist:
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            # NCCL's barrier wants to know the GPU, or it guesses (and warns)
+            dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- the model ----------------------------------------------------------------------------
 
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this process's device (before `wrap`, and for frozen models)."""
+        return model.to(self.device)
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP or FSDP2 around a model already on this process's device."""
         if self.world == 1:
             return model
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
-            return DistributedDataParallel(model)
+            cuda = self.device.type == "cuda"
+            return DistributedDataParallel(model, device_ids=[self.device.index] if cuda
+                                           else None)
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         blocks = _transformer_blocks(model)
         if not blocks:
             raise ConfigError(f"train.strategy=fsdp2: found no transformer blocks in "
                               f"{type(model).__name__} to shard")
+        mesh = init_device_mesh(self.device.type, (self.world,))
         for block in blocks:
-            fully_shard(block)
+            fully_shard(block, mesh=mesh)
         # The root too reshards after every forward (FSDP2 keeps it whole by default, until
         # the backward): after a no-grad evaluation it would otherwise stay whole, and its
         # parameters would no longer be the ones the optimizer holds.
-        fully_shard(model, reshard_after_forward=True)
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)
         return model
 
     @contextlib.contextmanager
@@ -173,7 +189,8 @@ class Dist:
             for name, tensor in state.items():
                 p = params[name]
                 if hasattr(p, "device_mesh"):  # an FSDP2 shard: keep this rank's part
-                    tensor = distribute_tensor(tensor.to(p.dtype), p.device_mesh, p.placements)
+                    tensor = distribute_tensor(tensor.to(self.device, p.dtype), p.device_mesh,
+                                               p.placements)
                 p.copy_(tensor)
 
     def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -273,18 +290,26 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         "DistributedDataParallel" else model
 
 
-def setup(strategy: str = "ddp") -> Dist:
-    """Join the process group `torchrun` describes in the environment; one process otherwise."""
+def setup(strategy: str = "ddp", device: str = "auto") -> Dist:
+    """Join the process group `torchrun` describes in the environment; one process otherwise.
+    `device` as tether.device.pick_device takes it; the backend follows: NCCL between GPUs,
+    gloo between CPU processes."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got "
                           f"'{strategy}'")
+    where = pick_device(device)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)  # before anything allocates on the default GPU 0
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(strategy=strategy)
+        return Dist(strategy=strategy, device=where)
     rank = int(os.environ["RANK"])
-    # The trainers keep their models on the CPU today, so the backend is gloo; NCCL comes with
-    # placing them on GPUs.
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return Dist(rank=rank, world=world, strategy=strategy)
+        dist.init_process_group(backend(where), device_id=where if where.type == "cuda"
+                                else None)
+    return Dist(rank=rank, world=world, strategy=strategy, device=where)
+
+
+def backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
 

@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from tether.checkpoint import atomic_write_text
 from tether.config import EvalConfig, to_dict
 from tether.data.tokenize import Messages, wants_chat_template
+from tether.device import pick_device
 from tether.errors import ConfigError, DataError, UserError
 from tether.eval.policy import evaluate_policy, format_table, kl_caveat, summarize
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
@@ -75,11 +76,13 @@ def run(cfg: EvalConfig) -> Path:
     for w in warnings:
         print(f"warning: {w}")
 
-    reward_model = RewardModel.from_pretrained(cfg.reward_model) if cfg.reward_model else None
+    device = pick_device(cfg.device)
+    reward_model = RewardModel.from_pretrained(cfg.reward_model).to(device) \
+        if cfg.reward_model else None
     reference = ref_tokenizer = None
     if cfg.reference:
         ref_tokenizer = load_tokenizer(cfg.reference)
-        reference = load_causal_lm(cfg.reference)
+        reference = load_causal_lm(cfg.reference).to(device)
 
     all_records = []
     for policy, name in zip(policies, names, strict=True):
@@ -118,7 +121,7 @@ def _evaluate_one(cfg: EvalConfig, policy: str, name: str, messages: list[Messag
     if truncated:
         print(f"{name}: {truncated} prompts truncated to their last {cfg.max_prompt_length} "
               f"tokens")
-    model = reference if shared else load_causal_lm(policy)
+    model = reference if shared else load_causal_lm(policy).to(pick_device(cfg.device))
     try:
         with tqdm(total=len(prompt_ids), desc=name, unit="prompt", dynamic_ncols=True) as bar:
             return evaluate_policy(

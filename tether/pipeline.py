@@ -38,6 +38,7 @@ from tether.config import (
     to_yaml,
 )
 from tether.data.tokenize import wants_chat_template
+from tether.device import pick_device
 from tether.errors import ConfigError, DataError
 from tether.eval.frontier import (
     best_of_n_points,
@@ -361,7 +362,7 @@ def execute_eval(run: Run, cfg: dict) -> str:
         baseline="sft", prompts=str(run.heldout), num_prompts=ecfg.num_prompts, n=ecfg.n,
         max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size, gold=run.gold,
         reward_model=run.reward_model if has_rm else "", output=str(out / "policies.json"),
-        bf16=ecfg.bf16, seed=ecfg.seed)
+        bf16=ecfg.bf16, device=ecfg.device, seed=ecfg.seed)
     eval_cfg.validate()
     evaluate.run(eval_cfg)
     result = json.loads((out / "policies.json").read_text())
@@ -400,8 +401,9 @@ def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
     tokenizer = load_tokenizer(run.policy)
     chat = wants_chat_template(tokenizer, "auto")
     prompt_ids = sampling.encode_prompts(tokenizer, messages, chat, 256)[0]
-    reward_model = RewardModel.from_pretrained(run.reward_model)
-    model = load_causal_lm(run.policy)
+    device = pick_device(ecfg.device)
+    reward_model = RewardModel.from_pretrained(run.reward_model).to(device)
+    model = load_causal_lm(run.policy).to(device)
     params = SamplingParams(max_new_tokens=ecfg.max_new_tokens)
     with tqdm(total=len(rows), desc=f"best-of-{ecfg.best_of_n}", unit="prompt",
               dynamic_ncols=True) as bar:

@@ -19,6 +19,7 @@ from tether.checkpoint import atomic_write_text
 from tether.config import SampleConfig
 from tether.data.sft import LoadStats, load_records, parse_prompt
 from tether.data.tokenize import Messages, encode_prompt, wants_chat_template
+from tether.device import pick_device
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.rollout.generate import SamplingParams, make_generator
 
@@ -72,6 +73,8 @@ def run(cfg: SampleConfig) -> Path:
 
         require_vllm()  # before loading anything
     model = load_causal_lm(cfg.policy)
+    if cfg.backend == "hf":  # vllm holds its own copy on the GPU
+        model.to(pick_device(cfg.device))
     generator = make_generator(cfg.backend, model, tokenizer, bf16=cfg.bf16,
                                model_path=str(resolve(cfg.policy)) if cfg.backend == "vllm"
                                else "")

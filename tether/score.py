@@ -13,12 +13,13 @@ from tether.config import ScoreConfig
 from tether.data.order import chunks
 from tether.data.preferences import parse_responses
 from tether.data.readers import BadRow, read_rows
+from tether.device import pick_device
 from tether.errors import DataError
 from tether.models.reward import RewardModel
 
 
 def run(cfg: ScoreConfig) -> Path:
-    rm = RewardModel.from_pretrained(cfg.reward_model)
+    rm = RewardModel.from_pretrained(cfg.reward_model).to(pick_device(cfg.device))
     rows, items = [], []  # items: (row index, prompt, response)
     for row in read_rows(cfg.input):
         try:

@@ -30,6 +30,7 @@ from tether.checkpoint import save_final
 from tether.data.collate import collate
 from tether.data.order import chunks
 from tether.data.tokenize import Encoded, Messages, encode_example
+from tether.device import autocast, model_device, to_device
 from tether.errors import UserError
 from tether.models.loading import load_tokenizer, resolve
 from tether.models.logprobs import position_ids_from_mask
@@ -192,9 +193,15 @@ class RewardModel:
         ids = [tok.cls_token_id] + p + [tok.sep_token_id] + r + [tok.sep_token_id]
         return Encoded(ids, [0] * (len(p) + 2) + [1] * (len(r) + 1), truncated)
 
+    def to(self, device: torch.device | str) -> RewardModel:
+        self.model.to(device)
+        return self
+
     def raw_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Unnormalised rewards [N] for a collated batch (differentiable)."""
+        """Unnormalised rewards [N] for a collated batch (differentiable), on the model's
+        device."""
         scorer = self.parallel or LastTokenScorer(self.model, self.kind)
+        batch = to_device(batch, model_device(self.model))
         return scorer(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"),
                       batch.get("position_ids"), batch.get("last_columns"))
 
@@ -219,12 +226,13 @@ class RewardModel:
     @torch.no_grad()
     def raw_scores_of(self, encoded: Sequence[Encoded], batch_size: int = 16,
                       bf16: bool = False) -> torch.Tensor:
+        """Unnormalised rewards [N] of `encoded`, a float32 CPU tensor."""
         was_training = self.model.training
         self.model.eval()
         out = []
         for part in chunks(list(encoded), batch_size):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out.append(self.raw_scores(self.collate(part)))
+            with autocast(bf16, model_device(self.model)):
+                out.append(self.raw_scores(self.collate(part)).cpu())
         self.model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
 

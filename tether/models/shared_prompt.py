@@ -27,6 +27,7 @@ import torch
 
 from tether.data.collate import collate
 from tether.data.tokenize import Encoded
+from tether.device import model_device, to_device
 
 
 @dataclass
@@ -128,7 +129,8 @@ def attention_mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tens
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", "sdpa") != "eager":
         return mask
-    return torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(
+        ~mask, torch.finfo(torch.float32).min)
 
 
 @dataclass
@@ -148,8 +150,8 @@ class PackedLogits:
         rows, tokens = self.scored.nonzero(as_tuple=True)
         at = self.index[rows, tokens]
         picked = logits[at, input_ids[rows, tokens]] - logits.logsumexp(-1)[at]
-        return torch.zeros(self.scored.shape, dtype=picked.dtype).index_put((rows, tokens),
-                                                                             picked)
+        return torch.zeros(self.scored.shape, dtype=picked.dtype,
+                           device=picked.device).index_put((rows, tokens), picked)
 
     def entropy(self, temperature: float = 1.0) -> torch.Tensor:
         """[R, T] entropy of the distribution each scored token was drawn from, else 0."""
@@ -166,22 +168,27 @@ def packed_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
                   scored_mask: torch.Tensor, group_sizes: Sequence[int]) -> PackedLogits:
     """One forward pass over right-padded [R, T] rows, the rows of each group (`group_sizes`
     consecutive rows) packed into one row under their common prefix; logits only where a
-    token of `scored_mask` is predicted."""
+    token of `scored_mask` is predicted. The packing is laid out on the CPU and moved to the
+    device of `input_ids`, the model's."""
+    device = input_ids.device
     lengths = attention_mask.sum(-1).tolist()
     sequences = [row[:n].tolist() for row, n in zip(input_ids, lengths, strict=True)]
     packed = pack_groups(sequences, group_sizes, pad_id=0)  # padding is never read
-    scored = scored_mask.bool().clone()
+    scored = scored_mask.to("cpu", torch.bool, copy=True)
     scored[:, 0] = False  # token 0 has no prediction
     rows, tokens = scored.nonzero(as_tuple=True)
     predictors = packed.columns[rows, tokens - 1]  # the flat columns whose logits predict them
     keep = torch.zeros(packed.input_ids.numel(), dtype=torch.bool)
     keep[predictors] = True
-    logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                   attention_mask=attention_mask_for(model, packed.attention_mask),
-                   use_cache=False, logits_to_keep=keep.view_as(packed.input_ids)).logits
+    logits = model(input_ids=packed.input_ids.to(device),
+                   position_ids=packed.position_ids.to(device),
+                   attention_mask=attention_mask_for(model, packed.attention_mask.to(device)),
+                   use_cache=False, logits_to_keep=keep.view_as(packed.input_ids).to(device)
+                   ).logits
     index = torch.zeros(scored.shape, dtype=torch.long)
     index[rows, tokens] = (keep.cumsum(0) - 1)[predictors]
-    return PackedLogits(logits.reshape(-1, logits.shape[-1]), index, scored, packed.num_tokens)
+    return PackedLogits(logits.reshape(-1, logits.shape[-1]), index.to(device),
+                        scored.to(device), packed.num_tokens)
 
 
 def shared_prompt_logprobs(model: torch.nn.Module, responses: Sequence[Encoded],
@@ -191,7 +198,7 @@ def shared_prompt_logprobs(model: torch.nn.Module, responses: Sequence[Encoded],
     responses of a group packed into one row: [R, T] as collate lays them out (0 where the
     loss_mask is 0), the loss_mask [R, T], and the tokens the model read. The same as
     token_logprobs(forward_logits(...)) on the collated batch, masked."""
-    batch = collate(responses, pad_id)
+    batch = to_device(collate(responses, pad_id), model_device(model))
     out = packed_logits(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                         group_sizes)
     return out.logprobs(batch["input_ids"], temperature), batch["loss_mask"], out.num_tokens

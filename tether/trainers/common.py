@@ -4,7 +4,6 @@ Kept as plain functions (not a Trainer base class) so each loop still reads top 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,6 @@ def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int,
         raise DataError(f"{source}: {num_examples} training examples, fewer than "
                         f"train.batch_size={train.batch_size}")
     return per_epoch, train.max_steps or train.epochs * per_epoch
-
-
-def autocast(bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,

@@ -30,6 +30,7 @@ from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
 from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.tokenize import Encoded, wants_chat_template
+from tether.device import autocast, model_device, to_device
 from tether.distributed import setup, unwrap
 from tether.errors import ConfigError
 from tether.eval.policy import heldout_metrics
@@ -44,7 +45,6 @@ from tether.rundir import prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
-    autocast,
     clip_and_check,
     due,
     plan_steps,
@@ -63,12 +63,13 @@ def response_logps(model: torch.nn.Module, responses: list[Encoded], pad_id: int
 
     All responses go through the model in one forward pass: chosen and rejected together.
     With `group_sizes` (the responses of each prompt, in order), each prompt's responses share
-    one row and the prompt is read once (tether.models.shared_prompt)."""
-    with autocast(bf16):
+    one row and the prompt is read once (tether.models.shared_prompt). On the model's device."""
+    device = model_device(model)
+    with autocast(bf16, device):
         if group_sizes is not None:
             logprobs, mask, _ = shared_prompt_logprobs(model, responses, group_sizes, pad_id)
             return logprobs.sum(-1), mask.sum(-1)
-        batch = collate(responses, pad_id)
+        batch = to_device(collate(responses, pad_id), device)
         mask = batch["loss_mask"]
         logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
                                 first_scored(mask))
@@ -93,7 +94,8 @@ class Pairs:
     weight: torch.Tensor
 
 
-def preference_pairs(prefs: list[EncodedPreference], num_groups: int) -> Pairs:
+def preference_pairs(prefs: list[EncodedPreference], num_groups: int,
+                     device: torch.device | str = "cpu") -> Pairs:
     better, worse, weight = [], [], []
     offset = 0
     for pref in prefs:
@@ -102,7 +104,8 @@ def preference_pairs(prefs: list[EncodedPreference], num_groups: int) -> Pairs:
         worse += [offset + j for _, j in pairs]
         weight += [1 / (len(pairs) * num_groups)] * len(pairs)
         offset += len(pref.responses)
-    return Pairs(torch.tensor(better), torch.tensor(worse), torch.tensor(weight))
+    return Pairs(torch.tensor(better, device=device), torch.tensor(worse, device=device),
+                 torch.tensor(weight, device=device))
 
 
 def dpo_objective(logps: torch.Tensor, ref_logps: torch.Tensor, num_tokens: torch.Tensor,
@@ -142,17 +145,18 @@ class ReferenceLogps:
         self.table, self.model, self.switch = table, model, switch
         self.pad_id, self.bf16, self.share_prompt = pad_id, bf16, share_prompt
 
-    def __call__(self, split: str, indices: list[int],
-                 prefs: list[EncodedPreference]) -> torch.Tensor:
+    def __call__(self, split: str, indices: list[int], prefs: list[EncodedPreference],
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+        """Summed log-probs of every response of `prefs`, float32 on `device`."""
         if self.table is not None:
-            return torch.cat([self.table[split][i] for i in indices])
+            return torch.cat([self.table[split][i] for i in indices]).to(device)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad(), self.switch():
             logps, _ = prefs_logps(self.model, prefs, self.pad_id, self.bf16,
                                    self.share_prompt)
         self.model.train(was_training)
-        return logps.float()
+        return logps.float().to(device)
 
 
 def load_cached(cache: Path, key: str,
@@ -178,7 +182,7 @@ def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str,
         for split, prefs in (("train", data.train), ("eval", data.eval)):
             table[split] = []
             for chunk in chunks(prefs, micro):
-                flat = live(split, [], chunk)
+                flat = live(split, [], chunk)  # on the CPU: the table stays there
                 table[split] += [t.clone() for t in flat.split([len(p.responses)
                                                                 for p in chunk])]
                 bar.update(len(chunk))
@@ -202,7 +206,8 @@ def data_key(ref_name: str, bf16: bool, data) -> str:
     return h.hexdigest()
 
 
-def sampled_eval(cfg: DPOConfig, tokenizer) -> Callable[[torch.nn.Module], dict[str, float]]:
+def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device
+                 ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """Gold, proxy and KL of fresh samples on held-out prompts, for plotting DPO's reward
     against its KL like PPO's. The prompts and the scorer are read now, so a mistake stops the
     run before any model loads; the frozen reference (the KL needs its log-probs of the new
@@ -223,7 +228,8 @@ def sampled_eval(cfg: DPOConfig, tokenizer) -> Callable[[torch.nn.Module], dict[
         if not models:
             models["reference"] = load_causal_lm(cfg.ref.model or cfg.model.name,
                                                  seed=cfg.train.seed).requires_grad_(False).eval()
-            models["reward"] = RewardModel.from_pretrained(ecfg.reward_model) \
+            models["reference"].to(device)
+            models["reward"] = RewardModel.from_pretrained(ecfg.reward_model).to(device) \
                 if ecfg.reward_model else None
             if models["reward"] is not None:
                 models["reward"].model.requires_grad_(False).eval()
@@ -239,7 +245,7 @@ def train(cfg: DPOConfig) -> Path:
     """Run DPO (or a relative) as configured; return the final/ directory. Under torchrun,
     every process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
-    d = setup(cfg.train.strategy)
+    d = setup(cfg.train.strategy, cfg.train.device)
 
     # 1. Data first (a bad row should not wait for a model to load).
     tokenizer = load_tokenizer(cfg.model.name)
@@ -247,7 +253,7 @@ def train(cfg: DPOConfig) -> Path:
     for split, stats in data.stats.items():
         if d.main:
             print(f"data/{split}: {stats.summary()}")
-    sampled = sampled_eval(cfg, tokenizer) if cfg.sampled_eval.prompts else None
+    sampled = sampled_eval(cfg, tokenizer, d.device) if cfg.sampled_eval.prompts else None
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
     batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
     pad_id = tokenizer.pad_token_id
@@ -267,7 +273,7 @@ def train(cfg: DPOConfig) -> Path:
     table = load_cached(cache, key) if computes else None
     ref = None
     if not share and table is None and (computes or not cfg.ref.precompute):
-        ref_model = load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False)
+        ref_model = d.place(load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False))
         ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16,
                              share_prompt=cfg.train.share_prompt)
         if cfg.ref.precompute:
@@ -279,7 +285,7 @@ def train(cfg: DPOConfig) -> Path:
         m = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
         return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
 
-    model = build()
+    model = d.place(build())
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if share and table is None and (computes or not cfg.ref.precompute):
@@ -315,8 +321,8 @@ def train(cfg: DPOConfig) -> Path:
     def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         logps, num_tokens = prefs_logps(model, prefs, pad_id, bf16, cfg.train.share_prompt)
-        return dpo_objective(logps, ref(split, indices, prefs), num_tokens,
-                             preference_pairs(prefs, num_groups), cfg.dpo)
+        return dpo_objective(logps, ref(split, indices, prefs, d.device), num_tokens,
+                             preference_pairs(prefs, num_groups, d.device), cfg.dpo)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:

@@ -34,6 +34,7 @@ from tether.config import PPOConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
+from tether.device import autocast, to_device
 from tether.distributed import setup
 from tether.errors import ConfigError, DataError
 from tether.eval.policy import heldout_metrics
@@ -65,7 +66,6 @@ from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
-    autocast,
     clip_and_check,
     due,
     save_training_state,
@@ -124,7 +124,7 @@ class PolicyAndValue(torch.nn.Module):
                 ) -> tuple[torch.Tensor | PackedLogits, torch.Tensor | None]:
         """The logits that predict the response tokens (`mask`; see response_logits), and
         values at every position."""
-        with autocast(self.bf16):
+        with autocast(self.bf16, input_ids.device):
             if self.shared_head:
                 return logits_and_values(self.policy, self.value, input_ids, attention_mask,
                                          first_scored(mask))
@@ -171,7 +171,7 @@ def needs_policy_pass(cfg: PPOConfig, world: int) -> bool:
 
 
 def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list[Generation]],
-                  stop: str) -> Rollout:
+                  stop: str, device: torch.device | str = "cpu") -> Rollout:
     examples, texts, finished, prompt_index = [], [], [], []
     for i, (prompt, samples) in enumerate(zip(prompt_ids, generations, strict=True)):
         for g in samples:
@@ -180,9 +180,9 @@ def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list
             texts.append(tokenizer.decode(response, skip_special_tokens=True))
             finished.append(g.finished or stopped)
             prompt_index.append(i)
-    batch = collate(examples, tokenizer.pad_token_id)
+    batch = to_device(collate(examples, tokenizer.pad_token_id), device)
     return Rollout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"].float(),
-                   prompt_index, texts, torch.tensor(finished))
+                   prompt_index, texts, torch.tensor(finished, device=device))
 
 
 def train(cfg: PPOConfig) -> Path:
@@ -195,7 +195,7 @@ def train(cfg: PPOConfig) -> Path:
     torch.manual_seed(cfg.train.seed)
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
     bf16, temperature = cfg.train.bf16, rcfg.temperature
-    d = setup(cfg.train.strategy)
+    d = setup(cfg.train.strategy, cfg.train.device)
     if rcfg.backend == "vllm":
         from tether.rollout.vllm import require_vllm
 
@@ -226,7 +226,8 @@ def train(cfg: PPOConfig) -> Path:
                                                if eval_rows else ""))
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
 
-    reward_model = RewardModel.from_pretrained(cfg.reward.model) if cfg.reward.model else None
+    reward_model = RewardModel.from_pretrained(cfg.reward.model).to(d.device) \
+        if cfg.reward.model else None
     if reward_model is not None:
         reward_model.model.requires_grad_(False).eval()
     def base_policy() -> torch.nn.Module:
@@ -258,11 +259,12 @@ def train(cfg: PPOConfig) -> Path:
         policy = apply_lora(policy, cfg.model.lora)
         ref_model = None  # the policy with its adapter off
     else:
-        ref_model = load_causal_lm(cfg.model.name, seed=cfg.train.seed).requires_grad_(False)
+        ref_model = d.place(load_causal_lm(cfg.model.name,
+                                           seed=cfg.train.seed).requires_grad_(False))
         disable_dropout(ref_model)
         ref_model.eval()
     shared_head = algo == "ppo" and pcfg.value_model == "head"
-    trained = PolicyAndValue(policy, value_model, shared_head, bf16)
+    trained = d.place(PolicyAndValue(policy, value_model, shared_head, bf16))
 
     per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
     total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
@@ -325,13 +327,13 @@ def train(cfg: PPOConfig) -> Path:
                 out["entropy"].append(entropy_of(logits, temperature, ids.shape[1]))
             else:
                 values = None
-                out["logprobs"].append(torch.zeros(ids.shape))
-                out["entropy"].append(torch.zeros(ids.shape))
+                out["logprobs"].append(torch.zeros(ids.shape, device=d.device))
+                out["entropy"].append(torch.zeros(ids.shape, device=d.device))
             if ref_model is not None:
-                with autocast(bf16):
+                with autocast(bf16, d.device):
                     ref_logits = response_logits(ref_model, ids, am, m, groups)
             else:
-                with policy.disable_adapter(), d.gathered(trained), autocast(bf16):
+                with policy.disable_adapter(), d.gathered(trained), autocast(bf16, d.device):
                     ref_logits = response_logits(policy, ids, am, m, groups)
             out["ref_logprobs"].append(logprobs_of(ref_logits, ids, temperature))
             if values is not None:
@@ -343,10 +345,11 @@ def train(cfg: PPOConfig) -> Path:
         scores = {}
         if reward_model is not None:
             scores["proxy"] = torch.tensor(reward_model.score(
-                sample_prompts, rollout.texts, batch_size=pcfg.micro_batch_size, bf16=bf16))
+                sample_prompts, rollout.texts, batch_size=pcfg.micro_batch_size, bf16=bf16),
+                device=d.device)
         if gold is not None:
             scores["gold"] = torch.tensor(score_all([{"responses": rollout.texts}], gold)[0],
-                                          dtype=torch.float32)
+                                          dtype=torch.float32, device=d.device)
         return scores
 
     # Held-out evaluation samples the policy: rank 0 does it alone, except under fsdp2, where
@@ -376,7 +379,8 @@ def train(cfg: PPOConfig) -> Path:
         with d.gathered(trained):
             generations = generator.generate(batch_prompts, rcfg.group_size, params,
                                              seed=cfg.train.seed * 100_003 + step)
-        rollout = build_rollout(tokenizer, batch_prompts, generations, rcfg.stop_string)
+        rollout = build_rollout(tokenizer, batch_prompts, generations, rcfg.stop_string,
+                                d.device)
         mask = rollout.mask
         generate_s = time.perf_counter() - started
 

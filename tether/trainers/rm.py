@@ -19,6 +19,7 @@ from tether.config import RMConfig
 from tether.data.order import batch_indices, chunks
 from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
 from tether.data.sft import LoadStats, load_records
+from tether.device import autocast
 from tether.distributed import setup
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
@@ -26,7 +27,6 @@ from tether.models.lora import apply_lora, count_parameters
 from tether.models.reward import LastTokenScorer, RewardModel
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
-    autocast,
     clip_and_check,
     due,
     plan_steps,
@@ -38,7 +38,8 @@ from tether.trainers.common import (
 def rewards_grid(raw: torch.Tensor, prefs: list[EncodedPreference]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scatter the flat rewards of `prefs` (their responses in order) into [B, K] rewards,
-    ranks and mask, keeping the graph (an index gather, not in-place writes)."""
+    ranks and mask, keeping the graph (an index gather, not in-place writes); on raw's
+    device."""
     k = max(len(p.responses) for p in prefs)
     index = torch.full((len(prefs), k), raw.shape[0], dtype=torch.long)
     ranks = torch.zeros(len(prefs), k, dtype=torch.long)
@@ -50,14 +51,15 @@ def rewards_grid(raw: torch.Tensor, prefs: list[EncodedPreference]
         ranks[b, :n] = torch.tensor(pref.ranks)
         mask[b, :n] = 1
         offset += n
-    return torch.cat([raw, raw.new_zeros(1)])[index], ranks, mask
+    return torch.cat([raw, raw.new_zeros(1)])[index.to(raw.device)], ranks.to(raw.device), \
+        mask.to(raw.device)
 
 
 def train(cfg: RMConfig) -> Path:
     """Train a reward model as configured; return the final/ directory. Under torchrun, every
     process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
-    d = setup(cfg.train.strategy)
+    d = setup(cfg.train.strategy, cfg.train.device)
 
     # 1. Backbone with a fresh scalar head, then the preferences encoded for it.
     def build() -> RewardModel:
@@ -68,7 +70,7 @@ def train(cfg: RMConfig) -> Path:
             built.model = apply_lora(built.model, cfg.model.lora, task_type="SEQ_CLS")
         return built
 
-    rm = build()
+    rm = build().to(d.device)
     data = load_preference_data(cfg.data, rm.tokenizer, cfg.train.seed, encode=rm.encode)
     for split, stats in data.stats.items():
         if d.main:
@@ -113,7 +115,7 @@ def train(cfg: RMConfig) -> Path:
         num_groups, num_responses = len(prefs), sum(len(p.responses) for p in prefs)
         loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
         for micro_prefs in chunks(d.shard(prefs), micro):
-            with autocast(cfg.train.bf16):
+            with autocast(cfg.train.bf16, d.device):
                 raw = rm.raw_scores(rm.collate(
                     [e for p in micro_prefs for e in p.responses],
                     [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None))

@@ -19,6 +19,7 @@ from tether.config import SFTConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
 from tether.data.sft import load_sft_data
+from tether.device import autocast, to_device
 from tether.distributed import setup
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
@@ -26,7 +27,6 @@ from tether.models.logprobs import first_scored, forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
-    autocast,
     clip_and_check,
     due,
     plan_steps,
@@ -39,7 +39,7 @@ def train(cfg: SFTConfig) -> Path:
     """Run SFT as configured; return the final/ directory. Under torchrun, every process
     runs this; each takes its slice of every batch."""
     torch.manual_seed(cfg.train.seed)
-    d = setup(cfg.train.strategy)
+    d = setup(cfg.train.strategy, cfg.train.device)
 
     # 1. Data first (a bad row should not wait for a model to load), then the model.
     tokenizer = load_tokenizer(cfg.model.name)
@@ -53,7 +53,7 @@ def train(cfg: SFTConfig) -> Path:
         m = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
         return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
 
-    model = build()
+    model = d.place(build())
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -74,7 +74,7 @@ def train(cfg: SFTConfig) -> Path:
         data_source=cfg.data.train, dist=d)
 
     def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with autocast(cfg.train.bf16):
+        with autocast(cfg.train.bf16, d.device):
             logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
                                     first_scored(batch["loss_mask"]))
         return token_logprobs(logits, batch["input_ids"])
@@ -86,7 +86,7 @@ def train(cfg: SFTConfig) -> Path:
         model.eval()
         nll, count = 0.0, 0
         for examples in chunks(data.eval, micro):
-            batch = collate(examples, tokenizer.pad_token_id)
+            batch = to_device(collate(examples, tokenizer.pad_token_id), d.device)
             logprobs = run_forward(batch)
             nll += masked_nll(logprobs, batch["loss_mask"], num_tokens=1).item()
             count += int(batch["loss_mask"].sum())
@@ -110,7 +110,7 @@ def train(cfg: SFTConfig) -> Path:
         num_tokens = sum(sum(e.loss_mask) for e in examples)
         loss = 0.0
         for micro_examples in chunks(d.shard(examples), micro):
-            batch = collate(micro_examples, tokenizer.pad_token_id)
+            batch = to_device(collate(micro_examples, tokenizer.pad_token_id), d.device)
             micro_loss = masked_nll(run_forward(batch), batch["loss_mask"], num_tokens)
             d.backward(micro_loss)
             loss += micro_loss.item()

@@ -1,0 +1,53 @@
+"""Where the models run: a CUDA GPU when there is one, else the CPU.
+
+Data is prepared on the CPU (tokenising, collating, packing) and moved to the model's device
+right before its forward pass; everything after that (losses, advantages, metrics) stays on
+the device until a number is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from tether.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """`auto`: the GPU when CUDA is available, else the CPU. Under torchrun every process
+    takes the GPU numbered by its LOCAL_RANK (one process per GPU)."""
+    if requested not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got '{requested}'")
+    cuda = torch.cuda.is_available()
+    if requested == "cuda" and not cuda:
+        raise ConfigError("device=cuda, but this torch sees no CUDA GPU (a CPU-only build, or "
+                          "no driver); use device=auto or device=cpu")
+    if requested == "cpu" or not cuda:
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"process {local_rank} on this machine has no GPU of its own "
+                          f"({torch.cuda.device_count()} visible): start at most one process "
+                          f"per GPU (torchrun --nproc-per-node)")
+    return torch.device("cuda", local_rank)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's (first) parameter: where its inputs must go."""
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def autocast(bf16: bool, device: torch.device | str = "cpu"
+             ) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device's type (fp32 weights stay fp32); nothing when off."""
+    device_type = device.type if isinstance(device, torch.device) else device
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
