@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import argparse
 
-from bench import dpo, generation, label, peak, ppo, precision, rm, scaling, sft, vs_trl
+from bench import (
+    dpo,
+    generation,
+    gpu_check,
+    label,
+    peak,
+    ppo,
+    precision,
+    rm,
+    scaling,
+    sft,
+    vs_trl,
+)
 
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
               "precision": precision, "scaling": scaling, "generation": generation,
-              "vs-trl": vs_trl}
+              "vs-trl": vs_trl, "gpu-check": gpu_check}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,9 @@
 """Data parallelism is invisible in the numbers: 2 processes under torchrun (gloo, CPU), each
 taking half of every batch, follow the same loss curve to the same final weights as 1 process
-with the whole batch, with DDP and with FSDP2."""
+with the whole batch, with DDP and with FSDP2.
+
+TETHER_TEST_DEVICE=cuda runs them on 2 GPUs over NCCL instead (bench/gpu_check.py does, on a
+machine with two)."""
 
 import os
 import subprocess
@@ -16,12 +19,14 @@ from safetensors.torch import load_file
 from tether.rundir import read_metrics
 
 pytestmark = pytest.mark.distributed
+DEVICE = os.environ.get("TETHER_TEST_DEVICE", "cpu")
 
 
 def run(n: int, command: str, run_dir, *args: str, cwd=None) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={n}"] if n > 1 else [sys.executable]
-    result = subprocess.run([*launcher, "-m", "tether", command, f"run_dir={run_dir}", *args],
+    result = subprocess.run([*launcher, "-m", "tether", command, f"run_dir={run_dir}", *args,
+                             f"train.device={DEVICE}"],
                             capture_output=True, text=True, timeout=600, cwd=cwd,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     # Known flake, about 1 run in 30 under load: a process finishes everything (final/ is
@@ -72,6 +77,8 @@ def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
                                                          "loss/eval"))
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="both agents' one process is LOCAL_RANK 0 and "
+                    "would take the same GPU")
 def test_two_nodes_rendezvous_like_two_machines(tmp_path, sft_rows):
     """README's multi-machine command: 2 torchrun agents of 1 process each, meeting through a
     c10d rendezvous (here both on 127.0.0.1), train what 1 process does."""
@@ -84,7 +91,7 @@ def test_two_nodes_rendezvous_like_two_machines(tmp_path, sft_rows):
     agents = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
          "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=tether-test",
-         "-m", "tether", "sft", f"run_dir={tmp_path / 'two'}", *args],
+         "-m", "tether", "sft", f"run_dir={tmp_path / 'two'}", *args, "train.device=cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
     outputs = [agent.communicate(timeout=600)[0] for agent in agents]

@@ -4,6 +4,7 @@ of the choice, not of CUDA itself (bench/gpu_check.py runs the trainers on a rea
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,10 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "device=cuda, but this torch sees no CUDA GPU" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_the_gpu_check_says_it_needs_a_gpu():
+    result = subprocess.run([sys.executable, "-m", "bench", "gpu-check"], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr

@@ -32,6 +32,7 @@ def prioritize(store: Store, project: Project, reward_models: Sequence[str],
                batch_size: int = 16) -> dict[int, float]:
     """Score every non-gold item's responses with each reward model and store priorities."""
     from tether.data.sft import parse_prompt
+    from tether.device import pick_device
     from tether.models.reward import RewardModel
 
     items = [i for i in store.items(project.name) if i.gold_ranks is None]
@@ -42,7 +43,7 @@ def prioritize(store: Store, project: Project, reward_models: Sequence[str],
         responses += item.responses
     per_model = []
     for path in reward_models:
-        rm = RewardModel.from_pretrained(path)
+        rm = RewardModel.from_pretrained(path).to(pick_device("auto"))
         per_model.append(rm.score(prompts, responses, batch_size=batch_size))
         del rm
     priorities, start = {}, 0

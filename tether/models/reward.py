@@ -85,7 +85,8 @@ class LastTokenScorer(torch.nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                           position_ids=position_ids).last_hidden_state
         if last_columns is None:
-            last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device),
+                          last_token_index(attention_mask)]
         else:
             last = hidden.flatten(0, 1)[last_columns]
         return _head(inner)(last)[:, 0].float()

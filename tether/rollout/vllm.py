@@ -7,7 +7,8 @@ model from disk. Sampling is plain temperature + top-p, as with the `hf` backend
 end at EOS, so PPO's log-probs (recomputed by the policy) describe what was sampled.
 
 Checked on CPU only for its error: a machine without CUDA or without the vllm package gets one
-clear line. `python bench/vllm_generation.py` on a GPU machine compares it with `hf`.
+clear line. On a GPU machine `python -m bench generation` compares it with `hf`, and
+`python -m bench gpu-check` runs it with the rest of the GPU checks.
 """
 
 from __future__ import annotations
