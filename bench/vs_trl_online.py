@@ -296,8 +296,8 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         _force_length(model, args.gen_len)
         generate = generator.generate
 
-        def generate_and_count(prompts, n, params, seed=None):
-            generations = generate(prompts, n, params, seed=seed)
+        def generate_and_count(prompts, n, params, **kw):
+            generations = generate(prompts, n, params, **kw)
             seen["lengths"] = [(len(g.prompt_ids), len(g.response_ids))
                                for samples in generations for g in samples]
             return generations

@@ -98,6 +98,22 @@ class Dist:
         dist.all_gather(parts, padded)
         return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes, strict=True)]).cpu()
 
+    def all_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor of the same shape, concatenated along dim 0 in rank order."""
+        if self.world == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def all_objects(self, obj: object) -> list:
+        """Every rank's (picklable) object, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.world > 1:
             # NCCL's barrier wants to know the GPU, or it guesses (and warns)
@@ -153,6 +169,29 @@ class Dist:
             yield
         finally:
             model.reshard()
+
+    @contextlib.contextmanager
+    def whole(self, model: torch.nn.Module) -> Iterator[None]:
+        """Under fsdp2, every parameter gathered whole for the duration (one all-gather, the
+        whole model in every process meanwhile), so the forwards inside make no collective
+        calls and each rank may run its own: generation, where ranks sample different prompts
+        for different numbers of steps. Elsewhere it does nothing."""
+        if not self.sharded:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        model._get_fsdp_state()._lazy_init()  # as in `gathered`
+        modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        model.set_reshard_after_forward(False)  # recursive: the blocks stay whole too
+        for module in modules:
+            module.unshard()
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.reshard()
+            model.set_reshard_after_forward(True)  # what `wrap` set: every module reshards
 
     def backward(self, loss: torch.Tensor) -> None:
         # DDP and FSDP2 average gradients over ranks; the loss is a sum over ranks.

@@ -7,6 +7,7 @@ from tether.errors import UserError
 from tether.rollout.generate import (
     Generation,
     HFGenerator,
+    InverseCDFSampler,
     SamplingParams,
     make_generator,
 )
@@ -127,6 +128,45 @@ def test_same_seed_same_samples_other_seed_other_samples(model, tokenizer):
     torch.rand(5)  # whatever the global stream does in between
     assert _ids(generator.generate(prompts, 3, params, seed=7)) == first
     assert _ids(generator.generate(prompts, 3, params, seed=8)) != first
+
+
+def test_a_batch_split_over_calls_draws_the_same_samples(model, tokenizer):
+    """What PPO under torchrun relies on: each process samples its share of the prompts, and
+    together they draw what one process draws for all of them."""
+    generator = HFGenerator(model, tokenizer)
+    prompts, params = _prompts(tokenizer), SamplingParams(max_new_tokens=8, top_p=0.9)
+    whole = _ids(generator.generate(prompts, 3, params, seed=5))
+    first = _ids(generator.generate(prompts[:1], 3, params, seed=5))
+    rest = _ids(generator.generate(prompts[1:], 3, params, seed=5, first_sample=3))
+    assert first + rest == whole
+    # and not by accident: other positions in the batch draw other samples
+    assert _ids(generator.generate(prompts[1:], 3, params, seed=5)) != rest
+
+
+def test_the_sampler_inverts_the_cdf_of_the_tempered_nucleus():
+    """probs [0.5, 0.3, 0.15, 0.05] at top_p 0.7 keep the first two (the tokens above the
+    third hold 0.8 >= 0.7), renormalised to [0.625, 0.375]: u below 0.625 draws token 0."""
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()[None].repeat(4, 1)
+    uniforms = torch.tensor([[0.0], [0.62], [0.63], [0.999]])
+    drawn = InverseCDFSampler(uniforms, temperature=1.0, top_p=0.7)(None, logits)
+    assert drawn.argmax(-1).tolist() == [0, 0, 1, 1]
+    assert torch.isinf(drawn).sum(-1).tolist() == [3, 3, 3, 3]  # one-hot for the argmax
+    # temperature 2 flattens [0.5, 0.3, 0.15, 0.05] to sqrt-proportional weights
+    weights = torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
+    cdf = (weights / weights.sum()).cumsum(0)
+    u = torch.tensor([[cdf[0] - 1e-4], [cdf[0] + 1e-4], [cdf[2] + 1e-4]])
+    drawn = InverseCDFSampler(u, temperature=2.0, top_p=1.0)(None, logits[:3])
+    assert drawn.argmax(-1).tolist() == [0, 1, 3]
+
+
+def test_the_sampler_draws_from_the_distribution():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6)
+    rows = 20_000
+    sampler = InverseCDFSampler(torch.rand(rows, 1), temperature=0.7, top_p=1.0)
+    tokens = sampler(None, logits.repeat(rows, 1)).argmax(-1)
+    freq = torch.bincount(tokens, minlength=6) / rows
+    torch.testing.assert_close(freq, torch.softmax(logits[0] / 0.7, -1), atol=0.012, rtol=0)
 
 
 def test_seeded_generation_leaves_the_global_rng_alone(model, tokenizer):

@@ -5,19 +5,26 @@ mask). transformers derives each row's position ids from that mask (cumsum - 1) 
 them by one per step, so a left-padded prompt sees the same rotary positions as the prompt
 alone; tests/unit/test_generate.py checks this.
 
-Sampling is plain temperature + nucleus sampling: the processors a model's own
-generation_config or transformers' global defaults would add (top_k=50 above all, also
-repetition penalties, min_p, ...) are switched off explicitly, so the distribution sampled
-from is exactly softmax(logits / temperature) cut to top_p, the one PPO's log-probs assume.
+Sampling is plain temperature + nucleus sampling, exactly softmax(logits / temperature) cut to
+top_p, the distribution PPO's log-probs assume: tether draws the token itself (below) and
+generate runs greedy on that choice, so generate's own sampling warpers (transformers' default
+top_k=50 above all) never run, and the processors a model's generation_config could add
+(repetition penalties, forced or suppressed tokens, ...) are switched off explicitly.
+
+Every sample draws from a random stream of its own, named by (seed, its index in the whole
+batch): tether's `InverseCDFSampler` picks the token, and generate runs greedy on its one-hot
+choice. So a sample does not depend on which other prompts share its call: a batch split over
+processes (PPO under torchrun) gives every process's share exactly the samples one process
+would draw for them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache, LogitsProcessor, PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
 from tether.errors import UserError
@@ -26,9 +33,9 @@ from tether.models.logprobs import position_ids_from_mask
 BACKENDS = ("hf", "vllm")
 
 # Passed to every generate call: kwargs override the model's generation_config, which would
-# otherwise fill these in (and transformers' global default top_k=50 applies to all models).
+# otherwise fill these in.
 _PLAIN_SAMPLING = {
-    "top_k": 0, "min_p": None, "top_h": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+    "min_p": None, "top_h": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None, "bad_words_ids": None,
     "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
@@ -61,6 +68,38 @@ class Generation:
     finished: bool  # the model emitted EOS within max_new_tokens
 
 
+def stream_seed(seed: int, sample: int) -> int:
+    """The seed of sample `sample`'s own random stream (a hash: no two (seed, sample) pairs
+    collide the way seed * K + sample would)."""
+    digest = hashlib.blake2b(f"{seed}:{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class InverseCDFSampler(LogitsProcessor):
+    """Draws row r's next token from softmax(logits / temperature) cut to top_p with row r's
+    uniform for this step: the first token where the cumulative probability passes it. Returns
+    logits that are 0 at the drawn token and -inf elsewhere, for generate's greedy argmax."""
+
+    def __init__(self, uniforms: torch.Tensor, temperature: float, top_p: float):
+        self.uniforms = uniforms  # [rows, max_new_tokens], in [0, 1)
+        self.temperature, self.top_p = temperature, top_p
+        self.step = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            # Keep the most likely tokens until their mass reaches top_p (at least one): a
+            # token stays if the tokens above it hold less than top_p.
+            ordered, order = probs.sort(dim=-1, descending=True)
+            above = ordered.cumsum(-1) - ordered
+            probs = probs.scatter(-1, order, ordered.masked_fill(above >= self.top_p, 0.0))
+        cdf = probs.cumsum(-1)
+        u = self.uniforms[:, self.step].to(cdf.device)[:, None] * cdf[:, -1:]
+        self.step += 1
+        token = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
+
+
 class HFGenerator:
     """Hugging Face `generate` on whatever device the model is on."""
 
@@ -78,9 +117,12 @@ class HFGenerator:
         self.pad_token_id = tokenizer.pad_token_id
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,
-                 seed: int | None = None) -> list[list[Generation]]:
-        """`n` samples for each prompt, in prompt order. With `seed`, the result depends only on
-        (seed, inputs, params), and the caller's global RNG stream is left as it was."""
+                 seed: int | None = None, first_sample: int = 0) -> list[list[Generation]]:
+        """`n` samples for each prompt, in prompt order. With `seed`, sample k of this call
+        (prompt k // n) draws from stream (seed, first_sample + k) and depends on nothing else
+        but its prompt and `params`; the caller's global RNG stream is left as it was. Without,
+        the streams come from the global RNG. `first_sample`: where this call's samples start
+        in a larger batch split over calls."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not prompts:
@@ -90,16 +132,20 @@ class HFGenerator:
         device = self.model.device
         input_ids = pad_batch(prompts, self.pad_token_id, "left").to(device)
         attention_mask = pad_batch([[1] * len(p) for p in prompts], 0, "left").to(device)
+        rows = len(prompts) * n
+        if seed is None:
+            uniforms = torch.rand(rows, params.max_new_tokens)
+        else:
+            uniforms = torch.stack([
+                torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(
+                    stream_seed(seed, first_sample + k))) for k in range(rows)])
+        sampler = InverseCDFSampler(uniforms, params.temperature, params.top_p)
 
         was_training = self.model.training
         self.model.eval()
-        fork = (torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-                if seed is not None else contextlib.nullcontext())
         try:
-            with fork, torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                       enabled=self.bf16):
-                if seed is not None:
-                    torch.manual_seed(seed)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                 enabled=self.bf16):
                 cache = None
                 if n > 1 and input_ids.shape[1] > 1:
                     # Each prompt read once, not once per sample: its cache, copied n times,
@@ -107,13 +153,12 @@ class HFGenerator:
                     # the first response token.
                     cache = self._prefill(input_ids[:, :-1], attention_mask[:, :-1])
                     cache.batch_repeat_interleave(n)
-                    input_ids = input_ids.repeat_interleave(n, 0)
-                    attention_mask = attention_mask.repeat_interleave(n, 0)
+                input_ids = input_ids.repeat_interleave(n, 0)
+                attention_mask = attention_mask.repeat_interleave(n, 0)
                 out = self.model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, cache=cache,
-                    do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                    do_sample=False, logits_processor=[sampler],
                     max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=1 if cache is not None else n,
                     eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
                     use_cache=True, return_dict_in_generate=False, **_PLAIN_SAMPLING)
         finally:

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tether.errors import UserError
-from tether.rollout.generate import Generation, SamplingParams
+from tether.rollout.generate import Generation, SamplingParams, stream_seed
 
 
 def require_vllm() -> None:
@@ -73,13 +73,18 @@ class VLLMGenerator:
                         "VLLM_ENABLE_V1_MULTIPROCESSING=0, or use backend=hf")
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,
-                 seed: int | None = None) -> list[list[Generation]]:
+                 seed: int | None = None, first_sample: int = 0) -> list[list[Generation]]:
+        """As HFGenerator.generate; with `seed` each prompt is a request with a seed of its
+        own, named by its place in the whole batch, so a batch split over processes draws
+        what one process would (vLLM's own streams: not the samples `hf` draws)."""
         import vllm
 
-        sampling = vllm.SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                                       top_k=-1, max_tokens=params.max_new_tokens, seed=seed,
-                                       stop_token_ids=[self.eos_token_id],
-                                       skip_special_tokens=False)
+        sampling = [vllm.SamplingParams(
+            n=n, temperature=params.temperature, top_p=params.top_p, top_k=-1,
+            max_tokens=params.max_new_tokens, stop_token_ids=[self.eos_token_id],
+            skip_special_tokens=False,
+            seed=None if seed is None else stream_seed(seed, first_sample + i * n))
+            for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling,
                                     use_tqdm=False)
         results = []

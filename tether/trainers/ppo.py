@@ -188,10 +188,11 @@ def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list
 def train(cfg: PPOConfig) -> Path:
     """Run PPO / GRPO / RLOO as configured; return the final/ directory.
 
-    Under torchrun (ddp) every process samples and scores the whole batch, the same samples
-    by the same seed, and each takes its slice of every minibatch for the update: the
-    gradients, and every statistic of the batch (advantage whitening among them), are those
-    of one process."""
+    Under torchrun each process samples, scores and runs the no-grad passes over its share of
+    the prompts, and then every process holds the whole rollout (all-gathered); each takes its
+    slice of every minibatch for the update. Every sample draws from its own random stream
+    (tether.rollout.generate), so the samples, the gradients and every statistic of the batch
+    (advantage whitening among them) are those of one process."""
     torch.manual_seed(cfg.train.seed)
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
     bf16, temperature = cfg.train.bf16, rcfg.temperature
@@ -203,9 +204,11 @@ def train(cfg: PPOConfig) -> Path:
     if d.sharded and rcfg.backend == "vllm":
         raise ConfigError("rollout.backend=vllm loads the whole policy into its engine in "
                           "every process: use train.strategy=ddp with it")
-    if pcfg.minibatch_size % d.world:
-        raise ConfigError(f"ppo.minibatch_size ({pcfg.minibatch_size}) must be a multiple of "
-                          f"the number of processes ({d.world})")
+    for key, value in (("rollout.batch_size", rcfg.batch_size),
+                       ("ppo.minibatch_size", pcfg.minibatch_size)):
+        if value % d.world:
+            raise ConfigError(f"{key} ({value}) must be a multiple of the number of processes "
+                              f"({d.world})")
 
     # 0. Prompts, scorers, models. Data and scorer names first: mistakes fail fast.
     tokenizer = load_tokenizer(cfg.model.name)
@@ -312,13 +315,13 @@ def train(cfg: PPOConfig) -> Path:
     policy_pass = needs_policy_pass(cfg, d.world)
 
     @torch.no_grad()
-    def per_token(rollout: Rollout) -> dict[str, torch.Tensor]:
+    def per_token(rollout: Rollout, rows: range) -> dict[str, torch.Tensor]:
         """Old log-probs (zeros without the policy pass), reference log-probs, entropy and
-        values of the rollout."""
+        values of the rollout's `rows` (this process's share; the others' are gathered)."""
         out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [],
                                               "entropy": [], "values": []}
         # In order: a prompt's samples are consecutive, so `grouped` keeps the order.
-        for idx in torch.arange(len(rollout.texts)).split(pcfg.micro_batch_size):
+        for idx in torch.arange(rows.start, rows.stop).split(pcfg.micro_batch_size):
             idx, groups = grouped(rollout, idx)
             ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
             if policy_pass:
@@ -338,26 +341,29 @@ def train(cfg: PPOConfig) -> Path:
             out["ref_logprobs"].append(logprobs_of(ref_logits, ids, temperature))
             if values is not None:
                 out["values"].append(values)
-        return {k: torch.cat(v) for k, v in out.items() if v}
+        return {k: d.all_rows(torch.cat(v)) for k, v in out.items() if v}
 
-    def score(rollout: Rollout, prompts: list[Messages]) -> dict[str, torch.Tensor]:
-        sample_prompts = [prompts[i] for i in rollout.prompt_index]
+    def score(rollout: Rollout, prompts: list[Messages], rows: range
+              ) -> dict[str, torch.Tensor]:
+        """The scores of the rollout's `rows` (this process's share), gathered."""
+        sample_prompts = [prompts[rollout.prompt_index[i]] for i in rows]
+        texts = rollout.texts[rows.start:rows.stop]
         scores = {}
         if reward_model is not None:
             scores["proxy"] = torch.tensor(reward_model.score(
-                sample_prompts, rollout.texts, batch_size=pcfg.micro_batch_size, bf16=bf16),
+                sample_prompts, texts, batch_size=pcfg.micro_batch_size, bf16=bf16),
                 device=d.device)
         if gold is not None:
-            scores["gold"] = torch.tensor(score_all([{"responses": rollout.texts}], gold)[0],
+            scores["gold"] = torch.tensor(score_all([{"responses": texts}], gold)[0],
                                           dtype=torch.float32, device=d.device)
-        return scores
+        return {k: d.all_rows(v) for k, v in scores.items()}
 
     # Held-out evaluation samples the policy: rank 0 does it alone, except under fsdp2, where
     # its forwards gather shards, so every rank runs it (identically) and rank 0 logs it.
     evaluates = bool(eval_rows) and (d.main or d.sharded)
 
     def evaluate() -> dict[str, float]:
-        with d.gathered(trained):
+        with d.whole(trained):
             return heldout_metrics(policy, tokenizer, eval_ids, [m for _, m in eval_rows],
                                    params=params, seed=cfg.train.seed,
                                    batch_size=pcfg.micro_batch_size, reference=ref_model,
@@ -373,12 +379,18 @@ def train(cfg: PPOConfig) -> Path:
         started = time.perf_counter()
         trained.eval()  # sampling and old log-probs; dropout is off anyway
 
-        # 1. Rollout.
+        # 1. Rollout: each process samples its share of the prompts (under fsdp2 from weights
+        # gathered whole for it), then every process holds all of them.
         indices = batch_indices(len(rows), rcfg.batch_size, step, cfg.train.seed)
         batch_prompts = [prompt_ids[i] for i in indices]
-        with d.gathered(trained):
-            generations = generator.generate(batch_prompts, rcfg.group_size, params,
-                                             seed=cfg.train.seed * 100_003 + step)
+        my_prompts = d.shard(list(range(rcfg.batch_size)))
+        mine = range(my_prompts[0] * rcfg.group_size,  # this process's samples
+                     (my_prompts[-1] + 1) * rcfg.group_size)
+        with d.whole(trained):
+            generated = generator.generate(
+                [batch_prompts[i] for i in my_prompts], rcfg.group_size, params,
+                seed=cfg.train.seed * 100_003 + step, first_sample=mine.start)
+        generations = [g for part in d.all_objects(generated) for g in part]
         rollout = build_rollout(tokenizer, batch_prompts, generations, rcfg.stop_string,
                                 d.device)
         mask = rollout.mask
@@ -386,7 +398,7 @@ def train(cfg: PPOConfig) -> Path:
 
         # 2. Scores: the optimised one is the proxy when there is a reward model.
         t0 = time.perf_counter()
-        scores = score(rollout, [messages[i] for i in indices])
+        scores = score(rollout, [messages[i] for i in indices], mine)
         objective = (scores["proxy"] if reward_model is not None else scores["gold"]).clone()
         if cfg.reward.penalize_no_eos:
             objective[~rollout.finished] = cfg.reward.no_eos_score
@@ -399,7 +411,7 @@ def train(cfg: PPOConfig) -> Path:
 
         # 3. Log-probs, reference log-probs and values, before any update.
         t0 = time.perf_counter()
-        old = per_token(rollout)
+        old = per_token(rollout, mine)
         kl_in_reward = pcfg.kl_in == "reward"
         kl_coef = kl_ctl.value
 
