@@ -29,10 +29,11 @@ def run(n: int, command: str, run_dir, *args: str, cwd=None) -> subprocess.Compl
                              f"train.device={DEVICE}"],
                             capture_output=True, text=True, timeout=600, cwd=cwd,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    # Known flake, about 1 run in 30 under load: a process finishes everything (final/ is
-    # written) and then aborts in its C++ teardown ("terminate called without an active
-    # exception"). The outputs are complete, so the comparisons below still hold; the exit
-    # code is the open bug (noted on issue 8).
+    # A flake seen about 1 run in 30 under load: a process finished everything (final/ was
+    # written) and then aborted in the interpreter's teardown ("terminate called without an
+    # active exception"). tether/__main__.py now leaves torchrun processes without that
+    # teardown; should it show up again, the outputs are complete, so the comparisons below
+    # still hold, and the warning says it happened.
     teardown = "terminate called without an active exception" in result.stderr and \
         (Path(run_dir) / "final" / "config.json").exists()
     if teardown:
