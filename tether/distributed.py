@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -66,7 +66,7 @@ class Dist:
 
     # -- data ---------------------------------------------------------------------------------
 
-    def shard(self, items: list) -> list:
+    def shard(self, items: Sequence) -> Sequence:
         """This rank's slice of a global batch (whose size the config checks divides)."""
         if self.world == 1:
             return items

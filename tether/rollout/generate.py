@@ -6,16 +6,15 @@ them by one per step, so a left-padded prompt sees the same rotary positions as 
 alone; tests/unit/test_generate.py checks this.
 
 Sampling is plain temperature + nucleus sampling, exactly softmax(logits / temperature) cut to
-top_p, the distribution PPO's log-probs assume: tether draws the token itself (below) and
-generate runs greedy on that choice, so generate's own sampling warpers (transformers' default
-top_k=50 above all) never run, and the processors a model's generation_config could add
-(repetition penalties, forced or suppressed tokens, ...) are switched off explicitly.
+top_p, the distribution PPO's log-probs assume. tether draws each token itself
+(`InverseCDFSampler`) and generate runs greedy on that one-hot choice, so generate's own
+sampling warpers (transformers' default top_k=50 above all) never run; the processors a model's
+generation_config could add (repetition penalties, forced or suppressed tokens, ...) are
+switched off explicitly.
 
 Every sample draws from a random stream of its own, named by (seed, its index in the whole
-batch): tether's `InverseCDFSampler` picks the token, and generate runs greedy on its one-hot
-choice. So a sample does not depend on which other prompts share its call: a batch split over
-processes (PPO under torchrun) gives every process's share exactly the samples one process
-would draw for them.
+batch), so a sample does not depend on which other prompts share its call: a batch split over
+processes (PPO under torchrun) draws exactly what one process would.
 """
 
 from __future__ import annotations

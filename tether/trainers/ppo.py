@@ -383,9 +383,8 @@ def train(cfg: PPOConfig) -> Path:
         # gathered whole for it), then every process holds all of them.
         indices = batch_indices(len(rows), rcfg.batch_size, step, cfg.train.seed)
         batch_prompts = [prompt_ids[i] for i in indices]
-        my_prompts = d.shard(list(range(rcfg.batch_size)))
-        mine = range(my_prompts[0] * rcfg.group_size,  # this process's samples
-                     (my_prompts[-1] + 1) * rcfg.group_size)
+        my_prompts = d.shard(range(rcfg.batch_size))
+        mine = d.shard(range(num_samples))  # their samples: a prompt's are consecutive
         with d.whole(trained):
             generated = generator.generate(
                 [batch_prompts[i] for i in my_prompts], rcfg.group_size, params,
