@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from tether.data.collate import pad_batch
 from tether.data.order import chunks
 from tether.data.tokenize import Messages
+from tether.device import autocast, model_device
 from tether.eval.stats import bootstrap_ci
 from tether.labeling.simulate import score_all
 from tether.models.logprobs import forward_logits, token_logprobs
@@ -50,10 +51,6 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
     return torch.where(mask.bool(), diff, torch.zeros_like(diff)).sum(-1)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def response_logprobs(model: torch.nn.Module, sequences: Sequence[tuple[list[int], list[int]]],
                       pad_id: int, *, batch_size: int = 8, bf16: bool = False,
@@ -65,14 +62,14 @@ def response_logprobs(model: torch.nn.Module, sequences: Sequence[tuple[list[int
     (forward_logits also numbers positions from the attention mask)."""
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     out: list[torch.Tensor] = []
     try:
         for part in chunks(list(sequences), batch_size):
             ids = [list(p) + list(r) for p, r in part]
             input_ids = pad_batch(ids, pad_id, "right").to(device)
             attention_mask = pad_batch([[1] * len(s) for s in ids], 0, "right").to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(bf16, device):
                 logits = forward_logits(model, input_ids, attention_mask)
             logprobs = token_logprobs(logits, input_ids, temperature).cpu()
             for row, (prompt, response) in zip(logprobs, part, strict=True):

@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache, LogitsProcessor, PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
+from tether.device import autocast
 from tether.errors import UserError
 from tether.models.logprobs import position_ids_from_mask
 
@@ -143,8 +144,7 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                 enabled=self.bf16):
+            with torch.no_grad(), autocast(self.bf16, device):
                 cache = None
                 if n > 1 and input_ids.shape[1] > 1:
                     # Each prompt read once, not once per sample: its cache, copied n times,
