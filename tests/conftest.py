@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 # small ops spin and slows the tiny-model tests several-fold. Subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# On a GPU (python -m bench gpu-check runs this suite there) fp32 matmuls would otherwise run
+# in TF32, ~1e-3 relative: tests that compare two runs in fp32 need fp32 on every device.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")

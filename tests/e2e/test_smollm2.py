@@ -72,3 +72,20 @@ def test_short_sft_run_lowers_eval_loss_and_exports(tmp_path):
              if "loss/eval" in m]
     assert evals[-1] < evals[0]
     assert AutoModelForCausalLM.from_pretrained(final).config.model_type == "llama"
+
+
+def test_the_real_model_trains_with_kernelize_raising(tmp_path, monkeypatch):
+    """transformers 5.x kernelizes every from_pretrained model on model.train(); offline on a
+    GPU that fetch fails (issue 18). kernelize raising here fails the stage if anything asks."""
+    import transformers.modeling_utils
+
+    from tether.cli import main
+
+    def kernelize(*args, **kwargs):
+        raise RuntimeError("kernelize was called: it would fetch kernels from the Hub")
+
+    monkeypatch.setattr(transformers.modeling_utils, "kernelize", kernelize)
+    assert main(["sft", "model.name=smollm2-135m", "train.max_steps=1", "train.batch_size=2",
+                 "train.micro_batch_size=2", "data.max_length=64", "data.eval_fraction=0",
+                 f"data.train={REPO / 'examples/sft/reviews.jsonl'}",
+                 f"run_dir={tmp_path / 'run'}"]) == 0

