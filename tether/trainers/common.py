@@ -21,7 +21,14 @@ from tether.config import OptimConfig, TrainConfig
 from tether.data.order import steps_per_epoch
 from tether.distributed import Dist
 from tether.errors import DataError, TrainingDiverged
-from tether.optim import make_optimizer, make_scheduler
+from tether.optim import (
+    MasterAdamW,
+    make_optimizer,
+    make_scheduler,
+    master_optimizer,
+    with_masters,
+    without_masters,
+)
 from tether.rundir import MetricsLog, NullLog
 
 SINGLE = Dist()  # one process: every collective below is a no-op
@@ -41,10 +48,16 @@ def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,
                         num_examples: int, steps_per_epoch: int, keep: int,
                         extra: dict | None = None, dist: Dist = SINGLE) -> Path:
     """`extra`: whatever else a loop must restore (e.g. an adaptive KL coefficient). Called on
-    every rank (gathering FSDP2 shards is collective); rank 0 writes."""
+    every rank (gathering FSDP2 shards is collective); rank 0 writes. With a MasterAdamW
+    (train.bf16_weights), "model" holds its fp32 masters, not their bf16 rounding, and
+    "optimizer" the rest of its state: the same checkpoint as a plain AdamW run writes."""
+    optimizer_state = dist.optimizer_state(model, optimizer)
+    if isinstance(optimizer, MasterAdamW):
+        optimizer_state, weights = without_masters(optimizer_state)
+    else:
+        weights = dist.trainable_state(model)
     state = {
-        "step": step, "model": dist.trainable_state(model),
-        "optimizer": dist.optimizer_state(model, optimizer),
+        "step": step, "model": weights, "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(), "rng": capture_rng(), "extra": extra or {},
         # The batch order is a function of (seed, step); these let resume check it.
         "data": {"num_examples": num_examples, "epoch": step // steps_per_epoch,
@@ -66,8 +79,12 @@ def restore_training_state(checkpoint: Path, model: torch.nn.Module,
         raise DataError(f"{data_source}: {num_examples} training examples now, "
                         f"{state['data']['num_examples']} when {checkpoint} was written; "
                         f"resuming would not continue the same data order")
-    dist.load_trainable_state(model, state["model"])
-    dist.load_optimizer_state(model, optimizer, state["optimizer"])
+    dist.load_trainable_state(model, state["model"])  # rounded, where the model is bf16
+    optimizer_state = state["optimizer"]
+    if isinstance(optimizer, MasterAdamW) and all(
+            isinstance(n, str) for g in optimizer_state["param_groups"] for n in g["params"]):
+        optimizer_state = with_masters(optimizer_state, state["model"])  # the exact fp32 ones
+    dist.load_optimizer_state(model, optimizer, optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])
     if extra is not None:
@@ -81,11 +98,15 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
                     optim: OptimConfig, total_updates: int, *, num_examples: int,
                     data_source: str, extra: dict | None = None,
                     lr_by_prefix: dict[str, float] | None = None, dist: Dist = SINGLE,
+                    master_weights: bool = False,
                     ) -> tuple[torch.optim.Optimizer, Any, int, MetricsLog]:
     """The optimizer, its schedule over `total_updates` optimizer steps, the step to start
     from and the metrics log (rank 0's; the others log nothing); everything restored from
-    `checkpoint` when resuming."""
-    optimizer = make_optimizer(model, optim, lr_by_prefix)
+    `checkpoint` when resuming. `master_weights` (tether.precision.master_weights(cfg.train)):
+    a MasterAdamW, fp32 masters of a model tether.precision.to_bf16 has cast."""
+    optimizer = make_optimizer(model, optim, lr_by_prefix, master_weights=master_weights)
+    if isinstance(optimizer, MasterAdamW):
+        optimizer.broadcast_masters()  # DDP gave every process rank 0's weights: ditto masters
     scheduler = make_scheduler(optimizer, optim, total_updates)
     start_step = 0
     if checkpoint is not None:
@@ -100,8 +121,12 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
 def clip_and_check(model: torch.nn.Module, max_grad_norm: float, loss: float, step: int,
                    last_checkpoint: Path | None, dist: Dist = SINGLE) -> float:
     """Clip gradients; stop (before the optimizer step spoils the weights) on NaN/inf. `loss`
-    is the global one (the same on every rank), so every rank stops together."""
-    grad_norm = dist.clip_grad_norm([p for p in model.parameters() if p.requires_grad],
+    is the global one (the same on every rank), so every rank stops together. When a
+    MasterAdamW trains the model (train.bf16_weights), its fp32 master gradients are the ones
+    measured and clipped: the true norm, not the bf16 gradients'."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    masters = master_optimizer(params)
+    grad_norm = dist.clip_grad_norm(masters.master_grads() if masters else params,
                                     max_grad_norm or math.inf)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint
