@@ -61,6 +61,15 @@ class ModelConfig:
     lora: LoraConfig = section(LoraConfig, "LoRA adapters.")
     gradient_checkpointing: bool = option(
         False, "Recompute activations in the backward pass: less memory, ~30% more compute.")
+    attention: str = option(
+        "sdpa", "Attention implementation: sdpa (PyTorch's scaled_dot_product_attention, which "
+        "picks a fused kernel on a GPU) or eager. Whatever a model directory's config.json "
+        "asks for (e.g. flash_attention_2, which transformers would fetch from the Hub) is "
+        "replaced by this.", choices=["sdpa", "eager"])
+    hub_kernels: bool = option(
+        False, "Let transformers swap in kernels downloaded from the Hugging Face Hub "
+        "(`use_kernels`; it needs a network and runs remote code). Off: every model tether "
+        "loads runs PyTorch's own kernels, offline.")
 
 
 @dataclass
@@ -130,6 +139,22 @@ class TrainConfig:
     log_every: int = option(1, "Write metrics every N steps.", min=1)
     bf16: bool = option(False, "bf16 autocast for forward/backward (weights and optimizer "
                                "stay fp32).")
+    bf16_weights: bool = option(
+        False, "With bf16: hold the trained model's weights (and frozen models) in bf16, with "
+        "fp32 master copies and AdamW state in the optimizer, so no forward casts them. "
+        "Faster where casts dominate (a GPU at small batches); the update is still fp32.")
+    max_tokens_per_microbatch: int = option(
+        0, "Padding-free packing (sft, rm, dpo): >0 packs a micro-batch's sequences (or "
+        "shared-prompt groups) into one row of at most this many tokens, each attending to "
+        "itself only, instead of micro_batch_size padded rows; 0: off. Must hold the longest "
+        "sequence (or group). Changes speed and memory, not the result.", min=0)
+    logits_chunk: int = option(
+        4096, "Tokens per chunk of the output head and log-softmax: logits of at most this "
+        "many tokens exist at once (forward and backward), never [tokens, vocab] for a whole "
+        "micro-batch; 0: all at once. Changes memory, not the result.", min=0)
+    compile: bool = option(
+        False, "torch.compile the model (sft, rm, dpo and PPO's update). Pays off on a GPU "
+        "for long runs of same-shaped batches; the first steps are slower while it compiles.")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
     share_prompt: bool = option(
         True, "dpo, rm (causal-LM backbone), grpo and rloo: the responses of one prompt packed "

@@ -84,6 +84,14 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def max(self, *values: float) -> list[float]:
+        """Each value's maximum over the ranks (e.g. the most micro-batches any rank has)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """1-D tensors of any length from every rank, concatenated in rank order."""
         if self.world == 1:

@@ -68,9 +68,9 @@ def test_training_forwards_every_response_once_in_one_pass(tmp_path, monkeypatch
     seen = []
     original = dpo_trainer.response_logps
 
-    def counting(model, responses, pad_id, bf16, group_sizes=None):
+    def counting(model, responses, pad_id, bf16, group_sizes=None, *rest):
         seen.append((len(responses), group_sizes))
-        return original(model, responses, pad_id, bf16, group_sizes)
+        return original(model, responses, pad_id, bf16, group_sizes, *rest)
 
     monkeypatch.setattr(dpo_trainer, "response_logps", counting)
     dpo_trainer.train(_cfg(tmp_path, data, "train.max_steps=1", "train.micro_batch_size=8",

@@ -109,7 +109,7 @@ def test_shared_prompts_train_as_separate_rows_do(tmp_path, algo, extra, monkeyp
     groups = []
     original = ppo_trainer.packed_logits
     monkeypatch.setattr(ppo_trainer, "packed_logits",
-                        lambda *a: groups.append(a[-1]) or original(*a))
+                        lambda *a, **k: groups.append(a[-1]) or original(*a, **k))
     runs = {}
     for share in ("false", "true"):
         out = tmp_path / share

@@ -24,7 +24,8 @@ from tether.data.tokenize import Messages
 from tether.device import autocast, model_device
 from tether.eval.stats import bootstrap_ci
 from tether.labeling.simulate import score_all
-from tether.models.logprobs import forward_logits, token_logprobs
+from tether.models.head import DEFAULT_CHUNK
+from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
 from tether.rollout.generate import HFGenerator, SamplingParams
 from tether.tasks.registry import GoldScorer
@@ -54,12 +55,14 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
 @torch.no_grad()
 def response_logprobs(model: torch.nn.Module, sequences: Sequence[tuple[list[int], list[int]]],
                       pad_id: int, *, batch_size: int = 8, bf16: bool = False,
-                      temperature: float = 1.0) -> list[torch.Tensor]:
+                      temperature: float = 1.0, chunk: int = DEFAULT_CHUNK
+                      ) -> list[torch.Tensor]:
     """log p(response token t | prompt, response < t) for each (prompt_ids, response_ids) pair:
-    one float32 CPU tensor of len(response_ids) per pair, in order.
+    one float32 CPU tensor of len(response_ids) per pair, in order. `chunk`: tokens per chunk
+    of the output head (train.logits_chunk; 0: all at once).
 
     Rows are right-padded, so a prompt's tokens sit at positions 0.. as when it was sampled
-    (forward_logits also numbers positions from the attention mask)."""
+    (forward_logprobs also numbers positions from the attention mask)."""
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -70,8 +73,8 @@ def response_logprobs(model: torch.nn.Module, sequences: Sequence[tuple[list[int
             input_ids = pad_batch(ids, pad_id, "right").to(device)
             attention_mask = pad_batch([[1] * len(s) for s in ids], 0, "right").to(device)
             with autocast(bf16, device):
-                logits = forward_logits(model, input_ids, attention_mask)
-            logprobs = token_logprobs(logits, input_ids, temperature).cpu()
+                logprobs = forward_logprobs(model, input_ids, attention_mask,
+                                            temperature=temperature, chunk=chunk).cpu()
             for row, (prompt, response) in zip(logprobs, part, strict=True):
                 out.append(row[len(prompt):len(prompt) + len(response)].clone())
     finally:
@@ -106,7 +109,8 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     batch_size: int = 8, messages: list[Messages] | None = None,
                     reference: torch.nn.Module | None = None, gold: GoldScorer | None = None,
                     reward_model: RewardModel | None = None, bf16: bool = False,
-                    progress: Callable[[int], None] | None = None) -> list[dict]:
+                    progress: Callable[[int], None] | None = None,
+                    chunk: int = DEFAULT_CHUNK) -> list[dict]:
     """Sample `n` responses per prompt and measure each one; records in (prompt, sample) order.
 
     Batch b of `batch_size` prompts is sampled with seed `seed + b` (as `tether sample` does),
@@ -122,7 +126,8 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
       share the policy's tokenizer;
     - num_tokens: response length in tokens, EOS included; finished: it ended with EOS.
 
-    `progress(k)` is called after each batch with the number of prompts done in it."""
+    `progress(k)` is called after each batch with the number of prompts done in it. `chunk`:
+    as in response_logprobs."""
     if reward_model is not None and (messages is None or len(messages) != len(prompt_ids)):
         raise ValueError("a reward model needs the prompts' messages, one per prompt")
     generator = HFGenerator(model, tokenizer, bf16=bf16)
@@ -136,10 +141,11 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
         if reference is not None:
             pairs = [(g.prompt_ids, g.response_ids) for g in generations]
             policy_lp = response_logprobs(model, pairs, tokenizer.pad_token_id,
-                                          batch_size=batch_size, bf16=bf16)
+                                          batch_size=batch_size, bf16=bf16, chunk=chunk)
             # The policy as its own reference: KL is exactly 0, no second forward pass.
             ref_lp = policy_lp if reference is model else response_logprobs(
-                reference, pairs, tokenizer.pad_token_id, batch_size=batch_size, bf16=bf16)
+                reference, pairs, tokenizer.pad_token_id, batch_size=batch_size, bf16=bf16,
+                chunk=chunk)
             kl = _kl_of(policy_lp, ref_lp)
         proxy: list[float | None] = [None] * len(generations)
         if reward_model is not None:
@@ -162,13 +168,14 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     prompt_ids: list[list[int]], messages: list[Messages], *,
                     params: SamplingParams, seed: int, batch_size: int,
                     reference: torch.nn.Module | None, gold: GoldScorer | None,
-                    reward_model: RewardModel | None, bf16: bool) -> dict[str, float]:
+                    reward_model: RewardModel | None, bf16: bool,
+                    chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
     one fresh sample per held-out prompt. The same seed every time, so successive evaluations
     differ by the policy, not by the sampling noise."""
     records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
                               batch_size=batch_size, messages=messages, reference=reference,
-                              gold=gold, reward_model=reward_model, bf16=bf16)
+                              gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk)
     metrics = {}
     for key in ("gold", "proxy", "kl", "num_tokens"):
         values = [r[key] for r in records if r[key] is not None]

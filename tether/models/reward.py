@@ -32,7 +32,13 @@ from tether.data.order import chunks
 from tether.data.tokenize import Encoded, Messages, encode_example
 from tether.device import autocast, model_device, to_device
 from tether.errors import UserError
-from tether.models.loading import load_tokenizer, resolve
+from tether.models.loading import (
+    load_tokenizer,
+    pretrained_options,
+    random_config,
+    random_shape,
+    resolve,
+)
 from tether.models.logprobs import position_ids_from_mask
 from tether.models.lora import is_lora
 from tether.models.shared_prompt import attention_mask_for, pack_groups
@@ -117,7 +123,8 @@ class RewardModel:
 
     @classmethod
     def build(cls, name: str, backbone: str = "auto", *, seed: int = 0, chat_template: str = "auto",
-              max_length: int = 512, truncation: str = "prompt_left") -> RewardModel:
+              max_length: int = 512, truncation: str = "prompt_left", hub_kernels: bool = False,
+              attention: str = "sdpa") -> RewardModel:
         """A fresh reward model from a causal LM or an encoder; the head is N(0, 1/sqrt(d+1))."""
         tokenizer = load_tokenizer(name)
         with torch.random.fork_rng():
@@ -127,13 +134,18 @@ class RewardModel:
                 base.config.num_labels = 1
                 model = LlamaForSequenceClassification(base.config)
                 model.model.load_state_dict(base.model.state_dict())
+            elif random_shape(name):
+                config = random_config(name)
+                config.num_labels, config._attn_implementation = 1, attention
+                model = LlamaForSequenceClassification(config)
             else:
                 verbosity = transformers.logging.get_verbosity()
                 transformers.logging.set_verbosity_error()  # "score is newly initialised"
                 try:
                     model = AutoModelForSequenceClassification.from_pretrained(
                         resolve(name), num_labels=1, dtype=torch.float32,
-                        ignore_mismatched_sizes=True)  # an old classifier head is replaced anyway
+                        ignore_mismatched_sizes=True,  # an old classifier head is replaced
+                        **pretrained_options(hub_kernels, attention))
                 except (OSError, ValueError) as e:
                     raise UserError(f"cannot build a reward model from '{name}': {e}") from None
                 finally:
@@ -158,11 +170,13 @@ class RewardModel:
                    truncation=truncation)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> RewardModel:
+    def from_pretrained(cls, path: str | Path, hub_kernels: bool = False,
+                        attention: str = "sdpa") -> RewardModel:
         path = Path(path)
         if not (path / "config.json").exists():
             raise UserError(f"{path}: not a reward model directory (no config.json)")
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch.float32, **pretrained_options(hub_kernels, attention))
         if not hasattr(model.config, "tether_backbone"):
             model.config.tether_backbone = ("encoder" if model.config.model_type in ENCODER_TYPES
                                             else "policy")
@@ -206,14 +220,18 @@ class RewardModel:
         return scorer(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"),
                       batch.get("position_ids"), batch.get("last_columns"))
 
-    def collate(self, encoded: Sequence[Encoded],
-                group_sizes: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    def collate(self, encoded: Sequence[Encoded], group_sizes: Sequence[int] | None = None,
+                one_row: bool = False) -> dict[str, torch.Tensor]:
         """A batch for raw_scores. With `group_sizes` (the responses of each prompt, in order)
         a policy backbone reads each prompt once, its responses packed into one row
-        (tether.models.shared_prompt); an encoder cannot share and ignores them."""
-        if group_sizes is not None and self.kind == "policy":
-            packed = pack_groups([e.input_ids for e in encoded], group_sizes,
-                                 self.tokenizer.pad_token_id)
+        (tether.models.shared_prompt); with `one_row`, all of them (each group, or each
+        response on its own) in a single row without padding. An encoder is bidirectional:
+        it can neither share nor pack (its tokens would see the other sequences), ignores
+        both and gets padded rows."""
+        if (group_sizes is not None or one_row) and self.kind == "policy":
+            packed = pack_groups([e.input_ids for e in encoded],
+                                 group_sizes or [1] * len(encoded), self.tokenizer.pad_token_id,
+                                 one_row)
             return {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
                     "attention_mask": attention_mask_for(_unwrap(self.model),
                                                          packed.attention_mask),

@@ -13,6 +13,13 @@ longest common prefix of token ids, so a prompt truncated differently under two 
 just shares less. On the sentiment task's pairs (prompts of ~50 tokens, responses of ~20) a
 pair is ~92 tokens packed against ~142 as two rows; a ranking of 4, ~135 against ~285.
 
+The same layout packs without padding (train.max_tokens_per_microbatch): with `one_row`,
+many groups lie side by side in a single row, each attending to itself only and numbering its
+positions from 0; a sequence without others to share with is a group of one:
+
+    row        p0 p1 p2 | a0 a1 | b0 | s0 s1 s2 s3 | t0 t1
+    positions   0  1  2 |  3  4 |  3 |  0  1  2  3 |  0  1
+
 This needs a model whose attention takes an explicit 4-D mask and position ids: Hugging Face
 causal LMs with the sdpa or eager attention do. Bidirectional encoders cannot share (their
 prompt tokens would see the responses).
@@ -28,25 +35,53 @@ import torch
 from tether.data.collate import collate
 from tether.data.tokenize import Encoded
 from tether.device import model_device, to_device
+from tether.models.head import forward_hidden
+from tether.models.logprobs import autocast_now, chunked_head, first_scored, forward_logprobs
 
 
 @dataclass
 class PackedGroups:
-    """Groups of sequences, one group per row (padded on the right to the longest row)."""
+    """Groups of sequences laid into rows: one group per row (padded on the right to the
+    longest row), or every group side by side in one row with no padding at all."""
 
-    input_ids: torch.Tensor  # [G, L]
-    position_ids: torch.Tensor  # [G, L]
-    attention_mask: torch.Tensor  # [G, 1, L, L] bool: True where a query may attend to a key
+    input_ids: torch.Tensor  # [N, L]
+    position_ids: torch.Tensor  # [N, L]
+    # [N, L] what the attention mask is made of (see block_mask): the group of each column
+    # (each padding column a group of its own), and its segment: 0 for the group's shared
+    # prefix, else one number per response.
+    groups: torch.Tensor
+    segments: torch.Tensor
     # [R, T]: for token t of sequence r (as in collate's right-padded [R, T] layout), its
-    # column in the flattened [G * L] rows; 0 past the end of the sequence.
+    # column in the flattened [N * L] rows; 0 past the end of the sequence.
     columns: torch.Tensor
     lengths: torch.Tensor  # [R] each sequence's own length
     num_tokens: int  # tokens the model reads: the rows without their padding
 
     @property
+    def attention_mask(self) -> torch.Tensor:
+        """[N, 1, L, L] bool: True where a query may attend to a key."""
+        return self.attention_mask_on("cpu")
+
+    def attention_mask_on(self, device: torch.device | str) -> torch.Tensor:
+        """The attention mask made on `device`: a long row's L x L mask is made on the GPU
+        from 2 x L numbers rather than copied there."""
+        return block_mask(self.groups.to(device), self.segments.to(device))
+
+    @property
     def last_columns(self) -> torch.Tensor:
         """[R] the column of each sequence's last token (where a reward is read)."""
         return self.columns.gather(1, (self.lengths - 1).unsqueeze(1)).squeeze(1)
+
+
+def block_mask(groups: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """[N, 1, L, L] bool from [N, L] groups and segments: a query attends to the keys at or
+    before it in its own group that are in its own segment or in the shared prefix (segment
+    0)."""
+    query, key = (slice(None), slice(None), None), (slice(None), None, slice(None))
+    causal = torch.ones(groups.shape[1], groups.shape[1], dtype=torch.bool,
+                        device=groups.device).tril()
+    own = (segments[query] == segments[key]) | (segments[key] == 0)
+    return ((groups[query] == groups[key]) & own & causal).unsqueeze(1)
 
 
 def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -85,42 +120,48 @@ def row_widths(sequences: Sequence[Sequence[int]], group_sizes: Sequence[int]) -
 
 
 def pack_groups(sequences: Sequence[Sequence[int]], group_sizes: Sequence[int],
-                pad_id: int) -> PackedGroups:
-    """Pack consecutive runs of `sequences` (`group_sizes` of them each) into one row each."""
+                pad_id: int, one_row: bool = False) -> PackedGroups:
+    """Pack consecutive runs of `sequences` (`group_sizes` of them each) into one row each,
+    or with `one_row` all the groups side by side in a single row [1, L], with no padding:
+    each group attends only to itself, its positions starting at 0 (padding-free packing;
+    a group of size 1 is a sequence on its own)."""
     layouts = _layouts(sequences, group_sizes)
-    width = max(w for _, _, w in layouts)
-    longest = max(len(s) for s in sequences)
-    num_groups = len(group_sizes)
-    input_ids = torch.full((num_groups, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros(num_groups, width, dtype=torch.long)
-    mask = torch.zeros(num_groups, 1, width, width, dtype=torch.bool)
-    columns = torch.zeros(len(sequences), longest, dtype=torch.long)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    r = 0
-    for g, (prefix, starts, row_width) in enumerate(layouts):
-        base = g * width
+    widths = [w for _, _, w in layouts]
+    if one_row:
+        rows, offsets = [0] * len(widths), [sum(widths[:g]) for g in range(len(widths))]
+        num_rows, width = 1, sum(widths)
+    else:
+        rows, offsets = list(range(len(widths))), [0] * len(widths)
+        num_rows, width = len(widths), max(widths)
+    input_ids = torch.full((num_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros(num_rows, width, dtype=torch.long)
+    # Padding columns are groups of their own, so they attend to themselves only: a query
+    # that sees no key at all would make the attention's softmax NaN. Their outputs are never
+    # read.
+    groups = -1 - torch.arange(num_rows * width).view(num_rows, width)
+    segments = torch.zeros(num_rows, width, dtype=torch.long)
+    columns = torch.zeros(len(sequences), max(len(s) for s in sequences), dtype=torch.long)
+    r, segment = 0, 0
+    for g, ((prefix, starts, row_width), row, offset) in enumerate(
+            zip(layouts, rows, offsets, strict=True)):
+        groups[row, offset:offset + row_width] = g
+        base = row * width + offset
         if prefix:
-            input_ids[g, :prefix] = torch.as_tensor(sequences[r][:prefix])
-            position_ids[g, :prefix] = torch.arange(prefix)
-            mask[g, 0, :prefix, :prefix] = causal[:prefix, :prefix]
+            input_ids[row, offset:offset + prefix] = torch.as_tensor(sequences[r][:prefix])
+            position_ids[row, offset:offset + prefix] = torch.arange(prefix)
         for seg_start in starts:
             s = sequences[r]
-            own = len(s) - prefix
-            end = seg_start + own
-            input_ids[g, seg_start:end] = torch.as_tensor(s[prefix:])
-            position_ids[g, seg_start:end] = torch.arange(prefix, len(s))
-            mask[g, 0, seg_start:end, :prefix] = True
-            mask[g, 0, seg_start:end, seg_start:end] = causal[:own, :own]
+            end = seg_start + len(s) - prefix
+            own = slice(offset + seg_start, offset + end)
+            segment += 1
+            input_ids[row, own] = torch.as_tensor(s[prefix:])
+            position_ids[row, own] = torch.arange(prefix, len(s))
+            segments[row, own] = segment
             columns[r, :prefix] = base + torch.arange(prefix)
             columns[r, prefix:len(s)] = base + torch.arange(seg_start, end)
             r += 1
-        # Padding columns attend to themselves only: a query that sees no key at all would
-        # make the attention's softmax NaN. Their outputs are never read.
-        pad = torch.arange(row_width, width)
-        mask[g, 0, pad, pad] = True
-    return PackedGroups(input_ids, position_ids, mask, columns,
-                        torch.tensor([len(s) for s in sequences]),
-                        sum(w for _, _, w in layouts))
+    return PackedGroups(input_ids, position_ids, groups, segments, columns,
+                        torch.tensor([len(s) for s in sequences]), sum(widths))
 
 
 def attention_mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
@@ -137,27 +178,59 @@ def attention_mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tens
 class PackedLogits:
     """Logits of responses packed under shared prompts, only at the positions that predict a
     scored token, each position once (the last prompt position predicts the first token of
-    every response of its group); `index` says which row predicts which token."""
+    every response of its group); `index` says which row predicts which token. Chunked
+    (train.logits_chunk), the logits are not made here: `hidden` holds the hidden states at
+    those positions and the head runs `chunk` tokens at a time when values are asked for
+    (tether.models.head)."""
 
-    logits: torch.Tensor  # [K, vocab]
+    logits: torch.Tensor | None  # [K, vocab]; None when chunked
     index: torch.Tensor  # [R, T]: the row of `logits` that predicts token t of response r
     scored: torch.Tensor  # [R, T] bool: the tokens with a prediction here
     num_tokens: int  # tokens the model read
+    hidden: torch.Tensor | None = None  # [K, hidden size], when chunked
+    head: torch.nn.Linear | None = None
+    chunk: int = 0
+    autocast: torch.dtype | None = None  # see tether.models.logprobs.chunked_head
 
     def logprobs(self, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """[R, T] as tether.models.logprobs.token_logprobs gives them, 0 where not scored."""
+        if self.hidden is not None:
+            return self._chunked(input_ids, temperature, entropy=False)[0]
         logits = self._tempered(temperature)
         rows, tokens = self.scored.nonzero(as_tuple=True)
         at = self.index[rows, tokens]
         picked = logits[at, input_ids[rows, tokens]] - logits.logsumexp(-1)[at]
-        return torch.zeros(self.scored.shape, dtype=picked.dtype,
-                           device=picked.device).index_put((rows, tokens), picked)
+        return self._scatter(rows, tokens, picked)
 
     def entropy(self, temperature: float = 1.0) -> torch.Tensor:
         """[R, T] entropy of the distribution each scored token was drawn from, else 0."""
+        if self.hidden is not None:
+            return self._chunked(torch.zeros_like(self.index), temperature, entropy=True)[1]
         logp = torch.log_softmax(self._tempered(temperature), dim=-1)
         entropy = -(logp.exp() * logp).sum(-1)
         return torch.where(self.scored, entropy[self.index], 0.0)
+
+    def logprobs_and_entropy(self, input_ids: torch.Tensor, temperature: float = 1.0
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both, from one pass of the head when chunked."""
+        if self.hidden is not None:
+            return self._chunked(input_ids, temperature, entropy=True)
+        return self.logprobs(input_ids, temperature), self.entropy(temperature)
+
+    def _chunked(self, input_ids: torch.Tensor, temperature: float, entropy: bool
+                 ) -> tuple[torch.Tensor, ...]:
+        # A position that predicts several tokens (a shared prompt's last) is gathered once
+        # per token: one extra row of the head per response.
+        rows, tokens = self.scored.nonzero(as_tuple=True)
+        out = chunked_head(self.hidden[self.index[rows, tokens]], self.head,
+                           input_ids[rows, tokens], temperature, self.chunk, entropy,
+                           self.autocast)
+        return tuple(self._scatter(rows, tokens, v) for v in (out if entropy else (out,)))
+
+    def _scatter(self, rows: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor
+                 ) -> torch.Tensor:
+        return torch.zeros(self.scored.shape, dtype=values.dtype,
+                           device=values.device).index_put((rows, tokens), values)
 
     def _tempered(self, temperature: float) -> torch.Tensor:
         logits = self.logits.float()
@@ -165,43 +238,73 @@ class PackedLogits:
 
 
 def packed_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  scored_mask: torch.Tensor, group_sizes: Sequence[int]) -> PackedLogits:
+                  scored_mask: torch.Tensor, group_sizes: Sequence[int],
+                  one_row: bool = False, chunk: int = 0) -> PackedLogits:
     """One forward pass over right-padded [R, T] rows, the rows of each group (`group_sizes`
-    consecutive rows) packed into one row under their common prefix; logits only where a
-    token of `scored_mask` is predicted. The packing is laid out on the CPU and moved to the
-    device of `input_ids`, the model's."""
+    consecutive rows) packed into one row under their common prefix (with `one_row`, every
+    group into a single row: see pack_groups); logits only where a token of `scored_mask` is
+    predicted, or with chunk > 0 the hidden states there (see PackedLogits). The packing is
+    laid out on the CPU and moved to the device of `input_ids`, the model's; the attention
+    mask is made there."""
     device = input_ids.device
     lengths = attention_mask.sum(-1).tolist()
     sequences = [row[:n].tolist() for row, n in zip(input_ids, lengths, strict=True)]
-    packed = pack_groups(sequences, group_sizes, pad_id=0)  # padding is never read
+    packed = pack_groups(sequences, group_sizes, pad_id=0, one_row=one_row)  # pads never read
     scored = scored_mask.to("cpu", torch.bool, copy=True)
     scored[:, 0] = False  # token 0 has no prediction
     rows, tokens = scored.nonzero(as_tuple=True)
     predictors = packed.columns[rows, tokens - 1]  # the flat columns whose logits predict them
     keep = torch.zeros(packed.input_ids.numel(), dtype=torch.bool)
     keep[predictors] = True
-    logits = model(input_ids=packed.input_ids.to(device),
-                   position_ids=packed.position_ids.to(device),
-                   attention_mask=attention_mask_for(model, packed.attention_mask.to(device)),
-                   use_cache=False, logits_to_keep=keep.view_as(packed.input_ids).to(device)
-                   ).logits
     index = torch.zeros(scored.shape, dtype=torch.long)
     index[rows, tokens] = (keep.cumsum(0) - 1)[predictors]
+    inputs = {"input_ids": packed.input_ids.to(device),
+              "position_ids": packed.position_ids.to(device),
+              "attention_mask": attention_mask_for(model, packed.attention_mask_on(device)),
+              "use_cache": False, "logits_to_keep": keep.view_as(packed.input_ids).to(device)}
+    if chunk > 0:
+        hidden, head = forward_hidden(model, **inputs)
+        return PackedLogits(None, index.to(device), scored.to(device), packed.num_tokens,
+                            hidden, head, chunk, autocast_now(hidden.device))
+    logits = model(**inputs).logits
     return PackedLogits(logits.reshape(-1, logits.shape[-1]), index.to(device),
                         scored.to(device), packed.num_tokens)
 
 
 def shared_prompt_logprobs(model: torch.nn.Module, responses: Sequence[Encoded],
-                           group_sizes: Sequence[int], pad_id: int, temperature: float = 1.0
+                           group_sizes: Sequence[int], pad_id: int, temperature: float = 1.0,
+                           one_row: bool = False, chunk: int = 0
                            ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-token log-probs of each response's scored tokens (its loss_mask), with the
-    responses of a group packed into one row: [R, T] as collate lays them out (0 where the
-    loss_mask is 0), the loss_mask [R, T], and the tokens the model read. The same as
-    token_logprobs(forward_logits(...)) on the collated batch, masked."""
+    responses of a group packed into one row (with `one_row`, all groups into one): [R, T] as
+    collate lays them out (0 where the loss_mask is 0), the loss_mask [R, T], and the tokens
+    the model read. The same as token_logprobs(forward_logits(...)) on the collated batch,
+    masked. chunk > 0: the head chunked, as in PackedLogits."""
     batch = to_device(collate(responses, pad_id), model_device(model))
     out = packed_logits(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                        group_sizes)
+                        group_sizes, one_row, chunk)
     return out.logprobs(batch["input_ids"], temperature), batch["loss_mask"], out.num_tokens
+
+
+def sequence_logprobs(model: torch.nn.Module, sequences: Sequence[Encoded], pad_id: int,
+                      group_sizes: Sequence[int] | None = None, one_row: bool = False,
+                      temperature: float = 1.0, chunk: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [R, T] of each sequence's scored tokens (its loss_mask; 0
+    elsewhere) and the loss_mask [R, T], on the model's device, whatever the layout: a padded
+    row per sequence; each group (`group_sizes`) in a row under its shared prompt; or with
+    `one_row` every group, or every sequence on its own, in a single padding-free row. The
+    same values in every layout, to float rounding. chunk > 0: the head chunked."""
+    if group_sizes is None and not one_row:
+        batch = to_device(collate(sequences, pad_id), model_device(model))
+        mask = batch["loss_mask"]
+        logprobs = forward_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                    first_scored(mask), temperature, chunk)
+        return logprobs * mask, mask
+    logprobs, mask, _ = shared_prompt_logprobs(
+        model, sequences, group_sizes or [1] * len(sequences), pad_id, temperature, one_row,
+        chunk)
+    return logprobs, mask
 
 
 def group_runs(keys: Sequence[int]) -> list[int]:

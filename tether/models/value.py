@@ -12,7 +12,13 @@ import copy
 
 import torch
 
-from tether.models.logprobs import position_ids_from_mask, shift_to_tokens
+from tether.models.head import output_head
+from tether.models.logprobs import (
+    TokenLogits,
+    autocast_now,
+    position_ids_from_mask,
+    shift_to_tokens,
+)
 from tether.models.lora import is_lora
 
 
@@ -35,15 +41,19 @@ def _values(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def logits_and_values(policy: torch.nn.Module, head: torch.nn.Module, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor, first_token: int = 1
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      attention_mask: torch.Tensor, first_token: int = 1, chunk: int = 0
+                      ) -> tuple[TokenLogits, torch.Tensor]:
     """One pass of the policy's trunk for both its logits (from `first_token` on, as in
-    tether.models.logprobs.forward_logits) and a value head on the same hidden states
-    (ppo.value_model=head). Assumes logits = output embedding(last hidden state), as in
-    Llama-family models."""
+    tether.models.logprobs.forward_token_logits, chunked likewise with chunk > 0) and a value
+    head on the same hidden states (ppo.value_model=head). Assumes logits = output
+    embedding(last hidden state), as in Llama-family models."""
     base = policy.get_base_model() if is_lora(policy) else policy
     hidden = _hidden(causal_trunk(policy), input_ids, attention_mask)
-    return base.get_output_embeddings()(hidden[:, first_token - 1:]), _values(head, hidden)
+    kept, length = hidden[:, first_token - 1:], input_ids.shape[1]
+    logits = TokenLogits(None, length, kept, output_head(policy), chunk,
+                         autocast_now(kept.device)) if chunk > 0 else \
+        TokenLogits(base.get_output_embeddings()(kept), length)
+    return logits, _values(head, hidden)
 
 
 def value_head(policy: torch.nn.Module) -> torch.nn.Linear:

@@ -26,20 +26,19 @@ from tqdm.auto import tqdm
 
 from tether.checkpoint import save_final
 from tether.config import DPOConfig, DPOLossConfig
-from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
+from tether.data.packing import Microbatches, group_tokens, split_microbatches
 from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.tokenize import Encoded, wants_chat_template
-from tether.device import autocast, model_device, to_device
+from tether.device import autocast, model_device
 from tether.distributed import setup, unwrap
 from tether.errors import ConfigError
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.logprobs import first_scored, forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
-from tether.models.shared_prompt import shared_prompt_logprobs
+from tether.models.shared_prompt import sequence_logprobs
 from tether.rollout.generate import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -56,31 +55,35 @@ REF_CACHE = "ref_logprobs.pt"
 
 
 def response_logps(model: torch.nn.Module, responses: list[Encoded], pad_id: int,
-                   bf16: bool, group_sizes: list[int] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   bf16: bool, group_sizes: list[int] | None = None, one_row: bool = False,
+                   chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs summed over each response's tokens (its loss_mask: the response and EOS,
     never the prompt or padding), and the number of those tokens; [R] each.
 
     All responses go through the model in one forward pass: chosen and rejected together.
     With `group_sizes` (the responses of each prompt, in order), each prompt's responses share
-    one row and the prompt is read once (tether.models.shared_prompt). On the model's device."""
-    device = model_device(model)
-    with autocast(bf16, device):
-        if group_sizes is not None:
-            logprobs, mask, _ = shared_prompt_logprobs(model, responses, group_sizes, pad_id)
-            return logprobs.sum(-1), mask.sum(-1)
-        batch = to_device(collate(responses, pad_id), device)
-        mask = batch["loss_mask"]
-        logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
-                                first_scored(mask))
-    return (token_logprobs(logits, batch["input_ids"]) * mask).sum(-1), mask.sum(-1)
+    one row and the prompt is read once; with `one_row`, everything is one padding-free row
+    (tether.models.shared_prompt.sequence_logprobs). chunk > 0: the output head chunked
+    (train.logits_chunk). On the model's device."""
+    with autocast(bf16, model_device(model)):
+        logprobs, mask = sequence_logprobs(model, responses, pad_id, group_sizes, one_row,
+                                           chunk=chunk)
+    return logprobs.sum(-1), mask.sum(-1)
 
 
 def prefs_logps(model: torch.nn.Module, prefs: list[EncodedPreference], pad_id: int, bf16: bool,
-                share_prompt: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                share_prompt: bool, one_row: bool = False, chunk: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """response_logps of every response of `prefs`, in order."""
     return response_logps(model, [r for p in prefs for r in p.responses], pad_id, bf16,
-                          [len(p.responses) for p in prefs] if share_prompt else None)
+                          [len(p.responses) for p in prefs] if share_prompt else None,
+                          one_row, chunk)
+
+
+def prefs_tokens(pref: EncodedPreference, share_prompt: bool) -> int:
+    """The tokens a prompt's responses take in a packed row (train.max_tokens_per_microbatch
+    counts these)."""
+    return group_tokens([r.input_ids for r in pref.responses], share_prompt)
 
 
 @dataclass
@@ -141,20 +144,21 @@ class ReferenceLogps:
 
     def __init__(self, table: dict[str, list[torch.Tensor]] | None = None,
                  model: torch.nn.Module | None = None, switch: Callable = contextlib.nullcontext,
-                 pad_id: int = 0, bf16: bool = False, share_prompt: bool = True):
+                 pad_id: int = 0, bf16: bool = False, share_prompt: bool = True, chunk: int = 0):
         self.table, self.model, self.switch = table, model, switch
-        self.pad_id, self.bf16, self.share_prompt = pad_id, bf16, share_prompt
+        self.pad_id, self.bf16, self.share_prompt, self.chunk = pad_id, bf16, share_prompt, chunk
 
     def __call__(self, split: str, indices: list[int], prefs: list[EncodedPreference],
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-        """Summed log-probs of every response of `prefs`, float32 on `device`."""
+                 device: torch.device | str = "cpu", one_row: bool = False) -> torch.Tensor:
+        """Summed log-probs of every response of `prefs`, float32 on `device`; `one_row`:
+        packed without padding, as the policy's pass is."""
         if self.table is not None:
             return torch.cat([self.table[split][i] for i in indices]).to(device)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad(), self.switch():
             logps, _ = prefs_logps(self.model, prefs, self.pad_id, self.bf16,
-                                   self.share_prompt)
+                                   self.share_prompt, one_row, self.chunk)
         self.model.train(was_training)
         return logps.float().to(device)
 
@@ -172,20 +176,23 @@ def load_cached(cache: Path, key: str,
     return saved["table"]
 
 
-def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str,
+def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str, budget: int = 0
                ) -> dict[str, list[torch.Tensor]]:
-    """The reference log-probs of every train and eval response, written to `cache`."""
+    """The reference log-probs of every train and eval response, written to `cache`; in
+    packed micro-batches of at most `budget` tokens when it is > 0 (train.max_tokens_per_
+    microbatch), as training runs the policy."""
     table: dict[str, list[torch.Tensor]] = {}
     started = time.perf_counter()
     total = len(data.train) + len(data.eval)
     with tqdm(total=total, desc="reference log-probs", unit="prompt", dynamic_ncols=True) as bar:
         for split, prefs in (("train", data.train), ("eval", data.eval)):
             table[split] = []
-            for chunk in chunks(prefs, micro):
-                flat = live(split, [], chunk)  # on the CPU: the table stays there
+            for part in split_microbatches(prefs, micro, budget,
+                                           lambda p: prefs_tokens(p, live.share_prompt)):
+                flat = live(split, [], part, one_row=budget > 0)  # on the CPU: the table stays
                 table[split] += [t.clone() for t in flat.split([len(p.responses)
-                                                                for p in chunk])]
-                bar.update(len(chunk))
+                                                                for p in part])]
+                bar.update(len(part))
     tmp = cache.with_name(f".{cache.name}.tmp")
     torch.save({"key": key, "table": table}, tmp)
     tmp.replace(cache)
@@ -206,7 +213,7 @@ def data_key(ref_name: str, bf16: bool, data) -> str:
     return h.hexdigest()
 
 
-def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device
+def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device, chunk: int = 0
                  ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """Gold, proxy and KL of fresh samples on held-out prompts, for plotting DPO's reward
     against its KL like PPO's. The prompts and the scorer are read now, so a mistake stops the
@@ -236,7 +243,8 @@ def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device
         return heldout_metrics(policy, tokenizer, prompt_ids, messages, params=params,
                                seed=cfg.train.seed, batch_size=cfg.train.micro_batch_size * 4,
                                reference=models["reference"], gold=gold,
-                               reward_model=models["reward"], bf16=cfg.train.bf16)
+                               reward_model=models["reward"], bf16=cfg.train.bf16,
+                               chunk=chunk)
 
     return evaluate
 
@@ -253,7 +261,14 @@ def train(cfg: DPOConfig) -> Path:
     for split, stats in data.stats.items():
         if d.main:
             print(f"data/{split}: {stats.summary()}")
-    sampled = sampled_eval(cfg, tokenizer, d.device) if cfg.sampled_eval.prompts else None
+    # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
+    chunk = 0 if d.sharded else cfg.train.logits_chunk
+    sampled = sampled_eval(cfg, tokenizer, d.device, chunk) if cfg.sampled_eval.prompts \
+        else None
+    budget, share_prompt = cfg.train.max_tokens_per_microbatch, cfg.train.share_prompt
+    batches = Microbatches(cfg.train.micro_batch_size, budget,
+                           [prefs_tokens(p, share_prompt) for p in data.train], d,
+                           unit="prompt with its responses")
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
     batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
     pad_id = tokenizer.pad_token_id
@@ -275,9 +290,9 @@ def train(cfg: DPOConfig) -> Path:
     if not share and table is None and (computes or not cfg.ref.precompute):
         ref_model = d.place(load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False))
         ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16,
-                             share_prompt=cfg.train.share_prompt)
+                             share_prompt=share_prompt, chunk=chunk)
         if cfg.ref.precompute:
-            table = precompute(ref, data, micro, cache, key)
+            table = precompute(ref, data, micro, cache, key, budget)
             del ref, ref_model
             gc.collect()
 
@@ -291,9 +306,9 @@ def train(cfg: DPOConfig) -> Path:
     if share and table is None and (computes or not cfg.ref.precompute):
         # the base model is the policy with its adapter switched off
         ref = ReferenceLogps(model=model, switch=model.disable_adapter, pad_id=pad_id, bf16=bf16,
-                             share_prompt=cfg.train.share_prompt)
+                             share_prompt=share_prompt, chunk=chunk)
         if cfg.ref.precompute:
-            table = precompute(ref, data, micro, cache, key)
+            table = precompute(ref, data, micro, cache, key, budget)
     d.barrier()
     if cfg.ref.precompute and not d.main:
         table = load_cached(cache, key, quiet=True)
@@ -310,7 +325,7 @@ def train(cfg: DPOConfig) -> Path:
               f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable; reference "
               f"log-probs {how}; {len(data.train)} prompts with {pairs} pairs for training, "
               f"{len(data.eval)} held out; {total_steps} steps of {batch_size} prompts "
-              f"({d.processes})")
+              f"({d.processes}; {batches})")
     model = d.wrap(model)
 
     # 3. Optimizer and schedule, restored with everything else on resume.
@@ -318,10 +333,10 @@ def train(cfg: DPOConfig) -> Path:
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
         data_source=cfg.data.train, dist=d)
 
-    def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, num_tokens = prefs_logps(model, prefs, pad_id, bf16, cfg.train.share_prompt)
-        return dpo_objective(logps, ref(split, indices, prefs, d.device), num_tokens,
+    def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int,
+                packed: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        logps, num_tokens = prefs_logps(model, prefs, pad_id, bf16, share_prompt, packed, chunk)
+        return dpo_objective(logps, ref(split, indices, prefs, d.device, packed), num_tokens,
                              preference_pairs(prefs, num_groups, d.device), cfg.dpo)
 
     @torch.no_grad()
@@ -357,9 +372,10 @@ def train(cfg: DPOConfig) -> Path:
         indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
         loss, sums, tokens = 0.0, {}, 0
         # Pair weights count the whole batch's prompts: microbatches and ranks add up to it.
-        for micro_indices in chunks(d.shard(indices), micro):
+        for micro_indices in batches(indices):
             prefs = [data.train[i] for i in micro_indices]
-            micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices))
+            micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices),
+                                             batches.packed)
             d.backward(micro_loss)
             loss += micro_loss.item()
             sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}

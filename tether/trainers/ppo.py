@@ -56,7 +56,7 @@ from tether.losses.ppo import (
     value_loss,
 )
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
-from tether.models.logprobs import first_scored, forward_logits, token_entropy, token_logprobs
+from tether.models.logprobs import TokenLogits, first_scored, forward_token_logits
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
@@ -114,48 +114,37 @@ class PolicyAndValue(torch.nn.Module):
     what DDP wraps (its gradient hooks run on a module's forward)."""
 
     def __init__(self, policy: torch.nn.Module, value: torch.nn.Module | None,
-                 shared_head: bool, bf16: bool):
+                 shared_head: bool, bf16: bool, chunk: int = 0):
         super().__init__()
         self.policy, self.value = policy, value
-        self.shared_head, self.bf16 = shared_head, bf16
+        self.shared_head, self.bf16, self.chunk = shared_head, bf16, chunk
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 mask: torch.Tensor, groups: list[int] | None = None
-                ) -> tuple[torch.Tensor | PackedLogits, torch.Tensor | None]:
+                ) -> tuple[TokenLogits | PackedLogits, torch.Tensor | None]:
         """The logits that predict the response tokens (`mask`; see response_logits), and
         values at every position."""
         with autocast(self.bf16, input_ids.device):
             if self.shared_head:
                 return logits_and_values(self.policy, self.value, input_ids, attention_mask,
-                                         first_scored(mask))
-            logits = response_logits(self.policy, input_ids, attention_mask, mask, groups)
+                                         first_scored(mask), self.chunk)
+            logits = response_logits(self.policy, input_ids, attention_mask, mask, groups,
+                                     self.chunk)
             values = None if self.value is None else self.value(input_ids, attention_mask)
         return logits, values
 
 
 def response_logits(model: torch.nn.Module, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor, mask: torch.Tensor,
-                    groups: list[int] | None) -> torch.Tensor | PackedLogits:
+                    groups: list[int] | None, chunk: int = 0) -> TokenLogits | PackedLogits:
     """Logits for the response tokens `mask`: with `groups` (the rows of each prompt, in
     order) the responses of a prompt share one row and the prompt is read once; else a row
-    each, logits from the first response column on."""
+    each, logits from the first response column on. Either way an object whose .logprobs and
+    .entropy give [N, T] values; chunk > 0: the head runs that many tokens at a time then
+    (train.logits_chunk)."""
     if groups is not None:
-        return packed_logits(model, input_ids, attention_mask, mask, groups)
-    return forward_logits(model, input_ids, attention_mask, first_scored(mask))
-
-
-def logprobs_of(logits: torch.Tensor | PackedLogits, input_ids: torch.Tensor,
-                temperature: float) -> torch.Tensor:
-    if isinstance(logits, PackedLogits):
-        return logits.logprobs(input_ids, temperature)
-    return token_logprobs(logits, input_ids, temperature)
-
-
-def entropy_of(logits: torch.Tensor | PackedLogits, temperature: float,
-               length: int) -> torch.Tensor:
-    if isinstance(logits, PackedLogits):
-        return logits.entropy(temperature)
-    return token_entropy(logits, temperature, length)
+        return packed_logits(model, input_ids, attention_mask, mask, groups, chunk=chunk)
+    return forward_token_logits(model, input_ids, attention_mask, first_scored(mask), chunk)
 
 
 def needs_policy_pass(cfg: PPOConfig, world: int) -> bool:
@@ -267,7 +256,9 @@ def train(cfg: PPOConfig) -> Path:
         disable_dropout(ref_model)
         ref_model.eval()
     shared_head = algo == "ppo" and pcfg.value_model == "head"
-    trained = d.place(PolicyAndValue(policy, value_model, shared_head, bf16))
+    # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
+    chunk = 0 if d.sharded else cfg.train.logits_chunk
+    trained = d.place(PolicyAndValue(policy, value_model, shared_head, bf16, chunk))
 
     per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
     total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
@@ -326,19 +317,20 @@ def train(cfg: PPOConfig) -> Path:
             ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
             if policy_pass:
                 logits, values = trained(ids, am, m, groups)
-                out["logprobs"].append(logprobs_of(logits, ids, temperature))
-                out["entropy"].append(entropy_of(logits, temperature, ids.shape[1]))
+                logprobs, entropy = logits.logprobs_and_entropy(ids, temperature)
+                out["logprobs"].append(logprobs)
+                out["entropy"].append(entropy)
             else:
                 values = None
                 out["logprobs"].append(torch.zeros(ids.shape, device=d.device))
                 out["entropy"].append(torch.zeros(ids.shape, device=d.device))
             if ref_model is not None:
                 with autocast(bf16, d.device):
-                    ref_logits = response_logits(ref_model, ids, am, m, groups)
+                    ref_logits = response_logits(ref_model, ids, am, m, groups, chunk)
             else:
                 with policy.disable_adapter(), d.gathered(trained), autocast(bf16, d.device):
-                    ref_logits = response_logits(policy, ids, am, m, groups)
-            out["ref_logprobs"].append(logprobs_of(ref_logits, ids, temperature))
+                    ref_logits = response_logits(policy, ids, am, m, groups, chunk)
+            out["ref_logprobs"].append(ref_logits.logprobs(ids, temperature))
             if values is not None:
                 out["values"].append(values)
         return {k: d.all_rows(torch.cat(v)) for k, v in out.items() if v}
@@ -367,7 +359,8 @@ def train(cfg: PPOConfig) -> Path:
             return heldout_metrics(policy, tokenizer, eval_ids, [m for _, m in eval_rows],
                                    params=params, seed=cfg.train.seed,
                                    batch_size=pcfg.micro_batch_size, reference=ref_model,
-                                   gold=gold, reward_model=reward_model, bf16=bf16)
+                                   gold=gold, reward_model=reward_model, bf16=bf16,
+                                   chunk=chunk)
 
     if checkpoint is None and evaluates:
         log.log(0, evaluate())
@@ -450,19 +443,18 @@ def train(cfg: PPOConfig) -> Path:
                     idx, groups = grouped(rollout, idx)
                     ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
                     logits, values = forward(ids, am, m, groups)
-                    logprobs = logprobs_of(logits, ids, temperature)
+                    logprobs = logits.logprobs(ids, temperature)
                     if not policy_pass:  # this forward is the rollout policy's (see above)
                         with torch.no_grad():
                             old["logprobs"][idx] = logprobs.detach()
-                            old["entropy"][idx] = entropy_of(logits, temperature, ids.shape[1])
+                            old["entropy"][idx] = logits.entropy(temperature)
                     loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
                                           pcfg.clip_range, num_tokens=num_tokens)
                     weight = (m.sum() / num_tokens).item()
                     parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item()
                              * weight, "ppo/approx_kl": s["approx_kl"].item() * weight}
                     if pcfg.entropy_coef:
-                        entropy = masked_sum(entropy_of(logits, temperature, ids.shape[1]),
-                                             m) / num_tokens
+                        entropy = masked_sum(logits.entropy(temperature), m) / num_tokens
                         loss = loss - pcfg.entropy_coef * entropy
                     if algo == "ppo":
                         v_loss, vs = value_loss(values, old["values"][idx], returns[idx], m,

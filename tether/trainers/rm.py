@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from tether.checkpoint import atomic_write_text
 from tether.config import RMConfig
-from tether.data.order import batch_indices, chunks
+from tether.data.order import batch_indices
+from tether.data.packing import Microbatches, group_tokens
 from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
 from tether.data.sft import LoadStats, load_records
 from tether.device import autocast
@@ -75,6 +76,13 @@ def train(cfg: RMConfig) -> Path:
     for split, stats in data.stats.items():
         if d.main:
             print(f"data/{split}: {stats.summary()}")
+    # An encoder reads padded rows whatever the budget (see RewardModel.collate): the budget
+    # then only groups prompts into micro-batches by their real tokens, padding on top.
+    share = cfg.train.share_prompt and rm.kind == "policy"
+    batches = Microbatches(
+        cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
+        [group_tokens([e.input_ids for e in p.responses], share) for p in data.train], d,
+        unit="prompt with its responses")
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
     if cfg.model.gradient_checkpointing:
         rm.model.gradient_checkpointing_enable()
@@ -87,7 +95,7 @@ def train(cfg: RMConfig) -> Path:
         print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M "
               f"parameters, {trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with "
               f"{pairs} pairs for training, {len(data.eval)} held out; {total_steps} steps of "
-              f"{batch_size} prompts ({d.processes})")
+              f"{batch_size} prompts ({d.processes}; {batches})")
     model = rm.model  # what the optimizer trains; the forward goes through the wrapper
     if d.world > 1:
         rm.parallel = d.wrap(LastTokenScorer(rm.model, rm.kind))
@@ -109,16 +117,18 @@ def train(cfg: RMConfig) -> Path:
                     dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
-        prefs = [data.train[i] for i in batch_indices(len(data.train), batch_size, step,
-                                                      cfg.train.seed)]
+        indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
+        prefs = [data.train[i] for i in indices]
         # Whole-batch counts, so that microbatches and ranks add up to one big batch.
         num_groups, num_responses = len(prefs), sum(len(p.responses) for p in prefs)
         loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
-        for micro_prefs in chunks(d.shard(prefs), micro):
+        for part in batches(indices):
+            micro_prefs = [data.train[i] for i in part]
             with autocast(cfg.train.bf16, d.device):
                 raw = rm.raw_scores(rm.collate(
                     [e for p in micro_prefs for e in p.responses],
-                    [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None))
+                    [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None,
+                    batches.packed))
             rewards, ranks, mask = rewards_grid(raw, micro_prefs)
             micro_loss = bradley_terry_loss(
                 rewards, ranks, mask, margin=cfg.reward.margin,

@@ -16,15 +16,15 @@ from tether.checkpoint import (
     save_final,
 )
 from tether.config import SFTConfig
-from tether.data.collate import collate
 from tether.data.order import batch_indices, chunks
+from tether.data.packing import Microbatches
 from tether.data.sft import load_sft_data
-from tether.device import autocast, to_device
+from tether.device import autocast
 from tether.distributed import setup
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.logprobs import first_scored, forward_logits, token_logprobs
 from tether.models.lora import apply_lora, count_parameters
+from tether.models.shared_prompt import sequence_logprobs
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     clip_and_check,
@@ -47,6 +47,8 @@ def train(cfg: SFTConfig) -> Path:
     for split, stats in data.stats.items():
         if d.main:
             print(f"data/{split}: {stats.summary()}")
+    batches = Microbatches(cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
+                           [len(e.input_ids) for e in data.train], d)
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
 
     def build() -> torch.nn.Module:
@@ -64,8 +66,7 @@ def train(cfg: SFTConfig) -> Path:
         print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
               f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
               f"{total_steps} steps of {batch_size} sequences "
-              f"({d.processes}; microbatches "
-              f"of {micro})")
+              f"({d.processes}; {batches})")
     model = d.wrap(model)
 
     # 2. Optimizer and schedule, restored with everything else on resume.
@@ -73,11 +74,14 @@ def train(cfg: SFTConfig) -> Path:
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
         data_source=cfg.data.train, dist=d)
 
-    def run_forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
+    chunk = 0 if d.sharded else cfg.train.logits_chunk
+
+    def run_forward(examples: list, packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs and loss masks, [R, T] (see sequence_logprobs)."""
         with autocast(cfg.train.bf16, d.device):
-            logits = forward_logits(model, batch["input_ids"], batch["attention_mask"],
-                                    first_scored(batch["loss_mask"]))
-        return token_logprobs(logits, batch["input_ids"])
+            return sequence_logprobs(model, examples, tokenizer.pad_token_id, one_row=packed,
+                                     chunk=chunk)
 
     @torch.no_grad()
     def evaluate() -> float:
@@ -86,10 +90,9 @@ def train(cfg: SFTConfig) -> Path:
         model.eval()
         nll, count = 0.0, 0
         for examples in chunks(data.eval, micro):
-            batch = to_device(collate(examples, tokenizer.pad_token_id), d.device)
-            logprobs = run_forward(batch)
-            nll += masked_nll(logprobs, batch["loss_mask"], num_tokens=1).item()
-            count += int(batch["loss_mask"].sum())
+            logprobs, mask = run_forward(examples)
+            nll += masked_nll(logprobs, mask, num_tokens=1).item()
+            count += int(mask.sum())
         model.train()
         return nll / max(count, 1)
 
@@ -103,15 +106,15 @@ def train(cfg: SFTConfig) -> Path:
                     dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
         started = time.perf_counter()
-        examples = [data.train[i] for i in batch_indices(len(data.train), batch_size, step,
-                                                         cfg.train.seed)]
+        indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
+        examples = [data.train[i] for i in indices]
         # Normalise by the whole batch's response tokens (every rank counts them itself), so
         # that microbatches and ranks add up to the gradient of one big batch.
         num_tokens = sum(sum(e.loss_mask) for e in examples)
         loss = 0.0
-        for micro_examples in chunks(d.shard(examples), micro):
-            batch = to_device(collate(micro_examples, tokenizer.pad_token_id), d.device)
-            micro_loss = masked_nll(run_forward(batch), batch["loss_mask"], num_tokens)
+        for part in batches(indices):
+            micro_loss = masked_nll(*run_forward([data.train[i] for i in part], batches.packed),
+                                    num_tokens)
             d.backward(micro_loss)
             loss += micro_loss.item()
         [loss] = d.sum(loss)
