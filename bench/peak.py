@@ -21,29 +21,39 @@ import torch
 from bench import machine, save_results, spread
 
 SIZES = (1024, 1536, 2048)
+GPU_SIZES = (4096, 8192)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def measure_peak(dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """Best FLOP/s of an n x n by n x n matmul in `dtype`, n in SIZES, in about `seconds`."""
+def measure_peak(dtype: torch.dtype, seconds: float = 2.0, device: str = "cpu") -> float:
+    """Best FLOP/s of an n x n by n x n matmul in `dtype`, n in SIZES (GPU_SIZES on a GPU,
+    whose small matmuls are launch-bound), in about `seconds`."""
+    gpu = torch.device(device).type == "cuda"
+    sizes, repeats = (GPU_SIZES, 20) if gpu else (SIZES, 1)
     best = 0.0
-    for n in SIZES:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        out = torch.empty(n, n, dtype=dtype)
+    for n in sizes:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        out = torch.empty(n, n, dtype=dtype, device=device)
         torch.mm(a, b, out=out)  # untimed: the first call picks and builds the kernel
-        deadline = time.perf_counter() + seconds / len(SIZES)
+        deadline = time.perf_counter() + seconds / len(sizes)
         while True:
+            if gpu:
+                torch.cuda.synchronize()
             started = time.perf_counter()
-            torch.mm(a, b, out=out)
+            for _ in range(repeats):  # a GPU runs ahead of the clock: time a run of them
+                torch.mm(a, b, out=out)
+            if gpu:
+                torch.cuda.synchronize()
             now = time.perf_counter()
-            best = max(best, 2 * n**3 / (now - started))
+            best = max(best, repeats * 2 * n**3 / (now - started))
             if now > deadline:
                 break
     return best
 
 
 def time_interleaved(steps: dict[str, Callable[[], dict]], *, warmup: int, rounds: int,
-                     peak_seconds: float) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
+                     peak_seconds: float, device: str = "cpu"
+                     ) -> tuple[dict[str, list[dict]], dict[str, list[float]]]:
     """Per round: the matmul peak of each dtype, then one step of each configuration, in an
     order that alternates between rounds, so the noise of a shared machine falls on all alike.
     Each step returns a record with its "seconds". Returns (the measured rounds' records per
@@ -55,7 +65,7 @@ def time_interleaved(steps: dict[str, Callable[[], dict]], *, warmup: int, round
         measured = round_ >= warmup
         if measured:
             for name, dtype in DTYPES.items():
-                peaks[name].append(measure_peak(dtype, peak_seconds))
+                peaks[name].append(measure_peak(dtype, peak_seconds, device))
         line = []
         for name in list(steps) if round_ % 2 == 0 else list(steps)[::-1]:
             record = steps[name]()

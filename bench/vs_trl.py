@@ -10,7 +10,11 @@ bench.vs_trl_online hold the rows), then:
    tokens per step, and the first step's loss on the same batch before any update;
 2. times warm-up then measured rounds, the two sides alternating (A B A B ..., the order
    swapped every round) with the matmul peak of each dtype measured in every round;
-3. measures peak memory: each side alone in a fresh process (VmHWM after a few steps).
+3. measures peak memory: each side alone in a fresh process (VmHWM after a few steps; on a
+   GPU, the most its allocator held).
+
+On a GPU (--device auto finds it) both sides train there, the timing waits for the GPU at
+each step's end, and MFU divides by the GPU's bf16 or fp32 matmul peak.
 
 tokens/s counts real tokens, so padding a side computes is its own cost. MFU = model FLOP/s
 (6 N + 12 L d T per trained token, 2 N + 4 L d T per token of a no-grad forward, generation
@@ -34,6 +38,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from bench import machine, save_results, spread
 from bench.peak import time_interleaved
@@ -137,6 +143,8 @@ class Gate:
         started = time.perf_counter()
         self._go.release()
         self._reached.acquire()
+        if torch.cuda.is_initialized():  # a GPU runs ahead of the loop: wait for its work
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         self._check()
         return seconds
@@ -187,16 +195,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="A config override for tether's side only, after the row's own "
                              "(repeatable), e.g. train.share_prompt=false to measure what "
                              "sharing prompts brings.")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="Where both sides train: auto is the GPU when there is one. "
+                             "Default: %(default)s.")
     parser.add_argument("--peak-seconds", type=float, default=1.0,
                         help="Seconds of matmul peak measurement per dtype per measured round. "
                              "Default: %(default)s.")
 
 
-def _peak_rss(args: argparse.Namespace, row_name: str, side: str) -> int:
-    """Peak RSS in bytes of this fresh process after building one side and MEMORY_STEPS steps."""
+def _peak_memory(args: argparse.Namespace, row_name: str, side: str) -> int:
+    """Peak memory in bytes of this fresh process after building one side and MEMORY_STEPS
+    steps: on a GPU the most its allocator held, else the process's peak RSS."""
     built = _rows()[row_name].build(args, side)
     for _ in range(MEMORY_STEPS):
         built.step()
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        built.close()
+        return peak
     status = Path("/proc/self/status").read_text()
     built.close()
     return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
@@ -238,7 +254,7 @@ def _run_row(row: Row, args: argparse.Namespace) -> dict:
     identity = _check_identical(row, sides, first)
     steps, peaks = time_interleaved({name: side.step for name, side in sides.items()},
                                     warmup=max(0, args.warmup - 1), rounds=args.steps,
-                                    peak_seconds=args.peak_seconds)
+                                    peak_seconds=args.peak_seconds, device=args.device)
     for side in sides.values():
         side.close()
     del sides
@@ -249,7 +265,7 @@ def _run_row(row: Row, args: argparse.Namespace) -> dict:
     rss = {}
     for name in row.sides:
         with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-            rss[name] = pool.submit(_peak_rss, args, row.name, name).result()
+            rss[name] = pool.submit(_peak_memory, args, row.name, name).result()
     dtype = args.precision
     best_peak = max(peaks[dtype])
     result = {"identity": identity, "sides": {}}
@@ -280,7 +296,7 @@ def _print_table(results: dict, args: argparse.Namespace, header: bool = True) -
               f"{args.max_length}; {args.steps} measured steps after {args.warmup} warm-up, "
               f"alternating")
     print(f"{'row':<16}{'side':<8}{'step s: median [min, max]':>28}{'tokens/s':>10}"
-          f"{'peak RSS MiB':>14}{'MFU':>7}   tether/TRL tokens/s")
+          f"{'peak MiB':>14}{'MFU':>7}   tether/TRL tokens/s")
     for row, r in results.items():
         for i, (name, s) in enumerate(r["sides"].items()):
             t = s["step_s"]
@@ -309,6 +325,8 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(rows)}")
     if args.steps < 1 or args.warmup < 1:
         raise SystemExit("--steps and --warmup must be at least 1")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     before = machine()
     started = time.perf_counter()
     results: dict = {}

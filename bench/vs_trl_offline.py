@@ -223,7 +223,7 @@ def _tether_config(cls: type, args: argparse.Namespace, run_dir: Path, data: Pat
         f"train.batch_size={args.batch_size}", f"train.micro_batch_size={args.batch_size}",
         f"train.max_steps={_horizon(args)}", "train.eval_every=0", "train.save_every=0",
         f"train.bf16={'true' if args.precision == 'bf16' else 'false'}", f"train.seed={SEED}",
-        *more, *args.tether_set])
+        f"train.device={args.device}", *more, *args.tether_set])
 
 
 def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, int, int]],
@@ -345,7 +345,8 @@ def _trl_config(config_cls: type, args: argparse.Namespace, tether_cfg, out_dir:
         learning_rate=optim.lr, lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=optim.beta1, adam_beta2=optim.beta2, adam_epsilon=optim.eps,
         weight_decay=optim.weight_decay, max_grad_norm=optim.max_grad_norm,
-        bf16=args.precision == "bf16", use_cpu=True, activation_checkpointing=False,
+        bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
+        activation_checkpointing=False,
         train_sampling_strategy="sequential", seed=SEED, data_seed=SEED,
         max_length=args.max_length, dataloader_num_workers=0, dataloader_pin_memory=False,
         report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no",

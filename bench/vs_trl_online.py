@@ -199,7 +199,8 @@ def _tether_config(args: argparse.Namespace, algo: str, run_dir: str = "run",
         f"ppo.micro_batch_size={args.batch_size}", *kl,
         f"train.max_steps={MAX_STEPS}", "train.save_every=0", "train.eval_every=0",
         "train.log_every=1", f"train.bf16={str(args.precision == 'bf16').lower()}",
-        "train.seed=0", f"sample_every={MAX_STEPS}", *args.tether_set])
+        "train.seed=0", f"train.device={args.device}", f"sample_every={MAX_STEPS}",
+        *args.tether_set])
 
 
 # ---- FLOPs ----
@@ -447,7 +448,8 @@ def _trl_side(args: argparse.Namespace, algo: str) -> OnlineSide:
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": t}] for t in texts]})
     opt = cfg.optim
     shared = dict(
-        output_dir=f"{tmp.name}/trl", use_cpu=True, bf16=args.precision == "bf16", fp16=False,
+        output_dir=f"{tmp.name}/trl", use_cpu=args.device == "cpu", bf16=args.precision == "bf16",
+        fp16=False,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, num_generations=group,
         max_completion_length=args.gen_len, generation_kwargs={"min_new_tokens": args.gen_len},
