@@ -16,8 +16,8 @@ Settings per row:
 
 MFU = model FLOP/s over the bf16 matmul peak measured in the same run (bench.peak):
 6 N + 12 L d S per trained token (S: the mean sequence length; N: the parameters the matmuls
-use, a tied embedding once as the LM head, none of it for a reward model's scalar head), plus
-2 N + 4 L d S per token of the DPO reference's no-grad forward.
+use, a tied embedding once as the LM head, none of it for a reward model's scalar head). DPO's
+reference log-probs are precomputed before the first step (its default), so not counted.
 
     python -m bench gpu-train                          # both shapes, sft rm dpo, plain and fast
     python -m bench gpu-train --shapes smollm2-135m --stages sft --steps 12
@@ -50,7 +50,7 @@ WORDS = _PHRASE.split()
 # Sequences (sft) or prompts (rm, dpo) per optimizer step.
 STAGES = {"sft": 64, "rm": 32, "dpo": 32}
 SETTINGS = {
-    "plain": ["train.bf16=false", "train.max_tokens_per_microbatch=0", "train.logits_chunk=0"],
+    "plain": ["train.bf16=false", "train.bf16_weights=false", "train.logits_chunk=0"],
     "fast": ["train.bf16=true", "train.bf16_weights=true", "train.logits_chunk=4096"],
 }
 WARMUP_STEPS = 3
@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per row")
     parser.add_argument("--tokens", type=int, default=16384,
                         help="tokens per packed micro-batch in `fast`. Default: %(default)s.")
+    parser.add_argument("--max-length", type=int, default=1024,
+                        help="longest prompt + response in tokens. Default: %(default)s.")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu to try the harness")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per row")
 
@@ -110,10 +112,7 @@ def flops_per_token(model: str, stage: str, seq_len: float) -> float:
     if stage == "rm":
         n -= config.vocab_size * config.hidden_size  # a scalar head instead of the LM head
     attention = 12 * config.num_hidden_layers * config.hidden_size * seq_len
-    flops = 6 * n + attention
-    if stage == "dpo":
-        flops += (2 * n + attention / 3)  # the reference's forward
-    return flops
+    return 6 * n + attention
 
 
 def command(stage: str, model: str, setting: str, args: argparse.Namespace,
@@ -121,7 +120,7 @@ def command(stage: str, model: str, setting: str, args: argparse.Namespace,
     batch = STAGES[stage]
     micro = 8 if stage == "sft" else 4
     options = [f"model.name={model}", f"data.train={data['sft' if stage == 'sft' else 'pairs']}",
-               "data.eval_fraction=0", "data.max_length=1024", f"train.max_steps={args.steps}",
+               "data.eval_fraction=0", f"data.max_length={args.max_length}", f"train.max_steps={args.steps}",
                f"train.batch_size={batch}", f"train.micro_batch_size={micro}",
                "train.save_every=0", "train.eval_every=0", f"train.device={args.device}",
                f"run_dir={run_dir}", *SETTINGS["fast" if setting == "compile" else setting]]

@@ -62,10 +62,12 @@ class ModelConfig:
     gradient_checkpointing: bool = option(
         False, "Recompute activations in the backward pass: less memory, ~30% more compute.")
     attention: str = option(
-        "sdpa", "Attention implementation: sdpa (PyTorch's scaled_dot_product_attention, which "
-        "picks a fused kernel on a GPU) or eager. Whatever a model directory's config.json "
-        "asks for (e.g. flash_attention_2, which transformers would fetch from the Hub) is "
-        "replaced by this.", choices=["sdpa", "eager"])
+        "sdpa", "Attention implementation, all PyTorch's own: sdpa (scaled_dot_product_attention, "
+        "which picks a fused kernel on a GPU), flex_attention (FlexAttention: packed rows "
+        "(train.max_tokens_per_microbatch) skip the blocks their mask leaves empty; compiled "
+        "on first use, best on a GPU) or eager. Whatever a model directory's config.json asks "
+        "for (e.g. flash_attention_2, which transformers would fetch from the Hub) is replaced "
+        "by this.", choices=["sdpa", "flex_attention", "eager"])
     hub_kernels: bool = option(
         False, "Let transformers swap in kernels downloaded from the Hugging Face Hub "
         "(`use_kernels`; it needs a network and runs remote code). Off: every model tether "

@@ -51,3 +51,11 @@ def autocast(bf16: bool, device: torch.device | str = "cpu"
     """bf16 autocast on the device's type (fp32 weights stay fp32); nothing when off."""
     device_type = device.type if isinstance(device, torch.device) else device
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """{"perf/peak_mem_gib": the most memory the GPU's allocator has held so far}; nothing on
+    the CPU, where a process's peak is its RSS, which torch does not track."""
+    if device.type != "cuda":
+        return {}
+    return {"perf/peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}

@@ -20,8 +20,7 @@ What a trainer calls, in this order (`masters = master_weights(cfg.train)` first
     model = d.wrap(model)
     optimizer, scheduler, start_step, log = start_or_resume(..., master_weights=masters)
     ...                                # clip_and_check finds the masters by itself
-    whole = (master_model(model, optimizer, build, dist=d) if masters
-             else d.full_model(model, build))
+    whole = master_model(model, optimizer, build, dist=d)   # fp32 masters, or full_model
     if d.main:
         save_final(whole, ...)
 
@@ -85,15 +84,15 @@ def to_bf16(model: torch.nn.Module) -> torch.nn.Module:
 def master_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  rebuild: Callable[[], torch.nn.Module] | None = None, part: str = "",
                  dist: Dist = SINGLE) -> torch.nn.Module | None:
-    """The trained model (or its submodule named `part`) in fp32 with the optimizer's master
-    weights, on rank 0 (None elsewhere): what save_final must write, instead of the rounded
-    bf16 weights. With `rebuild` (the trainer's `build`, as for Dist.full_model), a fresh
-    model with the masters copied into its trained parameters: its frozen ones (a LoRA base)
-    exactly as loaded. Without it, `model` itself is turned to fp32 in place (its frozen
-    parameters from their bf16 values), so it is for the end of a run."""
+    """The trained model (or its submodule named `part`), whole, on rank 0 (None elsewhere):
+    what save_final writes. Trained with bf16 weights (a MasterAdamW), it is fp32 with the
+    optimizer's master weights, not the rounded bf16 ones: with `rebuild` (the trainer's
+    `build`, as for Dist.full_model), a fresh model with the masters copied into its trained
+    parameters and its frozen ones (a LoRA base) exactly as loaded; without it, `model`
+    itself turned to fp32 in place (its frozen parameters from their bf16 values), so for the
+    end of a run. Otherwise what Dist.full_model gives."""
     if not isinstance(optimizer, MasterAdamW):
-        raise TypeError(f"master_model needs the MasterAdamW that trained the model, got "
-                        f"{type(optimizer).__name__}")
+        return dist.full_model(model, rebuild, part)
     if not dist.main:
         return None
     trained = unwrap(model)

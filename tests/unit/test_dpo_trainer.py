@@ -163,7 +163,7 @@ def test_lora_reference_is_the_policy_with_its_adapter_off(tmp_path, monkeypatch
     loads = []
     original = dpo_trainer.load_causal_lm
     monkeypatch.setattr(dpo_trainer, "load_causal_lm",
-                        lambda name, seed=0: loads.append(name) or original(name, seed=seed))
+                        lambda name, **kw: loads.append(name) or original(name, **kw))
     lora = ["model.lora.enabled=true", "model.lora.r=4", "train.max_steps=3", "optim.lr=5e-2"]
     shared, copied = [], []
     for name, out, extra in (("shared", shared, []), ("copy", copied, ["ref.share_base=false"])):
@@ -245,7 +245,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     loads = []
     real_load = dpo_trainer.load_causal_lm
     monkeypatch.setattr(dpo_trainer, "load_causal_lm",
-                        lambda name, seed=0: loads.append(name) or real_load(name, seed=seed))
+                        lambda name, **kw: loads.append(name) or real_load(name, **kw))
     cfg.resume = True
     dpo_trainer.train(cfg)
     assert loads == ["tiny"]  # the reference log-probs came from the run's cache

@@ -205,7 +205,7 @@ def test_lora_uses_the_base_as_reference_and_loads_one_policy(tmp_path, monkeypa
     loads = []
     original = ppo_trainer.load_causal_lm
     monkeypatch.setattr(ppo_trainer, "load_causal_lm",
-                        lambda name, seed=0: loads.append(name) or original(name, seed=seed))
+                        lambda name, **kw: loads.append(name) or original(name, **kw))
     ppo_trainer.train(_cfg(tmp_path, "model.lora.enabled=true", "model.lora.r=4",
                            "ppo.value_model=head", "train.max_steps=2"))
     assert loads == ["tiny"]

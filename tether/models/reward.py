@@ -41,7 +41,7 @@ from tether.models.loading import (
 )
 from tether.models.logprobs import position_ids_from_mask
 from tether.models.lora import is_lora
-from tether.models.shared_prompt import attention_mask_for, pack_groups
+from tether.models.shared_prompt import pack_groups
 from tether.models.tiny import TINY, tiny_llama
 
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra",
@@ -232,9 +232,11 @@ class RewardModel:
             packed = pack_groups([e.input_ids for e in encoded],
                                  group_sizes or [1] * len(encoded), self.tokenizer.pad_token_id,
                                  one_row)
+            # The mask is made on the model's device: a long row's L x L mask is not copied
+            # there, and a BlockMask (flex attention) would not be moved by raw_scores.
+            model = _unwrap(self.model)
             return {"input_ids": packed.input_ids, "position_ids": packed.position_ids,
-                    "attention_mask": attention_mask_for(_unwrap(self.model),
-                                                         packed.attention_mask),
+                    "attention_mask": packed.attention_mask_for(model, model_device(model)),
                     "last_columns": packed.last_columns}
         # Encoders use absolute positions: always pad on the right for them.
         return collate(encoded, self.tokenizer.pad_token_id, "right")

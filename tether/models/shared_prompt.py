@@ -21,8 +21,10 @@ positions from 0; a sequence without others to share with is a group of one:
     positions   0  1  2 |  3  4 |  3 |  0  1  2  3 |  0  1
 
 This needs a model whose attention takes an explicit 4-D mask and position ids: Hugging Face
-causal LMs with the sdpa or eager attention do. Bidirectional encoders cannot share (their
-prompt tokens would see the responses).
+causal LMs with the sdpa or eager attention do (a dense L x L mask), and with flex attention (a
+BlockMask, which skips the tiles of a long packed row that no query attends to: see
+flex_block_mask). Bidirectional encoders cannot share (their prompt tokens would see the
+responses).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 from tether.data.collate import collate
 from tether.data.tokenize import Encoded
 from tether.device import model_device, to_device
+from tether.distributed import unwrap
 from tether.models.head import forward_hidden
 from tether.models.logprobs import autocast_now, chunked_head, first_scored, forward_logprobs
 
@@ -67,6 +71,14 @@ class PackedGroups:
         from 2 x L numbers rather than copied there."""
         return block_mask(self.groups.to(device), self.segments.to(device))
 
+    def attention_mask_for(self, model: torch.nn.Module, device: torch.device | str
+                           ) -> torch.Tensor | BlockMask:
+        """The attention mask as `model`'s attention takes it, made on `device`: a BlockMask
+        for flex attention (see flex_block_mask), else the dense mask (attention_mask_for)."""
+        if _attention(model) == "flex_attention":
+            return flex_block_mask(self.groups.to(device), self.segments.to(device))
+        return attention_mask_for(model, self.attention_mask_on(device))
+
     @property
     def last_columns(self) -> torch.Tensor:
         """[R] the column of each sequence's last token (where a reward is read)."""
@@ -82,6 +94,27 @@ def block_mask(groups: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
                         device=groups.device).tril()
     own = (segments[query] == segments[key]) | (segments[key] == 0)
     return ((groups[query] == groups[key]) & own & causal).unsqueeze(1)
+
+
+def flex_block_mask(groups: torch.Tensor, segments: torch.Tensor) -> BlockMask:
+    """block_mask's rule as a FlexAttention BlockMask, on the device of `groups`.
+
+    A packed row of L columns holds many short groups, so the dense [N, 1, L, L] mask is
+    almost all False, yet sdpa with an explicit mask attends over all L x L pairs: ~300-token
+    sequences packed into a 16k row are ~50x the attention work of the sequences alone. A
+    BlockMask records which 128 x 128 tiles hold any True (and which are full), and flex
+    attention skips the empty tiles, doing work in proportion to the groups' own squares. The
+    mask_mod only indexes tensors with q_idx / kv_idx (no Python branching on values), as
+    create_block_mask vmaps it and the flex kernel inlines it."""
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor
+                 ) -> torch.Tensor:
+        key_segment = segments[b, kv]
+        own = (key_segment == 0) | (key_segment == segments[b, q])
+        return (groups[b, q] == groups[b, kv]) & own & (kv <= q)
+
+    n, length = groups.shape
+    return create_block_mask(mask_mod, n, None, length, length, device=groups.device)
 
 
 def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
@@ -164,11 +197,16 @@ def pack_groups(sequences: Sequence[Sequence[int]], group_sizes: Sequence[int],
                         torch.tensor([len(s) for s in sequences]), sum(widths))
 
 
+def _attention(model: torch.nn.Module) -> str:
+    """The model's attention implementation (inside a DDP wrapper, which hides the config)."""
+    config = getattr(unwrap(model), "config", None)
+    return getattr(config, "_attn_implementation", None) or "sdpa"
+
+
 def attention_mask_for(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """The boolean mask as the model's attention takes it: sdpa (and flex) a boolean one,
-    eager an additive float one."""
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", "sdpa") != "eager":
+    """The dense boolean mask as the model's attention takes it: sdpa a boolean one, eager an
+    additive float one. (Flex attention takes a BlockMask: PackedGroups.attention_mask_for.)"""
+    if _attention(model) != "eager":
         return mask
     return torch.zeros(mask.shape, device=mask.device).masked_fill(
         ~mask, torch.finfo(torch.float32).min)
@@ -260,7 +298,7 @@ def packed_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     index[rows, tokens] = (keep.cumsum(0) - 1)[predictors]
     inputs = {"input_ids": packed.input_ids.to(device),
               "position_ids": packed.position_ids.to(device),
-              "attention_mask": attention_mask_for(model, packed.attention_mask_on(device)),
+              "attention_mask": packed.attention_mask_for(model, device),
               "use_cache": False, "logits_to_keep": keep.view_as(packed.input_ids).to(device)}
     if chunk > 0:
         hidden, head = forward_hidden(model, **inputs)

@@ -30,7 +30,7 @@ from tether.data.order import batch_indices, chunks
 from tether.data.packing import Microbatches, group_tokens, split_microbatches
 from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.tokenize import Encoded, wants_chat_template
-from tether.device import autocast, model_device
+from tether.device import autocast, model_device, peak_memory
 from tether.distributed import setup, unwrap
 from tether.errors import ConfigError
 from tether.eval.policy import heldout_metrics
@@ -39,6 +39,7 @@ from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import sequence_logprobs
+from tether.precision import master_model, master_weights, maybe_compile, to_bf16
 from tether.rollout.generate import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -201,9 +202,9 @@ def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str, bu
     return table
 
 
-def data_key(ref_name: str, bf16: bool, data) -> str:
+def data_key(ref_name: str, precision: str, data) -> str:
     """Identifies the reference log-probs: the reference, the precision, every token."""
-    h = hashlib.sha256(f"{ref_name}|bf16={bf16}".encode())
+    h = hashlib.sha256(f"{ref_name}|{precision}".encode())
     for split in (data.train, data.eval):
         h.update(b"|split")
         for pref in split:
@@ -233,10 +234,13 @@ def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device, chunk: int = 0
 
     def evaluate(policy: torch.nn.Module) -> dict[str, float]:
         if not models:
-            models["reference"] = load_causal_lm(cfg.ref.model or cfg.model.name,
-                                                 seed=cfg.train.seed).requires_grad_(False).eval()
+            models["reference"] = load_causal_lm(
+                cfg.ref.model or cfg.model.name, seed=cfg.train.seed,
+                hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention,
+            ).requires_grad_(False).eval()
             models["reference"].to(device)
-            models["reward"] = RewardModel.from_pretrained(ecfg.reward_model).to(device) \
+            models["reward"] = RewardModel.from_pretrained(
+                ecfg.reward_model, cfg.model.hub_kernels, cfg.model.attention).to(device) \
                 if ecfg.reward_model else None
             if models["reward"] is not None:
                 models["reward"].model.requires_grad_(False).eval()
@@ -253,6 +257,7 @@ def train(cfg: DPOConfig) -> Path:
     """Run DPO (or a relative) as configured; return the final/ directory. Under torchrun,
     every process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
+    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
 
     # 1. Data first (a bad row should not wait for a model to load).
@@ -277,18 +282,22 @@ def train(cfg: DPOConfig) -> Path:
     # separate reference that is only precomputed is loaded, used and freed before the policy,
     # so two copies are never in memory at once.
     ref_name = cfg.ref.model or cfg.model.name
+    loading = {"hub_kernels": cfg.model.hub_kernels, "attention": cfg.model.attention}
     share = cfg.model.lora.enabled and cfg.ref.share_base and ref_name == cfg.model.name
     if ref_name != cfg.model.name and load_tokenizer(ref_name).get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"ref.model={ref_name} has a different vocabulary from "
                           f"model.name={cfg.model.name}; their log-probs cannot be compared")
-    key = data_key(ref_name, bf16, data)
+    key = data_key(ref_name, "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
     cache = run_dir / REF_CACHE
     # Under torchrun rank 0 precomputes the table and the others read it from its cache file.
     computes = cfg.ref.precompute and d.main
     table = load_cached(cache, key) if computes else None
     ref = None
     if not share and table is None and (computes or not cfg.ref.precompute):
-        ref_model = d.place(load_causal_lm(ref_name, seed=cfg.train.seed).requires_grad_(False))
+        ref_model = d.place(load_causal_lm(ref_name, seed=cfg.train.seed, **loading)
+                            .requires_grad_(False))
+        if masters:
+            to_bf16(ref_model)
         ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16,
                              share_prompt=share_prompt, chunk=chunk)
         if cfg.ref.precompute:
@@ -297,10 +306,12 @@ def train(cfg: DPOConfig) -> Path:
             gc.collect()
 
     def build() -> torch.nn.Module:
-        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
         return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
 
     model = d.place(build())
+    if masters:
+        to_bf16(model)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if share and table is None and (computes or not cfg.ref.precompute):
@@ -326,12 +337,12 @@ def train(cfg: DPOConfig) -> Path:
               f"log-probs {how}; {len(data.train)} prompts with {pairs} pairs for training, "
               f"{len(data.eval)} held out; {total_steps} steps of {batch_size} prompts "
               f"({d.processes}; {batches})")
-    model = d.wrap(model)
+    model = d.wrap(maybe_compile(model, cfg.train.compile))
 
     # 3. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train, dist=d)
+        data_source=cfg.data.train, master_weights=masters, dist=d)
 
     def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int,
                 packed: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
@@ -379,7 +390,7 @@ def train(cfg: DPOConfig) -> Path:
             d.backward(micro_loss)
             loss += micro_loss.item()
             sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
-            tokens += sum(len(r.input_ids) for p in prefs for r in p.responses)
+            tokens += sum(prefs_tokens(p, share_prompt) for p in prefs)
         loss, tokens, *summed = d.sum(loss, tokens, *sums.values())
         sums = dict(zip(sums, summed, strict=True))
         grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
@@ -393,7 +404,7 @@ def train(cfg: DPOConfig) -> Path:
         done = step + 1
         metrics = {"loss/train": loss, **sums, "optim/lr": lr, "optim/grad_norm": grad_norm,
                    "perf/step_s": elapsed, "perf/tokens_per_s": tokens / elapsed,
-                   "data/epoch": step / per_epoch}
+                   **peak_memory(d.device), "data/epoch": step / per_epoch}
         is_last = done == total_steps
         evaluated = bool(data.eval or sampled) and due(done, cfg.train.eval_every, is_last)
         if evaluated:
@@ -416,7 +427,7 @@ def train(cfg: DPOConfig) -> Path:
 
     # 5. Export (rank 0; the others wait, so no one reads final/ half-written).
     final = run_dir / "final"
-    whole = d.full_model(model, build)
+    whole = master_model(model, optimizer, build, dist=d)
     if d.main:
         save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
         print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(whole) and

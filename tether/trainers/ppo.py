@@ -61,6 +61,7 @@ from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
+from tether.precision import master_model, master_weights, maybe_compile, to_bf16
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -185,6 +186,7 @@ def train(cfg: PPOConfig) -> Path:
     torch.manual_seed(cfg.train.seed)
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
     bf16, temperature = cfg.train.bf16, rcfg.temperature
+    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
     if rcfg.backend == "vllm":
         from tether.rollout.vllm import require_vllm
@@ -218,12 +220,13 @@ def train(cfg: PPOConfig) -> Path:
                                                if eval_rows else ""))
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
 
-    reward_model = RewardModel.from_pretrained(cfg.reward.model).to(d.device) \
+    loading = {"hub_kernels": cfg.model.hub_kernels, "attention": cfg.model.attention}
+    reward_model = RewardModel.from_pretrained(cfg.reward.model, **loading).to(d.device) \
         if cfg.reward.model else None
     if reward_model is not None:
         reward_model.model.requires_grad_(False).eval()
     def base_policy() -> torch.nn.Module:
-        policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
         disable_dropout(policy)
         return policy
 
@@ -251,14 +254,18 @@ def train(cfg: PPOConfig) -> Path:
         policy = apply_lora(policy, cfg.model.lora)
         ref_model = None  # the policy with its adapter off
     else:
-        ref_model = d.place(load_causal_lm(cfg.model.name,
-                                           seed=cfg.train.seed).requires_grad_(False))
+        ref_model = d.place(load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
+                            .requires_grad_(False))
         disable_dropout(ref_model)
         ref_model.eval()
     shared_head = algo == "ppo" and pcfg.value_model == "head"
     # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
     chunk = 0 if d.sharded else cfg.train.logits_chunk
     trained = d.place(PolicyAndValue(policy, value_model, shared_head, bf16, chunk))
+    if masters:  # the trained weights, and every frozen model the loop runs
+        for m in (trained, ref_model, reward_model and reward_model.model):
+            if m is not None:
+                to_bf16(m)
 
     per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
     total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
@@ -271,7 +278,8 @@ def train(cfg: PPOConfig) -> Path:
               f"{trainable / 1e6:.2f}M trainable; {total_steps} iterations of "
               f"{rcfg.batch_size} prompts x {rcfg.group_size} samples; optimising the "
               f"{target} ({d.processes})")
-    forward = d.wrap(trained)  # the training passes go through DDP when there is one
+    # The training passes go through DDP when there is one; compiled, generation is not.
+    forward = d.wrap(maybe_compile(trained, cfg.train.compile))
 
     kl_ctl = (AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)
               if pcfg.adaptive_kl else FixedKLController(pcfg.kl_coef))
@@ -280,7 +288,7 @@ def train(cfg: PPOConfig) -> Path:
         run_dir, checkpoint, trained, cfg.optim, total_steps * updates_per_step,
         num_examples=len(rows), data_source=rcfg.prompts, extra=extra,
         lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and value_model else None,
-        dist=d)
+        master_weights=masters, dist=d)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
     samples_log = MetricsLog(run_dir / "samples.jsonl",
@@ -541,7 +549,7 @@ def train(cfg: PPOConfig) -> Path:
     log.close()
     samples_log.close()
     final = run_dir / "final"
-    whole = d.full_model(trained, build_policy, part="policy")
+    whole = master_model(trained, optimizer, build_policy, part="policy", dist=d)
     if d.main:
         if metrics:
             print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()

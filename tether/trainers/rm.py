@@ -20,12 +20,13 @@ from tether.data.order import batch_indices
 from tether.data.packing import Microbatches, group_tokens
 from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
 from tether.data.sft import LoadStats, load_records
-from tether.device import autocast
+from tether.device import autocast, peak_memory
 from tether.distributed import setup
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
 from tether.models.reward import LastTokenScorer, RewardModel
+from tether.precision import master_model, master_weights, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     clip_and_check,
@@ -60,18 +61,23 @@ def train(cfg: RMConfig) -> Path:
     """Train a reward model as configured; return the final/ directory. Under torchrun, every
     process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
+    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
 
     # 1. Backbone with a fresh scalar head, then the preferences encoded for it.
     def build() -> RewardModel:
         built = RewardModel.build(cfg.model.name, cfg.reward.backbone, seed=cfg.train.seed,
                                   chat_template=cfg.data.chat_template,
-                                  max_length=cfg.data.max_length, truncation=cfg.data.truncation)
+                                  max_length=cfg.data.max_length, truncation=cfg.data.truncation,
+                                  hub_kernels=cfg.model.hub_kernels,
+                                  attention=cfg.model.attention)
         if cfg.model.lora.enabled:
             built.model = apply_lora(built.model, cfg.model.lora, task_type="SEQ_CLS")
         return built
 
     rm = build().to(d.device)
+    if masters:
+        to_bf16(rm.model)
     data = load_preference_data(cfg.data, rm.tokenizer, cfg.train.seed, encode=rm.encode)
     for split, stats in data.stats.items():
         if d.main:
@@ -79,10 +85,9 @@ def train(cfg: RMConfig) -> Path:
     # An encoder reads padded rows whatever the budget (see RewardModel.collate): the budget
     # then only groups prompts into micro-batches by their real tokens, padding on top.
     share = cfg.train.share_prompt and rm.kind == "policy"
-    batches = Microbatches(
-        cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
-        [group_tokens([e.input_ids for e in p.responses], share) for p in data.train], d,
-        unit="prompt with its responses")
+    tokens = [group_tokens([e.input_ids for e in p.responses], share) for p in data.train]
+    batches = Microbatches(cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
+                           tokens, d, unit="prompt with its responses")
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
     if cfg.model.gradient_checkpointing:
         rm.model.gradient_checkpointing_enable()
@@ -96,14 +101,14 @@ def train(cfg: RMConfig) -> Path:
               f"parameters, {trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with "
               f"{pairs} pairs for training, {len(data.eval)} held out; {total_steps} steps of "
               f"{batch_size} prompts ({d.processes}; {batches})")
-    model = rm.model  # what the optimizer trains; the forward goes through the wrapper
+    model = maybe_compile(rm.model, cfg.train.compile)  # trained; the forward goes through rm
     if d.world > 1:
         rm.parallel = d.wrap(LastTokenScorer(rm.model, rm.kind))
 
     # 2. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train, dist=d)
+        data_source=cfg.data.train, master_weights=masters, dist=d)
 
     def evaluate() -> tuple[dict[str, float], dict]:
         # every rank evaluates the whole (small) held-out set: FSDP2 needs all in each forward
@@ -153,7 +158,9 @@ def train(cfg: RMConfig) -> Path:
         metrics = {"loss/train": loss, "reward/train_accuracy": correct / max(total_pairs, 1),
                    "reward/mean": seen.mean().item(), "reward/std": seen.std().item(),
                    "optim/lr": lr, "optim/grad_norm": grad_norm, "perf/step_s": elapsed,
-                   "perf/sequences_per_s": num_responses / elapsed, "data/epoch": step / per_epoch}
+                   "perf/sequences_per_s": num_responses / elapsed,
+                   "perf/tokens_per_s": sum(tokens[i] for i in indices) / elapsed,
+                   **peak_memory(d.device), "data/epoch": step / per_epoch}
         is_last = done == total_steps
         if data.eval and due(done, cfg.train.eval_every, is_last) and not is_last:
             metrics.update(evaluate()[0])
@@ -189,7 +196,11 @@ def train(cfg: RMConfig) -> Path:
                   f"{format_table(final_metrics)}")
     log.close()
     final = run_dir / "final"
-    whole = d.full_model(rm.parallel or model, lambda: LastTokenScorer(build().model, rm.kind))
+    if rm.parallel is None:
+        whole = master_model(model, optimizer, lambda: build().model, dist=d)
+    else:
+        whole = master_model(rm.parallel, optimizer,
+                             lambda: LastTokenScorer(build().model, rm.kind), dist=d)
     if d.main:
         rm.model = whole.model if rm.parallel is not None else whole
         rm.parallel = None

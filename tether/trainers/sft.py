@@ -19,12 +19,13 @@ from tether.config import SFTConfig
 from tether.data.order import batch_indices, chunks
 from tether.data.packing import Microbatches
 from tether.data.sft import load_sft_data
-from tether.device import autocast
+from tether.device import autocast, peak_memory
 from tether.distributed import setup
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.lora import apply_lora, count_parameters
 from tether.models.shared_prompt import sequence_logprobs
+from tether.precision import master_model, master_weights, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     clip_and_check,
@@ -39,6 +40,7 @@ def train(cfg: SFTConfig) -> Path:
     """Run SFT as configured; return the final/ directory. Under torchrun, every process
     runs this; each takes its slice of every batch."""
     torch.manual_seed(cfg.train.seed)
+    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
 
     # 1. Data first (a bad row should not wait for a model to load), then the model.
@@ -52,10 +54,13 @@ def train(cfg: SFTConfig) -> Path:
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
 
     def build() -> torch.nn.Module:
-        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed)
+        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
+                           hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention)
         return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
 
     model = d.place(build())
+    if masters:
+        to_bf16(model)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -67,12 +72,12 @@ def train(cfg: SFTConfig) -> Path:
               f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
               f"{total_steps} steps of {batch_size} sequences "
               f"({d.processes}; {batches})")
-    model = d.wrap(model)
+    model = d.wrap(maybe_compile(model, cfg.train.compile))
 
     # 2. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train, dist=d)
+        data_source=cfg.data.train, master_weights=masters, dist=d)
 
     # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
     chunk = 0 if d.sharded else cfg.train.logits_chunk
@@ -130,7 +135,7 @@ def train(cfg: SFTConfig) -> Path:
         metrics = {"loss/train": loss, "optim/lr": lr, "optim/grad_norm": grad_norm,
                    "perf/step_s": elapsed,
                    "perf/tokens_per_s": sum(len(e.input_ids) for e in examples) / elapsed,
-                   "data/epoch": step / per_epoch}
+                   **peak_memory(d.device), "data/epoch": step / per_epoch}
         is_last = done == total_steps
         if data.eval and due(done, cfg.train.eval_every, is_last):
             metrics["loss/eval"] = evaluate()
@@ -148,7 +153,7 @@ def train(cfg: SFTConfig) -> Path:
 
     # 4. Export (rank 0; the others wait, so no one reads final/ half-written).
     final = run_dir / "final"
-    whole = d.full_model(model, build)
+    whole = master_model(model, optimizer, build, dist=d)
     if d.main:
         save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
         print(f"final model: {final}")
