@@ -120,7 +120,8 @@ def command(stage: str, model: str, setting: str, args: argparse.Namespace,
     batch = STAGES[stage]
     micro = 8 if stage == "sft" else 4
     options = [f"model.name={model}", f"data.train={data['sft' if stage == 'sft' else 'pairs']}",
-               "data.eval_fraction=0", f"data.max_length={args.max_length}", f"train.max_steps={args.steps}",
+               "data.eval_fraction=0", f"data.max_length={args.max_length}",
+               f"train.max_steps={args.steps}",
                f"train.batch_size={batch}", f"train.micro_batch_size={micro}",
                "train.save_every=0", "train.eval_every=0", f"train.device={args.device}",
                f"run_dir={run_dir}", *SETTINGS["fast" if setting == "compile" else setting]]
