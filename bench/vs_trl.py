@@ -150,6 +150,11 @@ class Gate:
         return seconds
 
 
+def on_gpu(args: argparse.Namespace) -> bool:
+    """Whether both sides train on the GPU (--device, auto: when there is one)."""
+    return args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+
+
 def trainer_gate(trainer) -> Gate:
     """A started Gate around a Hugging Face Trainer's own `train()` (see Gate)."""
     from transformers import TrainerCallback
@@ -209,7 +214,7 @@ def _peak_memory(args: argparse.Namespace, row_name: str, side: str) -> int:
     built = _rows()[row_name].build(args, side)
     for _ in range(MEMORY_STEPS):
         built.step()
-    if args.device == "cuda":
+    if on_gpu(args):
         peak = torch.cuda.max_memory_allocated()
         built.close()
         return peak
@@ -325,8 +330,7 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(rows)}")
     if args.steps < 1 or args.warmup < 1:
         raise SystemExit("--steps and --warmup must be at least 1")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = "cuda" if on_gpu(args) else "cpu"
     before = machine()
     started = time.perf_counter()
     results: dict = {}

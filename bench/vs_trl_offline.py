@@ -104,7 +104,7 @@ from pathlib import Path
 import torch
 
 from bench.sft import model_flops_per_token
-from bench.vs_trl import MEMORY_STEPS, Gate, Row, Side, trainer_gate
+from bench.vs_trl import MEMORY_STEPS, Gate, Row, Side, on_gpu, trainer_gate
 from tether.config import DPOConfig, RMConfig, SFTConfig, load_config
 from tether.data.order import batch_indices
 from tether.data.preferences import EncodedPreference, load_preference_data
@@ -319,9 +319,11 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
     return Built(side, lambda: _trainable(found["model"]))
 
 
-def _count_encoded(examples, *_, **__) -> tuple[int, int, int]:  # sft: collate(examples, pad_id)
+def _count_encoded(model, examples, *_, one_row: bool = False, **__) -> tuple[int, int, int]:
+    """sft: sequence_logprobs(model, examples, pad_id, ...): packed (one_row), the widest row
+    is all of them side by side."""
     lengths = [len(e.input_ids) for e in examples]
-    return sum(lengths), sum(lengths), max(lengths)
+    return sum(lengths), sum(lengths), sum(lengths) if one_row else max(lengths)
 
 
 def _count_prefs(prefs: list[EncodedPreference], share_prompt: bool) -> tuple[int, int, int]:
@@ -345,7 +347,7 @@ def _trl_config(config_cls: type, args: argparse.Namespace, tether_cfg, out_dir:
         learning_rate=optim.lr, lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=optim.beta1, adam_beta2=optim.beta2, adam_epsilon=optim.eps,
         weight_decay=optim.weight_decay, max_grad_norm=optim.max_grad_norm,
-        bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
+        bf16=args.precision == "bf16", use_cpu=not on_gpu(args),
         activation_checkpointing=False,
         train_sampling_strategy="sequential", seed=SEED, data_seed=SEED,
         max_length=args.max_length, dataloader_num_workers=0, dataloader_pin_memory=False,
@@ -439,7 +441,8 @@ def _build_sft(args: argparse.Namespace, side: str) -> Built:
     cfg = _tether_config(SFTConfig, args, tmp / "tether", REVIEWS)
     if side == "tether":
         import tether.trainers.sft as trainer
-        return _tether_side(trainer, cfg, observe="collate", count=_count_encoded, live_ref=False,
+        return _tether_side(trainer, cfg, observe="sequence_logprobs", count=_count_encoded,
+                            live_ref=False,
                             precision=args.precision, tmp=tmp,
                             notes=["logits from the batch's first response token on, the "
                                    "loss on response tokens only"])

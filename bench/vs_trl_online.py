@@ -116,7 +116,7 @@ from pathlib import Path
 import torch
 
 from bench.sft import model_flops_per_token
-from bench.vs_trl import Gate, Row, Side, trainer_gate
+from bench.vs_trl import Gate, Row, Side, on_gpu, trainer_gate
 from tether.config import PPOConfig, load_config
 
 MAX_STEPS = 100_000  # the loops' length: far more iterations than a benchmark steps
@@ -448,7 +448,7 @@ def _trl_side(args: argparse.Namespace, algo: str) -> OnlineSide:
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": t}] for t in texts]})
     opt = cfg.optim
     shared = dict(
-        output_dir=f"{tmp.name}/trl", use_cpu=args.device == "cpu", bf16=args.precision == "bf16",
+        output_dir=f"{tmp.name}/trl", use_cpu=not on_gpu(args), bf16=args.precision == "bf16",
         fp16=False,
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, num_generations=group,

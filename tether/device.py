@@ -59,3 +59,4 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"perf/peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+

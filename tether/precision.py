@@ -42,12 +42,26 @@ from collections.abc import Callable
 
 import torch
 
-from tether.config import TrainConfig
+from tether.config import ModelConfig, TrainConfig
 from tether.distributed import Dist, unwrap
 from tether.errors import ConfigError
 from tether.optim import MASTER, MasterAdamW, _fp32_originals
 
 SINGLE = Dist()
+
+
+def check_settings(model: ModelConfig, train: TrainConfig, device: torch.device) -> bool:
+    """Every fast-path setting checked against this machine before any model loads (a
+    one-line ConfigError for what cannot run here); whether the trained weights are bf16 with
+    fp32 masters (see master_weights)."""
+    if model.attention == "flex_attention" and device.type != "cuda":
+        raise ConfigError("model.attention=flex_attention trains on a CUDA GPU only (PyTorch "
+                          "has no FlexAttention backward on the CPU); use model.attention=sdpa "
+                          "here")
+    problem = train.compile and compile_unavailable(device.type)
+    if problem:
+        raise ConfigError(f"train.compile=true: {problem}; set train.compile=false")
+    return master_weights(train)
 
 
 def master_weights(train: TrainConfig) -> bool:

@@ -192,3 +192,31 @@ def test_missing_data_file_is_one_line(capsys, tmp_path):
                                        f"run_dir={tmp_path / 'run'}"])
     assert_one_line_error(code, out, err, "nope.jsonl", "no such file")
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("override,needles", [
+    # PyTorch has no FlexAttention backward on the CPU: refused before any model loads.
+    ("model.attention=flex_attention", ["model.attention=flex_attention", "CUDA GPU"]),
+    ("train.bf16_weights=true", ["train.bf16_weights=true", "train.bf16=true"]),
+    ("train.logits_chunk=-1", ["train.logits_chunk"]),
+])
+def test_fast_path_settings_that_cannot_run_here(capsys, tmp_path, override, needles):
+    data = tmp_path / "t.jsonl"
+    data.write_text("{\"prompt\": \"a\", \"completion\": \"b\"}\n" * 16)
+    code, out, err = run_main(capsys, ["sft", "model.name=tiny", f"data.train={data}",
+                                       f"run_dir={tmp_path / 'run'}", "train.device=cpu",
+                                       override])
+    assert_one_line_error(code, out, err, *needles)
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_compile_where_it_cannot_run_is_one_line(capsys, tmp_path, monkeypatch):
+    from tether import precision
+
+    monkeypatch.setattr(precision, "compile_unavailable",
+                        lambda *a, **k: "inductor on the CPU needs a working C++ compiler")
+    data = tmp_path / "t.jsonl"
+    data.write_text("{\"prompt\": \"a\", \"completion\": \"b\"}\n" * 16)
+    code, out, err = run_main(capsys, ["sft", "model.name=tiny", f"data.train={data}",
+                                       f"run_dir={tmp_path / 'run'}", "train.compile=true"])
+    assert_one_line_error(code, out, err, "train.compile=true", "C++ compiler")

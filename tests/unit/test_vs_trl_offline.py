@@ -18,7 +18,7 @@ from bench.vs_trl import _check_identical, add_arguments  # noqa: E402
 
 ROWS = {row.name: row for row in vs_trl_offline.ROWS}
 # row -> (tether trainer module, the function its side reads each batch from)
-TRAINERS = {"sft": ("sft", "collate"), "rm": ("rm", "rewards_grid"),
+TRAINERS = {"sft": ("sft", "sequence_logprobs"), "rm": ("rm", "rewards_grid"),
             "rm-k4": ("rm", "rewards_grid"), "dpo": ("dpo", "preference_pairs"),
             "dpo-precomputed": ("dpo", "preference_pairs")}
 

@@ -120,9 +120,10 @@ def forward_token_logits(model: torch.nn.Module, input_ids: torch.Tensor,
                          attention_mask: torch.Tensor, first_token: int = 1, chunk: int = 0
                          ) -> TokenLogits:
     """forward_logits as a TokenLogits; with chunk > 0 the model's forward stops before its
-    head, and the head runs later, `chunk` tokens at a time."""
+    head, and the head runs later, `chunk` tokens at a time. When all the predictions fit in
+    one chunk, the plain head: the same memory, without recomputing the logits in backward."""
     inputs = _model_inputs(input_ids, attention_mask, first_token)
-    if chunk <= 0:
+    if chunk <= 0 or input_ids.shape[0] * inputs["logits_to_keep"] <= chunk:
         return TokenLogits(model(**inputs).logits, input_ids.shape[1])
     hidden, output_head = head.forward_hidden(model, **inputs)
     return TokenLogits(None, input_ids.shape[1], hidden, output_head, chunk,

@@ -300,7 +300,7 @@ def packed_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
               "position_ids": packed.position_ids.to(device),
               "attention_mask": packed.attention_mask_for(model, device),
               "use_cache": False, "logits_to_keep": keep.view_as(packed.input_ids).to(device)}
-    if chunk > 0:
+    if 0 < chunk < int(keep.sum()):  # what fits in one chunk takes the plain head
         hidden, head = forward_hidden(model, **inputs)
         return PackedLogits(None, index.to(device), scored.to(device), packed.num_tokens,
                             hidden, head, chunk, autocast_now(hidden.device))

@@ -39,7 +39,7 @@ from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import sequence_logprobs
-from tether.precision import master_model, master_weights, maybe_compile, to_bf16
+from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rollout.generate import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -257,8 +257,8 @@ def train(cfg: DPOConfig) -> Path:
     """Run DPO (or a relative) as configured; return the final/ directory. Under torchrun,
     every process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
-    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
+    masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
 
     # 1. Data first (a bad row should not wait for a model to load).
     tokenizer = load_tokenizer(cfg.model.name)

@@ -61,7 +61,7 @@ from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
-from tether.precision import master_model, master_weights, maybe_compile, to_bf16
+from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
@@ -186,8 +186,8 @@ def train(cfg: PPOConfig) -> Path:
     torch.manual_seed(cfg.train.seed)
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
     bf16, temperature = cfg.train.bf16, rcfg.temperature
-    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
+    masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
     if rcfg.backend == "vllm":
         from tether.rollout.vllm import require_vllm
 

@@ -26,7 +26,7 @@ from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
 from tether.models.reward import LastTokenScorer, RewardModel
-from tether.precision import master_model, master_weights, maybe_compile, to_bf16
+from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     clip_and_check,
@@ -61,8 +61,8 @@ def train(cfg: RMConfig) -> Path:
     """Train a reward model as configured; return the final/ directory. Under torchrun, every
     process runs this; each takes its slice of every batch of prompts."""
     torch.manual_seed(cfg.train.seed)
-    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
+    masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
 
     # 1. Backbone with a fresh scalar head, then the preferences encoded for it.
     def build() -> RewardModel:

@@ -25,7 +25,7 @@ from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.lora import apply_lora, count_parameters
 from tether.models.shared_prompt import sequence_logprobs
-from tether.precision import master_model, master_weights, maybe_compile, to_bf16
+from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     clip_and_check,
@@ -40,8 +40,8 @@ def train(cfg: SFTConfig) -> Path:
     """Run SFT as configured; return the final/ directory. Under torchrun, every process
     runs this; each takes its slice of every batch."""
     torch.manual_seed(cfg.train.seed)
-    masters = master_weights(cfg.train)
     d = setup(cfg.train.strategy, cfg.train.device)
+    masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
 
     # 1. Data first (a bad row should not wait for a model to load), then the model.
     tokenizer = load_tokenizer(cfg.model.name)
