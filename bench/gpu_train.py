@@ -53,7 +53,7 @@ SETTINGS = {
     "plain": ["train.bf16=false", "train.bf16_weights=false", "train.logits_chunk=0"],
     "fast": ["train.bf16=true", "train.bf16_weights=true", "train.logits_chunk=4096"],
 }
-WARMUP_STEPS = 3
+WARMUP_STEPS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="sft,rm,dpo", help="Default: %(default)s.")
     parser.add_argument("--settings", default="plain,fast", help="plain, fast, compile.")
     parser.add_argument("--compile", action="store_true", help="add the compile setting")
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per row")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per row")
     parser.add_argument("--tokens", type=int, default=16384,
                         help="tokens per packed micro-batch in `fast`. Default: %(default)s.")
     parser.add_argument("--max-length", type=int, default=1024,
@@ -103,10 +103,13 @@ def mean_seq_len(model: str, path: Path) -> float:
 
 def flops_per_token(model: str, stage: str, seq_len: float) -> float:
     """Model FLOPs per token of one training step (see the module docstring)."""
-    from tether.models.loading import load_causal_lm
+    from transformers import LlamaForCausalLM
+
+    from tether.models.loading import random_config
+    from tether.models.tiny import tiny_llama
 
     with torch.device("meta"):  # the shape alone; nothing is allocated
-        lm = load_causal_lm(model)
+        lm = tiny_llama() if model == "tiny" else LlamaForCausalLM(random_config(model))
     config = lm.config
     n = sum(p.numel() for p in lm.parameters())  # a tied embedding counts once
     if stage == "rm":

@@ -65,9 +65,9 @@ class ModelConfig:
         "sdpa", "Attention implementation, all PyTorch's own: sdpa (scaled_dot_product_attention, "
         "which picks a fused kernel on a GPU), flex_attention (FlexAttention: packed rows "
         "(train.max_tokens_per_microbatch) skip the blocks their mask leaves empty; compiled "
-        "on first use, best on a GPU) or eager. Whatever a model directory's config.json asks "
-        "for (e.g. flash_attention_2, which transformers would fetch from the Hub) is replaced "
-        "by this.", choices=["sdpa", "flex_attention", "eager"])
+        "on first use; trains on a CUDA GPU only) or eager. Whatever a model directory's "
+        "config.json asks for (e.g. flash_attention_2, which transformers would fetch from the "
+        "Hub) is replaced by this.", choices=["sdpa", "flex_attention", "eager"])
     hub_kernels: bool = option(
         False, "Let transformers swap in kernels downloaded from the Hugging Face Hub "
         "(`use_kernels`; it needs a network and runs remote code). Off: every model tether "
@@ -144,7 +144,8 @@ class TrainConfig:
     bf16_weights: bool = option(
         False, "With bf16: hold the trained model's weights (and frozen models) in bf16, with "
         "fp32 master copies and AdamW state in the optimizer, so no forward casts them. "
-        "Faster where casts dominate (a GPU at small batches); the update is still fp32.")
+        "Faster where casts dominate (a GPU at small batches); the update is still fp32, and "
+        "checkpoints and final/ hold the fp32 masters. Not with strategy=fsdp2.")
     max_tokens_per_microbatch: int = option(
         0, "Padding-free packing (sft, rm, dpo): >0 packs a micro-batch's sequences (or "
         "shared-prompt groups) into one row of at most this many tokens, each attending to "

@@ -37,6 +37,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tether.device import pick_device
 from tether.errors import UserError
 from tether.models.tiny import TINY, tiny_llama, tiny_tokenizer
 
@@ -209,10 +210,11 @@ def load_causal_lm(name: str, *, seed: int = 0, hub_kernels: bool = False,
     if name == TINY:
         return tiny_llama(seed=seed)
     if random_shape(name):
-        with torch.random.fork_rng():
+        config = random_config(name)
+        config._attn_implementation = attention
+        # Built where it will run: initialising 1.7B parameters on a GPU takes a moment.
+        with torch.random.fork_rng(), pick_device("auto"):
             torch.manual_seed(seed)
-            config = random_config(name)
-            config._attn_implementation = attention
             return LlamaForCausalLM(config)
     try:
         model = AutoModelForCausalLM.from_pretrained(
