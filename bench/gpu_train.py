@@ -11,7 +11,8 @@ memory (`perf/peak_mem_gib`). The first steps (CUDA warm-up, compilation) are dr
 Settings per row:
 - `plain`: fp32, `micro_batch_size` padded rows, the whole LM head at once: the defaults;
 - `fast`: bf16 weights with fp32 master weights, padding-free packing up to
-  --tokens tokens per micro-batch, the LM head in chunks (what the README recommends on a GPU);
+  --tokens tokens per micro-batch under FlexAttention, the LM head in chunks (what the README
+  recommends on a GPU); `fast-sdpa`: the same with sdpa's dense mask over each packed row;
 - `compile`: `fast` plus torch.compile (only with --compile: its first steps take minutes).
 
 MFU = model FLOP/s over the bf16 matmul peak measured in the same run (bench.peak):
@@ -51,7 +52,11 @@ WORDS = _PHRASE.split()
 STAGES = {"sft": 64, "rm": 32, "dpo": 32}
 SETTINGS = {
     "plain": ["train.bf16=false", "train.bf16_weights=false", "train.logits_chunk=0"],
-    "fast": ["train.bf16=true", "train.bf16_weights=true", "train.logits_chunk=4096"],
+    "fast": ["train.bf16=true", "train.bf16_weights=true", "train.logits_chunk=4096",
+             "model.attention=flex_attention"],
+    # The same with sdpa's dense mask over each packed row: what flex saves.
+    "fast-sdpa": ["train.bf16=true", "train.bf16_weights=true", "train.logits_chunk=4096",
+                  "model.attention=sdpa"],
 }
 WARMUP_STEPS = 2
 
@@ -60,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", default="smollm2-135m,smollm2-1.7b",
                         help="random:<shape> models (or 'tiny'). Default: %(default)s.")
     parser.add_argument("--stages", default="sft,rm,dpo", help="Default: %(default)s.")
-    parser.add_argument("--settings", default="plain,fast", help="plain, fast, compile.")
+    parser.add_argument("--settings", default="plain,fast",
+                        help="plain, fast, fast-sdpa (see above). Default: %(default)s.")
     parser.add_argument("--compile", action="store_true", help="add the compile setting")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per row")
     parser.add_argument("--tokens", type=int, default=16384,

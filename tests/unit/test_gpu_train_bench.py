@@ -17,7 +17,7 @@ def _args(*extra: str) -> argparse.Namespace:
 
 def test_a_row_runs_the_real_command_and_reads_its_figures(tmp_path):
     data = gpu_train.write_data(tmp_path, rows=64)
-    row = gpu_train.run_row("sft", "tiny", "fast", _args(), data)
+    row = gpu_train.run_row("sft", "tiny", "fast-sdpa", _args(), data)  # flex: GPU only
     assert row["ok"], row
     assert row["tokens_per_s"] > 0 and row["loss_first"] > 0
 
@@ -30,7 +30,7 @@ def test_settings_name_what_they_turn_on(tmp_path):
     assert "train.logits_chunk=0" in plain and "train.bf16=false" in plain
     assert not any(o.startswith("train.max_tokens_per_microbatch") for o in plain)
     assert {"train.bf16_weights=true", "train.max_tokens_per_microbatch=256",
-            "train.compile=true"} <= set(fast)
+            "train.compile=true", "model.attention=flex_attention"} <= set(fast)
 
 
 def test_flops_per_token_follow_the_count_in_the_docstring():
