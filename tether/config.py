@@ -118,11 +118,13 @@ def device_option() -> str:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(8, "Sequences per optimizer step, in all: under torchrun each of "
-                                "N processes takes batch_size / N of them.", min=1)
+    batch_size: int = option(
+        8, "Items per optimizer step, in all: sequences for sft; prompts for rm and dpo, each "
+        "with all its responses (a pair row or a K-way ranking is one item, not 2 or K "
+        "sequences). Under torchrun each of N processes takes batch_size / N of them.", min=1)
     micro_batch_size: int = option(
-        8, "Sequences per forward pass; batch_size / micro_batch_size gradient accumulation "
-        "steps. Changes memory, not the result.", min=1)
+        8, "Items (as batch_size counts them) per forward pass; batch_size / micro_batch_size "
+        "gradient accumulation steps. Changes memory, not the result.", min=1)
     strategy: str = option(
         "ddp", "Under torchrun: ddp (every process holds the whole model) or fsdp2 (parameters, "
         "gradients and optimizer state sharded over the processes). Changes memory, not the "
@@ -363,9 +365,13 @@ class RMConfig:
                                            "{prompt, responses, ranks} rankings.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-5,
                                  warmup_steps=5)
-    train: TrainConfig = section(TrainConfig, "Loop; batch_size counts prompts (each with all "
-                                              "its responses). One epoch by default: more "
-                                              "overfits (InstructGPT).", batch_size=8,
+    train: TrainConfig = section(TrainConfig, "Loop; batch_size (and micro_batch_size) "
+                                              "count prompts, not sequences: one item is a "
+                                              "row's prompt with all its responses, so a K-way "
+                                              "ranking (K sequences) is one item and a pair "
+                                              "row (2 sequences) is one item. One epoch by "
+                                              "default: more overfits (InstructGPT).",
+                                 batch_size=8,
                                  micro_batch_size=4, eval_every=25)
 
     def validate(self) -> None:

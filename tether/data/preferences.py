@@ -37,6 +37,11 @@ class Preference:
         k = len(self.responses)
         return [(i, j) for i in range(k) for j in range(k) if self.ranks[i] < self.ranks[j]]
 
+    def prompt_key(self) -> tuple[tuple[str, str], ...]:
+        """The prompt as a hashable value: rows with equal keys are the same prompt (a plain
+        string and the one user message it stands for are equal)."""
+        return tuple((m["role"], m["content"]) for m in self.prompt)
+
 
 def parse_preference(record: Any, where: str) -> Preference:
     prompt = parse_prompt(record, where)

@@ -13,36 +13,57 @@ from tether.models.reward import RewardModel
 LENGTH_EDGES = [-16, -8, -2, 2, 8, 16]
 
 
+def prompt_ids(prefs: list[EncodedPreference]) -> list[int]:
+    """For each row of `prefs`, the index of its prompt among the distinct prompts, in order
+    of first appearance: rows that share a prompt (several pair rows over one prompt's
+    responses) share an id."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault(p.source.prompt_key(), len(ids)) for p in prefs]
+
+
+def pair_prompt_groups(prefs: list[EncodedPreference]) -> np.ndarray:
+    """The prompt id of every (better, worse) pair of `prefs`, in the order of
+    `evaluate_preferences`: the clusters of the accuracy's bootstrap interval."""
+    ids = prompt_ids(prefs)
+    return np.array([ids[r] for r, p in enumerate(prefs) for _ in p.source.pairs()], dtype=int)
+
+
 def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
-                         batch_size: int = 16, bf16: bool = False,
-                         seed: int = 0) -> tuple[dict[str, float], dict]:
+                         batch_size: int = 16, bf16: bool = False, seed: int = 0,
+                         progress: bool = False) -> tuple[dict[str, float], dict]:
     """Metrics for `metrics.jsonl` and details (tables) for eval.json and the report.
+
+    Accuracy is over (better, worse) pairs ("eval/pairs"); its bootstrap interval resamples
+    whole prompts ("eval/prompts" distinct ones), since the pairs of one prompt share its
+    responses, whether they come from one ranking row or from several pair rows.
 
     Calibration uses raw score differences, the quantity Bradley-Terry fits: a pair predicts
     P(better wins) = sigmoid(r_better - r_worse). Each pair is counted both ways round (the
     symmetric reliability diagram), else every label would be 1 and any model would look
-    overconfident or underconfident by construction."""
+    overconfident or underconfident by construction. `progress`: show a bar over the
+    scoring batches."""
     flat = [e for p in prefs for e in p.responses]
-    raw = rm.raw_scores_of(flat, batch_size, bf16).numpy()
+    raw = rm.raw_scores_of(flat, batch_size, bf16,
+                           progress="rm: held-out eval" if progress else "").numpy()
     lengths = np.array([sum(e.loss_mask) for e in flat])
-    better, worse, groups = [], [], []
+    better, worse = [], []
     offset = 0
-    for g, pref in enumerate(prefs):
+    for pref in prefs:
         k = len(pref.responses)
         for i, j in pref.source.pairs():
             better.append(offset + i)
             worse.append(offset + j)
-            groups.append(g)
         offset += k
+    groups = pair_prompt_groups(prefs)
     better, worse = np.array(better), np.array(worse)
     diff = raw[better] - raw[worse]
     correct = (diff > 0) + 0.5 * (diff == 0)
-    lo, hi = bootstrap_ci(correct, np.array(groups), seed=seed)
+    lo, hi = bootstrap_ci(correct, groups, seed=seed)
     ece, reliability = calibration(1 / (1 + np.exp(-diff)), np.ones_like(diff), symmetric=True)
     metrics = {
         "eval/accuracy": float(correct.mean()), "eval/accuracy_ci_lo": lo,
         "eval/accuracy_ci_hi": hi, "eval/margin": float(diff.mean()), "eval/ece": ece,
-        "eval/pairs": float(len(diff)),
+        "eval/pairs": float(len(diff)), "eval/prompts": float(len(np.unique(groups))),
         "eval/reward_length_corr": pearson(raw, lengths) if len(raw) > 2 else float("nan"),
     }
     details = {"reliability": reliability,

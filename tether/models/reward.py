@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -246,12 +247,14 @@ class RewardModel:
 
     @torch.no_grad()
     def raw_scores_of(self, encoded: Sequence[Encoded], batch_size: int = 16,
-                      bf16: bool = False) -> torch.Tensor:
-        """Unnormalised rewards [N] of `encoded`, a float32 CPU tensor."""
+                      bf16: bool = False, progress: str = "") -> torch.Tensor:
+        """Unnormalised rewards [N] of `encoded`, a float32 CPU tensor. `progress`: the
+        description of a progress bar over the batches; empty, no bar."""
         was_training = self.model.training
         self.model.eval()
         out = []
-        for part in chunks(list(encoded), batch_size):
+        for part in tqdm(chunks(list(encoded), batch_size), desc=progress or None,
+                         unit="batch", dynamic_ncols=True, leave=False, disable=not progress):
             with autocast(bf16, model_device(self.model)):
                 out.append(self.raw_scores(self.collate(part)).cpu())
         self.model.train(was_training)

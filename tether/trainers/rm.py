@@ -110,10 +110,10 @@ def train(cfg: RMConfig) -> Path:
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
         data_source=cfg.data.train, master_weights=masters, dist=d)
 
-    def evaluate() -> tuple[dict[str, float], dict]:
+    def evaluate(progress: bool = False) -> tuple[dict[str, float], dict]:
         # every rank evaluates the whole (small) held-out set: FSDP2 needs all in each forward
         return evaluate_preferences(rm, data.eval, batch_size=2 * micro, bf16=cfg.train.bf16,
-                                    seed=cfg.train.seed)
+                                    seed=cfg.train.seed, progress=progress and d.main)
 
     # 3. The loop.
     model.train()
@@ -178,7 +178,8 @@ def train(cfg: RMConfig) -> Path:
     # 4. Normalise on reference responses: by default the training set's, i.e. the SFT
     # policy's own samples, so a policy that merely matches SFT scores 0.
     reference = _reference_encodings(cfg, rm, data)
-    rm.fit_normalization(rm.raw_scores_of(reference, 2 * micro, cfg.train.bf16),
+    rm.fit_normalization(rm.raw_scores_of(reference, 2 * micro, cfg.train.bf16,
+                                          progress="rm: normalising" if d.main else ""),
                          cfg.reward.normalize)
     if d.main:
         print(f"normalisation ({cfg.reward.normalize}) on {len(reference)} reference "
@@ -186,13 +187,14 @@ def train(cfg: RMConfig) -> Path:
 
     # 5. Final evaluation and export.
     if data.eval:
-        final_metrics, details = evaluate()
+        final_metrics, details = evaluate(progress=True)
         log.log(total_steps, {**final_metrics, "reward/norm_gain": rm.gain,
                               "reward/norm_bias": rm.bias})
         if d.main:
             atomic_write_text(run_dir / "eval.json",
                               json.dumps({"metrics": final_metrics, **details}, indent=1))
-            print(f"held-out evaluation ({len(data.eval)} prompts):\n"
+            print(f"held-out evaluation: {int(final_metrics['eval/pairs'])} pairs over "
+                  f"{int(final_metrics['eval/prompts'])} prompts\n"
                   f"{format_table(final_metrics)}")
     log.close()
     final = run_dir / "final"
