@@ -715,7 +715,8 @@ class EvalConfig:
 class TaskConfig:
     name: str = option(
         "sentiment", "A built-in task that generates its prompts and demonstrations and brings "
-        "its gold scorer (sentiment: continue movie reviews; gold = VADER positivity). Empty: "
+        "its gold scorer (sentiment: continue movie reviews; gold = VADER positivity. answers: "
+        "answer short questions; gold = rules for a helpful, polite, concise answer). Empty: "
         "your own task, from the files below (which also replace a built-in task's).")
     prompts: str = option("", "Your prompts: rows with a 'prompt' (string or messages). The "
                               "policy is sampled on them for labels and trained on them.")

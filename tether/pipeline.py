@@ -59,7 +59,7 @@ from tether.trainers import dpo, ppo, rm, sft
 
 STATE = "pipeline.json"
 HUMAN = "human"  # task.labels: people label the samples in the labeling app
-BUILTIN_TASKS = {"sentiment": "tether.tasks.sentiment"}
+BUILTIN_TASKS = {"sentiment": "tether.tasks.sentiment", "answers": "tether.tasks.answers"}
 
 
 @dataclass

@@ -18,7 +18,8 @@ from tether.errors import UserError
 GoldScorer = Callable[[list[str]], list[float]]
 
 # name -> "module:function", imported only when asked for.
-BUILTIN = {"sentiment": "tether.tasks.sentiment:gold_score"}
+BUILTIN = {"sentiment": "tether.tasks.sentiment:gold_score",
+           "answers": "tether.tasks.answers:gold_score"}
 
 
 def load_gold_scorer(name: str) -> GoldScorer:
