@@ -60,3 +60,27 @@ def test_warnings_for_a_falling_gold_and_for_a_proxy_only_win():
                                       "proxy": {"mean": 0.8, "ci": [0.7, 0.9]}}}}
     (warning,) = hacking_warnings([], summaries)
     assert "beats the baseline by the proxy" in warning
+
+
+def test_a_fall_of_gold_within_its_noise_is_not_a_warning():
+    """Gold 0.83 -> 0.79 on 32 prompts (sd 0.4, se 0.07) is noise: the report said the reward
+    model was exploited (issue 19). The trainers log eval/gold_se; trajectory points carry it."""
+    metrics = [{"step": s, "eval/kl": s / 10, "eval/proxy": p, "eval/gold": g,
+                "eval/gold_se": 0.4 / math.sqrt(32)}
+               for s, p, g in [(0, 0.0, 0.5), (10, 0.5, 0.83), (20, 1.0, 0.81), (30, 1.5, 0.79)]]
+    points = trajectory_points("ppo", metrics)
+    assert points[-1]["gold_se"] == pytest.approx(0.0707, abs=1e-4)
+    assert hacking_warnings(points, {}) == []
+    falling = [dict(p, gold=g) for p, g in zip(points, [0.5, 0.83, 0.6, 0.45], strict=True)]
+    (warning,) = hacking_warnings(falling, {})
+    assert warning.startswith("ppo: gold fell from 0.83 (step 10) to 0.45 (step 30)")
+
+
+def test_best_of_n_points_carry_the_noise_of_their_gold():
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(40, 8)).tolist(), rng.normal(size=(40, 8)).tolist()
+    points = best_of_n_points({"n": 8, "proxy": proxy, "gold": gold})
+    first = points[0]  # n = 1: the mean of every sample, prompts averaged
+    per_prompt = np.mean(gold, axis=1)
+    assert first["gold_se"] == pytest.approx(np.std(per_prompt, ddof=1) / math.sqrt(40))
+    assert all(p["gold_se"] > 0 for p in points)

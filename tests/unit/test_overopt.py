@@ -316,6 +316,45 @@ def test_warning_length_mismatch():
         overoptimization_warning([0, 1, 2], [0.0, 1.0], [0.0, 1.0, 2.0])
 
 
+# The case from issue 19: a quick run's gold 0.83 -> 0.79, each a mean of one response to each
+# of 32 prompts. With gold's usual spread (sd 0.4) one such mean has SE 0.4 / sqrt(32) = 0.071,
+# and the 95% band of a difference of two is 1.96 * sqrt(2) * 0.071 = 0.196.
+NOISY = ([0, 10, 20, 30], [0.1, 0.4, 0.6, 0.9], [0.5, 0.83, 0.81, 0.79])
+SE_32 = 0.4 / math.sqrt(32)
+
+
+def test_warning_silent_when_gold_drop_is_within_its_noise():
+    steps, proxy, gold = NOISY
+    # A fixed tolerance alone (the frontier's 0.03) calls this over-optimisation ...
+    assert overoptimization_warning(steps, proxy, gold, tol=0.03) is not None
+    # ... the standard errors of the two means say it is noise.
+    assert overoptimization_warning(steps, proxy, gold, tol=0.03, gold_se=SE_32) is None
+    assert overoptimization_warning(steps, proxy, gold, gold_se=[SE_32] * 4) is None
+
+
+def test_warning_fires_when_gold_drop_exceeds_its_noise():
+    steps, proxy = NOISY[:2]
+    msg = overoptimization_warning(steps, proxy, [0.5, 0.83, 0.7, 0.55], gold_se=SE_32)
+    assert msg == ("gold fell from 0.83 (step 10) to 0.55 (step 30), more than the ±0.2 "
+                   "sampling noise allows, while the proxy rose from 0.40 to 0.90: the policy "
+                   "is exploiting the reward model")
+    # The band is z * sqrt(se_peak^2 + se_last^2): only the peak's and the last point's count.
+    just_inside = [0.5, 0.83, 0.7, 0.83 - 1.96 * math.hypot(0.05, 0.1) + 0.001]
+    just_outside = just_inside[:3] + [just_inside[3] - 0.002]
+    ses = [9.0, 0.05, 9.0, 0.1]
+    assert overoptimization_warning(steps, proxy, just_inside, gold_se=ses) is None
+    assert overoptimization_warning(steps, proxy, just_outside, gold_se=ses) is not None
+
+
+def test_warning_unknown_se_falls_back_to_tol():
+    steps, proxy, gold = NOISY
+    assert overoptimization_warning(steps, proxy, gold, gold_se=[None, float("nan"), None,
+                                                                 None]) is not None
+    assert overoptimization_warning(steps, proxy, gold, tol=0.05, gold_se=[None] * 4) is None
+    with pytest.raises(ValueError, match="gold_se"):
+        overoptimization_warning(steps, proxy, gold, gold_se=[0.1, 0.1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Length bias
 # ---------------------------------------------------------------------------------------------

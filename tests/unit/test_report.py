@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tether.report import render, write_report
-from tether.report.html import _metric_group, example_data, main
+from tether.report.html import _length_bias_sentence, _metric_group, example_data, main
 from tether.report.svg import (
     Series,
     fmt_number,
@@ -224,3 +224,85 @@ def test_command_line_writes_example(tmp_path, capsys):
     assert main([str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").read_text(encoding="utf-8") == render(example_data())
     assert main([]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# A report that never presents a broken result as a win (issue 19)
+# ---------------------------------------------------------------------------------------------
+
+WRITING_MORE = "a policy can gain proxy reward just by writing more"
+
+
+def bias(rm: float, gold: float, n: int = 2000, err: float | None = None) -> dict:
+    return {"rm_length_pearson": rm, "gold_length_pearson": gold, "err_pearson": err, "n": n}
+
+
+@pytest.mark.parametrize("rm, gold, expected", [
+    # proxy rewards length, gold does not (or penalises it): the exploit is there
+    (0.5, 0.05, "favours longer responses more than gold does"),
+    (0.4, -0.3, "favours longer responses more than gold does"),
+    # proxy rewards length, but no more than gold does: nothing to exploit
+    (0.4, 0.45, "favours longer responses (r = 0.40 vs 0.45 for gold), but not clearly more"),
+    (0.3, 0.7, "favours longer responses (r = 0.30 vs 0.70 for gold), but not clearly more"),
+    # both negative, the proxy's the smaller (the issue's case, with enough samples to tell):
+    # the proxy dislikes length less than gold does, which is not rewarding it
+    (-0.25, -0.5, "favours shorter responses (r = -0.25 vs -0.50 for gold), but not clearly"),
+    # the proxy penalises length more than gold does, or where gold rewards it: the opposite
+    (-0.5, -0.1, "favours shorter responses more than gold does"),
+    (-0.3, 0.4, "favours shorter responses more than gold does"),
+    # near zero: no conclusion, whatever gold does
+    (0.05, -0.6, "no clear dependence on length"),
+    (-0.05, 0.6, "no clear dependence on length"),
+])
+def test_length_bias_sentence_follows_signs_and_sizes(rm, gold, expected):
+    sentence = _length_bias_sentence(bias(rm, gold))
+    assert expected in sentence
+    assert (WRITING_MORE in sentence) == expected.startswith("favours longer responses more")
+
+
+def test_length_bias_sentence_from_the_issue_says_nothing_from_noise():
+    # The quick run: corr(proxy, length) = -0.12, corr(gold, length) = -0.27 over 48 responses.
+    # The old reading (rm - gold > 0.1) concluded the proxy rewards writing more.
+    sentence = _length_bias_sentence(bias(-0.12, -0.27, n=48))
+    assert WRITING_MORE not in sentence
+    assert "no clear dependence on length" in sentence and "±0.29" in sentence
+    # The same correlations over many responses are a finding, but not that one.
+    sentence = _length_bias_sentence(bias(-0.12, -0.27, n=5000))
+    assert sentence.startswith("The reward model favours shorter responses")
+    assert WRITING_MORE not in sentence
+
+
+def test_length_bias_sentence_from_the_error_correlation_alone():
+    assert "longer than gold would prefer" in _length_bias_sentence(
+        bias(None, None, n=500, err=0.3))
+    assert "shorter than gold would prefer" in _length_bias_sentence(
+        bias(None, None, n=500, err=-0.3))
+    assert "no clear dependence" in _length_bias_sentence(bias(None, None, n=500, err=0.05))
+    assert _length_bias_sentence(bias(0.5, 0.0, n=3)) == ""  # too few to say anything
+    assert _length_bias_sentence({"n": 500}) == ""
+
+
+def test_the_page_carries_the_length_bias_sentence():
+    data = example_data()
+    data["rm"]["length_bias"] = {"err_pearson": 0.1, "err_spearman": 0.1, "n": 48,
+                                 "rm_length_pearson": -0.12, "gold_length_pearson": -0.27}
+    page = render(data)
+    assert "no clear dependence on length" in page
+    assert WRITING_MORE not in page
+    assert WRITING_MORE in render(example_data())  # 0.24 vs 0.05 over 500: a clear lean
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t \n"])
+def test_empty_responses_are_shown_as_empty(text):
+    data = example_data()
+    data["samples"][0]["responses"][1]["text"] = text
+    page = render(data)
+    cells = re.findall(r'<td class="response">(.*?)</td>', page, flags=re.S)
+    assert cells[1] == '<span class="muted"><i>(empty)</i></span>'
+    assert page.count("(empty)") == 1  # the others are real text, shown as written
+
+
+def test_responses_with_text_are_not_marked_empty():
+    page = render(example_data())
+    assert "(empty)" not in page
+    assert '<td class="response">Wonderful wonderful film!!!' in page

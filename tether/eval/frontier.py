@@ -36,7 +36,8 @@ def trajectory_points(method: str, metrics: Sequence[dict]) -> list[dict]:
             continue
         points.append({"method": method, "label": f"step {m['step']}", "step": m["step"],
                        "kl": max(float(m["eval/kl"]), 0.0),
-                       "gold": m.get("eval/gold"), "proxy": m.get("eval/proxy")})
+                       "gold": m.get("eval/gold"), "gold_se": m.get("eval/gold_se"),
+                       "proxy": m.get("eval/proxy")})
     return points
 
 
@@ -69,7 +70,17 @@ def best_of_n_points(samples: dict) -> list[dict]:
         ns.append(big_n)
     return [{"method": "bon", "label": f"n={n}", "n": n, "kl": float(bon_kl(n)),
              "gold": best_of_n(proxy, gold, n) if gold is not None else None,
+             "gold_se": _best_of_n_se(proxy, gold, n) if gold is not None else None,
              "proxy": best_of_n(proxy, proxy, n)} for n in ns]
+
+
+def _best_of_n_se(proxy: list[list[float]], gold: list[list[float]], n: int) -> float | None:
+    """Standard error of best-of-n's gold: its per-prompt values are independent across
+    prompts, so their spread over sqrt(prompts)."""
+    if len(gold) < 2:
+        return None
+    per_prompt = [best_of_n([p], [g], n) for p, g in zip(proxy, gold, strict=True)]
+    return float(np.std(per_prompt, ddof=1) / math.sqrt(len(per_prompt)))
 
 
 def fit_points(points: Sequence[dict]) -> list[dict]:
@@ -107,8 +118,11 @@ def hacking_warnings(points: Sequence[dict], summaries: dict[str, dict]) -> list
     for method in dict.fromkeys(p["method"] for p in points):
         ours = [p for p in points if p["method"] == method]
         steps = [p.get("step", p.get("n")) for p in ours]
+        # A fall of gold counts only past its sampling noise (runs from before gold_se was
+        # logged have only the fixed tolerance).
         text = overoptimization_warning(steps, [p["proxy"] for p in ours],
                                         [p["gold"] for p in ours], tol=NOISE,
+                                        gold_se=[p.get("gold_se") for p in ours],
                                         unit="n=" if method == "bon" else "step ")
         if text:
             warnings.append(f"{method}: {text}")

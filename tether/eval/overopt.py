@@ -8,7 +8,7 @@ and the gold reward gain R(d) = r_gold(pi) - r_gold(pi_0) is fitted with the pap
     best_of_n, best_of_n_curve unbiased best-of-n value from N >= n samples per prompt
     fit_bon, fit_rl, predict   least-squares fits of R(d) = d (alpha - beta d) and
                                R(d) = d (alpha - beta log d), and their evaluation
-    overoptimization_warning   proxy still rising after gold has peaked in a trajectory
+    overoptimization_warning   proxy still rising after gold has peaked (beyond its noise)
     length_bias                does the reward model's error grow with response length?
 
 Pure numpy and `math`, no state; tables are plain dicts, ready for `json.dumps`.
@@ -252,8 +252,9 @@ def _pair(a: float, b: float) -> tuple[str, str]:
 
 
 def overoptimization_warning(steps: Sequence, proxy: Sequence, gold: Sequence, *,
-                             min_points: int = 3, tol: float = 0.0,
-                             unit: str = "step ") -> str | None:
+                             min_points: int = 3, tol: float = 0.0, unit: str = "step ",
+                             gold_se: float | Sequence | None = None,
+                             z: float = 1.96) -> str | None:
     """A one-sentence warning when the proxy kept rising after the gold reward peaked.
 
     The signature of over-optimisation (Gao et al., 2022): past some KL the gold reward falls
@@ -267,25 +268,44 @@ def overoptimization_warning(steps: Sequence, proxy: Sequence, gold: Sequence, *
     Returns None with fewer than min_points usable points, or when the pattern is absent
     (including when gold peaks at the last point). `unit` prefixes a step in the message
     ("step 20"; "n=" for best-of-n).
+
+    gold_se: the standard error of each gold mean (one per point, or one for all; None or NaN
+    where unknown). With it, gold must also fall by more than
+
+        z * sqrt(gold_se[k*]**2 + gold_se[L]**2),
+
+    the half-width of the (z = 1.96: 95%) interval of the difference of two independent
+    means: a smaller drop is what measuring one unchanged policy twice on a few dozen prompts
+    can show. Independence is the cautious choice, since evaluations on the same prompts are
+    positively correlated. An unknown SE counts as 0 (then only `tol` guards that point).
     """
     if not len(steps) == len(proxy) == len(gold):
         raise ValueError(f"steps, proxy and gold differ in length: "
                          f"{len(steps)}, {len(proxy)} and {len(gold)}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    points = sorted(((s, float(p), float(g)) for s, p, g in zip(steps, proxy, gold, strict=True)
+    ses = [None] * len(steps) if gold_se is None else (
+        [gold_se] * len(steps) if np.ndim(gold_se) == 0 else list(gold_se))
+    if len(ses) != len(steps):
+        raise ValueError(f"gold_se has {len(ses)} entries for {len(steps)} points")
+    points = sorted(((s, float(p), float(g), 0.0 if _missing(se) else float(se))
+                     for s, p, g, se in zip(steps, proxy, gold, ses, strict=True)
                      if not (_missing(s) or _missing(p) or _missing(g))),
                     key=lambda t: float(t[0]))
     if len(points) < max(min_points, 2):
         return None
     peak = max(range(len(points)), key=lambda k: (points[k][2], -k))  # first highest gold
-    (s_peak, p_peak, g_peak), (s_last, p_last, g_last) = points[peak], points[-1]
-    if not (p_last > p_peak + tol and g_last < g_peak - tol):
+    s_peak, p_peak, g_peak, se_peak = points[peak]
+    s_last, p_last, g_last, se_last = points[-1]
+    noise = z * math.hypot(se_peak, se_last)  # 0 without SEs: the old, tol-only test
+    if not (p_last > p_peak + tol and g_last < g_peak - max(tol, noise)):
         return None
     g_from, g_to = _pair(g_peak, g_last)
     p_from, p_to = _pair(p_peak, p_last)
-    return (f"gold fell from {g_from} ({unit}{s_peak}) to {g_to} ({unit}{s_last}) while the proxy "
-            f"rose from {p_from} to {p_to}: the policy is exploiting the reward model")
+    # Say how big a drop noise alone could make, so the reader can weigh the warning.
+    beyond = f", more than the ±{noise:.2g} sampling noise allows," if noise > 0 else ""
+    return (f"gold fell from {g_from} ({unit}{s_peak}) to {g_to} ({unit}{s_last}){beyond} while "
+            f"the proxy rose from {p_from} to {p_to}: the policy is exploiting the reward model")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -171,8 +171,10 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     reward_model: RewardModel | None, bf16: bool,
                     chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
-    one fresh sample per held-out prompt. The same seed every time, so successive evaluations
-    differ by the policy, not by the sampling noise."""
+    one fresh sample per held-out prompt, and the standard error of the gold mean
+    (eval/gold_se: one sample per prompt, so sd / sqrt(prompts)), which tells a fall of gold
+    from noise. The same seed every time, so successive evaluations differ by the policy, not
+    by the sampling noise."""
     records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
                               batch_size=batch_size, messages=messages, reference=reference,
                               gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk)
@@ -181,6 +183,8 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
         values = [r[key] for r in records if r[key] is not None]
         if values:
             metrics[f"eval/{key}"] = float(np.mean(values))
+        if key == "gold" and len(values) > 1:
+            metrics["eval/gold_se"] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
     return metrics
 
 

@@ -316,28 +316,46 @@ def _frontier(data: dict) -> str:
 
 
 def _length_bias_sentence(bias: dict) -> str:
-    """One data-driven reading of the length correlations: what a policy optimised against
-    this reward model is likely to learn about length."""
+    """One reading of the length correlations: what a policy optimised against this reward
+    model is likely to learn about length. A claim needs its correlation beyond sampling
+    noise, and the direction comes from the signs: two negative correlations, the proxy's the
+    smaller in size, say the proxy dislikes length less than gold, not that it rewards it."""
+    n = bias.get("n")
+    if not (finite(n) and n > 3):
+        return ""
+    # Half-width of the 95% band of a correlation of n samples around 0 (Fisher z), floored
+    # so that a huge sample does not make a negligible correlation a finding; a difference
+    # of two correlations is given sqrt(2) times that (as if they were independent).
+    band = max(0.1, 1.96 / math.sqrt(n - 3))
     rm, gold = bias.get("rm_length_pearson"), bias.get("gold_length_pearson")
     if finite(rm) and finite(gold):
-        r = f"r = {fmt_number(rm, 2)} vs {fmt_number(gold, 2)}"
-        if rm - gold > 0.1:
-            return (f"The reward model favours longer responses more than gold does ({r}), so "
-                    "a policy can gain proxy reward just by writing more: check the length "
-                    "column of the results table.")
-        if gold - rm > 0.1:
-            return (f"The reward model favours length less than gold does ({r}), so "
-                    "optimising it is more likely to shorten responses than to pad them.")
-        return (f"The reward model's taste for length is close to gold's ({r}), so length is "
-                "not an obvious way to game it.")
+        r = f"r = {fmt_number(rm, 2)} vs {fmt_number(gold, 2)} for gold"
+        if abs(rm) <= band:
+            return (f"The reward model's score shows no clear dependence on length ({r}; at "
+                    f"n = {fmt_number(n)} anything within ±{fmt_number(band, 2)} of 0 may be "
+                    "noise), so these correlations do not show a length bias either way.")
+        direction = "longer" if rm > 0 else "shorter"
+        # Beyond gold in the direction the reward model itself leans.
+        if (rm - gold) * math.copysign(1, rm) > band * math.sqrt(2):
+            if rm > 0:
+                return (f"The reward model favours longer responses more than gold does ({r}), "
+                        "so a policy can gain proxy reward just by writing more: check the "
+                        "length column of the results table.")
+            return (f"The reward model favours shorter responses more than gold does ({r}), so "
+                    "optimising it is more likely to cut responses short than to pad them: "
+                    "check the length column of the results table.")
+        return (f"The reward model favours {direction} responses ({r}), but not clearly more "
+                "than gold does, so length is not an obvious way to game it.")
     err = bias.get("err_pearson")
     if finite(err):
-        if abs(err) < 0.1:
-            return (f"Its errors barely depend on length (r = {fmt_number(err, 2)}), so length "
-                    "is not an obvious way to game it.")
+        if abs(err) <= band:
+            return (f"Its errors show no clear dependence on length (r = {fmt_number(err, 2)}; "
+                    f"at n = {fmt_number(n)} anything within ±{fmt_number(band, 2)} of 0 may "
+                    "be noise).")
         direction = "longer" if err > 0 else "shorter"
-        return (f"Its errors grow for {direction} responses (r = {fmt_number(err, 2)}): a "
-                f"policy optimised against it may drift {direction}.")
+        return (f"It overrates {direction} responses relative to gold (r = "
+                f"{fmt_number(err, 2)} between its error and length): a policy optimised "
+                f"against it may end up {direction} than gold would prefer.")
     return ""
 
 
@@ -447,6 +465,15 @@ def _curves(data: dict) -> str:
     return _section("curves", "Training curves", "\n".join(body))
 
 
+def _response(text: Any) -> str:
+    """A response as HTML. An empty (or whitespace-only) one is marked "(empty)", muted and
+    in italics so it cannot pass for a response that says so: a blank cell reads as a
+    rendering gap, while a policy collapsing to empty responses is a result to see."""
+    if isinstance(text, str) and not text.strip():
+        return '<span class="muted"><i>(empty)</i></span>'
+    return esc(text)
+
+
 def _samples(data: dict) -> str:
     prompts = [s for s in _list(data.get("samples")) if isinstance(s, dict)]
     if not prompts:
@@ -457,7 +484,7 @@ def _samples(data: dict) -> str:
         body.append(f"<h3>Prompt {i}</h3>")
         body.append(f'<div class="prompt">{esc(sample.get("prompt"))}</div>')
         rows = [f"<tr>{_policy_cell(r.get('policy', '?'))}"
-                f'<td class="response">{esc(r.get("text"))}</td>'
+                f'<td class="response">{_response(r.get("text"))}</td>'
                 f"{_num_cell(esc(fmt_number(r.get('gold'))))}"
                 f"{_num_cell(esc(fmt_number(r.get('proxy'))))}</tr>"
                 for r in _list(sample.get("responses")) if isinstance(r, dict)]

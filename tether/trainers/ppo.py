@@ -535,9 +535,12 @@ def train(cfg: PPOConfig) -> Path:
                 {"prompt": rows[indices[rollout.prompt_index[i]]][0], "response": rollout.texts[i],
                  **{k: v[i].item() for k, v in scores.items()}}
                 for i in range(min(4, num_samples))]})
-        shown = "gold" if "reward/gold" in metrics else "proxy"
-        progress.set_postfix({shown: f"{metrics[f'reward/{shown}']:.3f}",
-                              "kl": f"{metrics['kl/seq']:.2f}"})
+        # Proxy beside gold (the proxy climbing while gold stalls is over-optimisation) and the
+        # mean response length (padding, or a collapse to empty responses), as they happen.
+        progress.set_postfix({k: f"{metrics[f'reward/{k}']:.3f}" for k in ("gold", "proxy")
+                              if f"reward/{k}" in metrics}
+                             | {"kl": f"{metrics['kl/seq']:.2f}",
+                                "len": f"{metrics['response/length']:.1f}"})
         progress.update(1)
         if due(done, cfg.train.save_every, is_last):
             last_saved = save_training_state(run_dir, done, trained, optimizer, scheduler,
