@@ -37,6 +37,7 @@ from tether.data.tokenize import Encoded, Messages, wants_chat_template
 from tether.device import autocast, to_device
 from tether.distributed import setup
 from tether.errors import ConfigError, DataError
+from tether.eval.health import health_flags, rollout_health
 from tether.eval.policy import heldout_metrics
 from tether.labeling.simulate import score_all
 from tether.losses.ppo import (
@@ -374,6 +375,8 @@ def train(cfg: PPOConfig) -> Path:
         log.log(0, evaluate())
 
     last_saved, metrics = checkpoint, {}
+    first_length: float | None = None  # this run's first mean response length (collapse check)
+    warned: set[str] = set()  # health warnings printed so far: each kind once
     progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
                     dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
@@ -525,6 +528,17 @@ def train(cfg: PPOConfig) -> Path:
             metrics["ppo/returns_mean"] = masked_mean(returns, mask).item()
             metrics["ppo/explained_variance"] = explained_variance(old["values"], returns,
                                                                    mask).item()
+        # Health (tether.eval.health): flags every iteration, each kind's warning printed once.
+        if first_length is None:
+            first_length = metrics["response/length"]
+        health = rollout_health(lengths.tolist(), rollout.finished.tolist(), objective.tolist(),
+                                cfg.reward.penalize_no_eos, cfg.reward.no_eos_score,
+                                first_length)
+        metrics |= health_flags(health)
+        for kind, text in health.items():
+            if d.main and kind not in warned:
+                tqdm.write(f"warning (iteration {done}): {text}")
+            warned.add(kind)
         is_last = done == total_steps
         if evaluates and due(done, cfg.train.eval_every, is_last):
             metrics |= evaluate()

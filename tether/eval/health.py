@@ -1,0 +1,79 @@
+"""Health checks of an online RL rollout (ppo, grpo, rloo): a run that trains on garbage says so.
+
+Pure functions over one iteration's plain numbers (response lengths, whether each response
+ended with EOS, the scores it was optimised on). Each check returns a short warning, or None
+when healthy; `rollout_health` runs them all and `health_flags` turns its answer into the 0/1
+metrics `health/<kind>` logged every iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import fmean, pstdev
+
+KINDS = ("collapse", "constant_reward", "no_eos_penalty")
+
+MIN_MEAN_LENGTH = 2.0  # tokens
+MIN_LENGTH_FRACTION = 0.25  # of the first iteration's mean length
+MIN_REWARD_STD = 1e-6
+MAX_NO_EOS_FRACTION = 0.5
+
+
+def collapse(lengths: Sequence[float], first_mean_length: float | None = None) -> str | None:
+    """Responses collapsing: the mean length under MIN_MEAN_LENGTH tokens or under
+    MIN_LENGTH_FRACTION of the first iteration's, or more than half of them empty."""
+    if not lengths:
+        return None
+    mean = fmean(lengths)
+    empty = sum(n == 0 for n in lengths) / len(lengths)
+    if empty > 0.5:
+        why = f"{empty:.0%} of responses are empty"
+    elif mean < MIN_MEAN_LENGTH:
+        why = f"mean response length {mean:.2f} tokens"
+    elif first_mean_length and mean < MIN_LENGTH_FRACTION * first_mean_length:
+        why = f"mean response length {mean:.1f} tokens, down from {first_mean_length:.1f}"
+    else:
+        return None
+    return f"response collapse: {why}; the policy may be gaming the reward with (near-)empty " \
+           "responses"
+
+
+def constant_reward(scores: Sequence[float]) -> str | None:
+    """The optimised score has (almost) no spread across the rollout."""
+    if len(scores) < 2:
+        return None
+    std = pstdev(scores)
+    if std >= MIN_REWARD_STD:
+        return None
+    return f"constant reward: every response scored {fmean(scores):.4g} (std {std:.2g}); " \
+           "the policy gradient is zero or pure noise"
+
+
+def no_eos_penalty(finished: Sequence[bool], penalize_no_eos: bool,
+                   no_eos_score: float) -> str | None:
+    """The no-EOS penalty replaces the score of most of the rollout."""
+    if not penalize_no_eos or not finished:
+        return None
+    no_eos = sum(not f for f in finished) / len(finished)
+    if no_eos <= MAX_NO_EOS_FRACTION:
+        return None
+    return f"no-EOS penalty: {no_eos:.0%} of responses end without EOS and score " \
+           f"reward.no_eos_score={no_eos_score:g}, so the penalty, not the reward model, is " \
+           "driving the reward; raise rollout.max_new_tokens or set " \
+           "reward.penalize_no_eos=false"
+
+
+def rollout_health(lengths: Sequence[float], finished: Sequence[bool], scores: Sequence[float],
+                   penalize_no_eos: bool, no_eos_score: float,
+                   first_mean_length: float | None = None) -> dict[str, str]:
+    """Every check's warning, by kind (one of KINDS); empty when the rollout looks healthy.
+    `scores` are the ones optimised (after the no-EOS penalty, whitening and clipping)."""
+    found = {"collapse": collapse(lengths, first_mean_length),
+             "constant_reward": constant_reward(scores),
+             "no_eos_penalty": no_eos_penalty(finished, penalize_no_eos, no_eos_score)}
+    return {kind: text for kind, text in found.items() if text}
+
+
+def health_flags(warnings: dict[str, str]) -> dict[str, float]:
+    """The metrics `health/<kind>`: 1.0 where that kind warned, else 0.0, for every kind."""
+    return {f"health/{kind}": float(kind in warnings) for kind in KINDS}
