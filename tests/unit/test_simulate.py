@@ -236,7 +236,7 @@ def test_load_gold_scorer():
 
 @pytest.mark.parametrize("name, message", [
     ("sentimnet", "unknown gold scorer 'sentimnet' .did you mean 'sentiment'.*sentiment"),
-    ("length", "unknown gold scorer 'length': use a built-in task \\(sentiment\\)"),
+    ("length", "unknown gold scorer 'length': use a built-in task \\(answers, sentiment\\)"),
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("tether.tasks.sentiment:nope", "has no 'nope'"),
     ("tether.tasks.sentiment:INSTRUCTION", "not callable"),
