@@ -43,13 +43,12 @@ different answers rarely tie.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import random
 import re
 from collections.abc import Sequence
+
+from tether.tasks.cli import task_main
 
 KINDS = ("object", "goal", "task", "concept")
 
@@ -602,43 +601,11 @@ def gold_score(texts: Sequence[str]) -> list[float]:
     return [score_answer(text) for text in texts]
 
 
-def _write_jsonl(path: str, rows: list[dict[str, str]]) -> None:
-    """Write via a temporary file so an interrupted run never leaves a truncated one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tether.tasks.answers",
-        description="Write helpful-answers SFT demonstrations or RL prompts as JSONL.",
-    )
-    parser.add_argument("kind", choices=("sft", "prompts"))
-    parser.add_argument("out", help="output .jsonl path")
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exclude", metavar="FILE.jsonl",
-                        help="prompts: leave out every prompt in this file (e.g. held-out "
-                             "evaluation prompts disjoint from the training prompts)")
-    args = parser.parse_args(argv)
-    if args.kind == "sft":
-        rows = make_demonstrations(args.n, args.seed)
-    else:
-        excluded = set()
-        if args.exclude:
-            with open(args.exclude, encoding="utf-8") as f:
-                excluded = {json.loads(line)["prompt"] for line in f if line.strip()}
-        # Draw enough to replace every excluded prompt, then keep the first n others.
-        wanted = min(args.n + len(excluded), len(all_prompts()))
-        prompts = [p for p in make_prompts(wanted, args.seed) if p not in excluded][: args.n]
-        if len(prompts) < args.n:
-            parser.error(f"only {len(prompts)} prompts left after --exclude; lower --n")
-        rows = [{"prompt": p} for p in prompts]
-    _write_jsonl(args.out, rows)
-    print(f"wrote {len(rows)} rows to {args.out}")
+    task_main(argv, prog="python -m tether.tasks.answers",
+              description="Write helpful-answers SFT demonstrations or RL prompts as JSONL.",
+              make_prompts=make_prompts, make_demonstrations=make_demonstrations,
+              max_prompts=len(all_prompts()))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ VADER, so RL has measurable room to push continuations positive.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import os
 import random
 from collections.abc import Sequence
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from tether.tasks.cli import task_main
 
 INSTRUCTION = "Continue this movie review:"
 
@@ -321,43 +320,11 @@ def gold_score(texts: Sequence[str]) -> list[float]:
     return [_analyzer.polarity_scores(text)["compound"] for text in texts]
 
 
-def _write_jsonl(path: str, rows: list[dict[str, str]]) -> None:
-    """Write via a temporary file so an interrupted run never leaves a truncated one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tether.tasks.sentiment",
-        description="Write controlled-sentiment SFT demonstrations or RL prompts as JSONL.",
-    )
-    parser.add_argument("kind", choices=("sft", "prompts"))
-    parser.add_argument("out", help="output .jsonl path")
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exclude", metavar="FILE.jsonl",
-                        help="prompts: leave out every prompt in this file (e.g. held-out "
-                             "evaluation prompts disjoint from the training prompts)")
-    args = parser.parse_args(argv)
-    if args.kind == "sft":
-        rows = make_demonstrations(args.n, args.seed)
-    else:
-        excluded = set()
-        if args.exclude:
-            with open(args.exclude, encoding="utf-8") as f:
-                excluded = {json.loads(line)["prompt"] for line in f if line.strip()}
-        # Draw enough to replace every excluded prompt, then keep the first n others.
-        prompts = [p for p in make_prompts(args.n + len(excluded), args.seed)
-                   if p not in excluded][: args.n]
-        if len(prompts) < args.n:
-            parser.error(f"only {len(prompts)} prompts left after --exclude; lower --n")
-        rows = [{"prompt": p} for p in prompts]
-    _write_jsonl(args.out, rows)
-    print(f"wrote {len(rows)} rows to {args.out}")
+    task_main(argv, prog="python -m tether.tasks.sentiment",
+              description="Write controlled-sentiment SFT demonstrations or RL prompts as "
+                          "JSONL.",
+              make_prompts=make_prompts, make_demonstrations=make_demonstrations)
 
 
 if __name__ == "__main__":
