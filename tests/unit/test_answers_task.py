@@ -1,12 +1,10 @@
 """The built-in helpful-answers task: prompts, demonstrations, the rule-based gold scorer, the
-CLI, the registry, and the pipeline's data and SFT stages on it."""
+registry, and the pipeline's data and SFT stages on it (test_builtin_tasks.py: what every
+built-in task promises, its command line included)."""
 
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -105,19 +103,6 @@ def test_registry_and_load_gold_scorer():
 
 
 # Prompts and demonstrations --------------------------------------------------------------------
-def test_prompts_deterministic_per_seed():
-    assert task.make_prompts(50, seed=3) == task.make_prompts(50, seed=3)
-    assert task.make_prompts(50, seed=3) != task.make_prompts(50, seed=4)
-    assert task.make_demonstrations(30, seed=3) == task.make_demonstrations(30, seed=3)
-    assert task.make_demonstrations(30, seed=3) != task.make_demonstrations(30, seed=4)
-
-
-@pytest.mark.parametrize("n", [0, 1, 7, 448])
-def test_requested_counts(n):
-    assert len(task.make_prompts(n)) == n
-    assert len(task.make_demonstrations(n)) == n
-
-
 def test_enough_distinct_prompts_for_the_default_pipeline_and_more():
     prompts = task.make_prompts(384 + 64)
     assert len(set(prompts)) == 448
@@ -158,34 +143,9 @@ def test_demonstrations_vary_in_gold():
     assert sum(g < -0.3 for g in gold) / len(gold) > 0.2
 
 
-# CLI -------------------------------------------------------------------------------------------
+# Files -----------------------------------------------------------------------------------------
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def test_cli_writes_valid_jsonl(tmp_path):
-    sft, prompts = tmp_path / "sft.jsonl", tmp_path / "sub" / "prompts.jsonl"
-    task.main(["sft", str(sft), "--n", "12", "--seed", "5"])
-    task.main(["prompts", str(prompts), "--n", "9"])
-    assert read_jsonl(sft) == task.make_demonstrations(12, seed=5)
-    assert read_jsonl(prompts) == [{"prompt": p} for p in task.make_prompts(9)]
-    rest = tmp_path / "rest.jsonl"
-    task.main(["prompts", str(rest), "--n", "20", "--exclude", str(prompts)])
-    assert len(read_jsonl(rest)) == 20
-    assert not {r["prompt"] for r in read_jsonl(rest)} & {r["prompt"] for r in read_jsonl(prompts)}
-    assert not list(tmp_path.rglob("*.tmp"))
-
-
-def test_cli_runs_as_module(tmp_path):
-    out = tmp_path / "p.jsonl"
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "tether.tasks.answers", "--help"], check=True,
-                          env=env, capture_output=True, text=True)
-    assert "sft" in done.stdout and "prompts" in done.stdout
-    subprocess.run([sys.executable, "-m", "tether.tasks.answers", "prompts", str(out), "--n", "3"],
-                   check=True, env=env, capture_output=True)
-    assert len(read_jsonl(out)) == 3
 
 
 # The pipeline on this task ---------------------------------------------------------------------
