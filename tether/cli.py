@@ -1,7 +1,8 @@
 """`tether` command line: each subcommand parses its config and hands it to one function.
 
 User mistakes (config, data, paths) end with one line on stderr and exit code 2; a diverged
-run ends with exit code 1; neither prints a traceback.
+run, or a pipeline stopped by a reward model at chance, ends with exit code 1; none prints a
+traceback.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tether.config import (
     load_config,
     to_yaml,
 )
-from tether.errors import TrainingDiverged, UserError
+from tether.errors import TrainingDiverged, UserError, WeakRewardModel
 from tether.presets import pipeline_sources
 
 
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tether {args.command}: error: {e.filename or ''}: {e.strerror or e}",
               file=sys.stderr)
         return 2
-    except TrainingDiverged as e:
+    except (TrainingDiverged, WeakRewardModel) as e:
         print(f"tether {args.command}: stopped: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

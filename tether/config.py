@@ -104,8 +104,11 @@ class OptimConfig:
     beta1: float = option(0.9, "AdamW beta1.", min=0, max=1)
     beta2: float = option(0.999, "AdamW beta2.", min=0, max=1)
     eps: float = option(1e-8, "AdamW epsilon.", min=0)
-    schedule: str = option("cosine", "Learning-rate decay after warmup (to 0 at the last step).",
-                           choices=["cosine", "linear", "constant"])
+    schedule: str = option(
+        "cosine", "Learning-rate decay after warmup, to final_lr_fraction * lr at the last step.",
+        choices=["cosine", "linear", "constant"])
+    final_lr_fraction: float = option(
+        0.0, "Where cosine and linear decay end, as a fraction of lr (0: at zero).", min=0, max=1)
     warmup_steps: int = option(0, "Linear warmup steps from 0 to lr.", min=0)
     max_grad_norm: float = option(1.0, "Clip the global gradient norm to this; 0 disables.",
                                   min=0)
@@ -133,7 +136,10 @@ class TrainConfig:
         "auto", "Where to train: auto (a CUDA GPU when there is one, else the CPU), cuda or "
         "cpu. Under torchrun each process takes the GPU of its LOCAL_RANK, and the processes "
         "talk over NCCL (gloo on the CPU).", choices=["auto", "cuda", "cpu"])
-    epochs: int = option(1, "Passes over the training data (ignored if max_steps > 0).", min=1)
+    epochs: int = option(
+        1, "Passes over the training data (ignored if max_steps > 0). 0: auto, as many as give "
+        "at least 100 optimizer steps, at most 4 (small data still gets enough updates, large "
+        "data one pass).", min=0)
     max_steps: int = option(0, "Optimizer steps to run; 0 means `epochs` full passes.", min=0)
     eval_every: int = option(50, "Evaluate every N steps (and always at the end); 0: only at "
                                  "the end.", min=0)
@@ -340,7 +346,20 @@ class RewardConfig:
         "auto", "policy: the causal LM with its unembedding replaced by a scalar head "
         "(InstructGPT); encoder: a bidirectional encoder (e.g. minilm-l6) with a scalar head; "
         "auto: by the model's architecture.", choices=["auto", "policy", "encoder"])
+    pooling: str = option(
+        "auto", "What the scalar head reads. token: the hidden state at the last response "
+        "token of a causal LM (InstructGPT), or an encoder's own head on its [CLS] token; mean: "
+        "the mean of an encoder's token states, as sentence encoders such as all-MiniLM were "
+        "trained (encoders only); auto: mean for an encoder, token for a causal LM.",
+        choices=["auto", "token", "mean"])
+    head_lr: float = option(
+        0.0, "Learning rate of the freshly initialised scalar head; 0: optim.lr, like the "
+        "pretrained body.", min=0)
     margin: float = option(0.0, "Margin in -log sigmoid(r_better - r_worse - margin).")
+    label_smoothing: float = option(
+        0.0, "Take each label as flipped with this probability: -(1-eps) log sigmoid(d) - eps "
+        "log sigmoid(-d), so no pair pushes the reward gap past log((1-eps)/eps).", min=0,
+        max=0.49)
     center_coef: float = option(0.0, "Reward centering: this times the mean squared reward "
                                      "is added to the loss.", min=0)
     normalize: str = option(
@@ -495,6 +514,12 @@ class PPORewardConfig:
     no_eos_score: float = option(
         -1.0, "Score given instead to a response that hit max_new_tokens without EOS.")
     penalize_no_eos: bool = option(True, "Apply no_eos_score (InstructGPT-style penalty).")
+    no_eos_min_finished: float = option(
+        0.5, "Apply the no-EOS penalty only if at least this share of the run's first rollout "
+        "(the starting policy) ends with EOS within rollout.max_new_tokens. A policy that "
+        "rarely finishes would mostly learn from the penalty to stop early, not to answer "
+        "well; below the share the penalty is off for the run, and the run says so. 0: "
+        "always apply it.", min=0, max=1)
     whiten: bool = option(False, "Whiten the scores of each rollout (keep their mean).")
     clip: float = option(0.0, "Clip scores to [-clip, clip] after whitening; 0: off.", min=0)
 
@@ -804,6 +829,11 @@ class PipelineConfig:
     skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo.")
     rerun: str = option("", "Stages to run again even if unchanged, comma-separated (the "
                             "stages reading their outputs rerun too).")
+    rm_check: str = option(
+        "stop", "When the reward model's held-out accuracy cannot be told from chance (its 95% "
+        "interval reaches 0.5): stop before PPO and best-of-n, which would optimise noise "
+        "(exit code 1; rerun with rm_check=warn to go on, every finished stage kept), or warn "
+        "and go on.", choices=["stop", "warn"])
     task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
                                            "preference (a gold scorer or people's labels).")
     # The stages. Paths between them (run_dir, data, models) are set by the pipeline.

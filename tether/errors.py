@@ -19,3 +19,10 @@ class TrainingDiverged(Exception):
     """The loss or gradient became NaN/inf. Exit code 1; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class WeakRewardModel(Exception):
+    """The pipeline's reward model cannot be told from chance on held-out labels: it stops
+    before PPO and best-of-n would optimise it. Exit code 1; every finished stage is kept."""
+
+    exit_code = 1

@@ -230,21 +230,23 @@ def with_masters(optimizer_state: dict, weights: dict[str, torch.Tensor]) -> dic
     return {**optimizer_state, "state": state}
 
 
-def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Factor on the peak lr for optimizer step `step` (0-based)."""
+def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str,
+                  final: float = 0.0) -> float:
+    """Factor on the peak lr for optimizer step `step` (0-based): a linear warmup to 1, then
+    a decay from 1 to `final` at the last step."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     progress = min(progress, 1.0)
-    if schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    decay = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return final + (1.0 - final) * decay
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, warmup_steps=cfg.warmup_steps,
-                                              total_steps=total_steps, schedule=cfg.schedule))
+                                              total_steps=total_steps, schedule=cfg.schedule,
+                                              final=cfg.final_lr_fraction))

@@ -39,7 +39,7 @@ from tether.config import (
 )
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
-from tether.errors import ConfigError, DataError
+from tether.errors import ConfigError, DataError, WeakRewardModel
 from tether.eval.frontier import (
     best_of_n_points,
     fit_points,
@@ -47,7 +47,9 @@ from tether.eval.frontier import (
     sample_best_of_n,
     trajectory_points,
 )
+from tether.eval.health import health_causes
 from tether.eval.overopt import length_bias
+from tether.eval.rm import at_chance
 from tether.labeling import simulate
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
@@ -297,6 +299,19 @@ def configure_rm(run: Run) -> Any:
                   data__train=str(run.labels), **values)
 
 
+def check_rm(run: Run) -> None:
+    """Before the first stage that optimises the reward model (PPO, else best-of-n): stop
+    (rm_check=stop) or warn when its held-out accuracy cannot be told from chance."""
+    path = run.dir("rm") / "eval.json"
+    warning = path.exists() and at_chance(json.loads(path.read_text())["metrics"])
+    if not warning:
+        return
+    if run.cfg.rm_check == "stop":
+        raise WeakRewardModel(f"{warning} Stopped before PPO and best-of-n; every finished "
+                              f"stage is kept. Rerun with rm_check=warn to go on anyway.")
+    print(f"warning: {warning}", flush=True)
+
+
 def execute_rm(run: Run, cfg: Any) -> str:
     rm.train(cfg)
     path = run.dir("rm") / "eval.json"
@@ -368,9 +383,11 @@ def execute_eval(run: Run, cfg: dict) -> str:
     result = json.loads((out / "policies.json").read_text())
     summaries = {name: p["summary"] for name, p in result["policies"].items()}
 
-    points = []
+    points, causes = [], {}
     for name in cfg["policies"]:
-        points += trajectory_points(name, read_metrics(run.dir(name) / "metrics.jsonl"))
+        metrics = read_metrics(run.dir(name) / "metrics.jsonl")
+        points += trajectory_points(name, metrics)
+        causes[name] = health_causes(metrics)
     bon = None
     if ecfg.best_of_n and has_rm:
         bon = _sample_best_of_n(run, ecfg)
@@ -381,7 +398,7 @@ def execute_eval(run: Run, cfg: dict) -> str:
         bias = length_bias([r["proxy"] for r in records], [r["gold"] for r in records],
                            [r["num_tokens"] for r in records])
     frontier = {"points": points, "fits": fit_points(points), "best_of_n": bon,
-                "warnings": hacking_warnings(points, summaries), "length_bias": bias}
+                "warnings": hacking_warnings(points, summaries, causes), "length_bias": bias}
     atomic_write_text(out / "frontier.json", json.dumps(frontier, indent=1) + "\n")
     for warning in frontier["warnings"]:
         print(f"warning: {warning}")
@@ -449,9 +466,14 @@ def run(cfg: PipelineConfig) -> Path:
     pipeline.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pipeline.root / "config.yaml", to_yaml(cfg))
 
+    # the first stage to optimise the reward model: PPO, else the evaluation's best-of-n
+    optimiser = "ppo" if "ppo" not in pipeline.skipped else \
+        "eval" if cfg.eval.best_of_n else None
     versions: dict[str, str] = {}  # what each stage's outputs are, for the stages reading them
     started_all = time.perf_counter()
     for index, stage in enumerate(stages, 1):
+        if stage.name == optimiser:
+            check_rm(pipeline)
         key = pipeline.key(stage, configs[stage.name], versions)
         state = pipeline.state["stages"].get(stage.name, {})
         tag = f"[{index}/{len(stages)}] {stage.name}"

@@ -280,20 +280,33 @@ def letters_e(texts):  # a toy gold scorer for the sampled evaluation
     return [t.count("e") / max(len(t), 1) for t in texts]
 
 
-def test_sampled_eval_logs_gold_and_kl_of_fresh_samples(tmp_path):
+def _sampled(tmp_path, max_new_tokens: int):
     data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(24, k=2))
     prompts = write_jsonl(tmp_path / "heldout.jsonl",
                           [{"prompt": f"Review {i}: the film"} for i in range(6)])
     dpo_trainer.train(_cfg(tmp_path, data, "train.max_steps=4", "train.eval_every=2",
                            f"sampled_eval.prompts={prompts}", "sampled_eval.num_prompts=4",
                            "sampled_eval.gold=test_dpo_trainer:letters_e",
-                           "sampled_eval.max_new_tokens=8"))
-    evals = [m for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/gold" in m]
+                           f"sampled_eval.max_new_tokens={max_new_tokens}"))
+    return [m for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/gold" in m]
+
+
+def test_sampled_eval_logs_gold_and_kl_of_fresh_samples(tmp_path, capsys):
+    evals = _sampled(tmp_path, 8)
     assert [m["step"] for m in evals] == [0, 2, 4]
     # Before any update the policy is the reference: the KL of its samples is exactly 0.
     assert evals[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)
     assert evals[-1]["eval/kl"] != pytest.approx(0.0, abs=1e-3)
     assert all(0 <= m["eval/gold"] <= 1 and m["eval/num_tokens"] >= 1 for m in evals)
+    # Healthy: no collapse flagged or printed.
+    assert all(m["health/collapse"] == 0 for m in evals)
+    assert "response collapse" not in capsys.readouterr().out
+
+
+def test_sampled_eval_warns_once_of_a_response_collapse(tmp_path, capsys):
+    evals = _sampled(tmp_path, 1)  # one-token responses: a collapse by its length
+    assert all(m["health/collapse"] == 1 for m in evals)
+    assert capsys.readouterr().out.count("warning: response collapse") == 1
 
 
 def test_sampled_eval_needs_a_scorer(tmp_path):

@@ -11,6 +11,7 @@ from tether.eval.frontier import (
     hacking_warnings,
     trajectory_points,
 )
+from tether.eval.health import health_causes
 
 
 def test_trajectory_points_are_the_held_out_evaluations():
@@ -60,6 +61,26 @@ def test_warnings_for_a_falling_gold_and_for_a_proxy_only_win():
                                       "proxy": {"mean": 0.8, "ci": [0.7, 0.9]}}}}
     (warning,) = hacking_warnings([], summaries)
     assert "beats the baseline by the proxy" in warning
+    assert warning.endswith("the reward model is being exploited")
+
+
+def test_a_warning_names_what_the_run_s_own_checks_flagged():
+    """The own-task run of issue 19: PPO's gold fell because the no-EOS penalty drove the
+    reward, and the warning blamed the reward model."""
+    metrics = [{"step": s, "health/no_eos_penalty": float(s < 4), "health/collapse": 0.0}
+               for s in range(1, 7)]
+    cause = health_causes(metrics)
+    assert cause == ("; its own checks flagged: the no-EOS penalty, not the reward model, "
+                     "was driving the reward (3 of 6 iterations)")
+    assert health_causes([{"step": 1, "health/collapse": 0.0}]) == ""
+    points = [{"method": "ppo", "step": s, "kl": s / 10, "proxy": p, "gold": g}
+              for s, p, g in [(0, 0.0, 0.6), (10, 0.5, 0.6), (20, 1.0, 0.4), (30, 1.5, 0.2)]]
+    (warning,) = hacking_warnings(points, {}, {"ppo": cause})
+    assert warning.endswith("(3 of 6 iterations)")
+    summaries = {"ppo": {"win_rate": {"gold": {"mean": 0.3, "ci": [0.2, 0.4]},
+                                      "proxy": {"mean": 0.8, "ci": [0.7, 0.9]}}}}
+    (warning,) = hacking_warnings([], summaries, {"ppo": cause})
+    assert "exploited" not in warning and "no-EOS penalty" in warning
 
 
 def test_a_fall_of_gold_within_its_noise_is_not_a_warning():

@@ -12,8 +12,10 @@ from tether.trainers import ppo as ppo_trainer
 
 STAGES = ["data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report"]
 
-# Every stage, each as small as it can be: the point is the plumbing, not the numbers.
+# Every stage, each as small as it can be: the point is the plumbing, not the numbers (so a
+# reward model at chance, as a tiny one on 3 held-out pairs may well be, does not stop it).
 TINY = """
+rm_check: warn
 task: {num_prompts: 16, num_heldout: 8, num_demonstrations: 16}
 sft:
   model: {name: tiny}
@@ -139,6 +141,35 @@ def test_a_killed_pipeline_resumes_the_stage_from_its_checkpoint(finished, tmp_p
     assert [m["step"] for m in metrics if "loss/policy" in m] == [1, 2, 3, 4]
 
 
+def _set_rm_accuracy(run_dir, accuracy, lo, hi):
+    path = run_dir / "rm" / "eval.json"
+    report = json.loads(path.read_text())
+    report["metrics"].update({"eval/accuracy": accuracy, "eval/accuracy_ci_lo": lo,
+                              "eval/accuracy_ci_hi": hi, "eval/label_gold_agreement": 0.75})
+    path.write_text(json.dumps(report))
+
+
+def test_a_reward_model_at_chance_stops_the_pipeline_before_ppo(finished, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    _set_rm_accuracy(run_dir, 0.5, 0.397, 0.615)
+    capsys.readouterr()
+    assert _run(tmp_path, run_dir, "rm_check=stop") == 1
+    captured = capsys.readouterr()
+    assert "0.500 [95% CI 0.397, 0.615] cannot be told from chance" in captured.err
+    assert "agree with gold on 0.750" in captured.err and "rm_check=warn" in captured.err
+    assert "Traceback" not in captured.err and "ppo: running" not in captured.out
+    # Overridden: a warning, and the run goes on; PPO and the rest were done, so skipped.
+    assert _run(tmp_path, run_dir, "rm_check=warn") == 0
+    out = capsys.readouterr().out
+    assert "warning: the reward model's held-out accuracy 0.500" in out
+    assert _ran(out) == ["report"]
+    # A reward model that learned passes quietly.
+    _set_rm_accuracy(run_dir, 0.7, 0.62, 0.78)
+    assert _run(tmp_path, run_dir, "rm_check=stop") == 0
+    assert "cannot be told from chance" not in capsys.readouterr().out
+
+
 def test_the_report_escapes_model_text(finished, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
@@ -166,7 +197,7 @@ def test_mistakes_are_reported_before_anything_runs(tmp_path, capsys):
 
 # The tiny settings as overrides, for pipelines whose YAML file is someone else's.
 TINY_OVERRIDES = [
-    "sft.model.name=tiny", "rm.model.name=sft", "rm.train.epochs=1", "rm.train.save_every=0",
+    "rm_check=warn", "sft.model.name=tiny", "rm.model.name=sft", "rm.train.epochs=1", "rm.train.save_every=0",
     "sample.k=2", "sample.max_new_tokens=6", "sample.bf16=false",
     "ppo.rollout.batch_size=8", "ppo.rollout.max_new_tokens=6", "ppo.ppo.minibatch_size=8",
     "ppo.ppo.micro_batch_size=8", "ppo.train.max_steps=1", "ppo.train.bf16=false",

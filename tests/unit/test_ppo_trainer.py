@@ -163,13 +163,20 @@ def test_one_update_per_rollout_skips_the_policy_pass_and_changes_nothing(tmp_pa
 
 
 def test_missing_eos_gets_the_penalty_score(tmp_path):
-    # One new token: (almost) no response ends with EOS, so the optimised score is the penalty.
+    # One new token: (almost) no response ends with EOS, so the optimised score is the penalty
+    # (applied although the starting policy rarely finishes: no_eos_min_finished=0).
     ppo_trainer.train(_cfg(tmp_path, "rollout.max_new_tokens=1", "reward.no_eos_score=-5",
-                           "train.max_steps=1"))
+                           "reward.no_eos_min_finished=0", "train.max_steps=1"))
     m = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert m["response/no_eos_frac"] == 1.0
     assert m["reward/score"] == -5.0
     assert m["reward/gold"] > 0  # the gold score is logged as it is
+    # By default that starting policy finishes too rarely for the penalty: it is off.
+    (tmp_path / "default").mkdir()
+    ppo_trainer.train(_cfg(tmp_path / "default", "rollout.max_new_tokens=1",
+                           "reward.no_eos_score=-5", "train.max_steps=1"))
+    m = read_metrics(tmp_path / "default" / "run" / "metrics.jsonl")[-1]
+    assert m["reward/score"] == pytest.approx(m["reward/gold"])
 
 
 def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -24,6 +24,19 @@ def test_pair_hand_computed_with_margin_and_centering():
     assert centered.item() == pytest.approx(nll(1.5) + 0.1 * (4.0 + 0.25) / 2)
 
 
+def test_label_smoothing_hand_computed_and_its_finite_optimum():
+    rewards, ranks, mask = torch.tensor([[2.0, 0.5]]), torch.tensor([[0, 1]]), torch.ones(1, 2)
+    got = bradley_terry_loss(rewards, ranks, mask, label_smoothing=0.1, margin=0.5)
+    assert got.item() == pytest.approx(0.9 * nll(1.0) + 0.1 * nll(-1.0))
+    # The loss is smallest where the gap is log((1 - eps) / eps), not at infinity.
+    eps = 0.2
+    gaps = torch.linspace(-2, 6, 801)
+    losses = [bradley_terry_loss(torch.tensor([[g.item(), 0.0]]), ranks, mask,
+                                 label_smoothing=eps).item() for g in gaps]
+    best = gaps[min(range(len(losses)), key=losses.__getitem__)].item()
+    assert best == pytest.approx(math.log((1 - eps) / eps), abs=0.01)
+
+
 def test_k_way_loss_is_the_mean_of_its_pairwise_losses():
     torch.manual_seed(0)
     rewards = torch.randn(1, 4)

@@ -119,6 +119,36 @@ def test_encoder_backbone_pairs_prompt_and_response(tiny_bert_dir):
         RewardModel.build(str(tiny_bert_dir), backbone="policy")
 
 
+def test_encoder_mean_pooling_reads_the_mean_token_state(tiny_bert_dir, tmp_path):
+    rm = RewardModel.build(str(tiny_bert_dir), max_length=64)  # auto: mean for an encoder
+    assert rm.pooling == "mean"
+    rm.model.eval()
+    encoded = [rm.encode(PROMPT, r) for r in REPLIES]
+    # By hand: the head on the mean of the real tokens' last hidden states, row by row.
+    by_hand = []
+    for e in encoded:
+        ids = torch.tensor([e.input_ids])
+        with torch.no_grad():
+            hidden = rm.model.bert(input_ids=ids, token_type_ids=torch.tensor([e.loss_mask])
+                                   ).last_hidden_state
+            by_hand.append(rm.model.classifier(hidden.mean(1))[0, 0].item())
+    # Batched with padding: the padding is left out of the mean.
+    assert rm.raw_scores_of(encoded).tolist() == pytest.approx(by_hand, abs=1e-5)
+    # The choice is saved with the model and read back.
+    rm.save(tmp_path / "rm")
+    assert RewardModel.from_pretrained(tmp_path / "rm").pooling == "mean"
+    # token: the model's own head on [CLS], what plain transformers computes.
+    token = RewardModel.build(str(tiny_bert_dir), max_length=64, pooling="token")
+    token.model.eval()
+    with torch.no_grad():
+        plain = [token.model(input_ids=torch.tensor([e.input_ids]),
+                             token_type_ids=torch.tensor([e.loss_mask])).logits[0, 0].item()
+                 for e in encoded]
+    assert token.raw_scores_of(encoded).tolist() == pytest.approx(plain, abs=1e-5)
+    with pytest.raises(Exception, match="encoder"):
+        RewardModel.build("tiny", pooling="mean")
+
+
 def _prefs(tmp_path, rows, **kw):
     path = write_jsonl(tmp_path / "prefs.jsonl", rows)
     cfg = DataConfig(train=str(path), eval_fraction=0.0, **kw)

@@ -30,6 +30,7 @@ def test_cli_run_learns_the_preference_and_reports(tmp_path, capsys):
                  "data.eval_fraction=0.2", "optim.lr=1e-3", "train.epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "pairwise accuracy" in out and "Spearman(reward, gold)" in out
+    assert "cannot be told from chance" not in out
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     metrics = report["metrics"]
     assert metrics["eval/accuracy"] > 0.85, metrics
@@ -45,6 +46,17 @@ def test_cli_run_learns_the_preference_and_reports(tmp_path, capsys):
     sample = [(r["prompt"], t) for r in rows[:40] for t in r["responses"]]
     scores = rm.score([[{"role": "user", "content": p}] for p, _ in sample], [t for _, t in sample])
     assert abs(sum(scores) / len(scores)) < 0.5 * (max(scores) - min(scores))
+
+
+def test_a_reward_model_that_learned_nothing_says_so(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(60))
+    # lr 0: the fresh head's random scores, whose held-out accuracy is chance
+    rm_trainer.train(_cfg(tmp_path, data, "optim.lr=0", "train.epochs=1"))
+    out = capsys.readouterr().out
+    assert "warning: the reward model's held-out accuracy" in out
+    assert "cannot be told from chance (0.5) (the labels themselves agree with gold" in out
+    final = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert final["health/rm_at_chance"] == 1.0
 
 
 def test_k_way_batch_scores_each_response_once(tmp_path, monkeypatch):

@@ -187,6 +187,11 @@ def test_lr_schedule_values():
     assert lr_multiplier(110, schedule="cosine", **kw) == pytest.approx(0.0)
     assert lr_multiplier(60, schedule="linear", **kw) == pytest.approx(0.5)
     assert lr_multiplier(100, schedule="constant", **kw) == 1.0
+    # A floor: the decay ends at `final` instead of 0, halfway is halfway between.
+    assert lr_multiplier(110, schedule="cosine", final=0.1, **kw) == pytest.approx(0.1)
+    assert lr_multiplier(60, schedule="cosine", final=0.1, **kw) == pytest.approx(0.55)
+    assert lr_multiplier(60, schedule="linear", final=0.2, **kw) == pytest.approx(0.6)
+    assert lr_multiplier(5, schedule="linear", final=0.2, **kw) == pytest.approx(0.6)  # warmup
 
 
 def test_batch_order_visits_each_example_once_per_epoch():

@@ -111,9 +111,12 @@ def fit_points(points: Sequence[dict]) -> list[dict]:
     return fits
 
 
-def hacking_warnings(points: Sequence[dict], summaries: dict[str, dict]) -> list[str]:
+def hacking_warnings(points: Sequence[dict], summaries: dict[str, dict],
+                     causes: dict[str, str] | None = None) -> list[str]:
     """A warning where a training run's proxy kept rising while its gold fell, and where a
-    final policy beats the baseline by the proxy but loses to it by gold."""
+    final policy beats the baseline by the proxy but loses to it by gold. `causes`: by
+    method, what else its run flagged (appended: the fall may not be the reward model's)."""
+    causes = causes or {}
     warnings = []
     for method in dict.fromkeys(p["method"] for p in points):
         ours = [p for p in points if p["method"] == method]
@@ -125,12 +128,12 @@ def hacking_warnings(points: Sequence[dict], summaries: dict[str, dict]) -> list
                                         gold_se=[p.get("gold_se") for p in ours],
                                         unit="n=" if method == "bon" else "step ")
         if text:
-            warnings.append(f"{method}: {text}")
+            warnings.append(f"{method}: {text}{causes.get(method, '')}")
     for name, summary in summaries.items():
         wins = summary.get("win_rate") or {}
         gold, proxy = wins.get("gold"), wins.get("proxy")
         if gold and proxy and proxy["ci"][0] > 0.5 and gold["ci"][1] < 0.5:
             warnings.append(f"{name} beats the baseline by the proxy ({proxy['mean']:.2f} of "
-                            f"samples) but loses to it by gold ({gold['mean']:.2f}): the reward "
-                            f"model is being exploited")
+                            f"samples) but loses to it by gold ({gold['mean']:.2f})"
+                            + (causes.get(name) or ": the reward model is being exploited"))
     return warnings

@@ -1,7 +1,8 @@
 """Health checks of an online RL rollout (ppo, grpo, rloo): a run that trains on garbage says so.
 
 Pure functions over one iteration's plain numbers (response lengths, whether each response
-ended with EOS, the scores it was optimised on). Each check returns a short warning, or None
+ended with EOS, the scores it was optimised on, how often the reward model scores an empty
+response above them). Each check returns a short warning, or None
 when healthy; `rollout_health` runs them all and `health_flags` turns its answer into the 0/1
 metrics `health/<kind>` logged every iteration.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from statistics import fmean, pstdev
 
-KINDS = ("collapse", "constant_reward", "no_eos_penalty")
+KINDS = ("collapse", "constant_reward", "no_eos_penalty", "rm_prefers_empty")
 
 MIN_MEAN_LENGTH = 2.0  # tokens
 MIN_LENGTH_FRACTION = 0.25  # of the first iteration's mean length
 MIN_REWARD_STD = 1e-6
 MAX_NO_EOS_FRACTION = 0.5
+MAX_EMPTY_WINS = 0.5
 
 
 def collapse(lengths: Sequence[float], first_mean_length: float | None = None) -> str | None:
@@ -24,8 +26,13 @@ def collapse(lengths: Sequence[float], first_mean_length: float | None = None) -
     MIN_LENGTH_FRACTION of the first iteration's, or more than half of them empty."""
     if not lengths:
         return None
-    mean = fmean(lengths)
-    empty = sum(n == 0 for n in lengths) / len(lengths)
+    return collapse_of(fmean(lengths), sum(n == 0 for n in lengths) / len(lengths),
+                       first_mean_length)
+
+
+def collapse_of(mean: float, empty: float, first_mean_length: float | None = None
+                ) -> str | None:
+    """`collapse` from a sample's mean length (tokens) and its share of empty responses."""
     if empty > 0.5:
         why = f"{empty:.0%} of responses are empty"
     elif mean < MIN_MEAN_LENGTH:
@@ -63,17 +70,51 @@ def no_eos_penalty(finished: Sequence[bool], penalize_no_eos: bool,
            "reward.penalize_no_eos=false"
 
 
+def rm_prefers_empty(empty_wins: float | None) -> str | None:
+    """The reward model scores an empty response above most of a rollout's responses to the
+    same prompts (`empty_wins`: that share; None or NaN: no reward model)."""
+    if empty_wins is None or not empty_wins > MAX_EMPTY_WINS:
+        return None
+    return f"the reward model prefers empty responses: an empty response to the same prompt " \
+           f"outscores {empty_wins:.0%} of the rollout's responses, so the policy can gain " \
+           "reward by saying nothing; the reward model, not the policy, needs fixing (more or " \
+           "better preference data)"
+
+
 def rollout_health(lengths: Sequence[float], finished: Sequence[bool], scores: Sequence[float],
                    penalize_no_eos: bool, no_eos_score: float,
-                   first_mean_length: float | None = None) -> dict[str, str]:
+                   first_mean_length: float | None = None,
+                   empty_wins: float | None = None) -> dict[str, str]:
     """Every check's warning, by kind (one of KINDS); empty when the rollout looks healthy.
-    `scores` are the ones optimised (after the no-EOS penalty, whitening and clipping)."""
+    `scores` are the ones optimised (after the no-EOS penalty, whitening and clipping);
+    `empty_wins` is measured on the run's first rollout (rm_prefers_empty)."""
     found = {"collapse": collapse(lengths, first_mean_length),
              "constant_reward": constant_reward(scores),
-             "no_eos_penalty": no_eos_penalty(finished, penalize_no_eos, no_eos_score)}
+             "no_eos_penalty": no_eos_penalty(finished, penalize_no_eos, no_eos_score),
+             "rm_prefers_empty": rm_prefers_empty(empty_wins)}
     return {kind: text for kind, text in found.items() if text}
 
 
 def health_flags(warnings: dict[str, str]) -> dict[str, float]:
     """The metrics `health/<kind>`: 1.0 where that kind warned, else 0.0, for every kind."""
     return {f"health/{kind}": float(kind in warnings) for kind in KINDS}
+
+
+def health_causes(metrics: list[dict]) -> str:
+    """What a training run's health flags (its metrics rows' health/<kind>) say, as a clause
+    naming the likelier cause of a fall in gold; empty when they flagged nothing."""
+    flagged = {}
+    for row in metrics:
+        for key, value in row.items():
+            if key.startswith("health/"):
+                kind = key.removeprefix("health/")
+                hits, seen = flagged.get(kind, (0, 0))
+                flagged[kind] = (hits + (value > 0), seen + 1)
+    why = {"no_eos_penalty": "the no-EOS penalty, not the reward model, was driving "
+                             "the reward",
+           "rm_prefers_empty": "the reward model scores empty responses above most real ones",
+           "collapse": "the responses collapsed toward empty",
+           "constant_reward": "the optimised reward was constant"}
+    found = [f"{why.get(kind, kind)} ({hits} of {seen} iterations)"
+             for kind, (hits, seen) in flagged.items() if hits]
+    return ("; its own checks flagged: " + "; ".join(found)) if found else ""

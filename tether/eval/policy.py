@@ -171,14 +171,16 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     reward_model: RewardModel | None, bf16: bool,
                     chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
-    one fresh sample per held-out prompt, and the standard error of the gold mean
+    one fresh sample per held-out prompt, the share of them that is empty (eval/empty), and
+    the standard error of the gold mean
     (eval/gold_se: one sample per prompt, so sd / sqrt(prompts)), which tells a fall of gold
     from noise. The same seed every time, so successive evaluations differ by the policy, not
     by the sampling noise."""
     records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
                               batch_size=batch_size, messages=messages, reference=reference,
                               gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk)
-    metrics = {}
+    metrics = {"eval/empty": float(np.mean([not r["response"].strip() for r in records]))} \
+        if records else {}
     for key in ("gold", "proxy", "kl", "num_tokens"):
         values = [r[key] for r in records if r[key] is not None]
         if values:

@@ -40,20 +40,27 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
     Calibration uses raw score differences, the quantity Bradley-Terry fits: a pair predicts
     P(better wins) = sigmoid(r_better - r_worse). Each pair is counted both ways round (the
     symmetric reliability diagram), else every label would be 1 and any model would look
-    overconfident or underconfident by construction. `progress`: show a bar over the
+    overconfident or underconfident by construction. "eval/empty_wins": how often the empty
+    response to a prompt outscores one of its real responses. `progress`: show a bar over the
     scoring batches."""
     flat = [e for p in prefs for e in p.responses]
     raw = rm.raw_scores_of(flat, batch_size, bf16,
                            progress="rm: held-out eval" if progress else "").numpy()
     lengths = np.array([sum(e.loss_mask) for e in flat])
     better, worse = [], []
+    empty, beside = [], []  # each prompt's empty response; the real responses beside it
     offset = 0
     for pref in prefs:
         k = len(pref.responses)
         for i, j in pref.source.pairs():
             better.append(offset + i)
             worse.append(offset + j)
+        if (e := rm.encode(pref.source.prompt, "")) is not None:
+            empty.append(e)
+            beside.append(range(offset, offset + k))
         offset += k
+    empty_raw = rm.raw_scores_of(empty, batch_size, bf16).numpy()
+    empty_wins = [empty_raw[n] > raw[i] for n, rows in enumerate(beside) for i in rows]
     groups = pair_prompt_groups(prefs)
     better, worse = np.array(better), np.array(worse)
     diff = raw[better] - raw[worse]
@@ -62,9 +69,13 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
     ece, reliability = calibration(1 / (1 + np.exp(-diff)), np.ones_like(diff), symmetric=True)
     metrics = {
         "eval/accuracy": float(correct.mean()), "eval/accuracy_ci_lo": lo,
-        "eval/accuracy_ci_hi": hi, "eval/margin": float(diff.mean()), "eval/ece": ece,
+        "eval/accuracy_ci_hi": hi,
+        # the Bradley-Terry loss on held-out pairs, -log sigmoid(diff), computed stably
+        "eval/loss": float(np.logaddexp(0.0, -diff).mean()), "eval/margin": float(diff.mean()), "eval/ece": ece,
         "eval/pairs": float(len(diff)), "eval/prompts": float(len(np.unique(groups))),
         "eval/reward_length_corr": pearson(raw, lengths) if len(raw) > 2 else float("nan"),
+        # how often an empty response outscores a real response to the same prompt
+        "eval/empty_wins": float(np.mean(empty_wins)) if empty_wins else float("nan"),
     }
     details = {"reliability": reliability,
                "by_length_diff": accuracy_by_bucket(correct, lengths[better] - lengths[worse],
@@ -82,6 +93,33 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
     return metrics, details
 
 
+def at_chance(metrics: dict[str, float]) -> str | None:
+    """A warning when the held-out accuracy cannot be told from chance (its 95 % interval
+    reaches down to 0.5): such a reward model has not learned the labels, and a policy
+    optimised against it optimises noise. None when it has."""
+    if metrics["eval/accuracy_ci_lo"] > 0.5:
+        return None
+    ceiling = (f" (the labels themselves agree with gold on "
+               f"{metrics['eval/label_gold_agreement']:.3f})"
+               if "eval/label_gold_agreement" in metrics else "")
+    return (f"the reward model's held-out accuracy {metrics['eval/accuracy']:.3f} [95% CI "
+            f"{metrics['eval/accuracy_ci_lo']:.3f}, {metrics['eval/accuracy_ci_hi']:.3f}] "
+            f"cannot be told from chance (0.5){ceiling}: it has not learned these preferences, "
+            f"and a policy optimised against it would optimise noise. More preference data, "
+            f"or more held-out prompts for a narrower interval, would tell more.")
+
+
+def prefers_empty(metrics: dict[str, float]) -> str | None:
+    """A warning when the reward model scores an empty response above most real responses to
+    the same prompt: a policy optimised against it gains reward by saying nothing."""
+    wins = metrics.get("eval/empty_wins", float("nan"))
+    if not wins > 0.5:
+        return None
+    return (f"the reward model scores an empty response above {wins:.0%} of the real "
+            f"responses to the same held-out prompts: a policy optimised against it can gain "
+            f"reward by answering with nothing (watch for response collapse)")
+
+
 def format_table(metrics: dict[str, float]) -> str:
     rows = [("pairwise accuracy", f"{metrics['eval/accuracy']:.3f}  (95% CI "
                                   f"{metrics['eval/accuracy_ci_lo']:.3f}-"
@@ -89,7 +127,8 @@ def format_table(metrics: dict[str, float]) -> str:
                                   f"{int(metrics['eval/pairs'])} pairs)"),
             ("mean margin r_better - r_worse", f"{metrics['eval/margin']:.3f}"),
             ("expected calibration error", f"{metrics['eval/ece']:.3f}"),
-            ("corr(reward, response length)", f"{metrics['eval/reward_length_corr']:.3f}")]
+            ("corr(reward, response length)", f"{metrics['eval/reward_length_corr']:.3f}"),
+            ("empty response beats a real one", f"{metrics['eval/empty_wins']:.3f}")]
     if "eval/label_gold_agreement" in metrics:
         rows += [("labels' agreement with gold", f"{metrics['eval/label_gold_agreement']:.3f}"),
                  ("reward order agrees with gold", f"{metrics['eval/accuracy_vs_gold']:.3f}")]

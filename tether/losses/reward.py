@@ -16,10 +16,14 @@ def ranking_pairs(ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def bradley_terry_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor, *,
                        margin: float = 0.0, center_coef: float = 0.0,
+                       label_smoothing: float = 0.0,
                        num_groups: torch.Tensor | float | None = None,
                        num_responses: torch.Tensor | float | None = None) -> torch.Tensor:
     """-log sigmoid(r_better - r_worse - margin), averaged over the pairs of each prompt, then
-    over prompts; plus `center_coef` * mean squared reward (reward centering).
+    over prompts; plus `center_coef` * mean squared reward (reward centering). With
+    `label_smoothing` eps, each pair's label is taken as right with probability 1 - eps:
+    -(1 - eps) log sigmoid(d) - eps log sigmoid(-d), d = r_better - r_worse - margin, whose
+    minimum is at a finite d = log((1 - eps) / eps) (a noisy label cannot push it further).
 
     rewards, ranks, mask: [B, K], one row per prompt with its K responses (K = 2 for plain
     chosen/rejected pairs: ranks [0, 1]). Each response's reward is computed once and used in
@@ -35,6 +39,9 @@ def bradley_terry_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.T
     pairs = ranking_pairs(ranks, mask)
     diff = rewards[:, :, None] - rewards[:, None, :]  # r_i - r_j
     pair_loss = -F.logsigmoid(diff - margin)
+    if label_smoothing:
+        pair_loss = (1 - label_smoothing) * pair_loss - label_smoothing * F.logsigmoid(
+            margin - diff)
     per_prompt_pairs = pairs.sum((1, 2))
     per_prompt = (pair_loss * pairs).sum((1, 2)) / per_prompt_pairs.clamp(min=1)
     groups = (per_prompt_pairs > 0).sum() if num_groups is None else num_groups

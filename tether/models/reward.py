@@ -66,14 +66,15 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if is_lora(model) else model
 
 
-class LastTokenScorer(torch.nn.Module):
+class Scorer(torch.nn.Module):
     """Raw rewards [N] of a collated batch as a module's forward, so that DDP and FSDP2 (whose
-    hooks run on a module's forward) can wrap the whole computation: the backbone, the hidden
-    state at the last real token, the scalar head."""
+    hooks run on a module's forward) can wrap the whole computation: the backbone, the pooled
+    hidden state, the scalar head. Pooling "token": the state at the last real token (a causal
+    LM) or the model's own head on [CLS] (an encoder); "mean": an encoder's mean token state."""
 
-    def __init__(self, model: torch.nn.Module, kind: str):
+    def __init__(self, model: torch.nn.Module, kind: str, pooling: str = "token"):
         super().__init__()
-        self.model, self.kind = model, kind
+        self.model, self.kind, self.pooling = model, kind, pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -81,12 +82,21 @@ class LastTokenScorer(torch.nn.Module):
         """A collated batch, or (policy backbone) responses packed under shared prompts
         (RewardModel.collate with group sizes): a 4-D attention mask, the position ids, and
         the flat column of each response's last token."""
-        if self.kind == "encoder":
+        inner = _unwrap(self.model)
+        if self.kind == "encoder" and self.pooling == "token":
             out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids)
             return out.logits[:, 0].float()
-        inner = _unwrap(self.model)
         backbone = getattr(inner, inner.base_model_prefix)
+        if self.kind == "encoder":
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            head = _head(inner)
+            # a plain linear head takes [N, d]; RoBERTa-style heads read features[:, 0]
+            return (head(pooled) if isinstance(head, torch.nn.Linear)
+                    else head(pooled.unsqueeze(1)))[:, 0].float()
         if last_columns is None:
             position_ids = position_ids_from_mask(attention_mask)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
@@ -109,6 +119,7 @@ class RewardModel:
         self.tokenizer = tokenizer
         config = _unwrap(model).config
         self.kind = config.tether_backbone
+        self.pooling = getattr(config, "tether_pooling", "token")  # older models: token
         self.chat_template = chat_template
         self.max_length = max_length
         self.truncation = truncation
@@ -125,8 +136,10 @@ class RewardModel:
     @classmethod
     def build(cls, name: str, backbone: str = "auto", *, seed: int = 0, chat_template: str = "auto",
               max_length: int = 512, truncation: str = "prompt_left", hub_kernels: bool = False,
-              attention: str = "sdpa") -> RewardModel:
-        """A fresh reward model from a causal LM or an encoder; the head is N(0, 1/sqrt(d+1))."""
+              attention: str = "sdpa", pooling: str = "auto") -> RewardModel:
+        """A fresh reward model from a causal LM or an encoder; the head is N(0, 1/sqrt(d+1)).
+        `pooling` (reward.pooling): token, mean, or auto (mean for an encoder, token for a
+        causal LM)."""
         tokenizer = load_tokenizer(name)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -161,7 +174,13 @@ class RewardModel:
             torch.nn.init.normal_(head.weight, std=1 / math.sqrt(head.in_features + 1))
             if head.bias is not None:
                 torch.nn.init.zeros_(head.bias)
+        if pooling == "auto":
+            pooling = "mean" if kind == "encoder" else "token"
+        if pooling == "mean" and kind == "policy":
+            raise UserError(f"reward.pooling=mean needs an encoder backbone; '{name}' is a "
+                            f"causal LM, read at its last response token (pooling=token)")
         model.config.tether_backbone = kind
+        model.config.tether_pooling = pooling
         model.config.pad_token_id = tokenizer.pad_token_id
         use_template = kind == "policy" and chat_template != "never" and bool(
             tokenizer.chat_template)
@@ -213,10 +232,20 @@ class RewardModel:
         self.model.to(device)
         return self
 
+    def head_names(self, module: torch.nn.Module) -> list[str]:
+        """The names, in `module` (the model, possibly compiled or wrapped), of the scalar
+        head's parameters."""
+        head = {id(p) for p in _head(_unwrap(self.model)).parameters()}
+        return [n for n, p in module.named_parameters() if id(p) in head]
+
+    def scorer(self, model: torch.nn.Module | None = None) -> Scorer:
+        """A Scorer of `model` (default: self.model) as this reward model reads it."""
+        return Scorer(self.model if model is None else model, self.kind, self.pooling)
+
     def raw_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unnormalised rewards [N] for a collated batch (differentiable), on the model's
         device."""
-        scorer = self.parallel or LastTokenScorer(self.model, self.kind)
+        scorer = self.parallel or self.scorer()
         batch = to_device(batch, model_device(self.model))
         return scorer(batch["input_ids"], batch["attention_mask"], batch.get("loss_mask"),
                       batch.get("position_ids"), batch.get("last_columns"))

@@ -34,13 +34,26 @@ from tether.rundir import MetricsLog, NullLog
 SINGLE = Dist()  # one process: every collective below is a no-op
 
 
+# train.epochs=0: as many passes as give at least AUTO_STEPS optimizer steps, at most
+# AUTO_EPOCHS of them. Small data then still gets enough updates (a freshly initialised reward
+# head needs them), and large data gets one pass (BENCHMARKS.md, reward-model defaults).
+AUTO_STEPS, AUTO_EPOCHS = 100, 4
+
+
+def epochs_for(train: TrainConfig, steps_per_epoch: int) -> int:
+    """train.epochs, or for 0 (auto) the passes AUTO_STEPS and AUTO_EPOCHS ask for."""
+    if train.epochs:
+        return train.epochs
+    return min(AUTO_EPOCHS, max(1, math.ceil(AUTO_STEPS / steps_per_epoch)))
+
+
 def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps) for `num_examples` training examples."""
     per_epoch = steps_per_epoch(num_examples, train.batch_size)
     if per_epoch == 0:
         raise DataError(f"{source}: {num_examples} training examples, fewer than "
                         f"train.batch_size={train.batch_size}")
-    return per_epoch, train.max_steps or train.epochs * per_epoch
+    return per_epoch, train.max_steps or epochs_for(train, per_epoch) * per_epoch
 
 
 def save_training_state(run_dir: Path, step: int, model: torch.nn.Module,

@@ -33,6 +33,7 @@ from tether.data.tokenize import Encoded, wants_chat_template
 from tether.device import autocast, model_device, peak_memory
 from tether.distributed import setup, unwrap
 from tether.errors import ConfigError
+from tether.eval.health import collapse_of
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.models.loading import load_causal_lm, load_tokenizer
@@ -350,8 +351,12 @@ def train(cfg: DPOConfig) -> Path:
         return dpo_objective(logps, ref(split, indices, prefs, d.device, packed), num_tokens,
                              preference_pairs(prefs, num_groups, d.device), cfg.dpo)
 
+    first_length: float | None = None  # the first sampled evaluation's mean length
+    warned = False  # the collapse warning is printed once
+
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
+        nonlocal first_length, warned
         # Every rank evaluates everything (FSDP2 needs all ranks in each forward); sampling
         # with the same seed, they draw the same responses.
         model.eval()
@@ -367,6 +372,14 @@ def train(cfg: DPOConfig) -> Path:
                        **{k.replace("/", "/eval_", 1): v for k, v in sums.items()}}
         if sampled is not None:
             metrics |= sampled(unwrap(model))
+            # collapse (tether.eval.health), against the first evaluation's length
+            first_length = first_length or metrics["eval/num_tokens"]
+            warning = collapse_of(metrics["eval/num_tokens"], metrics["eval/empty"],
+                                  first_length)
+            metrics["health/collapse"] = float(warning is not None)
+            if warning and d.main and not warned:
+                tqdm.write(f"warning: {warning}")
+            warned = warned or warning is not None
         model.train()
         return metrics
 

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tether.checkpoint import save_final
-from tether.config import PPOConfig
+from tether.config import PPOConfig, PPORewardConfig, RolloutConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
@@ -70,9 +70,27 @@ from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
     clip_and_check,
     due,
+    epochs_for,
     save_training_state,
     start_or_resume,
 )
+
+
+def eos_penalty_applies(finished: torch.Tensor, reward: PPORewardConfig,
+                        rollout: RolloutConfig, main: bool = True) -> bool:
+    """Whether the no-EOS penalty (reward.penalize_no_eos) applies to this run, from its first
+    rollout: only when at least reward.no_eos_min_finished of it ends with EOS. Says why not."""
+    share = finished.float().mean().item()
+    if share >= reward.no_eos_min_finished:
+        return True
+    if main:
+        tqdm.write(f"note: only {share:.0%} of the starting policy's responses end with EOS "
+                   f"within rollout.max_new_tokens={rollout.max_new_tokens}, under "
+                   f"reward.no_eos_min_finished={reward.no_eos_min_finished:g}: the no-EOS "
+                   f"penalty is off for this run (it would mostly teach the policy to stop "
+                   f"early). Raise rollout.max_new_tokens, or set "
+                   f"reward.no_eos_min_finished=0 to apply it anyway.")
+    return False
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -269,7 +287,7 @@ def train(cfg: PPOConfig) -> Path:
                 to_bf16(m)
 
     per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
-    total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
+    total_steps = cfg.train.max_steps or epochs_for(cfg.train, per_epoch) * per_epoch
     num_samples = rcfg.batch_size * rcfg.group_size
     updates_per_step = pcfg.epochs * num_samples // pcfg.minibatch_size
     trainable, total = count_parameters(trained)
@@ -292,6 +310,9 @@ def train(cfg: PPOConfig) -> Path:
         master_weights=masters, dist=d)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
+    # Whether the no-EOS penalty applies: decided on the run's first rollout, then kept.
+    penalize_no_eos: bool | None = extra.get("penalize_no_eos") if cfg.reward.penalize_no_eos \
+        else False
     samples_log = MetricsLog(run_dir / "samples.jsonl",
                              resume_step=start_step if checkpoint else None) \
         if d.main else NullLog()
@@ -344,16 +365,21 @@ def train(cfg: PPOConfig) -> Path:
                 out["values"].append(values)
         return {k: d.all_rows(torch.cat(v)) for k, v in out.items() if v}
 
-    def score(rollout: Rollout, prompts: list[Messages], rows: range
+    def score(rollout: Rollout, prompts: list[Messages], rows: range, empty: bool = False
               ) -> dict[str, torch.Tensor]:
-        """The scores of the rollout's `rows` (this process's share), gathered."""
+        """The scores of the rollout's `rows` (this process's share), gathered; with `empty`,
+        also ("empty") the reward model's score of an empty response to each row's prompt."""
         sample_prompts = [prompts[rollout.prompt_index[i]] for i in rows]
         texts = rollout.texts[rows.start:rows.stop]
         scores = {}
         if reward_model is not None:
-            scores["proxy"] = torch.tensor(reward_model.score(
-                sample_prompts, texts, batch_size=pcfg.micro_batch_size, bf16=bf16),
-                device=d.device)
+            answers = {"proxy": texts}
+            if empty:
+                answers["empty"] = [""] * len(texts)
+            for key, responses in answers.items():
+                scores[key] = torch.tensor(reward_model.score(
+                    sample_prompts, responses, batch_size=pcfg.micro_batch_size, bf16=bf16),
+                    device=d.device)
         if gold is not None:
             scores["gold"] = torch.tensor(score_all([{"responses": texts}], gold)[0],
                                           dtype=torch.float32, device=d.device)
@@ -377,6 +403,7 @@ def train(cfg: PPOConfig) -> Path:
     last_saved, metrics = checkpoint, {}
     first_length: float | None = None  # this run's first mean response length (collapse check)
     warned: set[str] = set()  # health warnings printed so far: each kind once
+    empty_wins = None if reward_model is not None else float("nan")
     progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
                     dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
@@ -401,9 +428,14 @@ def train(cfg: PPOConfig) -> Path:
 
         # 2. Scores: the optimised one is the proxy when there is a reward model.
         t0 = time.perf_counter()
-        scores = score(rollout, [messages[i] for i in indices], mine)
+        # the reward model's verdict on empty responses: checked on this run's first rollout
+        scores = score(rollout, [messages[i] for i in indices], mine, empty=empty_wins is None)
+        if "empty" in scores:
+            empty_wins = (scores["empty"] > scores["proxy"]).float().mean().item()
         objective = (scores["proxy"] if reward_model is not None else scores["gold"]).clone()
-        if cfg.reward.penalize_no_eos:
+        if penalize_no_eos is None:
+            penalize_no_eos = eos_penalty_applies(rollout.finished, cfg.reward, rcfg, d.main)
+        if penalize_no_eos:
             objective[~rollout.finished] = cfg.reward.no_eos_score
         if cfg.reward.whiten:
             objective = (objective - objective.mean()) / (objective.std() + 1e-8) + \
@@ -532,8 +564,8 @@ def train(cfg: PPOConfig) -> Path:
         if first_length is None:
             first_length = metrics["response/length"]
         health = rollout_health(lengths.tolist(), rollout.finished.tolist(), objective.tolist(),
-                                cfg.reward.penalize_no_eos, cfg.reward.no_eos_score,
-                                first_length)
+                                penalize_no_eos, cfg.reward.no_eos_score,
+                                first_length, empty_wins)
         metrics |= health_flags(health)
         for kind, text in health.items():
             if d.main and kind not in warned:
@@ -560,7 +592,8 @@ def train(cfg: PPOConfig) -> Path:
             last_saved = save_training_state(run_dir, done, trained, optimizer, scheduler,
                                              num_examples=len(rows), steps_per_epoch=per_epoch,
                                              keep=cfg.train.keep_checkpoints,
-                                             extra={"kl_controller": kl_ctl.state_dict()},
+                                             extra={"kl_controller": kl_ctl.state_dict(),
+                                                    "penalize_no_eos": penalize_no_eos},
                                              dist=d)
     progress.close()
     log.close()

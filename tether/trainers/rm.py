@@ -22,10 +22,10 @@ from tether.data.preferences import EncodedPreference, load_preference_data, par
 from tether.data.sft import LoadStats, load_records
 from tether.device import autocast, peak_memory
 from tether.distributed import setup
-from tether.eval.rm import evaluate_preferences, format_table
+from tether.eval.rm import at_chance, evaluate_preferences, format_table, prefers_empty
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
-from tether.models.reward import LastTokenScorer, RewardModel
+from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
@@ -70,7 +70,8 @@ def train(cfg: RMConfig) -> Path:
                                   chat_template=cfg.data.chat_template,
                                   max_length=cfg.data.max_length, truncation=cfg.data.truncation,
                                   hub_kernels=cfg.model.hub_kernels,
-                                  attention=cfg.model.attention)
+                                  attention=cfg.model.attention,
+                                  pooling=cfg.reward.pooling)
         if cfg.model.lora.enabled:
             built.model = apply_lora(built.model, cfg.model.lora, task_type="SEQ_CLS")
         return built
@@ -103,12 +104,14 @@ def train(cfg: RMConfig) -> Path:
               f"{batch_size} prompts ({d.processes}; {batches})")
     model = maybe_compile(rm.model, cfg.train.compile)  # trained; the forward goes through rm
     if d.world > 1:
-        rm.parallel = d.wrap(LastTokenScorer(rm.model, rm.kind))
+        rm.parallel = d.wrap(rm.scorer())
 
     # 2. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train, master_weights=masters, dist=d)
+        data_source=cfg.data.train, master_weights=masters, dist=d,
+        lr_by_prefix={n: cfg.reward.head_lr for n in rm.head_names(model)}
+        if cfg.reward.head_lr else None)
 
     def evaluate(progress: bool = False) -> tuple[dict[str, float], dict]:
         # every rank evaluates the whole (small) held-out set: FSDP2 needs all in each forward
@@ -137,7 +140,8 @@ def train(cfg: RMConfig) -> Path:
             rewards, ranks, mask = rewards_grid(raw, micro_prefs)
             micro_loss = bradley_terry_loss(
                 rewards, ranks, mask, margin=cfg.reward.margin,
-                center_coef=cfg.reward.center_coef, num_groups=num_groups,
+                center_coef=cfg.reward.center_coef,
+                label_smoothing=cfg.reward.label_smoothing, num_groups=num_groups,
                 num_responses=num_responses)
             d.backward(micro_loss)
             loss += micro_loss.item()
@@ -188,21 +192,26 @@ def train(cfg: RMConfig) -> Path:
     # 5. Final evaluation and export.
     if data.eval:
         final_metrics, details = evaluate(progress=True)
+        warning = at_chance(final_metrics)
         log.log(total_steps, {**final_metrics, "reward/norm_gain": rm.gain,
-                              "reward/norm_bias": rm.bias})
+                              "reward/norm_bias": rm.bias, "health/rm_at_chance": float(
+                                  warning is not None)})
         if d.main:
             atomic_write_text(run_dir / "eval.json",
                               json.dumps({"metrics": final_metrics, **details}, indent=1))
             print(f"held-out evaluation: {int(final_metrics['eval/pairs'])} pairs over "
                   f"{int(final_metrics['eval/prompts'])} prompts\n"
                   f"{format_table(final_metrics)}")
+            for text in (warning, prefers_empty(final_metrics)):
+                if text:
+                    print(f"warning: {text}", flush=True)
     log.close()
     final = run_dir / "final"
     if rm.parallel is None:
         whole = master_model(model, optimizer, lambda: build().model, dist=d)
     else:
         whole = master_model(rm.parallel, optimizer,
-                             lambda: LastTokenScorer(build().model, rm.kind), dist=d)
+                             lambda: rm.scorer(build().model), dist=d)
     if d.main:
         rm.model = whole.model if rm.parallel is not None else whole
         rm.parallel = None
