@@ -18,13 +18,14 @@ from bench import (
     ppo,
     precision,
     rm,
+    rm_quality,
     scaling,
     sft,
     vs_trl,
 )
 
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
-              "precision": precision, "scaling": scaling, "generation": generation,
+              "precision": precision, "rm-quality": rm_quality, "scaling": scaling, "generation": generation,
               "vs-trl": vs_trl, "gpu-check": gpu_check, "gpu-train": gpu_train}
 
 

@@ -47,9 +47,8 @@ from tether.eval.frontier import (
     sample_best_of_n,
     trajectory_points,
 )
-from tether.eval.health import health_causes
+from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
-from tether.eval.rm import at_chance
 from tether.labeling import simulate
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
@@ -387,7 +386,8 @@ def execute_eval(run: Run, cfg: dict) -> str:
     for name in cfg["policies"]:
         metrics = read_metrics(run.dir(name) / "metrics.jsonl")
         points += trajectory_points(name, metrics)
-        causes[name] = health_causes(metrics)
+        found = health_findings(metrics)  # a likelier cause than the reward model, if any
+        causes[name] = "; its own checks flagged: " + "; ".join(found) if found else ""
     bon = None
     if ecfg.best_of_n and has_rm:
         bon = _sample_best_of_n(run, ecfg)

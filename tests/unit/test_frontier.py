@@ -11,7 +11,7 @@ from tether.eval.frontier import (
     hacking_warnings,
     trajectory_points,
 )
-from tether.eval.health import health_causes
+from tether.eval.health import health_findings
 
 
 def test_trajectory_points_are_the_held_out_evaluations():
@@ -69,14 +69,14 @@ def test_a_warning_names_what_the_run_s_own_checks_flagged():
     reward, and the warning blamed the reward model."""
     metrics = [{"step": s, "health/no_eos_penalty": float(s < 4), "health/collapse": 0.0}
                for s in range(1, 7)]
-    cause = health_causes(metrics)
-    assert cause == ("; its own checks flagged: the no-EOS penalty, not the reward model, "
-                     "was driving the reward (3 of 6 iterations)")
-    assert health_causes([{"step": 1, "health/collapse": 0.0}]) == ""
+    assert health_findings(metrics) == [
+        "the no-EOS penalty, not the reward model, was driving the reward (3 of 6 checks)"]
+    assert health_findings([{"step": 1, "health/collapse": 0.0}]) == []
+    cause = "; its own checks flagged: the no-EOS penalty ..."
     points = [{"method": "ppo", "step": s, "kl": s / 10, "proxy": p, "gold": g}
               for s, p, g in [(0, 0.0, 0.6), (10, 0.5, 0.6), (20, 1.0, 0.4), (30, 1.5, 0.2)]]
     (warning,) = hacking_warnings(points, {}, {"ppo": cause})
-    assert warning.endswith("(3 of 6 iterations)")
+    assert warning.endswith(cause)
     summaries = {"ppo": {"win_rate": {"gold": {"mean": 0.3, "ci": [0.2, 0.4]},
                                       "proxy": {"mean": 0.8, "ci": [0.7, 0.9]}}}}
     (warning,) = hacking_warnings([], summaries, {"ppo": cause})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import xml.etree.ElementTree as ET
 
@@ -306,3 +307,29 @@ def test_responses_with_text_are_not_marked_empty():
     page = render(example_data())
     assert "(empty)" not in page
     assert '<td class="response">Wonderful wonderful film!!!' in page
+
+
+def test_the_stages_own_checks_are_in_the_report_s_warnings(tmp_path):
+    from tether.report.collect import collect
+
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "eval.json").write_text(json.dumps({"metrics": {
+        "eval/accuracy": 0.5, "eval/accuracy_ci_lo": 0.397, "eval/accuracy_ci_hi": 0.615,
+        "eval/empty_wins": 0.7, "eval/pairs": 96, "eval/ece": 0.1}}))
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "health/collapse": float(s > 4), "health/no_eos_penalty": 0.0})
+        + "\n" for s in range(1, 7)))
+    warnings = collect(tmp_path)["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["rm", "rm", "ppo"]
+    assert "0.500 [95% CI 0.397, 0.615] cannot be told from chance" in warnings[0]
+    assert "outscores 70% of the real responses" in warnings[1]
+    assert warnings[2] == ("ppo: its health checks flagged the responses collapsed toward "
+                           "empty (2 of 6 checks)")
+    # A healthy run: nothing.
+    (tmp_path / "rm" / "eval.json").write_text(json.dumps({"metrics": {
+        "eval/accuracy": 0.7, "eval/accuracy_ci_lo": 0.62, "eval/accuracy_ci_hi": 0.78,
+        "eval/empty_wins": 0.1, "eval/pairs": 96, "eval/ece": 0.1}}))
+    (tmp_path / "ppo" / "metrics.jsonl").write_text(json.dumps({"step": 1,
+                                                                "health/collapse": 0.0}))
+    assert collect(tmp_path)["warnings"] == []

@@ -48,6 +48,49 @@ def test_cli_run_learns_the_preference_and_reports(tmp_path, capsys):
     assert abs(sum(scores) / len(scores)) < 0.5 * (max(scores) - min(scores))
 
 
+def test_defaults_alone_learn_a_learnable_preference(tmp_path, capsys):
+    """No lr, epochs or schedule given: what a new user runs first (issue 19)."""
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(80))
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", ranking_rows(20, seed=1))
+    assert main(["rm", "model.name=tiny", f"data.train={data}", f"data.eval={held_out}",
+                 f"run_dir={tmp_path / 'run'}"]) == 0
+    out = capsys.readouterr().out
+    # 80 prompts, 8 per step: 10 steps an epoch, so auto takes 4 epochs (at least 50 steps).
+    assert "40 steps of 8 prompts (4 epochs, auto" in out
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())["metrics"]
+    assert metrics["eval/accuracy"] > 0.8 and metrics["eval/spearman_gold"] > 0.6, metrics
+    assert "cannot be told from chance" not in out
+    # The schedule: 5 warmup steps to lr, then a cosine decay that ends near a tenth of lr.
+    lrs = [m["optim/lr"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
+           if "optim/lr" in m]
+    assert lrs[0] == pytest.approx(5e-5 / 5) and lrs[4] == pytest.approx(5e-5)
+    assert lrs[-1] == pytest.approx(5e-6, rel=0.05) and min(lrs[4:]) >= 5e-6
+
+
+@pytest.mark.parametrize(("prompts", "epochs"), [(40, 4), (200, 2), (400, 1), (4000, 1)])
+def test_auto_epochs_give_small_data_enough_steps_and_large_data_one_pass(prompts, epochs):
+    from tether.config import TrainConfig
+    from tether.trainers.common import plan_steps
+
+    per_epoch, total = plan_steps(TrainConfig(batch_size=8, epochs=0), prompts, "x.jsonl")
+    assert (per_epoch, total) == (prompts // 8, epochs * (prompts // 8))
+    assert plan_steps(TrainConfig(batch_size=8, epochs=3), prompts, "x")[1] == 3 * per_epoch
+
+
+def test_the_head_trains_at_its_own_learning_rate(tmp_path):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(40))
+    before = RewardModel.build("tiny").model.state_dict()
+    cfg = _cfg(tmp_path, data, "optim.lr=1e-4", "reward.head_lr=1e-2", "train.max_steps=1",
+               "optim.warmup_steps=0", "optim.max_grad_norm=0")
+    after = load_file(str(rm_trainer.train(cfg) / "model.safetensors"))
+    # One Adam step moves every weight by about its lr (the sign of its gradient).
+    head = (after["score.weight"] - before["score.weight"]).abs()
+    body = (after["model.layers.0.mlp.up_proj.weight"]
+            - before["model.layers.0.mlp.up_proj.weight"]).abs()
+    assert head.max().item() == pytest.approx(1e-2, rel=0.01)
+    assert body.max().item() == pytest.approx(1e-4, rel=0.01)
+
+
 def test_a_reward_model_that_learned_nothing_says_so(tmp_path, capsys):
     data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(60))
     # lr 0: the fresh head's random scores, whose held-out accuracy is chance

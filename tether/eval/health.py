@@ -1,8 +1,9 @@
-"""Health checks of an online RL rollout (ppo, grpo, rloo): a run that trains on garbage says so.
+"""Health checks: a run that trains on garbage, or produced it, says so.
 
-Pure functions over one iteration's plain numbers (response lengths, whether each response
-ended with EOS, the scores it was optimised on, how often the reward model scores an empty
-response above them). Each check returns a short warning, or None
+Pure functions over plain numbers: of an online RL rollout (ppo, grpo, rloo: response
+lengths, whether each response ended with EOS, the scores it was optimised on, how often the
+reward model scores an empty response above them), and of a reward model's held-out
+evaluation (at chance; preferring empty responses). Each check returns a short warning, or None
 when healthy; `rollout_health` runs them all and `health_flags` turns its answer into the 0/1
 metrics `health/<kind>` logged every iteration.
 """
@@ -70,15 +71,33 @@ def no_eos_penalty(finished: Sequence[bool], penalize_no_eos: bool,
            "reward.penalize_no_eos=false"
 
 
-def rm_prefers_empty(empty_wins: float | None) -> str | None:
-    """The reward model scores an empty response above most of a rollout's responses to the
-    same prompts (`empty_wins`: that share; None or NaN: no reward model)."""
+def rm_prefers_empty(empty_wins: float | None, responses: str = "the rollout's responses"
+                     ) -> str | None:
+    """The reward model scores an empty response above most of `responses` to the same prompts
+    (`empty_wins`: that share; None or NaN: not measured), so a policy optimised against it
+    can gain reward by saying nothing."""
     if empty_wins is None or not empty_wins > MAX_EMPTY_WINS:
         return None
     return f"the reward model prefers empty responses: an empty response to the same prompt " \
-           f"outscores {empty_wins:.0%} of the rollout's responses, so the policy can gain " \
-           "reward by saying nothing; the reward model, not the policy, needs fixing (more or " \
-           "better preference data)"
+           f"outscores {empty_wins:.0%} of {responses}, so a policy can gain reward by saying " \
+           "nothing; the reward model, not the policy, needs fixing (more or better " \
+           "preference data)"
+
+
+def at_chance(metrics: dict[str, float]) -> str | None:
+    """A warning when the held-out accuracy cannot be told from chance (its 95 % interval
+    reaches down to 0.5): such a reward model has not learned the labels, and a policy
+    optimised against it optimises noise. None when it has."""
+    if metrics["eval/accuracy_ci_lo"] > 0.5:
+        return None
+    ceiling = (f" (the labels themselves agree with gold on "
+               f"{metrics['eval/label_gold_agreement']:.3f})"
+               if "eval/label_gold_agreement" in metrics else "")
+    return (f"the reward model's held-out accuracy {metrics['eval/accuracy']:.3f} [95% CI "
+            f"{metrics['eval/accuracy_ci_lo']:.3f}, {metrics['eval/accuracy_ci_hi']:.3f}] "
+            f"cannot be told from chance (0.5){ceiling}: it has not learned these preferences, "
+            f"and a policy optimised against it would optimise noise. More preference data, "
+            f"or more held-out prompts for a narrower interval, would tell more.")
 
 
 def rollout_health(lengths: Sequence[float], finished: Sequence[bool], scores: Sequence[float],
@@ -100,21 +119,18 @@ def health_flags(warnings: dict[str, str]) -> dict[str, float]:
     return {f"health/{kind}": float(kind in warnings) for kind in KINDS}
 
 
-def health_causes(metrics: list[dict]) -> str:
-    """What a training run's health flags (its metrics rows' health/<kind>) say, as a clause
-    naming the likelier cause of a fall in gold; empty when they flagged nothing."""
-    flagged = {}
+def health_findings(metrics: list[dict]) -> list[str]:
+    """What a training run's health flags (its metrics rows' health/<kind>) say: one phrase
+    per kind that was flagged, with how often; empty when nothing was."""
+    flagged: dict[str, tuple[int, int]] = {}
     for row in metrics:
         for key, value in row.items():
             if key.startswith("health/"):
-                kind = key.removeprefix("health/")
-                hits, seen = flagged.get(kind, (0, 0))
-                flagged[kind] = (hits + (value > 0), seen + 1)
-    why = {"no_eos_penalty": "the no-EOS penalty, not the reward model, was driving "
-                             "the reward",
+                hits, seen = flagged.get(key.removeprefix("health/"), (0, 0))
+                flagged[key.removeprefix("health/")] = (hits + (value > 0), seen + 1)
+    why = {"no_eos_penalty": "the no-EOS penalty, not the reward model, was driving the reward",
            "rm_prefers_empty": "the reward model scores empty responses above most real ones",
            "collapse": "the responses collapsed toward empty",
            "constant_reward": "the optimised reward was constant"}
-    found = [f"{why.get(kind, kind)} ({hits} of {seen} iterations)"
-             for kind, (hits, seen) in flagged.items() if hits]
-    return ("; its own checks flagged: " + "; ".join(found)) if found else ""
+    return [f"{why.get(kind, kind)} ({hits} of {seen} checks)"
+            for kind, (hits, seen) in flagged.items() if hits]

@@ -93,33 +93,6 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
     return metrics, details
 
 
-def at_chance(metrics: dict[str, float]) -> str | None:
-    """A warning when the held-out accuracy cannot be told from chance (its 95 % interval
-    reaches down to 0.5): such a reward model has not learned the labels, and a policy
-    optimised against it optimises noise. None when it has."""
-    if metrics["eval/accuracy_ci_lo"] > 0.5:
-        return None
-    ceiling = (f" (the labels themselves agree with gold on "
-               f"{metrics['eval/label_gold_agreement']:.3f})"
-               if "eval/label_gold_agreement" in metrics else "")
-    return (f"the reward model's held-out accuracy {metrics['eval/accuracy']:.3f} [95% CI "
-            f"{metrics['eval/accuracy_ci_lo']:.3f}, {metrics['eval/accuracy_ci_hi']:.3f}] "
-            f"cannot be told from chance (0.5){ceiling}: it has not learned these preferences, "
-            f"and a policy optimised against it would optimise noise. More preference data, "
-            f"or more held-out prompts for a narrower interval, would tell more.")
-
-
-def prefers_empty(metrics: dict[str, float]) -> str | None:
-    """A warning when the reward model scores an empty response above most real responses to
-    the same prompt: a policy optimised against it gains reward by saying nothing."""
-    wins = metrics.get("eval/empty_wins", float("nan"))
-    if not wins > 0.5:
-        return None
-    return (f"the reward model scores an empty response above {wins:.0%} of the real "
-            f"responses to the same held-out prompts: a policy optimised against it can gain "
-            f"reward by answering with nothing (watch for response collapse)")
-
-
 def format_table(metrics: dict[str, float]) -> str:
     rows = [("pairwise accuracy", f"{metrics['eval/accuracy']:.3f}  (95% CI "
                                   f"{metrics['eval/accuracy_ci_lo']:.3f}-"

@@ -14,6 +14,7 @@ import yaml
 
 from tether.config import ReportConfig
 from tether.errors import UserError
+from tether.eval.health import at_chance, health_findings, rm_prefers_empty
 from tether.report.html import write_report
 from tether.rundir import read_metrics
 
@@ -109,6 +110,25 @@ def _reward_model(root: Path, frontier: dict | None) -> dict | None:
     return out
 
 
+def _health_warnings(root: Path) -> list[str]:
+    """What the stages' own checks found (tether.eval.health): a reward model at chance or
+    preferring empty responses, and the flags PPO and DPO logged while training."""
+    warnings = []
+    rm = _json(root / "rm" / "eval.json")
+    if rm:
+        metrics = rm["metrics"]
+        found = [at_chance(metrics),
+                 rm_prefers_empty(metrics.get("eval/empty_wins"),
+                                  "the real responses to the held-out prompts")]
+        warnings += [f"rm: {text}" for text in found if text]
+    for stage in ("ppo", "dpo"):
+        path = root / stage / "metrics.jsonl"
+        found = health_findings(read_metrics(path)) if path.exists() else []
+        if found:
+            warnings.append(f"{stage}: its health checks flagged " + "; ".join(found))
+    return warnings
+
+
 def collect(root: str | Path) -> dict:
     """The report's data for the run directory `root`."""
     root = Path(root)
@@ -124,7 +144,7 @@ def collect(root: str | Path) -> dict:
                     "summary": st.get("summary")} for name, st in state.items()],
         "curves": _curves(root),
         "rm": _reward_model(root, frontier),
-        "warnings": (frontier or {}).get("warnings", []),
+        "warnings": (frontier or {}).get("warnings", []) + _health_warnings(root),
         "notes": [
             "KL is the summed log-ratio log pi(y|x) - log pi_ref(y|x) of a policy's own "
             "samples (temperature 1), averaged over held-out prompts; the reference is the SFT "

@@ -37,7 +37,7 @@ SINGLE = Dist()  # one process: every collective below is a no-op
 # train.epochs=0: as many passes as give at least AUTO_STEPS optimizer steps, at most
 # AUTO_EPOCHS of them. Small data then still gets enough updates (a freshly initialised reward
 # head needs them), and large data gets one pass (BENCHMARKS.md, reward-model defaults).
-AUTO_STEPS, AUTO_EPOCHS = 100, 4
+AUTO_STEPS, AUTO_EPOCHS = 50, 4
 
 
 def epochs_for(train: TrainConfig, steps_per_epoch: int) -> int:

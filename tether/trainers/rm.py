@@ -22,7 +22,8 @@ from tether.data.preferences import EncodedPreference, load_preference_data, par
 from tether.data.sft import LoadStats, load_records
 from tether.device import autocast, peak_memory
 from tether.distributed import setup
-from tether.eval.rm import at_chance, evaluate_preferences, format_table, prefers_empty
+from tether.eval.health import at_chance, rm_prefers_empty
+from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
 from tether.models.reward import RewardModel
@@ -101,7 +102,9 @@ def train(cfg: RMConfig) -> Path:
         print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M "
               f"parameters, {trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with "
               f"{pairs} pairs for training, {len(data.eval)} held out; {total_steps} steps of "
-              f"{batch_size} prompts ({d.processes}; {batches})")
+              f"{batch_size} prompts ({total_steps / per_epoch:.3g} epochs"
+              f"{', auto' if not (cfg.train.epochs or cfg.train.max_steps) else ''}; "
+              f"{d.processes}; {batches})")
     model = maybe_compile(rm.model, cfg.train.compile)  # trained; the forward goes through rm
     if d.world > 1:
         rm.parallel = d.wrap(rm.scorer())
@@ -202,7 +205,9 @@ def train(cfg: RMConfig) -> Path:
             print(f"held-out evaluation: {int(final_metrics['eval/pairs'])} pairs over "
                   f"{int(final_metrics['eval/prompts'])} prompts\n"
                   f"{format_table(final_metrics)}")
-            for text in (warning, prefers_empty(final_metrics)):
+            empty = rm_prefers_empty(final_metrics["eval/empty_wins"],
+                                     "the real responses to the held-out prompts")
+            for text in (warning, empty):
                 if text:
                     print(f"warning: {text}", flush=True)
     log.close()

@@ -1,0 +1,95 @@
+"""Reward-model quality with `tether rm`'s defaults: held-out accuracy and Spearman with gold.
+
+Trains `tether rm` on simulated labels over several seeds, for each labels file and backbone
+given, with the defaults (plus --set overrides, e.g. the settings they replaced), and prints
+per run and per (task, backbone) the held-out pairwise accuracy against the labels, the labels'
+own agreement with gold (the accuracy a gold-perfect reward model would reach), the accuracy
+against gold and Spearman(reward, gold) over the held-out responses.
+
+The labels come from a pipeline run that stopped after its label stage, e.g.
+    tether run task.name=answers skip=ppo,dpo run_dir=runs/answers   (Ctrl-C once labelled)
+and the policy backbone is that run's SFT model (sft/final). The last --eval-prompts rows are
+held out (the same for every run); the rest train. Results go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench import save_results
+from tether.config import RMConfig, load_config
+from tether.trainers import rm
+
+METRICS = ("accuracy", "label_gold_agreement", "accuracy_vs_gold", "spearman_gold", "loss")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="pipeline run directories holding "
+                                                "label/labels.jsonl (and sft/final)")
+    parser.add_argument("--backbones", default="minilm-l6,sft",
+                        help="comma-separated: model names, or 'sft' for the run's SFT model")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated train.seed values")
+    parser.add_argument("--eval-prompts", type=int, default=64,
+                        help="the last this many label rows are held out")
+    parser.add_argument("--train-prompts", type=int, default=0,
+                        help="train on the first this many of the rest (0: all of them)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run (repeatable), e.g. optim.lr=1e-5")
+
+
+def _split(run: Path, out: Path, eval_prompts: int, train_prompts: int) -> tuple[Path, Path]:
+    rows = [line for line in (run / "label" / "labels.jsonl").open() if line.strip()]
+    train = rows[:-eval_prompts][:train_prompts or None]
+    paths = out / f"{run.name}-train.jsonl", out / f"{run.name}-eval.jsonl"
+    paths[0].write_text("".join(train))
+    paths[1].write_text("".join(rows[-eval_prompts:]))
+    return paths
+
+
+def run(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for run_dir in map(Path, args.runs):
+            train, held_out = _split(run_dir, tmp, args.eval_prompts, args.train_prompts)
+            for backbone in args.backbones.split(","):
+                model = str(run_dir / "sft" / "final") if backbone == "sft" else backbone
+                for seed in map(int, args.seeds.split(",")):
+                    out = tmp / "run"
+                    cfg = load_config(RMConfig, overrides=[
+                        f"model.name={model}", f"data.train={train}", f"data.eval={held_out}",
+                        f"run_dir={out}", f"train.seed={seed}", "train.save_every=0",
+                        *args.set])
+                    started = time.perf_counter()
+                    with open(tmp / "log.txt", "w") as log, contextlib.redirect_stdout(log), \
+                            contextlib.redirect_stderr(log):
+                        rm.train(cfg)
+                    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+                    row = {"task": run_dir.name, "backbone": backbone, "seed": seed,
+                           "seconds": round(time.perf_counter() - started, 1),
+                           **{k: round(metrics[f"eval/{k}"], 4) for k in METRICS}}
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
+                    shutil.rmtree(out)
+    print(f"\n{'task':<12} {'backbone':<12} {'accuracy':>16} {'labels-gold':>12} "
+          f"{'vs gold':>8} {'spearman':>16}")
+    for task, backbone in dict.fromkeys((r["task"], r["backbone"]) for r in results):
+        ours = [r for r in results if r["task"] == task and r["backbone"] == backbone]
+
+        def mean_sd(key: str, rows: list[dict] = ours) -> str:
+            values = [r[key] for r in rows]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.fmean(values):.3f} +- {sd:.3f}"
+
+        print(f"{task:<12} {backbone:<12} {mean_sd('accuracy'):>16} "
+              f"{statistics.fmean(r['label_gold_agreement'] for r in ours):>12.3f} "
+              f"{statistics.fmean(r['accuracy_vs_gold'] for r in ours):>8.3f} "
+              f"{mean_sd('spearman_gold'):>16}")
+    save_results("rm_quality", {"settings": args.set, "runs": results})
