@@ -264,10 +264,12 @@ def test_heldout_metrics_log_the_standard_error_of_gold(monkeypatch):
     warning weighs a fall of gold against."""
     from tether.eval import policy
 
-    records = [{"gold": g, "proxy": None, "kl": 0.0, "num_tokens": 5} for g in (0., 1., 2., 3.)]
+    records = [{"gold": g, "proxy": None, "kl": 0.0, "num_tokens": 5, "response": text}
+               for g, text in [(0., " "), (1., "a"), (2., "b"), (3., "c")]]
     monkeypatch.setattr(policy, "evaluate_policy", lambda *a, **k: records)
     metrics = policy.heldout_metrics(None, None, [], [], params=None, seed=0, batch_size=1,
                                      reference=None, gold=None, reward_model=None, bf16=False)
     assert metrics["eval/gold"] == 1.5
     assert metrics["eval/gold_se"] == pytest.approx((5 / 3) ** 0.5 / 2)  # sd of 0..3 is sqrt(5/3)
     assert "eval/proxy" not in metrics
+    assert metrics["eval/empty"] == 0.25  # the whitespace-only response
