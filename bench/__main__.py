@@ -24,9 +24,10 @@ from bench import (
     vs_trl,
 )
 
-BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "dpo": dpo, "ppo": ppo, "label": label,
-              "precision": precision, "rm-quality": rm_quality, "scaling": scaling, "generation": generation,
-              "vs-trl": vs_trl, "gpu-check": gpu_check, "gpu-train": gpu_train}
+BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "rm-quality": rm_quality, "dpo": dpo,
+              "ppo": ppo, "label": label, "precision": precision, "scaling": scaling,
+              "generation": generation, "vs-trl": vs_trl, "gpu-check": gpu_check,
+              "gpu-train": gpu_train}
 
 
 def main(argv: list[str] | None = None) -> None:

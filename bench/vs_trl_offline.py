@@ -13,7 +13,7 @@ precomputation) comes before the first gate point, so it is in no step time.
   side's loop thread: `batch_indices`, called once at the top of each step, waits at the gate
   (the gate point); `start_or_resume` sees the model (trainable parameters, shape for FLOPs);
   one function sees each batch, for its real tokens and padded width (sft: `collate`, rm:
-  `rewards_grid`, dpo: `preference_pairs`); `clip_and_check` sees the step's loss; `tqdm` is
+  `rewards_grid`, dpo: `preference_pairs`); `optimizer_step` sees the step's loss; `tqdm` is
   disabled (TRL's progress bar is off too). metrics.jsonl is still written every step. Closing
   the side puts the names back.
 - TRL: the trainer in `trainer_gate` (gate points at on_train_begin and every on_step_end); its
@@ -234,7 +234,7 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
     if trainer.__name__ in _GATED_TRAINERS:
         raise RuntimeError(f"a tether side of {trainer.__name__} is already running: close it "
                            f"first (its wrapped functions are module-wide)")
-    names = ("batch_indices", "start_or_resume", "clip_and_check", observe, "tqdm")
+    names = ("batch_indices", "start_or_resume", "optimizer_step", observe, "tqdm")
     originals = {name: getattr(trainer, name) for name in names}
     record: dict = {}
     found: dict = {}
@@ -262,10 +262,11 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
             record["width"] = max(record["width"], width)
         return originals[observe](*a, **k)
 
-    def seeing_clip_and_check(model, max_grad_norm, loss, *a, **k):
+    def seeing_optimizer_step(model, optimizer, scheduler, max_grad_norm, loss, *a, **k):
         if ours():
             record["loss"] = loss
-        return originals["clip_and_check"](model, max_grad_norm, loss, *a, **k)
+        return originals["optimizer_step"](model, optimizer, scheduler, max_grad_norm, loss,
+                                           *a, **k)
 
     def no_bar(*a, **k):
         return originals["tqdm"](*a, **{**k, "disable": True})
@@ -284,7 +285,7 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
     _GATED_TRAINERS.add(trainer.__name__)
     for name, wrapper in (("batch_indices", gated_batch_indices),
                           ("start_or_resume", seeing_start_or_resume),
-                          ("clip_and_check", seeing_clip_and_check), (observe, counting),
+                          ("optimizer_step", seeing_optimizer_step), (observe, counting),
                           ("tqdm", no_bar)):
         setattr(trainer, name, wrapper)
     gate = Gate(loop)

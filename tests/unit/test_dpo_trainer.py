@@ -230,18 +230,18 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     other = tmp_path / "again"
     other.mkdir()
     cfg = _cfg(other, data, "train.save_every=2", "train.max_steps=6")
-    original = dpo_trainer.clip_and_check
+    original = dpo_trainer.optimizer_step
 
-    def die_at_step_4(model, max_norm, loss, step, last, *dist):
+    def die_at_step_4(model, optimizer, scheduler, max_norm, loss, step, *rest):
         if step == 4:
             raise KeyboardInterrupt  # killed after the step-2 checkpoint
-        return original(model, max_norm, loss, step, last, *dist)
+        return original(model, optimizer, scheduler, max_norm, loss, step, *rest)
 
-    monkeypatch.setattr(dpo_trainer, "clip_and_check", die_at_step_4)
+    monkeypatch.setattr(dpo_trainer, "optimizer_step", die_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         dpo_trainer.train(cfg)
     assert [p.name for p in list_checkpoints(other / "run")] == ["step-00000002"]
-    monkeypatch.setattr(dpo_trainer, "clip_and_check", original)
+    monkeypatch.setattr(dpo_trainer, "optimizer_step", original)
     loads = []
     real_load = dpo_trainer.load_causal_lm
     monkeypatch.setattr(dpo_trainer, "load_causal_lm",

@@ -197,7 +197,8 @@ def test_mistakes_are_reported_before_anything_runs(tmp_path, capsys):
 
 # The tiny settings as overrides, for pipelines whose YAML file is someone else's.
 TINY_OVERRIDES = [
-    "rm_check=warn", "sft.model.name=tiny", "rm.model.name=sft", "rm.train.epochs=1", "rm.train.save_every=0",
+    "rm_check=warn", "sft.model.name=tiny", "rm.model.name=sft", "rm.train.epochs=1",
+    "rm.train.save_every=0",
     "sample.k=2", "sample.max_new_tokens=6", "sample.bf16=false",
     "ppo.rollout.batch_size=8", "ppo.rollout.max_new_tokens=6", "ppo.ppo.minibatch_size=8",
     "ppo.ppo.micro_batch_size=8", "ppo.train.max_steps=1", "ppo.train.bf16=false",

@@ -190,17 +190,17 @@ def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path, monkeypatch
     again = tmp_path / "again"
     again.mkdir()
     cfg = _cfg(again, *overrides)
-    original = ppo_trainer.clip_and_check
+    original = ppo_trainer.optimizer_step
 
-    def die_in_step_3(model, max_norm, loss, step, last, *dist):
+    def die_in_step_3(model, optimizer, scheduler, max_norm, loss, step, *rest):
         if step == 3:
             raise KeyboardInterrupt
-        return original(model, max_norm, loss, step, last, *dist)
+        return original(model, optimizer, scheduler, max_norm, loss, step, *rest)
 
-    monkeypatch.setattr(ppo_trainer, "clip_and_check", die_in_step_3)
+    monkeypatch.setattr(ppo_trainer, "optimizer_step", die_in_step_3)
     with pytest.raises(KeyboardInterrupt):
         ppo_trainer.train(cfg)
-    monkeypatch.setattr(ppo_trainer, "clip_and_check", original)
+    monkeypatch.setattr(ppo_trainer, "optimizer_step", original)
     cfg.resume = True
     ppo_trainer.train(cfg)
     resumed = load_file(str(again / "run" / "final" / "model.safetensors"))
@@ -226,3 +226,13 @@ def test_config_errors(capsys):
     assert "group_size" in capsys.readouterr().err
     assert main(["ppo", "rollout.prompts=p.jsonl", "reward.gold="]) == 2
     assert "nothing to optimise" in capsys.readouterr().err
+
+
+def test_the_logged_learning_rate_is_the_one_the_iteration_used(tmp_path):
+    """Read before the schedule steps: with a 4-update warmup, iteration 1's first update runs
+    at a quarter of lr (it was logged one update late, issue 20)."""
+    ppo_trainer.train(_cfg(tmp_path, "optim.warmup_steps=4", "optim.schedule=constant",
+                           "ppo.epochs=1", "ppo.minibatch_size=8"))
+    lrs = [m["optim/lr"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
+           if "optim/lr" in m]
+    assert lrs == pytest.approx([1e-3 / 4, 2e-3 / 4])  # one update per iteration

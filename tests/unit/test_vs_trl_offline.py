@@ -41,7 +41,7 @@ def test_the_rows_are_the_offline_ones():
 def test_both_sides_do_identical_work_and_train(name):
     module, observed = TRAINERS[name]
     trainer = importlib.import_module(f"tether.trainers.{module}")
-    wrapped = ("batch_indices", "start_or_resume", "clip_and_check", "tqdm", observed)
+    wrapped = ("batch_indices", "start_or_resume", "optimizer_step", "tqdm", observed)
     unwrapped = {attr: getattr(trainer, attr) for attr in wrapped}
     row, args = ROWS[name], _args()
     built = {}

@@ -71,7 +71,8 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
         "eval/accuracy": float(correct.mean()), "eval/accuracy_ci_lo": lo,
         "eval/accuracy_ci_hi": hi,
         # the Bradley-Terry loss on held-out pairs, -log sigmoid(diff), computed stably
-        "eval/loss": float(np.logaddexp(0.0, -diff).mean()), "eval/margin": float(diff.mean()), "eval/ece": ece,
+        "eval/loss": float(np.logaddexp(0.0, -diff).mean()),
+        "eval/margin": float(diff.mean()), "eval/ece": ece,
         "eval/pairs": float(len(diff)), "eval/prompts": float(len(np.unique(groups))),
         "eval/reward_length_corr": pearson(raw, lengths) if len(raw) > 2 else float("nan"),
         # how often an empty response outscores a real response to the same prompt

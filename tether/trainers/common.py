@@ -150,5 +150,20 @@ def clip_and_check(model: torch.nn.Module, max_grad_norm: float, loss: float, st
     return grad_norm
 
 
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   max_grad_norm: float, loss: float, step: int,
+                   last_checkpoint: Path | None, dist: Dist = SINGLE) -> tuple[float, float]:
+    """One update of every loop: clip (stopping on NaN/inf, see clip_and_check), step the
+    optimizer at the scheduled rate, advance the schedule, clear the gradients. Returns
+    (gradient norm before clipping, the learning rate this update used: the first parameter
+    group's, i.e. the body's where a head has its own)."""
+    grad_norm = clip_and_check(model, max_grad_norm, loss, step, last_checkpoint, dist)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
 def due(step: int, every: int, is_last: bool) -> bool:
     return is_last or (every > 0 and step % every == 0)

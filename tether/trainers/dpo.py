@@ -46,8 +46,8 @@ from tether.rundir import prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
-    clip_and_check,
     due,
+    optimizer_step,
     plan_steps,
     save_training_state,
     start_or_resume,
@@ -406,12 +406,8 @@ def train(cfg: DPOConfig) -> Path:
             tokens += sum(prefs_tokens(p, share_prompt) for p in prefs)
         loss, tokens, *summed = d.sum(loss, tokens, *sums.values())
         sums = dict(zip(sums, summed, strict=True))
-        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
-                                   d)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                       loss, step + 1, last_saved, d)
         elapsed = time.perf_counter() - started
 
         done = step + 1

@@ -68,9 +68,9 @@ from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
-    clip_and_check,
     due,
     epochs_for,
+    optimizer_step,
     save_training_state,
     start_or_resume,
 )
@@ -513,11 +513,11 @@ def train(cfg: PPOConfig) -> Path:
                     d.backward(loss)
                     mb = {k: mb.get(k, 0.0) + v for k, v in parts.items()}
                 mb = dict(zip(mb, d.sum(*mb.values()), strict=True))
-                grad_norm = clip_and_check(trained, cfg.optim.max_grad_norm, mb["loss/policy"],
-                                           step + 1, last_saved, d)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                grad_norm, lr = optimizer_step(trained, optimizer, scheduler,
+                                               cfg.optim.max_grad_norm, mb["loss/policy"],
+                                               step + 1, last_saved, d)
+                if updates == 0:
+                    first_lr = lr  # logged: the rate this iteration's updates started at
                 updates += 1
                 mb["optim/grad_norm"] = grad_norm
                 sums = {k: sums.get(k, 0.0) + v for k, v in mb.items()}
@@ -548,7 +548,7 @@ def train(cfg: PPOConfig) -> Path:
             "ppo/advantage_mean": masked_mean(advantages, mask).item(),
             "ppo/advantage_std": masked_var(advantages, mask).sqrt().item(),
             "ppo/updates": updates, "ppo/early_stop": float(stop_early),
-            "optim/lr": scheduler.get_last_lr()[0],
+            "optim/lr": first_lr,
             "perf/generate_s": generate_s, "perf/score_s": score_s, "perf/prepare_s": prepare_s,
             "perf/train_s": train_s, "perf/step_s": elapsed,
             "perf/generate_tokens_per_s": lengths.sum().item() / generate_s,

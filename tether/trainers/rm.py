@@ -30,8 +30,8 @@ from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
-    clip_and_check,
     due,
+    optimizer_step,
     plan_steps,
     save_training_state,
     start_or_resume,
@@ -152,12 +152,8 @@ def train(cfg: RMConfig) -> Path:
             correct, total_pairs = correct + c.item(), total_pairs + n.item()
             rewards_seen.append(raw.detach())
         loss, correct, total_pairs = d.sum(loss, correct, total_pairs)
-        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
-                                   d)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                       loss, step + 1, last_saved, d)
         elapsed = time.perf_counter() - started
 
         done = step + 1

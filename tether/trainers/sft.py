@@ -28,8 +28,8 @@ from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
-    clip_and_check,
     due,
+    optimizer_step,
     plan_steps,
     save_training_state,
     start_or_resume,
@@ -123,12 +123,8 @@ def train(cfg: SFTConfig) -> Path:
             d.backward(micro_loss)
             loss += micro_loss.item()
         [loss] = d.sum(loss)
-        grad_norm = clip_and_check(model, cfg.optim.max_grad_norm, loss, step + 1, last_saved,
-                                   d)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                       loss, step + 1, last_saved, d)
         elapsed = time.perf_counter() - started
 
         done = step + 1
