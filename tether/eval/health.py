@@ -100,6 +100,14 @@ def at_chance(metrics: dict[str, float]) -> str | None:
             f"or more held-out prompts for a narrower interval, would tell more.")
 
 
+def reward_model_warnings(metrics: dict[str, float]) -> list[str]:
+    """What a reward model's held-out evaluation (its eval/* metrics) warns of: accuracy at
+    chance, and empty responses preferred to real ones."""
+    found = [at_chance(metrics), rm_prefers_empty(metrics.get("eval/empty_wins"),
+                                                  "the real responses to the held-out prompts")]
+    return [text for text in found if text]
+
+
 def rollout_health(lengths: Sequence[float], finished: Sequence[bool], scores: Sequence[float],
                    penalize_no_eos: bool, no_eos_score: float,
                    first_mean_length: float | None = None,

@@ -14,7 +14,7 @@ import yaml
 
 from tether.config import ReportConfig
 from tether.errors import UserError
-from tether.eval.health import at_chance, health_findings, rm_prefers_empty
+from tether.eval.health import health_findings, reward_model_warnings
 from tether.report.html import write_report
 from tether.rundir import read_metrics
 
@@ -116,11 +116,7 @@ def _health_warnings(root: Path) -> list[str]:
     warnings = []
     rm = _json(root / "rm" / "eval.json")
     if rm:
-        metrics = rm["metrics"]
-        found = [at_chance(metrics),
-                 rm_prefers_empty(metrics.get("eval/empty_wins"),
-                                  "the real responses to the held-out prompts")]
-        warnings += [f"rm: {text}" for text in found if text]
+        warnings += [f"rm: {text}" for text in reward_model_warnings(rm["metrics"])]
     for stage in ("ppo", "dpo"):
         path = root / stage / "metrics.jsonl"
         found = health_findings(read_metrics(path)) if path.exists() else []

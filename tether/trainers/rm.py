@@ -22,7 +22,7 @@ from tether.data.preferences import EncodedPreference, load_preference_data, par
 from tether.data.sft import LoadStats, load_records
 from tether.device import autocast, peak_memory
 from tether.distributed import setup
-from tether.eval.health import at_chance, rm_prefers_empty
+from tether.eval.health import at_chance, reward_model_warnings
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.models.lora import apply_lora, count_parameters
@@ -191,21 +191,18 @@ def train(cfg: RMConfig) -> Path:
     # 5. Final evaluation and export.
     if data.eval:
         final_metrics, details = evaluate(progress=True)
-        warning = at_chance(final_metrics)
+        warnings = reward_model_warnings(final_metrics)
         log.log(total_steps, {**final_metrics, "reward/norm_gain": rm.gain,
                               "reward/norm_bias": rm.bias, "health/rm_at_chance": float(
-                                  warning is not None)})
+                                  at_chance(final_metrics) is not None)})
         if d.main:
             atomic_write_text(run_dir / "eval.json",
                               json.dumps({"metrics": final_metrics, **details}, indent=1))
             print(f"held-out evaluation: {int(final_metrics['eval/pairs'])} pairs over "
                   f"{int(final_metrics['eval/prompts'])} prompts\n"
                   f"{format_table(final_metrics)}")
-            empty = rm_prefers_empty(final_metrics["eval/empty_wins"],
-                                     "the real responses to the held-out prompts")
-            for text in (warning, empty):
-                if text:
-                    print(f"warning: {text}", flush=True)
+            for text in warnings:
+                print(f"warning: {text}", flush=True)
     log.close()
     final = run_dir / "final"
     if rm.parallel is None:
