@@ -277,55 +277,32 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
     prompts = Path(tmp.name) / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     cfg = _tether_config(args, algo, f"{tmp.name}/run", str(prompts))
-    gate = Gate(lambda: ppo.train(cfg))
-    seen: dict = {}  # what the wrapped functions saw: the models, the last iteration's data
+    seen: dict = {}  # what the hooks saw: the models, the last iteration's data
 
-    def start_or_resume(*a, **kw):
-        optimizer, scheduler, start_step, log = real_start_or_resume(*a, **kw)
-        write = log.log
+    def started(loop) -> None:
+        seen["trained"] = loop.trained
+        _force_length(loop.policy, args.gen_len)
 
-        def log_then_wait(step: int, metrics: dict) -> None:
-            write(step, metrics)
-            seen["metrics"] = metrics
-            gate.wait()  # the gate point: once per iteration, once its metrics are written
+    def iteration(loop, batch, metrics: dict) -> None:
+        response_len = batch.rollout.mask.sum(-1).long()
+        prompt_len = batch.rollout.attention_mask.sum(-1).long() - response_len
+        seen["metrics"] = metrics
+        seen["lengths"] = list(zip(prompt_len.tolist(), response_len.tolist(), strict=True))
+        gate.wait()  # the gate point: once per iteration, once its metrics are written
 
-        log.log = log_then_wait
-        return optimizer, scheduler, start_step, log
-
-    def make_generator(backend, model, tokenizer, **kw):
-        generator = real_make_generator(backend, model, tokenizer, **kw)
-        _force_length(model, args.gen_len)
-        generate = generator.generate
-
-        def generate_and_count(prompts, n, params, **kw):
-            generations = generate(prompts, n, params, **kw)
-            seen["lengths"] = [(len(g.prompt_ids), len(g.response_ids))
-                               for samples in generations for g in samples]
-            return generations
-
-        generator.generate = generate_and_count
-        return generator
-
-    def policy_and_value(*a, **kw):
-        seen["trained"] = real_policy_and_value(*a, **kw)
-        return seen["trained"]
-
-    # The loop looks these up once, while setting up: patched until its first gate point (the
-    # end of its first iteration). Its set-up prints and its progress bar are silenced.
-    real = ppo.start_or_resume, ppo.make_generator, ppo.PolicyAndValue, ppo.tqdm
-    real_start_or_resume, real_make_generator, real_policy_and_value, real_tqdm = real
-    ppo.start_or_resume, ppo.make_generator, ppo.PolicyAndValue = \
-        start_or_resume, make_generator, policy_and_value
+    gate = Gate(lambda: ppo.train(cfg, ppo.Hooks(started, iteration)))
+    # Its set-up prints and its progress bar are silenced.
+    real_tqdm = ppo.tqdm
     ppo.tqdm = lambda *a, **kw: real_tqdm(*a, **{**kw, "disable": True})
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            gate.start()
+            gate.start()  # returns at the first gate point: the end of the first iteration
     except BaseException:
         gate.close()
         tmp.cleanup()
         raise
     finally:
-        ppo.start_or_resume, ppo.make_generator, ppo.PolicyAndValue, ppo.tqdm = real
+        ppo.tqdm = real_tqdm
 
     trained = seen.pop("trained")
     arch = Arch.of(trained.policy)

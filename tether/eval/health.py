@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from statistics import fmean, pstdev
 
+from tqdm.auto import tqdm
+
 KINDS = ("collapse", "constant_reward", "no_eos_penalty", "rm_prefers_empty")
 
 MIN_MEAN_LENGTH = 2.0  # tokens
@@ -125,6 +127,40 @@ def rollout_health(lengths: Sequence[float], finished: Sequence[bool], scores: S
 def health_flags(warnings: dict[str, str]) -> dict[str, float]:
     """The metrics `health/<kind>`: 1.0 where that kind warned, else 0.0, for every kind."""
     return {f"health/{kind}": float(kind in warnings) for kind in KINDS}
+
+
+class RolloutWatch:
+    """The health of an online RL run, iteration by iteration: `check` runs rollout_health on
+    each rollout against the run's first one and prints each kind of warning once."""
+
+    def __init__(self, main: bool = True, has_reward_model: bool = True):
+        self.main = main  # prints (the main process)
+        self.first_length: float | None = None  # the first rollout's mean response length
+        # how often the reward model prefers an empty response: measured on the first rollout
+        self.empty_wins: float | None = None if has_reward_model else float("nan")
+        self.warned: set[str] = set()
+
+    @property
+    def wants_empty_scores(self) -> bool:
+        """Whether this rollout should also score empty responses (for rm_prefers_empty)."""
+        return self.empty_wins is None
+
+    def check(self, iteration: int, lengths: Sequence[float], finished: Sequence[bool],
+              scores: Sequence[float], penalize_no_eos: bool, no_eos_score: float,
+              empty_wins: float | None = None) -> dict[str, float]:
+        """The metrics health/<kind> of this rollout (see rollout_health for the arguments);
+        `empty_wins`, when this rollout measured it, is kept for the rest of the run."""
+        if self.first_length is None and lengths:
+            self.first_length = fmean(lengths)
+        if empty_wins is not None:
+            self.empty_wins = empty_wins
+        warnings = rollout_health(lengths, finished, scores, penalize_no_eos, no_eos_score,
+                                  self.first_length, self.empty_wins)
+        for kind, text in warnings.items():
+            if self.main and kind not in self.warned:
+                tqdm.write(f"warning (iteration {iteration}): {text}")
+            self.warned.add(kind)
+        return health_flags(warnings)
 
 
 def health_findings(metrics: list[dict]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The few steps every training loop shares: checkpoint round trips and the divergence check.
+"""The few steps every training loop shares: the header and data lines, checkpoint round
+trips, the optimizer step with its divergence check, and the export of final/.
 
 Kept as plain functions (not a Trainer base class) so each loop still reads top to bottom."""
 
@@ -16,11 +17,13 @@ from tether.checkpoint import (
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    save_final,
 )
-from tether.config import OptimConfig, TrainConfig
+from tether.config import LoraConfig, OptimConfig, TrainConfig
 from tether.data.order import steps_per_epoch
 from tether.distributed import Dist
 from tether.errors import DataError, TrainingDiverged
+from tether.models.lora import count_parameters, is_lora
 from tether.optim import (
     MasterAdamW,
     make_optimizer,
@@ -45,6 +48,22 @@ def epochs_for(train: TrainConfig, steps_per_epoch: int) -> int:
     if train.epochs:
         return train.epochs
     return min(AUTO_EPOCHS, max(1, math.ceil(AUTO_STEPS / steps_per_epoch)))
+
+
+def print_data_stats(stats: dict[str, Any], dist: Dist = SINGLE) -> None:
+    """One line per data split (data/train, data/eval): what was read, kept and dropped."""
+    for split, split_stats in stats.items():
+        if dist.main:
+            print(f"data/{split}: {split_stats.summary()}")
+
+
+def print_header(title: str, model: torch.nn.Module, plan: str, dist: Dist = SINGLE) -> None:
+    """A loop's first line: what trains (`title`), its parameter counts, then `plan` (the
+    data, the steps, the processes)."""
+    trainable, total = count_parameters(model)
+    if dist.main:
+        print(f"{title}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable; "
+              f"{plan}")
 
 
 def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int, int]:
@@ -167,3 +186,17 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
 
 def due(step: int, every: int, is_last: bool) -> bool:
     return is_last or (every > 0 and step % every == 0)
+
+
+def export_policy(run_dir: Path, whole: torch.nn.Module, tokenizer: Any, lora: LoraConfig,
+                  what: str = "policy", dist: Dist = SINGLE) -> Path:
+    """Write final/ from the whole model (tether.precision.master_model's) on rank 0, the
+    others waiting so no one reads it half-written; then close the process group."""
+    final = run_dir / "final"
+    if dist.main:
+        save_final(whole, tokenizer, final, lora.merge_on_save)
+        merged = is_lora(whole) and lora.merge_on_save
+        print(f"final {what}: {final}" + (" (LoRA merged)" if merged else ""))
+    dist.barrier()
+    dist.close()
+    return final

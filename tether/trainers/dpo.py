@@ -24,20 +24,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tether.checkpoint import save_final
 from tether.config import DPOConfig, DPOLossConfig
 from tether.data.order import batch_indices, chunks
 from tether.data.packing import Microbatches, group_tokens, split_microbatches
 from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.tokenize import Encoded, wants_chat_template
 from tether.device import autocast, model_device, peak_memory
-from tether.distributed import setup, unwrap
+from tether.distributed import Dist, setup, unwrap
 from tether.errors import ConfigError
 from tether.eval.health import collapse_of
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.lora import apply_lora, count_parameters, is_lora
+from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
@@ -47,8 +46,11 @@ from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
     due,
+    export_policy,
     optimizer_step,
     plan_steps,
+    print_data_stats,
+    print_header,
     save_training_state,
     start_or_resume,
 )
@@ -254,6 +256,70 @@ def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device, chunk: int = 0
     return evaluate
 
 
+def shares_base(cfg: DPOConfig) -> bool:
+    """Whether the reference is the policy with its LoRA adapter off (ref.share_base)."""
+    return cfg.model.lora.enabled and cfg.ref.share_base and \
+        (cfg.ref.model or cfg.model.name) == cfg.model.name
+
+
+def policy_builder(cfg: DPOConfig) -> Callable[[], torch.nn.Module]:
+    """Builds the policy's modules (with its adapter, if any) from model.name."""
+    def build() -> torch.nn.Module:
+        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
+                           hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention)
+        return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
+    return build
+
+
+def load_policy(cfg: DPOConfig, d: Dist, masters: bool) -> torch.nn.Module:
+    """The policy, placed on this process's device, ready to train."""
+    model = d.place(policy_builder(cfg)())
+    if masters:
+        to_bf16(model)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, cache: Path, key: str,
+                         masters: bool, chunk: int
+                         ) -> tuple[torch.nn.Module, ReferenceLogps | None]:
+    """The policy and the reference log-probs it is compared with: a table computed once
+    (ref.precompute; kept in `cache` for this reference and data, `key`) or a frozen model run
+    live: ref.model, or with LoRA and ref.share_base the policy with its adapter off. A
+    separate reference that is only precomputed is loaded, used and freed before the policy,
+    so two copies are never in memory at once. Under torchrun rank 0 precomputes: None for the
+    others, who read its table from `cache` once it is written."""
+    if cfg.ref.precompute and not d.main:
+        return load_policy(cfg, d, masters), None
+    live = {"pad_id": tokenizer.pad_token_id, "bf16": cfg.train.bf16,
+            "share_prompt": cfg.train.share_prompt, "chunk": chunk}
+
+    def tabulate(ref: ReferenceLogps) -> dict[str, list[torch.Tensor]]:
+        return precompute(ref, data, cfg.train.micro_batch_size, cache, key,
+                          cfg.train.max_tokens_per_microbatch)
+
+    table = load_cached(cache, key) if cfg.ref.precompute else None
+    if table is None and not shares_base(cfg):
+        ref_model = d.place(load_causal_lm(cfg.ref.model or cfg.model.name,
+                                           seed=cfg.train.seed, hub_kernels=cfg.model.hub_kernels,
+                                           attention=cfg.model.attention).requires_grad_(False))
+        if masters:
+            to_bf16(ref_model)
+        if not cfg.ref.precompute:
+            return load_policy(cfg, d, masters), ReferenceLogps(model=ref_model, **live)
+        table = tabulate(ReferenceLogps(model=ref_model, **live))
+        del ref_model
+        gc.collect()
+    policy = load_policy(cfg, d, masters)
+    if table is None:  # the base model: the policy with its adapter switched off
+        ref = ReferenceLogps(model=policy, switch=policy.disable_adapter, **live)
+        if not cfg.ref.precompute:
+            return policy, ref
+        table = tabulate(ref)
+    return policy, ReferenceLogps(table=table)
+
+
 def train(cfg: DPOConfig) -> Path:
     """Run DPO (or a relative) as configured; return the final/ directory. Under torchrun,
     every process runs this; each takes its slice of every batch of prompts."""
@@ -264,9 +330,7 @@ def train(cfg: DPOConfig) -> Path:
     # 1. Data first (a bad row should not wait for a model to load).
     tokenizer = load_tokenizer(cfg.model.name)
     data = load_preference_data(cfg.data, tokenizer, cfg.train.seed)
-    for split, stats in data.stats.items():
-        if d.main:
-            print(f"data/{split}: {stats.summary()}")
+    print_data_stats(data.stats, d)
     # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
     chunk = 0 if d.sharded else cfg.train.logits_chunk
     sampled = sampled_eval(cfg, tokenizer, d.device, chunk) if cfg.sampled_eval.prompts \
@@ -279,65 +343,28 @@ def train(cfg: DPOConfig) -> Path:
     batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
     pad_id = tokenizer.pad_token_id
 
-    # 2. The reference. Sharing the policy's base weights needs the policy loaded first; a
-    # separate reference that is only precomputed is loaded, used and freed before the policy,
-    # so two copies are never in memory at once.
-    ref_name = cfg.ref.model or cfg.model.name
-    loading = {"hub_kernels": cfg.model.hub_kernels, "attention": cfg.model.attention}
-    share = cfg.model.lora.enabled and cfg.ref.share_base and ref_name == cfg.model.name
-    if ref_name != cfg.model.name and load_tokenizer(ref_name).get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"ref.model={ref_name} has a different vocabulary from "
+    # 2. The policy and its reference (policy_and_reference says which comes first).
+    if cfg.ref.model not in ("", cfg.model.name) and \
+            load_tokenizer(cfg.ref.model).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"ref.model={cfg.ref.model} has a different vocabulary from "
                           f"model.name={cfg.model.name}; their log-probs cannot be compared")
-    key = data_key(ref_name, "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
     cache = run_dir / REF_CACHE
-    # Under torchrun rank 0 precomputes the table and the others read it from its cache file.
-    computes = cfg.ref.precompute and d.main
-    table = load_cached(cache, key) if computes else None
-    ref = None
-    if not share and table is None and (computes or not cfg.ref.precompute):
-        ref_model = d.place(load_causal_lm(ref_name, seed=cfg.train.seed, **loading)
-                            .requires_grad_(False))
-        if masters:
-            to_bf16(ref_model)
-        ref = ReferenceLogps(model=ref_model, pad_id=pad_id, bf16=bf16,
-                             share_prompt=share_prompt, chunk=chunk)
-        if cfg.ref.precompute:
-            table = precompute(ref, data, micro, cache, key, budget)
-            del ref, ref_model
-            gc.collect()
-
-    def build() -> torch.nn.Module:
-        m = load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
-        return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
-
-    model = d.place(build())
-    if masters:
-        to_bf16(model)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if share and table is None and (computes or not cfg.ref.precompute):
-        # the base model is the policy with its adapter switched off
-        ref = ReferenceLogps(model=model, switch=model.disable_adapter, pad_id=pad_id, bf16=bf16,
-                             share_prompt=share_prompt, chunk=chunk)
-        if cfg.ref.precompute:
-            table = precompute(ref, data, micro, cache, key, budget)
-    d.barrier()
-    if cfg.ref.precompute and not d.main:
-        table = load_cached(cache, key, quiet=True)
-    if table is not None:
-        ref = ReferenceLogps(table=table)
+    key = data_key(cfg.ref.model or cfg.model.name,
+                   "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
+    model, ref = policy_and_reference(cfg, d, data, tokenizer, cache, key, masters, chunk)
+    d.barrier()  # rank 0's table is written
+    if ref is None:
+        ref = ReferenceLogps(table=load_cached(cache, key, quiet=True))
 
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
-    trainable, total = count_parameters(model)
     pairs = sum(len(p.source.pairs()) for p in data.train)
     how = ("precomputed" if cfg.ref.precompute else "live") + \
-        (" (the policy with its LoRA adapter off)" if share else f" ({ref_name})")
-    if d.main:
-        print(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {cfg.model.name}: "
-              f"{total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M trainable; reference "
-              f"log-probs {how}; {len(data.train)} prompts with {pairs} pairs for training, "
-              f"{len(data.eval)} held out; {total_steps} steps of {batch_size} prompts "
-              f"({d.processes}; {batches})")
+        (" (the policy with its LoRA adapter off)" if shares_base(cfg)
+         else f" ({cfg.ref.model or cfg.model.name})")
+    print_header(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {cfg.model.name}", model,
+                 f"reference log-probs {how}; {len(data.train)} prompts with {pairs} pairs for "
+                 f"training, {len(data.eval)} held out; {total_steps} steps of {batch_size} "
+                 f"prompts ({d.processes}; {batches})", d)
     model = d.wrap(maybe_compile(model, cfg.train.compile))
 
     # 3. Optimizer and schedule, restored with everything else on resume.
@@ -435,12 +462,5 @@ def train(cfg: DPOConfig) -> Path:
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items()))
 
     # 5. Export (rank 0; the others wait, so no one reads final/ half-written).
-    final = run_dir / "final"
-    whole = master_model(model, optimizer, build, dist=d)
-    if d.main:
-        save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
-        print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(whole) and
-                                          cfg.model.lora.merge_on_save else ""))
-    d.barrier()
-    d.close()
-    return final
+    whole = master_model(model, optimizer, policy_builder(cfg), dist=d)
+    return export_policy(run_dir, whole, tokenizer, cfg.model.lora, dist=d)

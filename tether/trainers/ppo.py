@@ -23,21 +23,23 @@ of the prompt (train.share_prompt, grpo and rloo; tether.models.shared_prompt).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
-from tether.checkpoint import save_final
 from tether.config import PPOConfig, PPORewardConfig, RolloutConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
 from tether.device import autocast, to_device
-from tether.distributed import setup
+from tether.distributed import Dist, setup
 from tether.errors import ConfigError, DataError
-from tether.eval.health import health_flags, rollout_health
+from tether.eval.health import RolloutWatch
 from tether.eval.policy import heldout_metrics
 from tether.labeling.simulate import score_all
 from tether.losses.ppo import (
@@ -58,7 +60,7 @@ from tether.losses.ppo import (
 )
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.logprobs import TokenLogits, first_scored, forward_token_logits
-from tether.models.lora import apply_lora, count_parameters, is_lora
+from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
@@ -66,11 +68,13 @@ from tether.precision import check_settings, master_model, maybe_compile, to_bf1
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.sample import encode_prompts, load_prompts
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.registry import GoldScorer, load_gold_scorer
 from tether.trainers.common import (
     due,
     epochs_for,
+    export_policy,
     optimizer_step,
+    print_header,
     save_training_state,
     start_or_resume,
 )
@@ -194,66 +198,133 @@ def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list
                    prompt_index, texts, torch.tensor(finished, device=device))
 
 
-def train(cfg: PPOConfig) -> Path:
-    """Run PPO / GRPO / RLOO as configured; return the final/ directory.
+@dataclass
+class TokenPasses:
+    """A rollout's per-token quantities before any update, [N, T] each (0 off the response)."""
 
-    Under torchrun each process samples, scores and runs the no-grad passes over its share of
-    the prompts, and then every process holds the whole rollout (all-gathered); each takes its
-    slice of every minibatch for the update. Every sample draws from its own random stream
-    (tether.rollout.generate), so the samples, the gradients and every statistic of the batch
-    (advantage whitening among them) are those of one process."""
-    torch.manual_seed(cfg.train.seed)
-    algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
-    bf16, temperature = cfg.train.bf16, rcfg.temperature
-    d = setup(cfg.train.strategy, cfg.train.device)
-    masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
-    if rcfg.backend == "vllm":
+    logprobs: torch.Tensor  # the rollout policy's (without a policy pass the update fills them)
+    ref_logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None  # ppo's value estimates; None for grpo and rloo
+
+
+@dataclass
+class Batch:
+    """One iteration's data as the phases fill it in: samples, scores, passes, advantages."""
+
+    rollout: Rollout
+    scores: dict[str, torch.Tensor]  # [N] by scorer: proxy, gold, (first rollout) empty
+    objective: torch.Tensor  # [N] the score optimised: penalised, whitened, clipped
+    passes: TokenPasses
+    advantages: torch.Tensor  # [N, T]
+    returns: torch.Tensor | None  # [N, T], ppo only
+
+
+@dataclass
+class UpdateStats:
+    """The update phase's account: its metrics averaged over the optimizer updates it made."""
+
+    metrics: dict[str, float]
+    updates: int
+    first_lr: float  # the rate its first update used
+    stopped_early: bool  # ppo.target_approx_kl was exceeded
+
+
+@dataclass
+class Prompts:
+    """The training prompts and the held-out ones: (source text, messages) rows and token ids."""
+
+    rows: list[tuple[str, Messages]]
+    ids: list[list[int]]
+    eval_rows: list[tuple[str, Messages]]
+    eval_ids: list[list[int]]
+
+
+@dataclass
+class Loop:
+    """What every phase of an iteration reads: the settings, the processes and the models."""
+
+    cfg: PPOConfig
+    d: Dist
+    tokenizer: PreTrainedTokenizerBase
+    policy: torch.nn.Module  # with its LoRA adapter, if any; also trained.policy
+    trained: PolicyAndValue  # everything the optimizer updates
+    forward: torch.nn.Module  # `trained` for the update's passes: under DDP, compiled if asked
+    reference: torch.nn.Module | None  # None: the policy with its adapter off
+    reward_model: RewardModel | None
+    gold: GoldScorer | None
+    generator: Any  # a rollout backend (make_generator)
+    params: SamplingParams
+    chunk: int  # train.logits_chunk; 0 under fsdp2, whose head weight stays sharded
+    share: bool  # a prompt's samples share one row (grpo, rloo; train.share_prompt)
+    policy_pass: bool  # see needs_policy_pass
+
+    def grouped(self, rollout: Rollout, idx: torch.Tensor
+                ) -> tuple[torch.Tensor, list[int] | None]:
+        """A microbatch's rows with each prompt's samples together, and how many of each."""
+        if not self.share:
+            return idx, None
+        prompt = torch.tensor(rollout.prompt_index)[idx]
+        order = torch.argsort(prompt, stable=True)
+        return idx[order], group_runs(prompt[order].tolist())
+
+    def reference_logits(self, ids: torch.Tensor, am: torch.Tensor, m: torch.Tensor,
+                         groups: list[int] | None) -> TokenLogits | PackedLogits:
+        """The reference policy's response logits: its own model, or the adapter off."""
+        d, bf16 = self.d, self.cfg.train.bf16
+        if self.reference is not None:
+            with autocast(bf16, d.device):
+                return response_logits(self.reference, ids, am, m, groups, self.chunk)
+        with self.policy.disable_adapter(), d.gathered(self.trained), autocast(bf16, d.device):
+            return response_logits(self.policy, ids, am, m, groups, self.chunk)
+
+
+def check_config(cfg: PPOConfig, d: Dist) -> None:
+    """What needs the number of processes or an optional package to check, before loading."""
+    if cfg.rollout.backend == "vllm":
         from tether.rollout.vllm import require_vllm
 
-        require_vllm()  # before loading anything
-    if d.sharded and rcfg.backend == "vllm":
-        raise ConfigError("rollout.backend=vllm loads the whole policy into its engine in "
-                          "every process: use train.strategy=ddp with it")
-    for key, value in (("rollout.batch_size", rcfg.batch_size),
-                       ("ppo.minibatch_size", pcfg.minibatch_size)):
+        require_vllm()
+        if d.sharded:
+            raise ConfigError("rollout.backend=vllm loads the whole policy into its engine in "
+                              "every process: use train.strategy=ddp with it")
+    for key, value in (("rollout.batch_size", cfg.rollout.batch_size),
+                       ("ppo.minibatch_size", cfg.ppo.minibatch_size)):
         if value % d.world:
             raise ConfigError(f"{key} ({value}) must be a multiple of the number of processes "
                               f"({d.world})")
 
-    # 0. Prompts, scorers, models. Data and scorer names first: mistakes fail fast.
-    tokenizer = load_tokenizer(cfg.model.name)
+
+def load_prompt_sets(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, d: Dist) -> Prompts:
+    """The rollout prompts and the held-out evaluation prompts, read and tokenised."""
+    rcfg = cfg.rollout
     chat = wants_chat_template(tokenizer, rcfg.chat_template)
     rows, stats = load_prompts(rcfg.prompts)
-    messages: list[Messages] = [m for _, m in rows]
-    prompt_ids, _ = encode_prompts(tokenizer, messages, chat, rcfg.max_prompt_length)
-    eval_rows = load_prompts(cfg.eval_prompts, cfg.eval_num_prompts)[0] if cfg.eval_prompts \
-        else []
-    eval_ids = encode_prompts(tokenizer, [m for _, m in eval_rows], chat,
-                              rcfg.max_prompt_length)[0]
-    gold = load_gold_scorer(cfg.reward.gold) if cfg.reward.gold else None
     if len(rows) < rcfg.batch_size:
         raise DataError(f"{rcfg.prompts}: {len(rows)} prompts, fewer than "
                         f"rollout.batch_size={rcfg.batch_size}")
+    eval_rows = load_prompts(cfg.eval_prompts, cfg.eval_num_prompts)[0] if cfg.eval_prompts \
+        else []
     if d.main:
         print(f"prompts: {stats.summary()}" + (f"; {len(eval_rows)} held out for evaluation"
                                                if eval_rows else ""))
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+    def encode(rows: list[tuple[str, Messages]]) -> list[list[int]]:
+        return encode_prompts(tokenizer, [m for _, m in rows], chat, rcfg.max_prompt_length)[0]
 
+    return Prompts(rows, encode(rows), eval_rows, encode(eval_rows))
+
+
+def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
+               gold: GoldScorer | None, masters: bool) -> Loop:
+    """Load the reward model, the policy, its value model and its reference, on the device."""
+    algo, pcfg = cfg.algo, cfg.ppo
     loading = {"hub_kernels": cfg.model.hub_kernels, "attention": cfg.model.attention}
     reward_model = RewardModel.from_pretrained(cfg.reward.model, **loading).to(d.device) \
         if cfg.reward.model else None
     if reward_model is not None:
         reward_model.model.requires_grad_(False).eval()
-    def base_policy() -> torch.nn.Module:
-        policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
-        disable_dropout(policy)
-        return policy
-
-    def build_policy() -> torch.nn.Module:  # a fresh copy for gathering fsdp2 shards into
-        policy = base_policy()
-        return apply_lora(policy, cfg.model.lora) if cfg.model.lora.enabled else policy
-
-    policy = base_policy()
+    policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
+    disable_dropout(policy)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     value_model: torch.nn.Module | None = None
@@ -269,44 +340,325 @@ def train(cfg: PPOConfig) -> Path:
             print(f"value model: initialised from the {'reward model' if from_rm else 'policy'}")
     elif algo == "ppo":
         value_model = value_head(policy)
+    reference = None  # with LoRA: the policy with its adapter off
     if cfg.model.lora.enabled:
         policy = apply_lora(policy, cfg.model.lora)
-        ref_model = None  # the policy with its adapter off
     else:
-        ref_model = d.place(load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
+        reference = d.place(load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
                             .requires_grad_(False))
-        disable_dropout(ref_model)
-        ref_model.eval()
-    shared_head = algo == "ppo" and pcfg.value_model == "head"
+        disable_dropout(reference)
+        reference.eval()
     # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
     chunk = 0 if d.sharded else cfg.train.logits_chunk
-    trained = d.place(PolicyAndValue(policy, value_model, shared_head, bf16, chunk))
+    shared_head = algo == "ppo" and pcfg.value_model == "head"
+    trained = d.place(PolicyAndValue(policy, value_model, shared_head, cfg.train.bf16, chunk))
     if masters:  # the trained weights, and every frozen model the loop runs
-        for m in (trained, ref_model, reward_model and reward_model.model):
+        for m in (trained, reference, reward_model and reward_model.model):
             if m is not None:
                 to_bf16(m)
+    rcfg = cfg.rollout
+    generator = make_generator(rcfg.backend, policy, tokenizer, bf16=cfg.train.bf16,
+                               model_path=str(resolve(cfg.model.name)) if rcfg.backend == "vllm"
+                               else "")
+    params = SamplingParams(temperature=rcfg.temperature, top_p=rcfg.top_p,
+                            max_new_tokens=rcfg.max_new_tokens)
+    # grpo / rloo: a prompt's samples share one row in every pass, the prompt read once (ppo's
+    # value model reads every position of every row, so it keeps a row per sample).
+    share = cfg.train.share_prompt and algo != "ppo" and rcfg.group_size > 1
+    # The training passes go through DDP when there is one; compiled, generation is not.
+    forward = d.wrap(maybe_compile(trained, cfg.train.compile))
+    return Loop(cfg, d, tokenizer, policy, trained, forward, reference, reward_model, gold,
+                generator, params, chunk, share, needs_policy_pass(cfg, d.world))
 
-    per_epoch = len(rows) // rcfg.batch_size  # iterations per pass over the prompts
+
+def policy_builder(cfg: PPOConfig):
+    """A fresh copy of the policy's modules, for gathering fsdp2 shards into at the end."""
+    def build() -> torch.nn.Module:
+        policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
+                                hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention)
+        disable_dropout(policy)
+        return apply_lora(policy, cfg.model.lora) if cfg.model.lora.enabled else policy
+    return build
+
+
+def collect(loop: Loop, prompt_ids: list[list[int]], step: int) -> Rollout:
+    """Phase 1, rollout: each process samples its share of the prompts (under fsdp2 from
+    weights gathered whole for it), then every process holds all of them."""
+    d, rcfg = loop.d, loop.cfg.rollout
+    mine = d.shard(range(len(prompt_ids) * rcfg.group_size))  # a prompt's are consecutive
+    with d.whole(loop.trained):
+        generated = loop.generator.generate(
+            [prompt_ids[i] for i in d.shard(range(len(prompt_ids)))], rcfg.group_size,
+            loop.params, seed=loop.cfg.train.seed * 100_003 + step, first_sample=mine.start)
+    generations = [g for part in d.all_objects(generated) for g in part]
+    return build_rollout(loop.tokenizer, prompt_ids, generations, rcfg.stop_string, d.device)
+
+
+def score(loop: Loop, rollout: Rollout, prompts: list[Messages], rows: range,
+          empty: bool = False) -> dict[str, torch.Tensor]:
+    """Phase 2: the scores of the rollout's `rows` (this process's share), gathered: "proxy"
+    from the reward model, "gold" from the gold scorer; with `empty`, also ("empty") the reward
+    model's score of an empty response to each row's prompt."""
+    d, micro = loop.d, loop.cfg.ppo.micro_batch_size
+    sample_prompts = [prompts[rollout.prompt_index[i]] for i in rows]
+    texts = rollout.texts[rows.start:rows.stop]
+    scores = {}
+    if loop.reward_model is not None:
+        answers = {"proxy": texts} | ({"empty": [""] * len(texts)} if empty else {})
+        for key, responses in answers.items():
+            scores[key] = torch.tensor(loop.reward_model.score(
+                sample_prompts, responses, batch_size=micro, bf16=loop.cfg.train.bf16),
+                device=d.device)
+    if loop.gold is not None:
+        scores["gold"] = torch.tensor(score_all([{"responses": texts}], loop.gold)[0],
+                                      dtype=torch.float32, device=d.device)
+    return {k: d.all_rows(v) for k, v in scores.items()}
+
+
+def objective_of(scores: dict[str, torch.Tensor], finished: torch.Tensor,
+                 reward: PPORewardConfig, penalize_no_eos: bool) -> torch.Tensor:
+    """The score optimised: the proxy when there is a reward model (else gold), with the no-EOS
+    penalty, then optional whitening (mean kept) and clipping."""
+    objective = scores["proxy" if "proxy" in scores else "gold"].clone()
+    if penalize_no_eos:
+        objective[~finished] = reward.no_eos_score
+    if reward.whiten:
+        objective = (objective - objective.mean()) / (objective.std() + 1e-8) + objective.mean()
+    if reward.clip:
+        objective = objective.clamp(-reward.clip, reward.clip)
+    return objective
+
+
+@torch.no_grad()
+def per_token(loop: Loop, rollout: Rollout, rows: range) -> TokenPasses:
+    """Phase 3: old log-probs and entropy (zeros without the policy pass), reference
+    log-probs and values of the rollout's `rows` (this process's share; the rest gathered)."""
+    d, temperature = loop.d, loop.cfg.rollout.temperature
+    out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [], "entropy": [],
+                                          "values": []}
+    # In order: a prompt's samples are consecutive, so `grouped` keeps the order.
+    for idx in torch.arange(rows.start, rows.stop).split(loop.cfg.ppo.micro_batch_size):
+        idx, groups = loop.grouped(rollout, idx)
+        ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
+        if loop.policy_pass:
+            logits, values = loop.trained(ids, am, m, groups)
+            logprobs, entropy = logits.logprobs_and_entropy(ids, temperature)
+            if values is not None:
+                out["values"].append(values)
+        else:
+            logprobs = entropy = torch.zeros(ids.shape, device=d.device)
+        out["logprobs"].append(logprobs)
+        out["entropy"].append(entropy)
+        ref_logits = loop.reference_logits(ids, am, m, groups)
+        out["ref_logprobs"].append(ref_logits.logprobs(ids, temperature))
+    gathered = {k: d.all_rows(torch.cat(v)) if v else None for k, v in out.items()}
+    return TokenPasses(**gathered)
+
+
+def advantages(cfg: PPOConfig, objective: torch.Tensor, passes: TokenPasses, mask: torch.Tensor,
+               kl_coef: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Phase 4, (advantages, returns). ppo: -kl_coef * KL per token plus the score at the last
+    token, GAE, whitening; grpo / rloo: the score (minus the sequence KL when it is in the
+    reward) compared within each prompt's group, the same advantage at every token."""
+    pcfg, in_reward = cfg.ppo, cfg.ppo.kl_in == "reward"
+    if cfg.algo == "ppo":
+        kl = kl_per_token(passes.logprobs, passes.ref_logprobs, pcfg.kl_estimator)
+        rewards = shape_rewards(objective, kl, mask, kl_coef if in_reward else 0.0)
+        advantages, returns = gae(rewards, passes.values, mask, pcfg.gamma, pcfg.lam)
+        if pcfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        return advantages, returns
+    total = objective
+    if in_reward:
+        kl = kl_per_token(passes.logprobs, passes.ref_logprobs, pcfg.kl_estimator)
+        total = total - kl_coef * masked_sum(kl, mask, dim=-1)
+    per_sequence = group_advantages(total, cfg.rollout.group_size, cfg.algo,
+                                    scale=pcfg.group_scale)
+    return per_sequence[:, None] * mask, None
+
+
+def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
+               ) -> dict[str, float]:
+    """One minibatch's losses, backpropagated microbatch by microbatch (this process's slice
+    of it); their parts summed over the microbatches and the processes."""
+    cfg, d, pcfg = loop.cfg, loop.d, loop.cfg.ppo
+    rollout, passes, temperature = batch.rollout, batch.passes, cfg.rollout.temperature
+    # Token means over the whole minibatch (every rank counts its tokens), so the ranks'
+    # slices and the microbatches add up to one process's gradient.
+    num_tokens = rollout.mask[minibatch].sum()
+    sums: dict[str, float] = {}
+    for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
+        idx, groups = loop.grouped(rollout, idx)
+        ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
+        logits, values = loop.forward(ids, am, m, groups)
+        logprobs = logits.logprobs(ids, temperature)
+        if not loop.policy_pass:  # this forward is the rollout policy's (needs_policy_pass)
+            with torch.no_grad():
+                passes.logprobs[idx] = logprobs.detach()
+                passes.entropy[idx] = logits.entropy(temperature)
+        loss, s = policy_loss(logprobs, passes.logprobs[idx], batch.advantages[idx], m,
+                              pcfg.clip_range, num_tokens=num_tokens)
+        weight = (m.sum() / num_tokens).item()
+        parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item() * weight,
+                 "ppo/approx_kl": s["approx_kl"].item() * weight}
+        if pcfg.entropy_coef:
+            entropy = masked_sum(logits.entropy(temperature), m) / num_tokens
+            loss = loss - pcfg.entropy_coef * entropy
+        if cfg.algo == "ppo":
+            v_loss, vs = value_loss(values, passes.values[idx], batch.returns[idx], m,
+                                    pcfg.clip_range_value, num_tokens=num_tokens)
+            loss = loss + pcfg.vf_coef * v_loss
+            parts |= {"loss/value": v_loss.item(),
+                      "ppo/value_clipfrac": vs["clipfrac"].item() * weight}
+        if pcfg.kl_in == "loss":
+            k_loss = kl_loss(logprobs, passes.ref_logprobs[idx], m, num_tokens=num_tokens,
+                             estimator=pcfg.kl_estimator)
+            loss = loss + kl_coef * k_loss
+            parts["loss/kl"] = k_loss.item()
+        d.backward(loss)
+        sums = {k: sums.get(k, 0.0) + v for k, v in parts.items()}
+    return dict(zip(sums, d.sum(*sums.values()), strict=True))
+
+
+def update(loop: Loop, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
+           kl_coef: float, step: int, last_saved: Path | None) -> UpdateStats:
+    """Phase 5: `ppo.epochs` passes over shuffled minibatches, an optimizer update each;
+    stops early once a minibatch's approximate KL exceeds ppo.target_approx_kl."""
+    cfg, pcfg = loop.cfg, loop.cfg.ppo
+    loop.trained.train()
+    shuffle = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+    sums: dict[str, float] = {}
+    updates, first_lr = 0, 0.0
+    for _ in range(pcfg.epochs):
+        for minibatch in torch.randperm(len(batch.rollout.texts),
+                                        generator=shuffle).split(pcfg.minibatch_size):
+            mb = accumulate(loop, batch, minibatch, kl_coef)
+            mb["optim/grad_norm"], lr = optimizer_step(
+                loop.trained, optimizer, scheduler, cfg.optim.max_grad_norm, mb["loss/policy"],
+                step + 1, last_saved, loop.d)
+            first_lr = lr if updates == 0 else first_lr
+            updates += 1
+            sums = {k: sums.get(k, 0.0) + v for k, v in mb.items()}
+            if pcfg.target_approx_kl and mb["ppo/approx_kl"] > pcfg.target_approx_kl:
+                return UpdateStats({k: v / updates for k, v in sums.items()}, updates,
+                                   first_lr, True)
+    return UpdateStats({k: v / updates for k, v in sums.items()}, updates, first_lr, False)
+
+
+def iteration_metrics(cfg: PPOConfig, batch: Batch, stats: UpdateStats, seq_kl: torch.Tensor,
+                      kl_coef: float, laps: dict[str, float], epoch: float
+                      ) -> dict[str, float]:
+    """Phase 6, what an iteration logs: its losses, rewards, KL, lengths and timings."""
+    rollout, mask, adv = batch.rollout, batch.rollout.mask, batch.advantages
+    lengths = mask.sum(-1)
+    num_samples = len(rollout.texts)
+    metrics = dict(stats.metrics)
+    for key, values in batch.scores.items():
+        metrics[f"reward/{key}"] = values.mean().item()
+        metrics[f"reward/{key}_std"] = values.std().item()
+    metrics |= {
+        "reward/score": batch.objective.mean().item(),
+        "kl/seq": seq_kl.mean().item(), "kl/coef": kl_coef,
+        "policy/entropy": masked_mean(batch.passes.entropy, mask).item(),
+        "response/length": lengths.float().mean().item(),
+        "response/no_eos_frac": (~rollout.finished).float().mean().item(),
+        "ppo/advantage_mean": masked_mean(adv, mask).item(),
+        "ppo/advantage_std": masked_var(adv, mask).sqrt().item(),
+        "ppo/updates": stats.updates, "ppo/early_stop": float(stats.stopped_early),
+        "optim/lr": stats.first_lr,
+        **{f"perf/{k}_s": v for k, v in laps.items()},
+        "perf/generate_tokens_per_s": lengths.sum().item() / laps["generate"],
+        "perf/train_tokens_per_s":
+            stats.updates / (num_samples // cfg.ppo.minibatch_size) *
+            rollout.attention_mask.sum().item() / max(laps["train"], 1e-9),
+        "data/epoch": epoch}
+    if cfg.algo == "ppo":
+        metrics["ppo/returns_mean"] = masked_mean(batch.returns, mask).item()
+        metrics["ppo/explained_variance"] = explained_variance(batch.passes.values,
+                                                               batch.returns, mask).item()
+    return metrics
+
+
+def evaluate(loop: Loop, prompts: Prompts) -> dict[str, float]:
+    """The held-out check (eval/*): one fresh sample per held-out prompt."""
+    with loop.d.whole(loop.trained):
+        return heldout_metrics(loop.policy, loop.tokenizer, prompts.eval_ids,
+                               [m for _, m in prompts.eval_rows], params=loop.params,
+                               seed=loop.cfg.train.seed, batch_size=loop.cfg.ppo.micro_batch_size,
+                               reference=loop.reference, gold=loop.gold,
+                               reward_model=loop.reward_model, bf16=loop.cfg.train.bf16,
+                               chunk=loop.chunk)
+
+
+def empty_wins(scores: dict[str, torch.Tensor]) -> float | None:
+    """How often the reward model scores an empty response above the sampled one, when the
+    rollout was scored for that (score's `empty`)."""
+    if "empty" not in scores:
+        return None
+    return (scores["empty"] > scores["proxy"]).float().mean().item()
+
+
+@dataclass
+class Hooks:
+    """Seams for code that watches the loop (benchmarks, tests) without patching it: `started`
+    once set up, before the first iteration; `iteration` after each iteration is logged."""
+
+    started: Callable[[Loop], None] = lambda loop: None
+    iteration: Callable[[Loop, Batch, dict[str, float]], None] = \
+        lambda loop, batch, metrics: None
+
+
+class Laps:
+    """Seconds per phase of an iteration: lap(name) closes the phase that just ended."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.last = now - self.last, now
+
+    def total(self) -> dict[str, float]:
+        return self.seconds | {"step": time.perf_counter() - self.started}
+
+
+def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
+    """Run PPO / GRPO / RLOO as configured; return the final/ directory.
+
+    Under torchrun each process samples, scores and runs the no-grad passes over its share of
+    the prompts, and then every process holds the whole rollout (all-gathered); each takes its
+    slice of every minibatch for the update. Every sample draws from its own random stream
+    (tether.rollout.generate), so the samples, the gradients and every statistic of the batch
+    (advantage whitening among them) are those of one process."""
+    hooks = hooks or Hooks()
+    torch.manual_seed(cfg.train.seed)
+    algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
+    d = setup(cfg.train.strategy, cfg.train.device)
+    masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
+    check_config(cfg, d)
+    # Data and scorer names first: mistakes fail fast.
+    tokenizer = load_tokenizer(cfg.model.name)
+    prompts = load_prompt_sets(cfg, tokenizer, d)
+    gold = load_gold_scorer(cfg.reward.gold) if cfg.reward.gold else None
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+    loop = build_loop(cfg, d, tokenizer, gold, masters)
+
+    per_epoch = len(prompts.rows) // rcfg.batch_size  # iterations per pass over the prompts
     total_steps = cfg.train.max_steps or epochs_for(cfg.train, per_epoch) * per_epoch
     num_samples = rcfg.batch_size * rcfg.group_size
     updates_per_step = pcfg.epochs * num_samples // pcfg.minibatch_size
-    trainable, total = count_parameters(trained)
-    target = f"reward model {cfg.reward.model}" if reward_model else f"gold {cfg.reward.gold}"
-    if d.main:
-        print(f"{algo} on {cfg.model.name}: {total / 1e6:.2f}M parameters, "
-              f"{trainable / 1e6:.2f}M trainable; {total_steps} iterations of "
-              f"{rcfg.batch_size} prompts x {rcfg.group_size} samples; optimising the "
-              f"{target} ({d.processes})")
-    # The training passes go through DDP when there is one; compiled, generation is not.
-    forward = d.wrap(maybe_compile(trained, cfg.train.compile))
-
+    target = f"reward model {cfg.reward.model}" if cfg.reward.model else f"gold {cfg.reward.gold}"
+    print_header(f"{algo} on {cfg.model.name}", loop.trained,
+                 f"{total_steps} iterations of {rcfg.batch_size} prompts x {rcfg.group_size} "
+                 f"samples; optimising the {target} ({d.processes})", d)
     kl_ctl = (AdaptiveKLController(pcfg.kl_coef, pcfg.kl_target, pcfg.kl_horizon)
               if pcfg.adaptive_kl else FixedKLController(pcfg.kl_coef))
     extra: dict = {}
     optimizer, scheduler, start_step, log = start_or_resume(
-        run_dir, checkpoint, trained, cfg.optim, total_steps * updates_per_step,
-        num_examples=len(rows), data_source=rcfg.prompts, extra=extra,
-        lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and value_model else None,
+        run_dir, checkpoint, loop.trained, cfg.optim, total_steps * updates_per_step,
+        num_examples=len(prompts.rows), data_source=rcfg.prompts, extra=extra,
+        lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and algo == "ppo" else None,
         master_weights=masters, dist=d)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
@@ -316,270 +668,56 @@ def train(cfg: PPOConfig) -> Path:
     samples_log = MetricsLog(run_dir / "samples.jsonl",
                              resume_step=start_step if checkpoint else None) \
         if d.main else NullLog()
-    generator = make_generator(rcfg.backend, policy, tokenizer, bf16=bf16,
-                               model_path=str(resolve(cfg.model.name)) if rcfg.backend == "vllm"
-                               else "")
-    params = SamplingParams(temperature=temperature, top_p=rcfg.top_p,
-                            max_new_tokens=rcfg.max_new_tokens)
-    # grpo / rloo: a prompt's samples share one row in every pass, the prompt read once (ppo's
-    # value model reads every position of every row, so it keeps a row per sample).
-    share = cfg.train.share_prompt and algo != "ppo" and rcfg.group_size > 1
-
-    def grouped(rollout: Rollout, idx: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
-        """A microbatch's rows with each prompt's samples together, and how many of each."""
-        if not share:
-            return idx, None
-        prompt = torch.tensor(rollout.prompt_index)[idx]
-        order = torch.argsort(prompt, stable=True)
-        return idx[order], group_runs(prompt[order].tolist())
-
-    policy_pass = needs_policy_pass(cfg, d.world)
-
-    @torch.no_grad()
-    def per_token(rollout: Rollout, rows: range) -> dict[str, torch.Tensor]:
-        """Old log-probs (zeros without the policy pass), reference log-probs, entropy and
-        values of the rollout's `rows` (this process's share; the others' are gathered)."""
-        out: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref_logprobs": [],
-                                              "entropy": [], "values": []}
-        # In order: a prompt's samples are consecutive, so `grouped` keeps the order.
-        for idx in torch.arange(rows.start, rows.stop).split(pcfg.micro_batch_size):
-            idx, groups = grouped(rollout, idx)
-            ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
-            if policy_pass:
-                logits, values = trained(ids, am, m, groups)
-                logprobs, entropy = logits.logprobs_and_entropy(ids, temperature)
-                out["logprobs"].append(logprobs)
-                out["entropy"].append(entropy)
-            else:
-                values = None
-                out["logprobs"].append(torch.zeros(ids.shape, device=d.device))
-                out["entropy"].append(torch.zeros(ids.shape, device=d.device))
-            if ref_model is not None:
-                with autocast(bf16, d.device):
-                    ref_logits = response_logits(ref_model, ids, am, m, groups, chunk)
-            else:
-                with policy.disable_adapter(), d.gathered(trained), autocast(bf16, d.device):
-                    ref_logits = response_logits(policy, ids, am, m, groups, chunk)
-            out["ref_logprobs"].append(ref_logits.logprobs(ids, temperature))
-            if values is not None:
-                out["values"].append(values)
-        return {k: d.all_rows(torch.cat(v)) for k, v in out.items() if v}
-
-    def score(rollout: Rollout, prompts: list[Messages], rows: range, empty: bool = False
-              ) -> dict[str, torch.Tensor]:
-        """The scores of the rollout's `rows` (this process's share), gathered; with `empty`,
-        also ("empty") the reward model's score of an empty response to each row's prompt."""
-        sample_prompts = [prompts[rollout.prompt_index[i]] for i in rows]
-        texts = rollout.texts[rows.start:rows.stop]
-        scores = {}
-        if reward_model is not None:
-            answers = {"proxy": texts}
-            if empty:
-                answers["empty"] = [""] * len(texts)
-            for key, responses in answers.items():
-                scores[key] = torch.tensor(reward_model.score(
-                    sample_prompts, responses, batch_size=pcfg.micro_batch_size, bf16=bf16),
-                    device=d.device)
-        if gold is not None:
-            scores["gold"] = torch.tensor(score_all([{"responses": texts}], gold)[0],
-                                          dtype=torch.float32, device=d.device)
-        return {k: d.all_rows(v) for k, v in scores.items()}
-
     # Held-out evaluation samples the policy: rank 0 does it alone, except under fsdp2, where
     # its forwards gather shards, so every rank runs it (identically) and rank 0 logs it.
-    evaluates = bool(eval_rows) and (d.main or d.sharded)
-
-    def evaluate() -> dict[str, float]:
-        with d.whole(trained):
-            return heldout_metrics(policy, tokenizer, eval_ids, [m for _, m in eval_rows],
-                                   params=params, seed=cfg.train.seed,
-                                   batch_size=pcfg.micro_batch_size, reference=ref_model,
-                                   gold=gold, reward_model=reward_model, bf16=bf16,
-                                   chunk=chunk)
-
+    evaluates = bool(prompts.eval_rows) and (d.main or d.sharded)
     if checkpoint is None and evaluates:
-        log.log(0, evaluate())
+        log.log(0, evaluate(loop, prompts))
 
     last_saved, metrics = checkpoint, {}
-    first_length: float | None = None  # this run's first mean response length (collapse check)
-    warned: set[str] = set()  # health warnings printed so far: each kind once
-    empty_wins = None if reward_model is not None else float("nan")
+    watch = RolloutWatch(main=d.main, has_reward_model=loop.reward_model is not None)
+    mine = d.shard(range(num_samples))  # this process's samples of every rollout
+    hooks.started(loop)
     progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
                     dynamic_ncols=True, disable=not d.main)
     for step in range(start_step, total_steps):
-        started = time.perf_counter()
-        trained.eval()  # sampling and old log-probs; dropout is off anyway
-
-        # 1. Rollout: each process samples its share of the prompts (under fsdp2 from weights
-        # gathered whole for it), then every process holds all of them.
-        indices = batch_indices(len(rows), rcfg.batch_size, step, cfg.train.seed)
-        batch_prompts = [prompt_ids[i] for i in indices]
-        my_prompts = d.shard(range(rcfg.batch_size))
-        mine = d.shard(range(num_samples))  # their samples: a prompt's are consecutive
-        with d.whole(trained):
-            generated = generator.generate(
-                [batch_prompts[i] for i in my_prompts], rcfg.group_size, params,
-                seed=cfg.train.seed * 100_003 + step, first_sample=mine.start)
-        generations = [g for part in d.all_objects(generated) for g in part]
-        rollout = build_rollout(tokenizer, batch_prompts, generations, rcfg.stop_string,
-                                d.device)
-        mask = rollout.mask
-        generate_s = time.perf_counter() - started
-
-        # 2. Scores: the optimised one is the proxy when there is a reward model.
-        t0 = time.perf_counter()
-        # the reward model's verdict on empty responses: checked on this run's first rollout
-        scores = score(rollout, [messages[i] for i in indices], mine, empty=empty_wins is None)
-        if "empty" in scores:
-            empty_wins = (scores["empty"] > scores["proxy"]).float().mean().item()
-        objective = (scores["proxy"] if reward_model is not None else scores["gold"]).clone()
+        laps = Laps()
+        loop.trained.eval()  # sampling and old log-probs; dropout is off anyway
+        indices = batch_indices(len(prompts.rows), rcfg.batch_size, step, cfg.train.seed)
+        rollout = collect(loop, [prompts.ids[i] for i in indices], step)
+        laps.lap("generate")
+        scores = score(loop, rollout, [prompts.rows[i][1] for i in indices], mine,
+                       empty=watch.wants_empty_scores)
         if penalize_no_eos is None:
             penalize_no_eos = eos_penalty_applies(rollout.finished, cfg.reward, rcfg, d.main)
-        if penalize_no_eos:
-            objective[~rollout.finished] = cfg.reward.no_eos_score
-        if cfg.reward.whiten:
-            objective = (objective - objective.mean()) / (objective.std() + 1e-8) + \
-                objective.mean()
-        if cfg.reward.clip:
-            objective = objective.clamp(-cfg.reward.clip, cfg.reward.clip)
-        score_s = time.perf_counter() - t0
-
-        # 3. Log-probs, reference log-probs and values, before any update.
-        t0 = time.perf_counter()
-        old = per_token(rollout, mine)
-        kl_in_reward = pcfg.kl_in == "reward"
+        objective = objective_of(scores, rollout.finished, cfg.reward, penalize_no_eos)
+        laps.lap("score")
+        passes = per_token(loop, rollout, mine)
         kl_coef = kl_ctl.value
+        batch = Batch(rollout, scores, objective, passes,
+                      *advantages(cfg, objective, passes, rollout.mask, kl_coef))
+        laps.lap("prepare")
+        stats = update(loop, optimizer, scheduler, batch, kl_coef, step, last_saved)
+        laps.lap("train")
+        loop.generator.sync(loop.policy)  # vllm: the next rollout samples the updated weights
 
-        # 4. Rewards and advantages.
-        if algo == "ppo":
-            kl = kl_per_token(old["logprobs"], old["ref_logprobs"], pcfg.kl_estimator)
-            rewards = shape_rewards(objective, kl, mask, kl_coef if kl_in_reward else 0.0)
-            advantages, returns = gae(rewards, old["values"], mask, pcfg.gamma, pcfg.lam)
-            if pcfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
-        else:
-            total_score = objective
-            if kl_in_reward:
-                kl = kl_per_token(old["logprobs"], old["ref_logprobs"], pcfg.kl_estimator)
-                total_score = total_score - kl_coef * masked_sum(kl, mask, dim=-1)
-            per_sequence = group_advantages(total_score, rcfg.group_size, algo,
-                                            scale=pcfg.group_scale)
-            advantages = per_sequence[:, None] * mask
-            returns = None
-        prepare_s = time.perf_counter() - t0
-
-        # 5. Epochs over shuffled minibatches, microbatches accumulated.
-        t0 = time.perf_counter()
-        trained.train()
-        shuffle = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-        sums: dict[str, float] = {}
-        updates = 0
-        stop_early = False
-        for _ in range(pcfg.epochs):
-            order = torch.randperm(num_samples, generator=shuffle)
-            for minibatch in order.split(pcfg.minibatch_size):
-                # Token means over the whole minibatch (every rank counts its tokens), so the
-                # ranks' slices and the microbatches add up to one process's gradient.
-                num_tokens = mask[minibatch].sum()
-                mb: dict[str, float] = {}
-                for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
-                    idx, groups = grouped(rollout, idx)
-                    ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], mask[idx]
-                    logits, values = forward(ids, am, m, groups)
-                    logprobs = logits.logprobs(ids, temperature)
-                    if not policy_pass:  # this forward is the rollout policy's (see above)
-                        with torch.no_grad():
-                            old["logprobs"][idx] = logprobs.detach()
-                            old["entropy"][idx] = logits.entropy(temperature)
-                    loss, s = policy_loss(logprobs, old["logprobs"][idx], advantages[idx], m,
-                                          pcfg.clip_range, num_tokens=num_tokens)
-                    weight = (m.sum() / num_tokens).item()
-                    parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item()
-                             * weight, "ppo/approx_kl": s["approx_kl"].item() * weight}
-                    if pcfg.entropy_coef:
-                        entropy = masked_sum(logits.entropy(temperature), m) / num_tokens
-                        loss = loss - pcfg.entropy_coef * entropy
-                    if algo == "ppo":
-                        v_loss, vs = value_loss(values, old["values"][idx], returns[idx], m,
-                                                pcfg.clip_range_value, num_tokens=num_tokens)
-                        loss = loss + pcfg.vf_coef * v_loss
-                        parts |= {"loss/value": v_loss.item(),
-                                  "ppo/value_clipfrac": vs["clipfrac"].item() * weight}
-                    if not kl_in_reward:
-                        k_loss = kl_loss(logprobs, old["ref_logprobs"][idx], m,
-                                         num_tokens=num_tokens, estimator=pcfg.kl_estimator)
-                        loss = loss + kl_coef * k_loss
-                        parts["loss/kl"] = k_loss.item()
-                    d.backward(loss)
-                    mb = {k: mb.get(k, 0.0) + v for k, v in parts.items()}
-                mb = dict(zip(mb, d.sum(*mb.values()), strict=True))
-                grad_norm, lr = optimizer_step(trained, optimizer, scheduler,
-                                               cfg.optim.max_grad_norm, mb["loss/policy"],
-                                               step + 1, last_saved, d)
-                if updates == 0:
-                    first_lr = lr  # logged: the rate this iteration's updates started at
-                updates += 1
-                mb["optim/grad_norm"] = grad_norm
-                sums = {k: sums.get(k, 0.0) + v for k, v in mb.items()}
-                if pcfg.target_approx_kl and mb["ppo/approx_kl"] > pcfg.target_approx_kl:
-                    stop_early = True
-                    break
-            if stop_early:
-                break
-        train_s = time.perf_counter() - t0
-        generator.sync(policy)  # vllm: the next rollout samples from the updated weights
-
-        # 6. KL controller, metrics, samples, evaluation, checkpoint.
-        seq_kl = masked_sum(old["logprobs"] - old["ref_logprobs"], mask, dim=-1)
+        seq_kl = masked_sum(passes.logprobs - passes.ref_logprobs, rollout.mask, dim=-1)
         kl_ctl.update(seq_kl.mean().item(), num_samples)
-        elapsed = time.perf_counter() - started
-        done = step + 1
-        lengths = mask.sum(-1)
-        metrics = {k: v / updates for k, v in sums.items()}
-        for key, values in scores.items():
-            metrics[f"reward/{key}"] = values.mean().item()
-            metrics[f"reward/{key}_std"] = values.std().item()
-        metrics |= {
-            "reward/score": objective.mean().item(),
-            "kl/seq": seq_kl.mean().item(), "kl/coef": kl_coef,
-            "policy/entropy": masked_mean(old["entropy"], mask).item(),
-            "response/length": lengths.float().mean().item(),
-            "response/no_eos_frac": (~rollout.finished).float().mean().item(),
-            "ppo/advantage_mean": masked_mean(advantages, mask).item(),
-            "ppo/advantage_std": masked_var(advantages, mask).sqrt().item(),
-            "ppo/updates": updates, "ppo/early_stop": float(stop_early),
-            "optim/lr": first_lr,
-            "perf/generate_s": generate_s, "perf/score_s": score_s, "perf/prepare_s": prepare_s,
-            "perf/train_s": train_s, "perf/step_s": elapsed,
-            "perf/generate_tokens_per_s": lengths.sum().item() / generate_s,
-            "perf/train_tokens_per_s":
-                updates / (num_samples // pcfg.minibatch_size) *
-                rollout.attention_mask.sum().item() / max(train_s, 1e-9),
-            "data/epoch": step / per_epoch}
-        if algo == "ppo":
-            metrics["ppo/returns_mean"] = masked_mean(returns, mask).item()
-            metrics["ppo/explained_variance"] = explained_variance(old["values"], returns,
-                                                                   mask).item()
-        # Health (tether.eval.health): flags every iteration, each kind's warning printed once.
-        if first_length is None:
-            first_length = metrics["response/length"]
-        health = rollout_health(lengths.tolist(), rollout.finished.tolist(), objective.tolist(),
-                                penalize_no_eos, cfg.reward.no_eos_score,
-                                first_length, empty_wins)
-        metrics |= health_flags(health)
-        for kind, text in health.items():
-            if d.main and kind not in warned:
-                tqdm.write(f"warning (iteration {done}): {text}")
-            warned.add(kind)
-        is_last = done == total_steps
+        done, is_last = step + 1, step + 1 == total_steps
+        metrics = iteration_metrics(cfg, batch, stats, seq_kl, kl_coef, laps.total(),
+                                    epoch=step / per_epoch)
+        metrics |= watch.check(done, rollout.mask.sum(-1).tolist(), rollout.finished.tolist(),
+                               objective.tolist(), penalize_no_eos, cfg.reward.no_eos_score,
+                               empty_wins(scores))
         if evaluates and due(done, cfg.train.eval_every, is_last):
-            metrics |= evaluate()
+            metrics |= evaluate(loop, prompts)
         if is_last or done % cfg.train.log_every == 0 or "eval/gold" in metrics:
             log.log(done, metrics)
+        hooks.iteration(loop, batch, metrics)
         if due(done, cfg.sample_every, is_last):
             samples_log.write(done, {"samples": [
-                {"prompt": rows[indices[rollout.prompt_index[i]]][0], "response": rollout.texts[i],
-                 **{k: v[i].item() for k, v in scores.items()}}
+                {"prompt": prompts.rows[indices[rollout.prompt_index[i]]][0],
+                 "response": rollout.texts[i], **{k: v[i].item() for k, v in scores.items()}}
                 for i in range(min(4, num_samples))]})
         # Proxy beside gold (the proxy climbing while gold stalls is over-optimisation) and the
         # mean response length (padding, or a collapse to empty responses), as they happen.
@@ -589,25 +727,16 @@ def train(cfg: PPOConfig) -> Path:
                                 "len": f"{metrics['response/length']:.1f}"})
         progress.update(1)
         if due(done, cfg.train.save_every, is_last):
-            last_saved = save_training_state(run_dir, done, trained, optimizer, scheduler,
-                                             num_examples=len(rows), steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints,
-                                             extra={"kl_controller": kl_ctl.state_dict(),
-                                                    "penalize_no_eos": penalize_no_eos},
-                                             dist=d)
+            last_saved = save_training_state(
+                run_dir, done, loop.trained, optimizer, scheduler,
+                num_examples=len(prompts.rows), steps_per_epoch=per_epoch,
+                keep=cfg.train.keep_checkpoints, dist=d,
+                extra={"kl_controller": kl_ctl.state_dict(), "penalize_no_eos": penalize_no_eos})
     progress.close()
     log.close()
     samples_log.close()
-    final = run_dir / "final"
-    whole = master_model(trained, optimizer, build_policy, part="policy", dist=d)
-    if d.main:
-        if metrics:
-            print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                            if k.split("/")[0] in ("reward", "kl", "eval")))
-        save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
-        print(f"final policy: {final}" + (" (LoRA merged)" if is_lora(policy) and
-                                          cfg.model.lora.merge_on_save else ""))
-    d.barrier()
-    d.close()
-    return final
-
+    if metrics and d.main:
+        print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k.split("/")[0] in ("reward", "kl", "eval")))
+    whole = master_model(loop.trained, optimizer, policy_builder(cfg), part="policy", dist=d)
+    return export_policy(run_dir, whole, tokenizer, cfg.model.lora, dist=d)

@@ -25,7 +25,7 @@ from tether.distributed import setup
 from tether.eval.health import at_chance, reward_model_warnings
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
-from tether.models.lora import apply_lora, count_parameters
+from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
@@ -33,6 +33,8 @@ from tether.trainers.common import (
     due,
     optimizer_step,
     plan_steps,
+    print_data_stats,
+    print_header,
     save_training_state,
     start_or_resume,
 )
@@ -81,9 +83,7 @@ def train(cfg: RMConfig) -> Path:
     if masters:
         to_bf16(rm.model)
     data = load_preference_data(cfg.data, rm.tokenizer, cfg.train.seed, encode=rm.encode)
-    for split, stats in data.stats.items():
-        if d.main:
-            print(f"data/{split}: {stats.summary()}")
+    print_data_stats(data.stats, d)
     # An encoder reads padded rows whatever the budget (see RewardModel.collate): the budget
     # then only groups prompts into micro-batches by their real tokens, padding on top.
     share = cfg.train.share_prompt and rm.kind == "policy"
@@ -96,15 +96,13 @@ def train(cfg: RMConfig) -> Path:
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
-    trainable, total = count_parameters(rm.model)
     pairs = sum(len(p.source.pairs()) for p in data.train)
-    if d.main:
-        print(f"reward model ({rm.kind} backbone {cfg.model.name}): {total / 1e6:.2f}M "
-              f"parameters, {trainable / 1e6:.2f}M trainable; {len(data.train)} prompts with "
-              f"{pairs} pairs for training, {len(data.eval)} held out; {total_steps} steps of "
-              f"{batch_size} prompts ({total_steps / per_epoch:.3g} epochs"
-              f"{', auto' if not (cfg.train.epochs or cfg.train.max_steps) else ''}; "
-              f"{d.processes}; {batches})")
+    print_header(f"reward model ({rm.kind} backbone {cfg.model.name})", rm.model,
+                 f"{len(data.train)} prompts with {pairs} pairs for training, "
+                 f"{len(data.eval)} held out; {total_steps} steps of {batch_size} prompts "
+                 f"({total_steps / per_epoch:.3g} epochs"
+                 f"{', auto' if not (cfg.train.epochs or cfg.train.max_steps) else ''}; "
+                 f"{d.processes}; {batches})", d)
     model = maybe_compile(rm.model, cfg.train.compile)  # trained; the forward goes through rm
     if d.world > 1:
         rm.parallel = d.wrap(rm.scorer())

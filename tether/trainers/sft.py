@@ -12,9 +12,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tether.checkpoint import (
-    save_final,
-)
 from tether.config import SFTConfig
 from tether.data.order import batch_indices, chunks
 from tether.data.packing import Microbatches
@@ -23,14 +20,17 @@ from tether.device import autocast, peak_memory
 from tether.distributed import setup
 from tether.losses.sft import masked_nll
 from tether.models.loading import load_causal_lm, load_tokenizer
-from tether.models.lora import apply_lora, count_parameters
+from tether.models.lora import apply_lora
 from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
     due,
+    export_policy,
     optimizer_step,
     plan_steps,
+    print_data_stats,
+    print_header,
     save_training_state,
     start_or_resume,
 )
@@ -46,9 +46,7 @@ def train(cfg: SFTConfig) -> Path:
     # 1. Data first (a bad row should not wait for a model to load), then the model.
     tokenizer = load_tokenizer(cfg.model.name)
     data = load_sft_data(cfg.data, tokenizer, cfg.train.seed)
-    for split, stats in data.stats.items():
-        if d.main:
-            print(f"data/{split}: {stats.summary()}")
+    print_data_stats(data.stats, d)
     batches = Microbatches(cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
                            [len(e.input_ids) for e in data.train], d)
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
@@ -66,12 +64,9 @@ def train(cfg: SFTConfig) -> Path:
 
     batch_size, micro = cfg.train.batch_size, cfg.train.micro_batch_size
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
-    trainable, total = count_parameters(model)
-    if d.main:
-        print(f"model {cfg.model.name}: {total / 1e6:.2f}M parameters, {trainable / 1e6:.2f}M "
-              f"trainable; {len(data.train)} train / {len(data.eval)} eval examples; "
-              f"{total_steps} steps of {batch_size} sequences "
-              f"({d.processes}; {batches})")
+    print_header(f"model {cfg.model.name}", model,
+                 f"{len(data.train)} train / {len(data.eval)} eval examples; {total_steps} "
+                 f"steps of {batch_size} sequences ({d.processes}; {batches})", d)
     model = d.wrap(maybe_compile(model, cfg.train.compile))
 
     # 2. Optimizer and schedule, restored with everything else on resume.
@@ -148,11 +143,5 @@ def train(cfg: SFTConfig) -> Path:
     log.close()
 
     # 4. Export (rank 0; the others wait, so no one reads final/ half-written).
-    final = run_dir / "final"
     whole = master_model(model, optimizer, build, dist=d)
-    if d.main:
-        save_final(whole, tokenizer, final, cfg.model.lora.merge_on_save)
-        print(f"final model: {final}")
-    d.barrier()
-    d.close()
-    return final
+    return export_policy(run_dir, whole, tokenizer, cfg.model.lora, what="model", dist=d)
