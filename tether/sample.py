@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tether.checkpoint import atomic_write_text
 from tether.config import SampleConfig
-from tether.data.sft import LoadStats, load_records, parse_prompt
+from tether.data.records import LoadStats, load_records, parse_prompt
 from tether.data.tokenize import Messages, encode_prompt, wants_chat_template
 from tether.device import pick_device
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
