@@ -37,6 +37,7 @@ from tether.config import (
     PipelineConfig,
     to_yaml,
 )
+from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, WeakRewardModel
@@ -197,10 +198,10 @@ def execute_data(run: Run, _: dict) -> str:
     task, out = run.cfg.task, run.dir("data")
     out.mkdir(parents=True, exist_ok=True)
     if task.prompts:
-        rows = [{"prompt": p} for p, _ in sampling.load_prompts(task.prompts)[0]]
+        rows = [{"prompt": p} for p, _ in load_prompts(task.prompts)[0]]
         if task.heldout_prompts:
             heldout = [{"prompt": p} for p, _ in
-                       sampling.load_prompts(task.heldout_prompts, task.num_heldout)[0]]
+                       load_prompts(task.heldout_prompts, task.num_heldout)[0]]
         else:
             if len(rows) <= task.num_heldout:
                 raise DataError(f"{task.prompts}: {len(rows)} prompts, not more than "
@@ -413,11 +414,11 @@ def execute_eval(run: Run, cfg: dict) -> str:
 
 
 def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
-    rows = sampling.load_prompts(str(run.heldout), ecfg.best_of_n_prompts)[0]
+    rows = load_prompts(str(run.heldout), ecfg.best_of_n_prompts)[0]
     messages = [m for _, m in rows]
     tokenizer = load_tokenizer(run.policy)
     chat = wants_chat_template(tokenizer, "auto")
-    prompt_ids = sampling.encode_prompts(tokenizer, messages, chat, 256)[0]
+    prompt_ids = encode_prompts(tokenizer, messages, chat, 256)[0]
     device = pick_device(ecfg.device)
     reward_model = RewardModel.from_pretrained(run.reward_model).to(device)
     model = load_causal_lm(run.policy).to(device)

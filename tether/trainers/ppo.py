@@ -33,6 +33,7 @@ from tether.checkpoint import save_final
 from tether.config import PPOConfig, PPORewardConfig, RolloutConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
+from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
 from tether.device import autocast, to_device
 from tether.distributed import setup
@@ -65,7 +66,6 @@ from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
-from tether.sample import encode_prompts, load_prompts
 from tether.tasks.registry import load_gold_scorer
 from tether.trainers.common import (
     due,
