@@ -50,7 +50,7 @@ from tether.eval.frontier import (
 )
 from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
-from tether.labeling import simulate
+from tether.labeling.commands import simulate_labels, stats_path_for
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
@@ -284,8 +284,8 @@ def execute_label(run: Run, cfg: Any) -> str:
         rows = sum(1 for line in run.labels.open() if line.strip())
         return f"{rows} rows of people's labels from {cfg['labels']}"
 
-    simulate.run(cfg)
-    stats = json.loads(simulate.stats_path_for(run.labels).read_text())
+    simulate_labels(cfg)
+    stats = json.loads(stats_path_for(run.labels).read_text())
     agreement = stats["agreement_with_gold"]
     return (f"{stats['rows']} {stats['format']} from a simulated labeler; agreement with gold "
             + ("n/a" if agreement is None else f"{agreement:.3f}"))
