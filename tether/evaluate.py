@@ -34,7 +34,7 @@ from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
 from tether.models.tiny import TINY
 from tether.rollout.generate import SamplingParams
-from tether.tasks.registry import GoldScorer, load_gold_scorer
+from tether.tasks.gold import GoldScorer, load_gold_scorer
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
 import shutil
 import time
@@ -56,12 +55,12 @@ from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
 from tether.rollout.generate import SamplingParams
 from tether.rundir import read_metrics
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
+from tether.tasks.registry import TASKS, load_task
 from tether.trainers import dpo, ppo, rm, sft
 
 STATE = "pipeline.json"
 HUMAN = "human"  # task.labels: people label the samples in the labeling app
-BUILTIN_TASKS = {"sentiment": "tether.tasks.sentiment", "answers": "tether.tasks.answers"}
 
 
 @dataclass
@@ -93,14 +92,15 @@ class Run:
         self.root = Path(cfg.run_dir)
         self.skipped = set(cfg.stage_list("skip"))
         task = cfg.task
-        self.builtin = BUILTIN_TASKS.get(task.name) if task.name else None
-        if task.name and self.builtin is None:
+        if task.name and task.name not in TASKS:
             raise ConfigError(f"task.name: no built-in task '{task.name}' (built in: "
-                              f"{', '.join(BUILTIN_TASKS)}); leave it empty for a task of your "
+                              f"{', '.join(TASKS)}); leave it empty for a task of your "
                               f"own, given by task.prompts and task.gold or task.labels")
-        if not self.builtin and not task.demonstrations:
+        if not task.name and not task.demonstrations:
             self.skipped.add("sft")
-        self.gold = task.gold or (f"{self.builtin}:gold_score" if self.builtin else "")
+        # A built-in task's scorer by its full path, as resolved configs have always shown it
+        # (the stages' keys hash it: another spelling would rerun finished stages).
+        self.gold = task.gold or (f"{TASKS[task.name]}:gold_score" if task.name else "")
         self.state_path = self.root / STATE
         self.state: dict = json.loads(self.state_path.read_text()) \
             if self.state_path.exists() else {"stages": {}}
@@ -209,17 +209,15 @@ def execute_data(run: Run, _: dict) -> str:
             rows, heldout = rows[:-task.num_heldout], rows[-task.num_heldout:]
         train = rows[:task.num_prompts]
     else:
-        module = importlib.import_module(run.builtin)
-        prompts = module.make_prompts(task.num_prompts + task.num_heldout, task.seed)
+        prompts = load_task(task.name).make_prompts(task.num_prompts + task.num_heldout, task.seed)
         train = [{"prompt": p} for p in prompts[:task.num_prompts]]
         heldout = [{"prompt": p} for p in prompts[task.num_prompts:]]
     atomic_write_jsonl(out / "prompts.jsonl", train)
     atomic_write_jsonl(out / "heldout.jsonl", heldout)
     what = f"{len(train)} training prompts, {len(heldout)} held out"
     if "sft" not in run.skipped and not task.demonstrations:
-        module = importlib.import_module(run.builtin)
         n = task.num_demonstrations
-        demos = module.make_demonstrations(n + max(n // 10, 1), task.seed + 1)
+        demos = load_task(task.name).make_demonstrations(n + max(n // 10, 1), task.seed + 1)
         atomic_write_jsonl(out / "demonstrations.jsonl", demos[:n])
         atomic_write_jsonl(out / "demonstrations_eval.jsonl", demos[n:])
         what += f", {n} demonstrations"

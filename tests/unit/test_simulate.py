@@ -12,7 +12,7 @@ from tether.errors import DataError, UserError
 from tether.labeling.commands import simulate_labels, stats_path_for
 from tether.labeling.simulate import agreement_with_gold, expected_agreement, simulate
 from tether.tasks import sentiment
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
 
 
 def numbers(texts):

@@ -32,7 +32,7 @@ from tether.labeling.export import export_project
 from tether.labeling.projects import create_project, project_stats, source_rows
 from tether.labeling.simulate import simulate
 from tether.labeling.store import Project, Store, resolve_project
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
 
 
 def format_stats(s: dict) -> str:

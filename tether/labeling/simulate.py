@@ -29,32 +29,14 @@ the command prints it and writes it to <output>.stats.json beside them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from tether.config import SimulateLabelsConfig
 from tether.data.candidates import parse_candidate
-from tether.errors import ConfigError, UserError
-
-Scorer = Callable[[list[str]], Sequence[float]]
-
-
-def score_all(rows: Sequence[dict], scorer: Scorer) -> list[np.ndarray]:
-    """Gold score of every response, one scorer call for all distinct texts."""
-    texts = list(dict.fromkeys(r for row in rows for r in row["responses"]))
-    scores = scorer(texts)
-    try:
-        scores = np.asarray(list(scores), dtype=float)
-    except (TypeError, ValueError):
-        raise UserError("the gold scorer must return one number per text") from None
-    if scores.shape != (len(texts),):
-        raise UserError(f"the gold scorer returned {scores.size} scores for {len(texts)} texts")
-    if not np.all(np.isfinite(scores)):
-        bad = texts[int(np.flatnonzero(~np.isfinite(scores))[0])]
-        raise UserError(f"the gold scorer returned NaN or infinity, e.g. for {bad[:80]!r}")
-    by_text = dict(zip(texts, scores.tolist(), strict=True))
-    return [np.array([by_text[r] for r in row["responses"]]) for row in rows]
+from tether.errors import ConfigError
+from tether.tasks.gold import GoldScorer, score_all
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
@@ -85,7 +67,7 @@ def expected_agreement(gold_diffs: Sequence[float], temperature: float,
     return float(np.mean((1 - flip_rate) * p + flip_rate * (1 - p)))
 
 
-def simulate(rows: Sequence[dict], scorer: Scorer,
+def simulate(rows: Sequence[dict], scorer: GoldScorer,
              cfg: SimulateLabelsConfig) -> tuple[list[dict], dict]:
     """Label candidate rows; returns (output rows, stats). No file I/O.
 

@@ -44,7 +44,7 @@ from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rollout.generate import SamplingParams
 from tether.rundir import prepare_run_dir
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
 from tether.trainers.common import (
     due,
     optimizer_step,

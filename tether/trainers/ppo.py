@@ -40,7 +40,6 @@ from tether.distributed import setup
 from tether.errors import ConfigError, DataError
 from tether.eval.health import health_flags, rollout_health
 from tether.eval.policy import heldout_metrics
-from tether.labeling.simulate import score_all
 from tether.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -66,7 +65,7 @@ from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rollout.generate import Generation, SamplingParams, make_generator
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer, score_all
 from tether.trainers.common import (
     due,
     epochs_for,
