@@ -33,7 +33,7 @@ from tether.eval.policy import evaluate_policy, format_table, kl_caveat, summari
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
 from tether.models.tiny import TINY
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 from tether.tasks.gold import GoldScorer, load_gold_scorer
 
 

@@ -53,7 +53,7 @@ from tether.labeling.commands import simulate_labels, stats_path_for
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 from tether.rundir import read_metrics
 from tether.tasks.gold import load_gold_scorer
 from tether.tasks.registry import TASKS, load_task

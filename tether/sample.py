@@ -19,7 +19,8 @@ from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
-from tether.rollout.generate import SamplingParams, make_generator
+from tether.rollout.backends import make_generator
+from tether.rollout.base import SamplingParams
 
 
 def run(cfg: SampleConfig) -> Path:

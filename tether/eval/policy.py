@@ -26,7 +26,8 @@ from tether.eval.stats import bootstrap_ci
 from tether.models.head import DEFAULT_CHUNK
 from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
-from tether.rollout.generate import HFGenerator, SamplingParams
+from tether.rollout.base import SamplingParams
+from tether.rollout.generate import HFGenerator
 from tether.tasks.gold import GoldScorer, score_all
 
 # Per-sample numbers that get a mean and an interval in the summary.

@@ -42,7 +42,7 @@ from tether.models.lora import apply_lora, count_parameters, is_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.tasks.gold import load_gold_scorer
 from tether.trainers.common import (

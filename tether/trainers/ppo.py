@@ -63,7 +63,8 @@ from tether.models.reward import RewardModel
 from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
-from tether.rollout.generate import Generation, SamplingParams, make_generator
+from tether.rollout.backends import make_generator
+from tether.rollout.base import Generation, SamplingParams
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.tasks.gold import load_gold_scorer, score_all
 from tether.trainers.common import (
