@@ -19,7 +19,8 @@ import torch
 from bench import machine, save_results
 from tether.errors import UserError
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
-from tether.rollout.generate import SamplingParams, make_generator
+from tether.rollout.backends import make_generator
+from tether.rollout.base import SamplingParams
 from tether.tasks.sentiment import make_prompts
 
 

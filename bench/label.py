@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import machine, save_results
 from tether.labeling.client import ServerProcess, percentile, run_load
-from tether.labeling.commands import create_project
+from tether.labeling.projects import create_project
 from tether.labeling.store import Store
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from tether.labeling.client import ServerProcess
-from tether.labeling.commands import create_project
+from tether.labeling.projects import create_project
 from tether.labeling.store import Store
 
 PROMPT = [

@@ -58,7 +58,7 @@ STAGES = {
                     "sample K responses per prompt from a policy into candidates.jsonl",
                     "tether sample policy=runs/sft-example/final prompts=prompts.jsonl k=4"),
     "label simulate": Stage(
-        SimulateLabelsConfig, "tether.labeling.simulate:run",
+        SimulateLabelsConfig, "tether.labeling.commands:simulate_labels",
         "label candidates with a simulated labeler (noisy Bradley-Terry on a gold score)",
         "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3"),
     "label import": Stage(

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tether.checkpoint import atomic_write_text
 from tether.config import EvalConfig, to_dict
+from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import Messages, wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, UserError
@@ -32,9 +33,8 @@ from tether.eval.policy import evaluate_policy, format_table, kl_caveat, summari
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
 from tether.models.tiny import TINY
-from tether.rollout.generate import SamplingParams
-from tether.sample import encode_prompts, load_prompts
-from tether.tasks.registry import GoldScorer, load_gold_scorer
+from tether.rollout.base import SamplingParams
+from tether.tasks.gold import GoldScorer, load_gold_scorer
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import json
 import shutil
 import time
@@ -37,6 +36,7 @@ from tether.config import (
     PipelineConfig,
     to_yaml,
 )
+from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, WeakRewardModel
@@ -49,18 +49,18 @@ from tether.eval.frontier import (
 )
 from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
-from tether.labeling import simulate
+from tether.labeling.commands import simulate_labels, stats_path_for
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 from tether.rundir import read_metrics
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
+from tether.tasks.registry import TASKS, load_task
 from tether.trainers import dpo, ppo, rm, sft
 
 STATE = "pipeline.json"
 HUMAN = "human"  # task.labels: people label the samples in the labeling app
-BUILTIN_TASKS = {"sentiment": "tether.tasks.sentiment", "answers": "tether.tasks.answers"}
 
 
 @dataclass
@@ -92,14 +92,15 @@ class Run:
         self.root = Path(cfg.run_dir)
         self.skipped = set(cfg.stage_list("skip"))
         task = cfg.task
-        self.builtin = BUILTIN_TASKS.get(task.name) if task.name else None
-        if task.name and self.builtin is None:
+        if task.name and task.name not in TASKS:
             raise ConfigError(f"task.name: no built-in task '{task.name}' (built in: "
-                              f"{', '.join(BUILTIN_TASKS)}); leave it empty for a task of your "
+                              f"{', '.join(TASKS)}); leave it empty for a task of your "
                               f"own, given by task.prompts and task.gold or task.labels")
-        if not self.builtin and not task.demonstrations:
+        if not task.name and not task.demonstrations:
             self.skipped.add("sft")
-        self.gold = task.gold or (f"{self.builtin}:gold_score" if self.builtin else "")
+        # A built-in task's scorer by its full path, as resolved configs have always shown it
+        # (the stages' keys hash it: another spelling would rerun finished stages).
+        self.gold = task.gold or (f"{TASKS[task.name]}:gold_score" if task.name else "")
         self.state_path = self.root / STATE
         self.state: dict = json.loads(self.state_path.read_text()) \
             if self.state_path.exists() else {"stages": {}}
@@ -197,10 +198,10 @@ def execute_data(run: Run, _: dict) -> str:
     task, out = run.cfg.task, run.dir("data")
     out.mkdir(parents=True, exist_ok=True)
     if task.prompts:
-        rows = [{"prompt": p} for p, _ in sampling.load_prompts(task.prompts)[0]]
+        rows = [{"prompt": p} for p, _ in load_prompts(task.prompts)[0]]
         if task.heldout_prompts:
             heldout = [{"prompt": p} for p, _ in
-                       sampling.load_prompts(task.heldout_prompts, task.num_heldout)[0]]
+                       load_prompts(task.heldout_prompts, task.num_heldout)[0]]
         else:
             if len(rows) <= task.num_heldout:
                 raise DataError(f"{task.prompts}: {len(rows)} prompts, not more than "
@@ -208,17 +209,15 @@ def execute_data(run: Run, _: dict) -> str:
             rows, heldout = rows[:-task.num_heldout], rows[-task.num_heldout:]
         train = rows[:task.num_prompts]
     else:
-        module = importlib.import_module(run.builtin)
-        prompts = module.make_prompts(task.num_prompts + task.num_heldout, task.seed)
+        prompts = load_task(task.name).make_prompts(task.num_prompts + task.num_heldout, task.seed)
         train = [{"prompt": p} for p in prompts[:task.num_prompts]]
         heldout = [{"prompt": p} for p in prompts[task.num_prompts:]]
     atomic_write_jsonl(out / "prompts.jsonl", train)
     atomic_write_jsonl(out / "heldout.jsonl", heldout)
     what = f"{len(train)} training prompts, {len(heldout)} held out"
     if "sft" not in run.skipped and not task.demonstrations:
-        module = importlib.import_module(run.builtin)
         n = task.num_demonstrations
-        demos = module.make_demonstrations(n + max(n // 10, 1), task.seed + 1)
+        demos = load_task(task.name).make_demonstrations(n + max(n // 10, 1), task.seed + 1)
         atomic_write_jsonl(out / "demonstrations.jsonl", demos[:n])
         atomic_write_jsonl(out / "demonstrations_eval.jsonl", demos[n:])
         what += f", {n} demonstrations"
@@ -283,8 +282,8 @@ def execute_label(run: Run, cfg: Any) -> str:
         rows = sum(1 for line in run.labels.open() if line.strip())
         return f"{rows} rows of people's labels from {cfg['labels']}"
 
-    simulate.run(cfg)
-    stats = json.loads(simulate.stats_path_for(run.labels).read_text())
+    simulate_labels(cfg)
+    stats = json.loads(stats_path_for(run.labels).read_text())
     agreement = stats["agreement_with_gold"]
     return (f"{stats['rows']} {stats['format']} from a simulated labeler; agreement with gold "
             + ("n/a" if agreement is None else f"{agreement:.3f}"))
@@ -413,11 +412,11 @@ def execute_eval(run: Run, cfg: dict) -> str:
 
 
 def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
-    rows = sampling.load_prompts(str(run.heldout), ecfg.best_of_n_prompts)[0]
+    rows = load_prompts(str(run.heldout), ecfg.best_of_n_prompts)[0]
     messages = [m for _, m in rows]
     tokenizer = load_tokenizer(run.policy)
     chat = wants_chat_template(tokenizer, "auto")
-    prompt_ids = sampling.encode_prompts(tokenizer, messages, chat, 256)[0]
+    prompt_ids = encode_prompts(tokenizer, messages, chat, 256)[0]
     device = pick_device(ecfg.device)
     reward_model = RewardModel.from_pretrained(run.reward_model).to(device)
     model = load_causal_lm(run.policy).to(device)

@@ -9,8 +9,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tether.labeling.client import ServerProcess
-from tether.labeling.commands import create_project
 from tether.labeling.export import export_rows
+from tether.labeling.projects import create_project
 from tether.labeling.store import Store
 
 pytestmark = pytest.mark.browser

@@ -13,10 +13,10 @@ from tether.data.readers import read_rows
 from tether.errors import ConfigError, DataError
 from tether.labeling import store as store_module
 from tether.labeling.active import priority
-from tether.labeling.commands import create_project, project_stats, resolve_project
 from tether.labeling.export import export_rows
+from tether.labeling.projects import create_project, project_stats
 from tether.labeling.server import create_app
-from tether.labeling.store import Assignment, Store
+from tether.labeling.store import Assignment, Store, resolve_project
 
 
 def candidates(n: int, k: int = 2) -> list[dict]:

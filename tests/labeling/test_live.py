@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tether.labeling.client import LabelClient, ServerProcess, run_load
-from tether.labeling.commands import create_project
+from tether.labeling.projects import create_project
 from tether.labeling.store import Store
 
 

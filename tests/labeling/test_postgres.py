@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tether.labeling.client import ServerProcess, free_port, run_load
-from tether.labeling.commands import create_project, project_stats
 from tether.labeling.export import export_rows
+from tether.labeling.projects import create_project, project_stats
 from tether.labeling.store import Store
 
 

@@ -15,7 +15,8 @@ from tether.config import PipelineConfig, load_config
 from tether.presets import pipeline_sources
 from tether.rundir import read_metrics
 from tether.tasks import answers as task
-from tether.tasks.registry import BUILTIN, load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
+from tether.tasks.registry import TASKS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,8 +96,7 @@ def test_score_range():
 
 
 def test_registry_and_load_gold_scorer():
-    assert BUILTIN["answers"] == "tether.tasks.answers:gold_score"
-    assert pipeline.BUILTIN_TASKS["answers"] == "tether.tasks.answers"
+    assert TASKS["answers"] == "tether.tasks.answers"
     scorer = load_gold_scorer("answers")
     assert scorer is task.gold_score
     assert scorer([GOOD, RUDE]) == task.gold_score([GOOD, RUDE])

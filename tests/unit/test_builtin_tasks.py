@@ -1,8 +1,7 @@
-"""What every built-in task promises the pipeline (tether.pipeline.BUILTIN_TASKS): seeded,
+"""What every built-in task promises the pipeline (tether.tasks.registry.TASKS): seeded,
 deterministic prompts and demonstrations in the numbers asked for, and the shared command line
 (tether.tasks.cli) that writes them. Each task's own file tests its templates and gold scorer."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -11,18 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from tether.pipeline import BUILTIN_TASKS
+from tether.tasks.registry import TASKS, Task, load_task
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(params=sorted(BUILTIN_TASKS))
+@pytest.fixture(params=sorted(TASKS))
 def task(request):
-    return importlib.import_module(BUILTIN_TASKS[request.param])
+    return load_task(request.param)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_each_task_has_what_a_task_provides(task):
+    assert isinstance(task, Task)
 
 
 def test_prompts_and_demonstrations_are_deterministic_per_seed(task):

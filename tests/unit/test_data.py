@@ -6,7 +6,8 @@ import pytest
 
 from tether.config import DataConfig
 from tether.data.readers import BadRow, read_rows
-from tether.data.sft import LoadStats, load_records, load_sft_data, parse_sft
+from tether.data.records import LoadStats, load_records
+from tether.data.sft import load_sft_data, parse_sft
 from tether.data.tokenize import encode_prompt, encode_response
 from tether.errors import DataError
 from tether.models.loading import load_tokenizer

@@ -20,7 +20,7 @@ from tether.eval.policy import (
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.models.reward import RewardModel
 from tether.models.tiny import tiny_llama, tiny_tokenizer
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 
 PROMPTS = [{"prompt": "The acting was"}, {"prompt": "A quiet drama with a great cast, and"},
            {"prompt": [{"role": "user", "content": "Continue this movie review: the plot"}]}]

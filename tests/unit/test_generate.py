@@ -4,13 +4,9 @@ import pytest
 import torch
 
 from tether.errors import UserError
-from tether.rollout.generate import (
-    Generation,
-    HFGenerator,
-    InverseCDFSampler,
-    SamplingParams,
-    make_generator,
-)
+from tether.rollout.backends import make_generator
+from tether.rollout.base import Generation, SamplingParams
+from tether.rollout.generate import HFGenerator, InverseCDFSampler
 
 NEAR_GREEDY = SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=12)
 

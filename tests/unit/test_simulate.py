@@ -7,17 +7,12 @@ import numpy as np
 import pytest
 
 from tether.config import SimulateLabelsConfig
+from tether.data.candidates import read_candidates
 from tether.errors import DataError, UserError
-from tether.labeling.simulate import (
-    agreement_with_gold,
-    expected_agreement,
-    read_candidates,
-    run,
-    simulate,
-    stats_path_for,
-)
+from tether.labeling.commands import simulate_labels, stats_path_for
+from tether.labeling.simulate import agreement_with_gold, expected_agreement, simulate
 from tether.tasks import sentiment
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
 
 
 def numbers(texts):
@@ -203,8 +198,8 @@ def test_sentiment_end_to_end(tmp_path, capsys):
              "responses": [meh, bad, good], "sample_seed": i}
             for i, s in enumerate(["plot", "acting", "score"])]
     candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
-    out = run(SimulateLabelsConfig(candidates=str(candidates), output=str(tmp_path / "l.jsonl"),
-                                   temperature=1e-6))
+    out = simulate_labels(SimulateLabelsConfig(
+        candidates=str(candidates), output=str(tmp_path / "l.jsonl"), temperature=1e-6))
     labels = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["ranks"] for r in labels] == [[1, 2, 0]] * 3  # good, meh, bad
     assert labels[0]["gold_scores"] == sentiment.gold_score([meh, bad, good])
@@ -212,9 +207,9 @@ def test_sentiment_end_to_end(tmp_path, capsys):
     assert stats["agreement_with_gold"] == 1.0 and stats["pairs"] == 9
     assert "agreement with gold: 1.000" in capsys.readouterr().out
 
-    out = run(SimulateLabelsConfig(candidates=str(candidates), output=str(tmp_path / "p.jsonl"),
-                                   format="pairs", pairs_per_prompt=0, temperature=1e-6,
-                                   gold="tether.tasks.sentiment:gold_score"))
+    out = simulate_labels(SimulateLabelsConfig(
+        candidates=str(candidates), output=str(tmp_path / "p.jsonl"), format="pairs",
+        pairs_per_prompt=0, temperature=1e-6, gold="tether.tasks.sentiment:gold_score"))
     pairs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(pairs) == 9 and all(p["gold_chosen"] > p["gold_rejected"] for p in pairs)
     assert set(pairs[0]) == {"prompt", "chosen", "rejected", "gold_chosen", "gold_rejected"}
@@ -222,7 +217,8 @@ def test_sentiment_end_to_end(tmp_path, capsys):
 
 def test_output_must_be_jsonl(tmp_path):
     with pytest.raises(UserError, match=".jsonl"):
-        run(SimulateLabelsConfig(candidates="c.jsonl", output=str(tmp_path / "labels.json")))
+        simulate_labels(SimulateLabelsConfig(candidates="c.jsonl",
+                                             output=str(tmp_path / "labels.json")))
 
 
 # --- gold scorer registry ----------------------------------------------------------------------

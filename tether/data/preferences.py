@@ -14,7 +14,13 @@ from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
 from tether.data.readers import BadRow
-from tether.data.sft import LoadStats, load_records, load_splits, parse_prompt, parse_response
+from tether.data.records import (
+    LoadStats,
+    load_records,
+    load_splits,
+    parse_prompt,
+    parse_response,
+)
 from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
 from tether.errors import DataError
 

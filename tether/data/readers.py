@@ -27,7 +27,7 @@ class BadRow(DataError):
 
 
 def read_rows(source: str) -> Iterator[Row]:
-    from tether.labeling.commands import is_database, read_database
+    from tether.labeling.export import is_database, read_database
 
     if is_database(source):  # people's labels, straight from the labeling app's database
         yield from (Row(where, record) for where, record in read_database(source))

@@ -1,4 +1,4 @@
-"""SFT demonstrations: validate rows, tokenise them, split off an eval set."""
+"""SFT demonstrations: {prompt, completion} or {messages} rows, tokenised, with an eval set."""
 
 from __future__ import annotations
 
@@ -8,56 +8,17 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
-from tether.data.order import split_holdout
-from tether.data.readers import BadRow, read_rows
+from tether.data.readers import BadRow
+from tether.data.records import (
+    LoadStats,
+    load_records,
+    load_splits,
+    parse_messages,
+    parse_prompt,
+    parse_response,
+)
 from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
 from tether.errors import DataError
-
-ROLES = ("system", "user", "assistant", "tool")
-
-
-def parse_messages(value: Any, name: str, where: str) -> Messages:
-    if not isinstance(value, list) or not value:
-        raise BadRow(f"{where}: '{name}' must be a non-empty list of messages")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) \
-                or m.get("role") not in ROLES:
-            raise BadRow(f"{where}: {name}[{i}] must be an object with 'role' (one of "
-                         f"{', '.join(ROLES)}) and 'content' (a string)")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-def parse_prompt(record: Any, where: str) -> Messages:
-    """The prompt of a record as chat messages (a plain string becomes one user turn)."""
-    if not isinstance(record, dict):
-        raise BadRow(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "prompt" not in record:
-        raise BadRow(f"{where}: missing field 'prompt'")
-    prompt = record["prompt"]
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise BadRow(f"{where}: empty prompt")
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list):
-        return parse_messages(prompt, "prompt", where)
-    raise BadRow(f"{where}: 'prompt' must be a string or a list of messages, "
-                 f"got {type(prompt).__name__}")
-
-
-def parse_response(value: Any, name: str, where: str, allow_empty: bool = False) -> str:
-    """A response given as a string, or as a list holding one assistant message. Empty is a
-    mistake in a demonstration, but a policy's sample may be empty (it ended at once), and
-    a preference between such samples is still a preference: `allow_empty`."""
-    if isinstance(value, list):
-        messages = parse_messages(value, name, where)
-        if len(messages) != 1 or messages[0]["role"] != "assistant":
-            raise BadRow(f"{where}: '{name}' as messages must be a single assistant message")
-        value = messages[0]["content"]
-    if not isinstance(value, str):
-        raise BadRow(f"{where}: '{name}' must be a string, got {type(value).__name__}")
-    if not value.strip() and not allow_empty:
-        raise BadRow(f"{where}: empty response in '{name}'")
-    return value
 
 
 def parse_sft(record: Any, where: str) -> tuple[Messages, str]:
@@ -74,52 +35,6 @@ def parse_sft(record: Any, where: str) -> tuple[Messages, str]:
         raise BadRow(f"{where}: missing field 'completion' (an SFT row is "
                      f"{{prompt, completion}} or {{messages}})")
     return prompt, parse_response(record["completion"], "completion", where)
-
-
-@dataclass
-class LoadStats:
-    rows: int = 0
-    bad_rows: int = 0
-    first_bad: str = ""
-    dropped_too_long: int = 0
-    truncated: int = 0
-    held_out: int = 0  # rows moved to the eval split
-    no_pairs: int = 0  # preference rows whose responses all tie
-
-    def summary(self) -> str:
-        parts = [f"{self.rows} rows"]
-        if self.held_out:
-            parts.append(f"{self.held_out} of them held out for eval")
-        if self.bad_rows:
-            parts.append(f"{self.bad_rows} bad rows skipped (first: {self.first_bad})")
-        if self.dropped_too_long:
-            parts.append(f"{self.dropped_too_long} dropped as longer than max_length")
-        if self.truncated:
-            parts.append(f"{self.truncated} truncated to max_length")
-        if self.no_pairs:
-            parts.append(f"{self.no_pairs} skipped as all ties (no pairs)")
-        return ", ".join(parts)
-
-
-def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
-                 skip_key: str = "data.skip_bad_rows") -> list:
-    """Parse every row with `parse(record, where)`; bad rows stop the run or are counted.
-    `skip_key` is the config key that skips them, for the error message."""
-    out = []
-    for row in read_rows(source):
-        try:
-            if isinstance(row.record, BadRow):
-                raise row.record
-            out.append(parse(row.record, row.where))
-        except BadRow as e:
-            if not skip_bad_rows:
-                raise DataError(f"{e} (set {skip_key}=true to skip bad rows)") from None
-            stats.bad_rows += 1
-            stats.first_bad = stats.first_bad or str(e)
-    stats.rows += len(out)
-    if not out:
-        raise DataError(f"{source}: no usable rows")
-    return out
 
 
 @dataclass
@@ -149,16 +64,3 @@ def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
         return encoded, stats
 
     return SFTData(*load_splits(cfg, encode_all, seed))
-
-
-def load_splits(cfg: DataConfig, encode_all, seed: int) -> tuple[list, list, dict]:
-    """(train, eval, stats): `encode_all(source) -> (items, LoadStats)` on data.train, and on
-    data.eval if given, else a seeded data.eval_fraction of train held out."""
-    train, train_stats = encode_all(cfg.train)
-    stats = {"train": train_stats}
-    if cfg.eval:
-        eval_set, stats["eval"] = encode_all(cfg.eval)
-    else:
-        train, eval_set = split_holdout(train, cfg.eval_fraction, seed)
-        train_stats.held_out = len(eval_set)
-    return train, eval_set, stats

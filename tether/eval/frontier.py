@@ -16,7 +16,7 @@ import torch
 
 from tether.eval.overopt import best_of_n, bon_kl, fit_bon, fit_rl, overoptimization_warning
 from tether.eval.policy import evaluate_policy
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 
 # Changes of mean reward smaller than this are not called a trend: a mean over 16-64 held-out
 # samples moves by a few hundredths from sampling noise alone.

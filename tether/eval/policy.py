@@ -23,12 +23,12 @@ from tether.data.order import chunks
 from tether.data.tokenize import Messages
 from tether.device import autocast, model_device
 from tether.eval.stats import bootstrap_ci
-from tether.labeling.simulate import score_all
 from tether.models.head import DEFAULT_CHUNK
 from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
-from tether.rollout.generate import HFGenerator, SamplingParams
-from tether.tasks.registry import GoldScorer
+from tether.rollout.base import SamplingParams
+from tether.rollout.generate import HFGenerator
+from tether.tasks.gold import GoldScorer, score_all
 
 # Per-sample numbers that get a mean and an interval in the summary.
 METRICS = ("gold", "proxy", "kl", "num_tokens")

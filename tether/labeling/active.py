@@ -31,7 +31,7 @@ def priority(scores: np.ndarray) -> float:
 def prioritize(store: Store, project: Project, reward_models: Sequence[str],
                batch_size: int = 16) -> dict[int, float]:
     """Score every non-gold item's responses with each reward model and store priorities."""
-    from tether.data.sft import parse_prompt
+    from tether.data.records import parse_prompt
     from tether.device import pick_device
     from tether.models.reward import RewardModel
 

@@ -1,5 +1,9 @@
-"""`tether label serve | import | add-annotator | stats | export`: the labeling app's commands.
+"""`tether label simulate | import | add-annotator | serve | stats | export`: the commands.
 
+Each reads its config, calls the labeling library (simulate, projects, store, export) and
+prints what it did.
+
+    tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.5
     tether label import project=sentiment candidates=runs/sample/candidates.jsonl overlap=3
     tether label add-annotator name=alice            # prints alice's access token, once
     tether label add-annotator name=lead admin=true
@@ -12,10 +16,7 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from tether.config import (
     LabelAnnotatorConfig,
@@ -23,62 +24,15 @@ from tether.config import (
     LabelImportConfig,
     LabelServeConfig,
     LabelStatsConfig,
+    SimulateLabelsConfig,
 )
-from tether.errors import ConfigError, DataError
-from tether.labeling.agreement import agreement_stats
-from tether.labeling.export import export_rows
-from tether.labeling.store import Project, Store, rows_to_items
-
-DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-
-
-def source_rows(source: str) -> list[tuple[str, Any]]:
-    from tether.data.readers import read_rows
-
-    return [(row.where, row.record) for row in read_rows(source)]
-
-
-def create_project(store: Store, name: str, rows: Iterable[tuple[str, Any]],
-                   gold: Iterable[tuple[str, Any]] = (), overlap: int = 1,
-                   gold_rate: float = 0.0, lease_minutes: float = 30.0) -> Project:
-    """Validate every row first, then create the project in one transaction: a bad row
-    imports nothing."""
-    if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 1:
-        raise ConfigError(f"overlap must be an integer >= 1, got {overlap!r}")
-    if not isinstance(gold_rate, (int, float)) or not 0 <= gold_rate <= 1:
-        raise ConfigError(f"gold_rate must be in [0, 1], got {gold_rate!r}")
-    items = rows_to_items(rows, gold=False)
-    if not items:
-        raise DataError("no candidate rows to import")
-    gold_items = rows_to_items(gold, gold=True)
-    return store.create_project(name, items, gold_items, overlap=overlap,
-                                gold_rate=float(gold_rate), lease_minutes=lease_minutes)
-
-
-def resolve_project(store: Store, name: str) -> Project:
-    projects = store.projects()
-    if name:
-        for p in projects:
-            if p.name == name:
-                return p
-    elif len(projects) == 1:
-        return projects[0]
-    names = ", ".join(p.name for p in projects) or "none yet: `tether label import`"
-    what = f"no project '{name}'" if name else "several projects: give project=NAME"
-    raise ConfigError(f"{store.db}: {what} (projects: {names})")
-
-
-def project_stats(store: Store, project: Project) -> dict:
-    labels = store.labels(project.name)
-    stats = agreement_stats(labels)
-    progress = store.progress(project)
-    items = store.items(project.name)
-    return {**stats, "project": project.name, "overlap": project.overlap,
-            "gold_rate": project.gold_rate, "items_labelled": stats["items"],
-            "items": sum(i.gold_ranks is None for i in items),
-            "gold_items": sum(i.gold_ranks is not None for i in items),
-            "labels_done": progress["done"], "labels_target": progress["total"],
-            "choices": dict(sorted(Counter(lab["choice"] for lab in labels).items()))}
+from tether.data.candidates import read_candidates
+from tether.errors import ConfigError
+from tether.labeling.export import export_project
+from tether.labeling.projects import create_project, project_stats, source_rows
+from tether.labeling.simulate import simulate
+from tether.labeling.store import Project, Store, resolve_project
+from tether.tasks.gold import load_gold_scorer
 
 
 def format_stats(s: dict) -> str:
@@ -112,34 +66,44 @@ def format_stats(s: dict) -> str:
     return "\n".join(lines)
 
 
-def export_project(store: Store, project: Project, aggregate: str = "majority",
-                   min_gold_accuracy: float = 0.0) -> tuple[list[dict], dict]:
-    return export_rows(store.labels(project.name), aggregate, min_gold_accuracy)
-
-
-def read_database(source: str) -> list[tuple[str, dict]]:
-    """Preference rows straight from a labeling database, as `tether label export` with its
-    defaults would write them: `labels.db`, `labels.db#project`, or a SQLAlchemy URL
-    (`postgresql://host/labels#project`)."""
-    db, _, name = source.partition("#")
-    store = Store(db)
-    try:
-        project = resolve_project(store, name)
-        rows, _ = export_project(store, project)
-    finally:
-        store.close()
-    if not rows:
-        raise DataError(f"{source}: project '{project.name}' has no labels with a preference "
-                        f"yet")
-    return [(f"{db}#{project.name}: item {i}", row) for i, row in enumerate(rows)]
-
-
-def is_database(source: str) -> bool:
-    db = source.partition("#")[0]
-    return "://" in db or Path(db).suffix in DB_SUFFIXES
-
-
 # -- the commands -----------------------------------------------------------------------------
+
+
+def simulate_labels(cfg: SimulateLabelsConfig) -> Path:
+    """`tether label simulate`: read candidates, label them, write labels atomically."""
+    # imported here: tether.checkpoint pulls in torch and peft (~5 s), which labelling never uses
+    from tether.checkpoint import atomic_write_jsonl, atomic_write_text
+
+    out = Path(cfg.output)
+    if out.suffix != ".jsonl":
+        raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
+    if Path(cfg.candidates).resolve() == out.resolve():
+        raise ConfigError(f"output '{cfg.output}' would overwrite the candidates")
+    rows = read_candidates(cfg.candidates)
+    scorer = load_gold_scorer(cfg.gold)
+    out_rows, stats = simulate(rows, scorer, cfg)
+    atomic_write_jsonl(out, out_rows)
+    stats_path = stats_path_for(out)
+    atomic_write_text(stats_path, json.dumps(stats, indent=2) + "\n")
+    print(simulate_summary(stats, out))
+    print(f"stats: {stats_path}")
+    return out
+
+
+def stats_path_for(output: Path) -> Path:
+    """labels.jsonl -> labels.stats.json"""
+    return output.with_name(output.stem + ".stats.json")
+
+
+def simulate_summary(stats: dict, out: Path | str) -> str:
+    agreement = stats["agreement_with_gold"]
+    agree = "n/a (no pair differs in gold)" if agreement is None else f"{agreement:.3f}"
+    expected = stats["expected_agreement"]
+    expect = "" if expected is None else f" (expected {expected:.3f} from T and flip_rate)"
+    return (f"wrote {stats['rows']} {stats['format']} rows for {stats['prompts']} prompts "
+            f"({stats['pairs']} labelled pairs) to {out}\n"
+            f"agreement with gold: {agree}{expect}; {stats['gold_ties']} pairs tied in gold "
+            f"left out")
 
 
 def serve(cfg: LabelServeConfig) -> None:

@@ -11,16 +11,23 @@ counting half to each; an item whose annotators split evenly has no majority and
 aggregate=all gives one row per label, with the annotator's name, for training with per-labeler
 noise models or for auditing. "Both bad" and "can't tell" labels express no preference between
 the responses, so neither gives a row (they still count in the statistics).
+
+`read_database` gives the same rows straight from a labeling database, so a reward model or DPO
+can train on `labels.db` with no export step (tether.data.readers reads such a source with it).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from tether.errors import DataError
 from tether.labeling.agreement import agreement_stats
-from tether.labeling.store import dense_ranks
+from tether.labeling.store import Project, Store, dense_ranks, resolve_project
+
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def preference_row(prompt: Any, responses: Sequence[str], ranks: Sequence[int],
@@ -91,3 +98,30 @@ def export_rows(labels: Sequence[dict], aggregate: str = "majority",
             rows.append(row)
     counts["rows"] = len(rows)
     return rows, counts
+
+
+def export_project(store: Store, project: Project, aggregate: str = "majority",
+                   min_gold_accuracy: float = 0.0) -> tuple[list[dict], dict]:
+    return export_rows(store.labels(project.name), aggregate, min_gold_accuracy)
+
+
+def read_database(source: str) -> list[tuple[str, dict]]:
+    """Preference rows straight from a labeling database, as `tether label export` with its
+    defaults would write them: `labels.db`, `labels.db#project`, or a SQLAlchemy URL
+    (`postgresql://host/labels#project`)."""
+    db, _, name = source.partition("#")
+    store = Store(db)
+    try:
+        project = resolve_project(store, name)
+        rows, _ = export_project(store, project)
+    finally:
+        store.close()
+    if not rows:
+        raise DataError(f"{source}: project '{project.name}' has no labels with a preference "
+                        f"yet")
+    return [(f"{db}#{project.name}: item {i}", row) for i, row in enumerate(rows)]
+
+
+def is_database(source: str) -> bool:
+    db = source.partition("#")[0]
+    return "://" in db or Path(db).suffix in DB_SUFFIXES

@@ -239,7 +239,7 @@ def create_app(store: Store) -> FastAPI:
 
     @app.get("/api/admin/projects/{name}/stats")
     def stats(name: str, request: Request) -> dict:
-        from tether.labeling.commands import project_stats
+        from tether.labeling.projects import project_stats
 
         admin(request)
         return project_stats(store, project_named(name))
@@ -260,7 +260,7 @@ def create_app(store: Store) -> FastAPI:
     @app.post("/api/admin/projects/{name}/import")
     async def import_items(name: str, request: Request) -> Response:
         from tether.errors import UserError
-        from tether.labeling.commands import create_project
+        from tether.labeling.projects import create_project
 
         admin(request)
         body = await json_object(request, "items", list, '{"items": [candidate rows], "gold": '

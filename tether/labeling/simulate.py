@@ -1,5 +1,7 @@
 """A simulated labeler: noisy Bradley-Terry / Plackett-Luce choices from a gold scorer.
 
+`tether label simulate` (labeling/commands.py) runs it on a candidates file:
+
     tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.5
 
 Every response is scored once by the gold scorer (g, e.g. VADER sentiment for the built-in
@@ -21,127 +23,20 @@ P(label a over b) = (1 - f) * sigmoid((g_a - g_b) / T) + f * sigmoid((g_b - g_a)
 
 The labels' agreement with gold (the share of labelled pairs, gold ties excluded, whose
 preferred response has the higher gold score) is the noise ceiling that a reward model's
-accuracy against these labels is compared with; it is printed, returned, and written to
-<output>.stats.json beside the labels.
+accuracy against these labels is compared with; `simulate` returns it with the labels, and
+the command prints it and writes it to <output>.stats.json beside them.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from tether.config import SimulateLabelsConfig
-from tether.data.readers import BadRow, read_rows
-from tether.errors import ConfigError, DataError, UserError
-from tether.tasks.registry import load_gold_scorer
-
-Scorer = Callable[[list[str]], Sequence[float]]
-
-
-def run(cfg: SimulateLabelsConfig) -> Path:
-    """`tether label simulate`: read candidates, label them, write labels atomically."""
-    # imported here: tether.checkpoint pulls in torch and peft (~5 s), which labelling never uses
-    from tether.checkpoint import atomic_write_jsonl, atomic_write_text
-
-    out = Path(cfg.output)
-    if out.suffix != ".jsonl":
-        raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
-    if Path(cfg.candidates).resolve() == out.resolve():
-        raise ConfigError(f"output '{cfg.output}' would overwrite the candidates")
-    rows = read_candidates(cfg.candidates)
-    scorer = load_gold_scorer(cfg.gold)
-    out_rows, stats = simulate(rows, scorer, cfg)
-    atomic_write_jsonl(out, out_rows)
-    stats_path = stats_path_for(out)
-    atomic_write_text(stats_path, json.dumps(stats, indent=2) + "\n")
-    print(summary(stats, out))
-    print(f"stats: {stats_path}")
-    return out
-
-
-def stats_path_for(output: Path) -> Path:
-    """labels.jsonl -> labels.stats.json"""
-    return output.with_name(output.stem + ".stats.json")
-
-
-def summary(stats: dict, out: Path | str) -> str:
-    agreement = stats["agreement_with_gold"]
-    agree = "n/a (no pair differs in gold)" if agreement is None else f"{agreement:.3f}"
-    expected = stats["expected_agreement"]
-    expect = "" if expected is None else f" (expected {expected:.3f} from T and flip_rate)"
-    return (f"wrote {stats['rows']} {stats['format']} rows for {stats['prompts']} prompts "
-            f"({stats['pairs']} labelled pairs) to {out}\n"
-            f"agreement with gold: {agree}{expect}; {stats['gold_ties']} pairs tied in gold "
-            f"left out")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading candidates
-# ---------------------------------------------------------------------------------------------
-
-
-def read_candidates(source: str) -> list[dict[str, Any]]:
-    """Candidate rows {"prompt", "responses": [K >= 2 strings]}; a bad row stops the run with
-    its file:line."""
-    rows = [parse_candidate(row.record, row.where) for row in read_rows(source)]
-    if not rows:
-        raise DataError(f"{source}: no candidate rows")
-    return rows
-
-
-def parse_candidate(record: Any, where: str) -> dict[str, Any]:
-    """{"prompt", "responses"} from one candidates record, or DataError naming `where`."""
-    if isinstance(record, BadRow):
-        raise record
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with 'prompt' and 'responses', got "
-                        f"{type(record).__name__}")
-    if "prompt" not in record:
-        raise DataError(f"{where}: missing 'prompt'")
-    prompt = record["prompt"]
-    if not isinstance(prompt, (str, list)):
-        raise DataError(f"{where}: 'prompt' must be a string or a list of messages, got "
-                        f"{type(prompt).__name__}")
-    if "responses" not in record:
-        raise DataError(f"{where}: missing 'responses' (a list of K >= 2 response strings, "
-                        f"as written by `tether sample`)")
-    responses = record["responses"]
-    if not isinstance(responses, list):
-        raise DataError(f"{where}: 'responses' must be a list of strings, got "
-                        f"{type(responses).__name__}")
-    if len(responses) < 2:
-        what = "empty" if not responses else "a single response"
-        raise DataError(f"{where}: 'responses' is {what}; comparing needs at least 2")
-    for i, r in enumerate(responses):
-        if not isinstance(r, str):
-            raise DataError(f"{where}: responses[{i}] must be a string, got {type(r).__name__}")
-    return {"prompt": prompt, "responses": responses}
-
-
-# ---------------------------------------------------------------------------------------------
-# Labelling
-# ---------------------------------------------------------------------------------------------
-
-
-def score_all(rows: Sequence[dict], scorer: Scorer) -> list[np.ndarray]:
-    """Gold score of every response, one scorer call for all distinct texts."""
-    texts = list(dict.fromkeys(r for row in rows for r in row["responses"]))
-    scores = scorer(texts)
-    try:
-        scores = np.asarray(list(scores), dtype=float)
-    except (TypeError, ValueError):
-        raise UserError("the gold scorer must return one number per text") from None
-    if scores.shape != (len(texts),):
-        raise UserError(f"the gold scorer returned {scores.size} scores for {len(texts)} texts")
-    if not np.all(np.isfinite(scores)):
-        bad = texts[int(np.flatnonzero(~np.isfinite(scores))[0])]
-        raise UserError(f"the gold scorer returned NaN or infinity, e.g. for {bad[:80]!r}")
-    by_text = dict(zip(texts, scores.tolist(), strict=True))
-    return [np.array([by_text[r] for r in row["responses"]]) for row in rows]
+from tether.data.candidates import parse_candidate
+from tether.errors import ConfigError
+from tether.tasks.gold import GoldScorer, score_all
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
@@ -172,7 +67,7 @@ def expected_agreement(gold_diffs: Sequence[float], temperature: float,
     return float(np.mean((1 - flip_rate) * p + flip_rate * (1 - p)))
 
 
-def simulate(rows: Sequence[dict], scorer: Scorer,
+def simulate(rows: Sequence[dict], scorer: GoldScorer,
              cfg: SimulateLabelsConfig) -> tuple[list[dict], dict]:
     """Label candidate rows; returns (output rows, stats). No file I/O.
 

@@ -22,7 +22,7 @@ import random
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -47,7 +47,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from tether.errors import ConfigError, DataError
+from tether.errors import ConfigError
 
 CHOICES = ("rank", "both_bad", "cant_tell")
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -414,27 +414,16 @@ class Store:
             return {"done": mine, "total": items - full}
 
 
-def rows_to_items(rows: Iterable[tuple[str, Any]], gold: bool) -> list[dict]:
-    """Validated import rows from (where, record): candidates ({prompt, responses}) or, for
-    gold items, preferences with a known answer (pairs or rankings)."""
-    from tether.data.preferences import parse_preference
-    from tether.labeling.simulate import parse_candidate
-
-    out = []
-    for where, record in rows:
-        if gold:
-            if isinstance(record, Exception):
-                raise record
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected an object, got {type(record).__name__}")
-            pref = parse_preference(record, where)
-            if len(set(pref.ranks)) < 2:
-                raise DataError(f"{where}: a gold item needs a known answer; every response "
-                                f"is tied")
-            out.append({"prompt": record["prompt"], "responses": pref.responses,
-                        "ranks": pref.ranks, "source": where})
-        else:
-            row = parse_candidate(record, where)
-            out.append({**row, "source": where})
-    return out
-
+def resolve_project(store: Store, name: str) -> Project:
+    """The project called `name`, or the only one when no name is given; an error listing the
+    projects otherwise."""
+    projects = store.projects()
+    if name:
+        for p in projects:
+            if p.name == name:
+                return p
+    elif len(projects) == 1:
+        return projects[0]
+    names = ", ".join(p.name for p in projects) or "none yet: `tether label import`"
+    what = f"no project '{name}'" if name else "several projects: give project=NAME"
+    raise ConfigError(f"{store.db}: {what} (projects: {names})")

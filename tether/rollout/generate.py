@@ -1,4 +1,4 @@
-"""Sample responses from a causal LM: prompts as token ids in, unpadded responses out.
+"""The `hf` generation backend: Hugging Face `generate` on whatever device the model is on.
 
 `HFGenerator` wraps Hugging Face `generate` (KV cache, left padding, an explicit attention
 mask). transformers derives each row's position ids from that mask (cumsum - 1) and extends
@@ -12,15 +12,11 @@ sampling warpers (transformers' default top_k=50 above all) never run; the proce
 generation_config could add (repetition penalties, forced or suppressed tokens, ...) are
 switched off explicitly.
 
-Every sample draws from a random stream of its own, named by (seed, its index in the whole
-batch), so a sample does not depend on which other prompts share its call: a batch split over
-processes (PPO under torchrun) draws exactly what one process would.
+Each sample's uniforms come from its own random stream (base.stream_seed), so a sample does not
+depend on which other prompts share its call.
 """
 
 from __future__ import annotations
-
-import hashlib
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, LogitsProcessor, PreTrainedTokenizerBase
@@ -29,8 +25,7 @@ from tether.data.collate import pad_batch
 from tether.device import autocast
 from tether.errors import UserError
 from tether.models.logprobs import position_ids_from_mask
-
-BACKENDS = ("hf", "vllm")
+from tether.rollout.base import Generation, Generator, SamplingParams, stream_seed
 
 # Passed to every generate call: kwargs override the model's generation_config, which would
 # otherwise fill these in.
@@ -44,35 +39,6 @@ _PLAIN_SAMPLING = {
     "remove_invalid_values": False, "num_beams": 1, "guidance_scale": None,
     "watermarking_config": None,
 }
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 48
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class Generation:
-    prompt_ids: list[int]
-    response_ids: list[int]  # no padding; ends with EOS iff finished; nothing after EOS
-    finished: bool  # the model emitted EOS within max_new_tokens
-
-
-def stream_seed(seed: int, sample: int) -> int:
-    """The seed of sample `sample`'s own random stream (a hash: no two (seed, sample) pairs
-    collide the way seed * K + sample would)."""
-    digest = hashlib.blake2b(f"{seed}:{sample}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class InverseCDFSampler(LogitsProcessor):
@@ -100,7 +66,7 @@ class InverseCDFSampler(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
 
 
-class HFGenerator:
+class HFGenerator(Generator):
     """Hugging Face `generate` on whatever device the model is on."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
@@ -188,17 +154,3 @@ class HFGenerator:
 
     def sync(self, model: torch.nn.Module | None = None) -> None:
         """Nothing to do: generate reads the policy's weights themselves."""
-
-
-def make_generator(backend: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                   model_path: str = "", **kw):
-    """The generation backend by name: 'hf' (Hugging Face generate, any device) or 'vllm'
-    (a CUDA GPU; built from `model_path`, the policy's starting weights)."""
-    if backend == "hf":
-        return HFGenerator(model, tokenizer, **kw)
-    if backend == "vllm":
-        from tether.rollout.vllm import VLLMGenerator
-
-        return VLLMGenerator(model, tokenizer, model_path=model_path, **kw)
-    raise UserError(f"unknown generation backend {backend!r}; choose one of "
-                    f"{', '.join(BACKENDS)}")

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tether.errors import UserError
-from tether.rollout.generate import Generation, SamplingParams, stream_seed
+from tether.rollout.base import Generation, Generator, SamplingParams, stream_seed
 
 
 def require_vllm() -> None:
@@ -31,7 +31,7 @@ def require_vllm() -> None:
                         "machine, with a matching torch)") from None
 
 
-class VLLMGenerator:
+class VLLMGenerator(Generator):
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  model_path: str, bf16: bool = True, gpu_memory_utilization: float = 0.3,
                  max_model_len: int = 2048, seed: int = 0):

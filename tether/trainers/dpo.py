@@ -28,6 +28,7 @@ from tether.config import DPOConfig, DPOLossConfig
 from tether.data.order import batch_indices, chunks
 from tether.data.packing import Microbatches, group_tokens, split_microbatches
 from tether.data.preferences import EncodedPreference, load_preference_data
+from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import Encoded, wants_chat_template
 from tether.device import autocast, model_device, peak_memory
 from tether.distributed import Dist, setup, unwrap
@@ -40,10 +41,9 @@ from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
-from tether.rollout.generate import SamplingParams
+from tether.rollout.base import SamplingParams
 from tether.rundir import prepare_run_dir
-from tether.sample import encode_prompts, load_prompts
-from tether.tasks.registry import load_gold_scorer
+from tether.tasks.gold import load_gold_scorer
 from tether.trainers.common import (
     due,
     export_policy,

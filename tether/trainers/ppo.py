@@ -35,13 +35,13 @@ from transformers import PreTrainedTokenizerBase
 from tether.config import PPOConfig, PPORewardConfig, RolloutConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
+from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
 from tether.device import autocast, to_device
 from tether.distributed import Dist, setup
 from tether.errors import ConfigError, DataError
 from tether.eval.health import RolloutWatch
 from tether.eval.policy import heldout_metrics
-from tether.labeling.simulate import score_all
 from tether.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -65,10 +65,10 @@ from tether.models.reward import RewardModel
 from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
-from tether.rollout.generate import Generation, SamplingParams, make_generator
+from tether.rollout.backends import make_generator
+from tether.rollout.base import Generation, Generator, SamplingParams
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
-from tether.sample import encode_prompts, load_prompts
-from tether.tasks.registry import GoldScorer, load_gold_scorer
+from tether.tasks.gold import GoldScorer, load_gold_scorer, score_all
 from tether.trainers.common import (
     due,
     epochs_for,
@@ -253,7 +253,7 @@ class Loop:
     reference: torch.nn.Module | None  # None: the policy with its adapter off
     reward_model: RewardModel | None
     gold: GoldScorer | None
-    generator: Any  # a rollout backend (make_generator)
+    generator: Generator  # the rollout backend (rollout.backend)
     params: SamplingParams
     chunk: int  # train.logits_chunk; 0 under fsdp2, whose head weight stays sharded
     share: bool  # a prompt's samples share one row (grpo, rloo; train.share_prompt)
@@ -629,7 +629,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
     Under torchrun each process samples, scores and runs the no-grad passes over its share of
     the prompts, and then every process holds the whole rollout (all-gathered); each takes its
     slice of every minibatch for the update. Every sample draws from its own random stream
-    (tether.rollout.generate), so the samples, the gradients and every statistic of the batch
+    (tether.rollout.base.stream_seed), so the samples, the gradients and every statistic of the batch
     (advantage whitening among them) are those of one process."""
     hooks = hooks or Hooks()
     torch.manual_seed(cfg.train.seed)

@@ -19,7 +19,7 @@ from tether.config import RMConfig
 from tether.data.order import batch_indices
 from tether.data.packing import Microbatches, group_tokens
 from tether.data.preferences import EncodedPreference, load_preference_data, parse_responses
-from tether.data.sft import LoadStats, load_records
+from tether.data.records import LoadStats, load_records
 from tether.device import autocast, peak_memory
 from tether.distributed import setup
 from tether.eval.health import at_chance, reward_model_warnings
