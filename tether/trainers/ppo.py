@@ -629,8 +629,8 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
     Under torchrun each process samples, scores and runs the no-grad passes over its share of
     the prompts, and then every process holds the whole rollout (all-gathered); each takes its
     slice of every minibatch for the update. Every sample draws from its own random stream
-    (tether.rollout.base.stream_seed), so the samples, the gradients and every statistic of the batch
-    (advantage whitening among them) are those of one process."""
+    (tether.rollout.base.stream_seed), so the samples, the gradients and every statistic of the
+    batch (advantage whitening among them) are those of one process."""
     hooks = hooks or Hooks()
     torch.manual_seed(cfg.train.seed)
     algo, pcfg, rcfg = cfg.algo, cfg.ppo, cfg.rollout
