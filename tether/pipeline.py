@@ -50,6 +50,7 @@ from tether.eval.frontier import (
 from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
 from tether.labeling import simulate
+from tether.metric_names import EVAL_LOSS
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
@@ -236,8 +237,8 @@ def configure_sft(run: Run) -> Any:
 
 def execute_sft(run: Run, cfg: Any) -> str:
     sft.train(cfg)
-    losses = [m["loss/eval"] for m in read_metrics(run.dir("sft") / "metrics.jsonl")
-              if "loss/eval" in m]
+    losses = [m[EVAL_LOSS] for m in read_metrics(run.dir("sft") / "metrics.jsonl")
+              if EVAL_LOSS in m]
     return f"eval loss {losses[0]:.2f} -> {losses[-1]:.2f}" if losses else "trained"
 
 

@@ -75,7 +75,7 @@ def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
     out = run(2, "sft", tmp_path / "two", *args, f"train.strategy={strategy}")
     assert "2 processes" in out.stdout
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
-                                                         "loss/eval"))
+                                                         "eval/loss"))
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="both agents' one process is LOCAL_RANK 0 and "
@@ -100,7 +100,7 @@ def test_two_nodes_rendezvous_like_two_machines(tmp_path, sft_rows):
         assert agent.returncode == 0, output[-3000:]
     assert any("2 processes, ddp" in output for output in outputs)
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
-                                                         "loss/eval"))
+                                                         "eval/loss"))
 
 
 PREFERENCES = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8",

@@ -158,12 +158,13 @@ def test_svg_helpers_produce_valid_svg(series):
 def test_curves_group_metrics_on_a_shared_scale():
     groups = {m: _metric_group(m) for m in (
         "reward/gold", "reward/proxy", "eval/gold", "eval/proxy", "kl/seq", "eval/kl",
-        "kl/chosen", "loss/policy", "loss/value", "reward/accuracy", "eval/accuracy",
+        "kl/chosen", "loss/policy", "loss/value", "eval/loss", "reward/accuracy", "eval/accuracy",
         "ppo/clipfrac", "reward/margin", "policy/entropy")}
     assert {m for m, g in groups.items() if g == "reward"} == {
         "reward/gold", "reward/proxy", "eval/gold", "eval/proxy"}
     assert {m for m, g in groups.items() if g == "kl"} == {"kl/seq", "eval/kl", "kl/chosen"}
-    assert {m for m, g in groups.items() if g == "loss"} == {"loss/policy", "loss/value"}
+    assert {m for m, g in groups.items() if g == "loss"} == {"loss/policy", "loss/value",
+                                                             "eval/loss"}
     assert {m for m, g in groups.items() if g == "accuracy"} == {
         "reward/accuracy", "eval/accuracy"}
     for alone in ("ppo/clipfrac", "reward/margin", "policy/entropy"):

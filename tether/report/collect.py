@@ -15,18 +15,39 @@ import yaml
 from tether.config import ReportConfig
 from tether.errors import UserError
 from tether.eval.health import health_findings, reward_model_warnings
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_GOLD,
+    EVAL_KL,
+    EVAL_LOSS,
+    EVAL_PROXY,
+    KL_CHOSEN,
+    KL_SEQ,
+    LOSS_POLICY,
+    LOSS_TRAIN,
+    LOSS_VALUE,
+    POLICY_ENTROPY,
+    PPO_APPROX_KL,
+    PPO_CLIPFRAC,
+    PPO_EXPLAINED_VARIANCE,
+    RESPONSE_LENGTH,
+    REWARD_ACCURACY,
+    REWARD_GOLD,
+    REWARD_MARGIN,
+    REWARD_PROXY,
+)
 from tether.report.html import write_report
 from tether.rundir import read_metrics
 
 # Training curves shown per stage: metric names, in the order the report groups them.
 CURVES = {
-    "sft": ("loss/train", "loss/eval"),
-    "rm": ("loss/train", "loss/eval", "reward/accuracy", "eval/accuracy"),
-    "ppo": ("reward/proxy", "reward/gold", "eval/gold", "eval/proxy", "kl/seq", "eval/kl",
-            "ppo/clipfrac", "ppo/approx_kl", "loss/policy", "loss/value",
-            "ppo/explained_variance", "policy/entropy", "response/length"),
-    "dpo": ("loss/train", "loss/eval", "reward/accuracy", "reward/eval_accuracy",
-            "reward/margin", "kl/chosen", "eval/gold", "eval/proxy", "eval/kl"),
+    "sft": (LOSS_TRAIN, EVAL_LOSS),
+    "rm": (LOSS_TRAIN, EVAL_LOSS, REWARD_ACCURACY, EVAL_ACCURACY),
+    "ppo": (REWARD_PROXY, REWARD_GOLD, EVAL_GOLD, EVAL_PROXY, KL_SEQ, EVAL_KL, PPO_CLIPFRAC,
+            PPO_APPROX_KL, LOSS_POLICY, LOSS_VALUE, PPO_EXPLAINED_VARIANCE, POLICY_ENTROPY,
+            RESPONSE_LENGTH),
+    "dpo": (LOSS_TRAIN, EVAL_LOSS, REWARD_ACCURACY, "reward/eval_accuracy", REWARD_MARGIN,
+            KL_CHOSEN, EVAL_GOLD, EVAL_PROXY, EVAL_KL),
 }
 
 
