@@ -125,6 +125,7 @@ HEALTH_RM_AT_CHANCE = "health/rm_at_chance"  # rm: held-out accuracy not told fr
 # pipeline still read an old run directory.
 RENAMED = {
     "loss/eval": EVAL_LOSS,
+    "reward/train_accuracy": REWARD_ACCURACY,
 }
 
 

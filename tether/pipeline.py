@@ -50,7 +50,13 @@ from tether.eval.frontier import (
 from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
 from tether.labeling import simulate
-from tether.metric_names import EVAL_LOSS
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_ACCURACY_CI_HI,
+    EVAL_ACCURACY_CI_LO,
+    EVAL_LABEL_GOLD_AGREEMENT,
+    EVAL_LOSS,
+)
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
@@ -318,10 +324,10 @@ def execute_rm(run: Run, cfg: Any) -> str:
     if not path.exists():
         return "trained (no held-out labels)"
     m = json.loads(path.read_text())["metrics"]
-    text = (f"held-out accuracy {m['eval/accuracy']:.3f} [{m['eval/accuracy_ci_lo']:.3f}, "
-            f"{m['eval/accuracy_ci_hi']:.3f}]")
-    if "eval/label_gold_agreement" in m:
-        text += f" (the labels' own agreement with gold: {m['eval/label_gold_agreement']:.3f})"
+    text = (f"held-out accuracy {m[EVAL_ACCURACY]:.3f} [{m[EVAL_ACCURACY_CI_LO]:.3f}, "
+            f"{m[EVAL_ACCURACY_CI_HI]:.3f}]")
+    if EVAL_LABEL_GOLD_AGREEMENT in m:
+        text += f" (the labels' own agreement with gold: {m[EVAL_LABEL_GOLD_AGREEMENT]:.3f})"
     return text
 
 

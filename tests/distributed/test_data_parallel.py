@@ -106,7 +106,7 @@ def test_two_nodes_rendezvous_like_two_machines(tmp_path, sft_rows):
 PREFERENCES = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8",
                "train.micro_batch_size=2", "train.max_steps=3", "train.eval_every=0",
                "train.save_every=0", "data.eval_fraction=0.2"]
-KEYS = {"rm": ("loss/train", "optim/grad_norm", "reward/train_accuracy", "reward/mean",
+KEYS = {"rm": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/mean",
                "reward/std", "eval/accuracy"),
         "dpo": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/margin",
                 "loss/eval")}

@@ -17,10 +17,16 @@ from tether.errors import UserError
 from tether.eval.health import health_findings, reward_model_warnings
 from tether.metric_names import (
     EVAL_ACCURACY,
+    EVAL_ACCURACY_CI_HI,
+    EVAL_ACCURACY_CI_LO,
+    EVAL_ECE,
     EVAL_GOLD,
     EVAL_KL,
+    EVAL_LABEL_GOLD_AGREEMENT,
     EVAL_LOSS,
+    EVAL_PAIRS,
     EVAL_PROXY,
+    EVAL_SPEARMAN_GOLD,
     KL_CHOSEN,
     KL_SEQ,
     LOSS_POLICY,
@@ -113,12 +119,12 @@ def _reward_model(root: Path, frontier: dict | None) -> dict | None:
     m = rm["metrics"]
     labels = _json(root / "label" / "labels.stats.json") or {}
     out = {
-        "accuracy": m["eval/accuracy"],
-        "accuracy_ci": [m["eval/accuracy_ci_lo"], m["eval/accuracy_ci_hi"]],
+        "accuracy": m[EVAL_ACCURACY],
+        "accuracy_ci": [m[EVAL_ACCURACY_CI_LO], m[EVAL_ACCURACY_CI_HI]],
         # On the reward model's own held-out labels; else the labeler's over all labels.
-        "label_agreement": m.get("eval/label_gold_agreement", labels.get("agreement_with_gold")),
-        "pairs": int(m["eval/pairs"]), "ece": m["eval/ece"],
-        "spearman_gold": m.get("eval/spearman_gold"),
+        "label_agreement": m.get(EVAL_LABEL_GOLD_AGREEMENT, labels.get("agreement_with_gold")),
+        "pairs": int(m[EVAL_PAIRS]), "ece": m[EVAL_ECE],
+        "spearman_gold": m.get(EVAL_SPEARMAN_GOLD),
         "reliability": rm.get("reliability"), "by_length_diff": rm.get("by_length_diff"),
     }
     bias = (frontier or {}).get("length_bias")
