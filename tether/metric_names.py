@@ -27,6 +27,8 @@ PERF_STEP_S = "perf/step_s"  # seconds one optimizer step (ppo: one iteration) t
 PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_PEAK_MEM_GIB = "perf/peak_mem_gib"  # most GPU memory the allocator has held (CUDA only)
 
+EVAL_PREFIX = "eval/"  # every held-out metric's namespace
+
 # Held-out preferences: rm and dpo ---------------------------------------------------------
 EVAL_LOSS = "eval/loss"  # the training objective on held-out data (sft: NLL per token)
 EVAL_ACCURACY = "eval/accuracy"  # share of held-out pairs ranked right (ties count half)
@@ -126,6 +128,13 @@ HEALTH_RM_AT_CHANCE = "health/rm_at_chance"  # rm: held-out accuracy not told fr
 RENAMED = {
     "loss/eval": EVAL_LOSS,
     "reward/train_accuracy": REWARD_ACCURACY,
+    "reward/eval_accuracy": EVAL_ACCURACY,
+    "reward/eval_margin": EVAL_MARGIN,
+    "reward/eval_chosen": EVAL_REWARD_CHOSEN,
+    "reward/eval_rejected": EVAL_REWARD_REJECTED,
+    "kl/eval_chosen": EVAL_KL_CHOSEN,
+    "logps/eval_chosen": EVAL_LOGPS_CHOSEN,
+    "logps/eval_rejected": EVAL_LOGPS_REJECTED,
 }
 
 

@@ -109,7 +109,7 @@ PREFERENCES = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8",
 KEYS = {"rm": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/mean",
                "reward/std", "eval/accuracy"),
         "dpo": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/margin",
-                "loss/eval")}
+                "eval/loss")}
 
 
 @pytest.mark.parametrize("command", ["rm", "dpo"])
