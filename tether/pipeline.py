@@ -54,8 +54,11 @@ from tether.metric_names import (
     EVAL_ACCURACY,
     EVAL_ACCURACY_CI_HI,
     EVAL_ACCURACY_CI_LO,
+    EVAL_GOLD,
+    EVAL_KL,
     EVAL_LABEL_GOLD_AGREEMENT,
     EVAL_LOSS,
+    EVAL_PROXY,
 )
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
@@ -345,14 +348,14 @@ def configure_dpo(run: Run) -> Any:
 
 
 def _trajectory_summary(run_dir: Path) -> str:
-    evals = [m for m in read_metrics(run_dir / "metrics.jsonl") if "eval/gold" in m
-             or "eval/proxy" in m]
+    evals = [m for m in read_metrics(run_dir / "metrics.jsonl") if EVAL_GOLD in m
+             or EVAL_PROXY in m]
     if not evals:
         return "trained"
     first, last = evals[0], evals[-1]
-    parts = [f"{key} {first[f'eval/{key}']:.2f} -> {last[f'eval/{key}']:.2f}"
-             for key in ("gold", "proxy") if f"eval/{key}" in last]
-    return ", ".join(parts) + f", KL {last.get('eval/kl', float('nan')):.1f} (held-out samples)"
+    parts = [f"{label} {first[name]:.2f} -> {last[name]:.2f}"
+             for label, name in (("gold", EVAL_GOLD), ("proxy", EVAL_PROXY)) if name in last]
+    return ", ".join(parts) + f", KL {last.get(EVAL_KL, float('nan')):.1f} (held-out samples)"
 
 
 def execute_ppo(run: Run, cfg: Any) -> str:
