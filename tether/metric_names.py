@@ -135,6 +135,7 @@ RENAMED = {
     "kl/eval_chosen": EVAL_KL_CHOSEN,
     "logps/eval_chosen": EVAL_LOGPS_CHOSEN,
     "logps/eval_rejected": EVAL_LOGPS_REJECTED,
+    "perf/train_tokens_per_s": PERF_TOKENS_PER_S,
 }
 
 
