@@ -30,7 +30,8 @@ PERF_PEAK_MEM_GIB = "perf/peak_mem_gib"  # most GPU memory the allocator has hel
 EVAL_PREFIX = "eval/"  # every held-out metric's namespace
 
 # Held-out preferences: rm and dpo ---------------------------------------------------------
-EVAL_LOSS = "eval/loss"  # the training objective on held-out data (sft: NLL per token)
+# The objective on held-out data (sft: NLL per response token; rm: plain Bradley-Terry).
+EVAL_LOSS = "eval/loss"
 EVAL_ACCURACY = "eval/accuracy"  # share of held-out pairs ranked right (ties count half)
 EVAL_MARGIN = "eval/margin"  # mean reward of the better minus the worse response
 # The reward model's final held-out evaluation (tether.eval.rm.evaluate_preferences).
@@ -85,8 +86,8 @@ HELD_OUT = {REWARD_CHOSEN: EVAL_REWARD_CHOSEN, REWARD_REJECTED: EVAL_REWARD_REJE
 LOSS_POLICY = "loss/policy"  # clipped surrogate loss
 LOSS_VALUE = "loss/value"  # clipped value loss (ppo only)
 LOSS_KL = "loss/kl"  # KL penalty term, when the KL is in the loss (ppo.kl_in=loss)
-PPO_CLIPFRAC = "ppo/clipfrac"  # share of response tokens whose ratio was clipped
-PPO_APPROX_KL = "ppo/approx_kl"  # approximate KL(old policy || updated policy)
+PPO_CLIPFRAC = "ppo/clipfrac"  # share of response tokens whose ratio left [1-eps, 1+eps]
+PPO_APPROX_KL = "ppo/approx_kl"  # k3 estimate of KL(rollout policy || updated policy)
 PPO_VALUE_CLIPFRAC = "ppo/value_clipfrac"  # share of values clipped (ppo only)
 PPO_ADVANTAGE_MEAN = "ppo/advantage_mean"  # over response tokens
 PPO_ADVANTAGE_STD = "ppo/advantage_std"
@@ -98,8 +99,8 @@ REWARD_PROXY = "reward/proxy"  # mean reward-model score of the rollout
 REWARD_PROXY_STD = "reward/proxy_std"
 REWARD_GOLD = "reward/gold"  # mean gold score of the rollout
 REWARD_GOLD_STD = "reward/gold_std"
-# First iteration only: mean reward-model score of an empty response to each prompt (the
-# health/rm_prefers_empty check compares it with the rollout's).
+# Only on the first iteration a process runs: the mean reward-model score of an empty
+# response to each prompt (health/rm_prefers_empty compares it with the rollout's scores).
 REWARD_EMPTY = "reward/empty"
 REWARD_EMPTY_STD = "reward/empty_std"
 REWARD_SCORE = "reward/score"  # mean score optimised: after no-EOS penalty, whitening, clip
