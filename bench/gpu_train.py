@@ -143,6 +143,7 @@ def command(stage: str, model: str, setting: str, args: argparse.Namespace,
 
 def run_row(stage: str, model: str, setting: str, args: argparse.Namespace,
             data: dict[str, Path]) -> dict:
+    from tether.metric_names import LOSS_TRAIN, PERF_PEAK_MEM_GIB, PERF_TOKENS_PER_S
     from tether.rundir import read_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,12 +154,12 @@ def run_row(stage: str, model: str, setting: str, args: argparse.Namespace,
         if result.returncode != 0:
             return {"ok": False, "error": (result.stderr or result.stdout)[-800:]}
         metrics = [m for m in read_metrics(Path(tmp) / "run" / "metrics.jsonl")
-                   if "perf/tokens_per_s" in m]
+                   if PERF_TOKENS_PER_S in m]
     steady = metrics[WARMUP_STEPS:] or metrics[-1:]
     return {"ok": True, "wall_s": round(time.perf_counter() - started, 1),
-            "tokens_per_s": statistics.median(m["perf/tokens_per_s"] for m in steady),
-            "peak_mem_gib": max((m.get("perf/peak_mem_gib", 0.0) for m in metrics), default=0),
-            "loss_first": metrics[0]["loss/train"], "loss_last": metrics[-1]["loss/train"]}
+            "tokens_per_s": statistics.median(m[PERF_TOKENS_PER_S] for m in steady),
+            "peak_mem_gib": max((m.get(PERF_PEAK_MEM_GIB, 0.0) for m in metrics), default=0),
+            "loss_first": metrics[0][LOSS_TRAIN], "loss_last": metrics[-1][LOSS_TRAIN]}
 
 
 def run(args: argparse.Namespace) -> None:

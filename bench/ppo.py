@@ -17,13 +17,22 @@ from pathlib import Path
 
 from bench import machine, save_results, spread
 from tether.config import PPOConfig, load_config
+from tether.metric_names import (
+    PERF_GENERATE_S,
+    PERF_GENERATE_TOKENS_PER_S,
+    PERF_PREPARE_S,
+    PERF_SCORE_S,
+    PERF_STEP_S,
+    PERF_TOKENS_PER_S,
+    PERF_TRAIN_S,
+)
 from tether.rundir import read_metrics
 from tether.tasks.sentiment import make_prompts
 from tether.trainers.ppo import train
 
-STAGES = {"generate": "perf/generate_s", "score": "perf/score_s",
-          "log-probs + values": "perf/prepare_s", "train": "perf/train_s",
-          "whole iteration": "perf/step_s"}
+STAGES = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S,
+          "log-probs + values": PERF_PREPARE_S, "train": PERF_TRAIN_S,
+          "whole iteration": PERF_STEP_S}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +68,8 @@ def run(args: argparse.Namespace) -> None:
         metrics = read_metrics(Path(tmp) / "run" / "metrics.jsonl")[1:]
 
     stages = {name: spread([m[key] for m in metrics]) for name, key in STAGES.items()}
-    gen = statistics.median(m["perf/generate_tokens_per_s"] for m in metrics)
-    trn = statistics.median(m["perf/train_tokens_per_s"] for m in metrics)
+    gen = statistics.median(m[PERF_GENERATE_TOKENS_PER_S] for m in metrics)
+    trn = statistics.median(m[PERF_TOKENS_PER_S] for m in metrics)
     total = stages["whole iteration"]["median"]
     print(f"\n{args.algo} iteration, {args.model}, {args.prompts} prompts x {args.group_size} "
           f"samples x up to {args.max_new_tokens} new tokens, "

@@ -25,9 +25,19 @@ from pathlib import Path
 
 from bench import save_results
 from tether.config import RMConfig, load_config
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_ACCURACY_VS_GOLD,
+    EVAL_LABEL_GOLD_AGREEMENT,
+    EVAL_LOSS,
+    EVAL_SPEARMAN_GOLD,
+)
 from tether.trainers import rm
 
-METRICS = ("accuracy", "label_gold_agreement", "accuracy_vs_gold", "spearman_gold", "loss")
+# The columns of a result row, from the reward model's held-out metrics.
+METRICS = {"accuracy": EVAL_ACCURACY, "label_gold_agreement": EVAL_LABEL_GOLD_AGREEMENT,
+           "accuracy_vs_gold": EVAL_ACCURACY_VS_GOLD, "spearman_gold": EVAL_SPEARMAN_GOLD,
+           "loss": EVAL_LOSS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
                     metrics = json.loads((out / "eval.json").read_text())["metrics"]
                     row = {"task": run_dir.name, "backbone": backbone, "seed": seed,
                            "seconds": round(time.perf_counter() - started, 1),
-                           **{k: round(metrics[f"eval/{k}"], 4) for k in METRICS}}
+                           **{k: round(metrics[name], 4) for k, name in METRICS.items()}}
                     print(json.dumps(row), flush=True)
                     results.append(row)
                     shutil.rmtree(out)

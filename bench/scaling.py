@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench import machine, save_results
+from tether.metric_names import PERF_STEP_S, PERF_TOKENS_PER_S, PERF_TRAIN_S
 from tether.rundir import read_metrics
 from tether.tasks.sentiment import make_prompts
 
@@ -68,10 +69,10 @@ def tokens_per_s(processes: int, threads: int, args: argparse.Namespace,
                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     metrics = read_metrics(run_dir / "metrics.jsonl")
     if args.command == "sft":
-        steps = [m["perf/tokens_per_s"] for m in metrics if "perf/tokens_per_s" in m][1:]
+        steps = [m[PERF_TOKENS_PER_S] for m in metrics if PERF_TOKENS_PER_S in m][1:]
     else:  # every token of every sample, prompt and response, per second of the iteration
-        steps = [m["perf/train_tokens_per_s"] * m["perf/train_s"] / m["perf/step_s"]
-                 for m in metrics if "perf/step_s" in m][1:]
+        steps = [m[PERF_TOKENS_PER_S] * m[PERF_TRAIN_S] / m[PERF_STEP_S]
+                 for m in metrics if PERF_STEP_S in m][1:]
     peak_mb = int(out.stdout.strip().splitlines()[-1]) / 1024
     return statistics.median(steps), peak_mb
 

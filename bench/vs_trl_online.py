@@ -118,11 +118,20 @@ import torch
 from bench.sft import model_flops_per_token
 from bench.vs_trl import Gate, Row, Side, on_gpu, trainer_gate
 from tether.config import PPOConfig, load_config
+from tether.metric_names import (
+    LOSS_KL,
+    LOSS_POLICY,
+    LOSS_VALUE,
+    PERF_GENERATE_S,
+    PERF_PREPARE_S,
+    PERF_SCORE_S,
+    PERF_TRAIN_S,
+)
 
 MAX_STEPS = 100_000  # the loops' length: far more iterations than a benchmark steps
 PROMPT_POOL = 1000  # sentiment prompts the same-length ones are chosen from
-STAGES = {"generate": "perf/generate_s", "score": "perf/score_s",
-          "log-probs + values": "perf/prepare_s", "train": "perf/train_s"}  # as bench.ppo
+STAGES = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S,
+          "log-probs + values": PERF_PREPARE_S, "train": PERF_TRAIN_S}  # as bench.ppo
 
 
 def reward(texts: list[str]) -> list[float]:
@@ -318,8 +327,8 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
     def step() -> dict:
         seconds = gate.step()
         m, lengths = seen["metrics"], seen["lengths"]
-        loss = m["loss/policy"] + kl_coef * m.get("loss/kl", 0.0) + \
-            vf_coef * m.get("loss/value", 0.0)
+        loss = m[LOSS_POLICY] + kl_coef * m.get(LOSS_KL, 0.0) + \
+            vf_coef * m.get(LOSS_VALUE, 0.0)
         return {"seconds": seconds, "tokens": sum(p + r for p, r in lengths),
                 "flops": _iteration_flops(arch, lengths, no_grad_passes, value,
                                           group if cfg.train.share_prompt else 1),

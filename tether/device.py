@@ -13,6 +13,7 @@ import os
 import torch
 
 from tether.errors import ConfigError
+from tether.metric_names import PERF_PEAK_MEM_GIB
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -54,9 +55,9 @@ def autocast(bf16: bool, device: torch.device | str = "cpu"
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
-    """{"perf/peak_mem_gib": the most memory the GPU's allocator has held so far}; nothing on
+    """{PERF_PEAK_MEM_GIB: the most memory the GPU's allocator has held so far}; nothing on
     the CPU, where a process's peak is its RSS, which torch does not track."""
     if device.type != "cuda":
         return {}
-    return {"perf/peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {PERF_PEAK_MEM_GIB: torch.cuda.max_memory_allocated(device) / 2**30}
 

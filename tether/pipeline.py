@@ -50,6 +50,16 @@ from tether.eval.frontier import (
 from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
 from tether.labeling.commands import simulate_labels, stats_path_for
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_ACCURACY_CI_HI,
+    EVAL_ACCURACY_CI_LO,
+    EVAL_GOLD,
+    EVAL_KL,
+    EVAL_LABEL_GOLD_AGREEMENT,
+    EVAL_LOSS,
+    EVAL_PROXY,
+)
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.reward import RewardModel
 from tether.report.collect import write_run_report
@@ -235,8 +245,8 @@ def configure_sft(run: Run) -> Any:
 
 def execute_sft(run: Run, cfg: Any) -> str:
     sft.train(cfg)
-    losses = [m["loss/eval"] for m in read_metrics(run.dir("sft") / "metrics.jsonl")
-              if "loss/eval" in m]
+    losses = [m[EVAL_LOSS] for m in read_metrics(run.dir("sft") / "metrics.jsonl")
+              if EVAL_LOSS in m]
     return f"eval loss {losses[0]:.2f} -> {losses[-1]:.2f}" if losses else "trained"
 
 
@@ -316,10 +326,10 @@ def execute_rm(run: Run, cfg: Any) -> str:
     if not path.exists():
         return "trained (no held-out labels)"
     m = json.loads(path.read_text())["metrics"]
-    text = (f"held-out accuracy {m['eval/accuracy']:.3f} [{m['eval/accuracy_ci_lo']:.3f}, "
-            f"{m['eval/accuracy_ci_hi']:.3f}]")
-    if "eval/label_gold_agreement" in m:
-        text += f" (the labels' own agreement with gold: {m['eval/label_gold_agreement']:.3f})"
+    text = (f"held-out accuracy {m[EVAL_ACCURACY]:.3f} [{m[EVAL_ACCURACY_CI_LO]:.3f}, "
+            f"{m[EVAL_ACCURACY_CI_HI]:.3f}]")
+    if EVAL_LABEL_GOLD_AGREEMENT in m:
+        text += f" (the labels' own agreement with gold: {m[EVAL_LABEL_GOLD_AGREEMENT]:.3f})"
     return text
 
 
@@ -337,14 +347,14 @@ def configure_dpo(run: Run) -> Any:
 
 
 def _trajectory_summary(run_dir: Path) -> str:
-    evals = [m for m in read_metrics(run_dir / "metrics.jsonl") if "eval/gold" in m
-             or "eval/proxy" in m]
+    evals = [m for m in read_metrics(run_dir / "metrics.jsonl") if EVAL_GOLD in m
+             or EVAL_PROXY in m]
     if not evals:
         return "trained"
     first, last = evals[0], evals[-1]
-    parts = [f"{key} {first[f'eval/{key}']:.2f} -> {last[f'eval/{key}']:.2f}"
-             for key in ("gold", "proxy") if f"eval/{key}" in last]
-    return ", ".join(parts) + f", KL {last.get('eval/kl', float('nan')):.1f} (held-out samples)"
+    parts = [f"{label} {first[name]:.2f} -> {last[name]:.2f}"
+             for label, name in (("gold", EVAL_GOLD), ("proxy", EVAL_PROXY)) if name in last]
+    return ", ".join(parts) + f", KL {last.get(EVAL_KL, float('nan')):.1f} (held-out samples)"
 
 
 def execute_ppo(run: Run, cfg: Any) -> str:

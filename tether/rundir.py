@@ -11,6 +11,7 @@ from typing import Any
 from tether.checkpoint import atomic_write_text, latest_checkpoint
 from tether.config import to_yaml
 from tether.errors import UserError
+from tether.metric_names import current_names
 
 
 def prepare_run_dir(run_dir: str, cfg: Any, resume: bool,
@@ -79,4 +80,6 @@ class NullLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl, old metric names read as today's (metric_names.RENAMED)."""
+    return [current_names(json.loads(line)) for line in Path(path).read_text().splitlines()
+            if line.strip()]

@@ -75,7 +75,7 @@ def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
     out = run(2, "sft", tmp_path / "two", *args, f"train.strategy={strategy}")
     assert "2 processes" in out.stdout
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
-                                                         "loss/eval"))
+                                                         "eval/loss"))
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="both agents' one process is LOCAL_RANK 0 and "
@@ -100,16 +100,16 @@ def test_two_nodes_rendezvous_like_two_machines(tmp_path, sft_rows):
         assert agent.returncode == 0, output[-3000:]
     assert any("2 processes, ddp" in output for output in outputs)
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
-                                                         "loss/eval"))
+                                                         "eval/loss"))
 
 
 PREFERENCES = ["model.name=tiny", "optim.lr=1e-3", "train.batch_size=8",
                "train.micro_batch_size=2", "train.max_steps=3", "train.eval_every=0",
                "train.save_every=0", "data.eval_fraction=0.2"]
-KEYS = {"rm": ("loss/train", "optim/grad_norm", "reward/train_accuracy", "reward/mean",
+KEYS = {"rm": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/mean",
                "reward/std", "eval/accuracy"),
         "dpo": ("loss/train", "optim/grad_norm", "reward/accuracy", "reward/margin",
-                "loss/eval")}
+                "eval/loss")}
 
 
 @pytest.mark.parametrize("command", ["rm", "dpo"])

@@ -68,8 +68,8 @@ def test_short_sft_run_lowers_eval_loss_and_exports(tmp_path):
         "train.batch_size=4", "train.micro_batch_size=4", "train.eval_every=3",
         "data.max_length=96", "optim.warmup_steps=0", "optim.lr=1e-4", "train.save_every=0"])
     final = train(cfg)
-    evals = [m["loss/eval"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
-             if "loss/eval" in m]
+    evals = [m["eval/loss"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
+             if "eval/loss" in m]
     assert evals[-1] < evals[0]
     assert AutoModelForCausalLM.from_pretrained(final).config.model_type == "llama"
 

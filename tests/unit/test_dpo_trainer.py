@@ -193,13 +193,13 @@ def test_cli_run_learns_the_preference_and_exports(tmp_path, capsys):
                  "data.eval_fraction=0.25", "optim.lr=1e-3", "train.max_steps=24",
                  "train.eval_every=12", "dpo.beta=0.1"]) == 0
     out = capsys.readouterr().out
-    assert "held-out: loss/eval" in out
+    assert "held-out: eval/loss" in out
     metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert metrics[0]["step"] == 0 and metrics[0]["reward/eval_accuracy"] == pytest.approx(0.5)
+    assert metrics[0]["step"] == 0 and metrics[0]["eval/accuracy"] == pytest.approx(0.5)
     final = metrics[-1]
     assert final["step"] == 24
-    assert final["reward/eval_accuracy"] > 0.8, final
-    assert final["reward/eval_margin"] > 0 and final["loss/eval"] < 0.6
+    assert final["eval/accuracy"] > 0.8, final
+    assert final["eval/margin"] > 0 and final["eval/loss"] < 0.6
     for key in ("loss/train", "reward/chosen", "reward/rejected", "reward/accuracy",
                 "reward/margin", "kl/chosen", "perf/tokens_per_s"):
         assert key in final

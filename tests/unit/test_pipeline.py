@@ -6,7 +6,9 @@ import shutil
 import pytest
 from conftest import REPO, ranking_rows, write_jsonl
 
+from tether import metric_names
 from tether.cli import main
+from tether.report.collect import CURVES, collect
 from tether.rundir import read_metrics
 from tether.trainers import ppo as ppo_trainer
 
@@ -83,6 +85,27 @@ def test_every_stage_writes_its_artifacts(finished):
     for heading in ("Results on held-out prompts", "Reward vs KL", "Reward model",
                     "Training curves", "Sample responses", "Stages"):
         assert heading in report, heading
+
+
+def test_every_curve_the_report_plots_is_written_by_its_stage(finished):
+    """The report reads its training curves (CURVES) by name from each stage's metrics.jsonl:
+    a name written one way and read another leaves a chart silently empty, as the reward
+    model's were. And every name a stage writes is one tether.metric_names defines."""
+    curves = collect(finished)["curves"]
+    for stage, names in CURVES.items():
+        assert set(names) - set(curves[stage]) == set(), stage
+    defined = {value for key, value in vars(metric_names).items()
+               if key.isupper() and isinstance(value, str)}
+    for stage in CURVES:
+        lines = (finished / stage / "metrics.jsonl").read_text().splitlines()
+        written = {key for line in lines for key in json.loads(line)} - {"step", "time"}
+        # ppo.py, until it takes its names from tether.metric_names, still writes an old one
+        allowed = defined | (set(metric_names.RENAMED) if stage == "ppo" else set())
+        assert written - allowed == set(), stage
+    # The reward model's charts, up to the next stage's heading, draw all four.
+    report = (finished / "report.html").read_text()
+    charts = report.split("<h3>Reward model</h3>")[1].split("<h3>")[0]
+    assert all(name in charts for name in CURVES["rm"])
 
 
 def test_a_rerun_skips_every_finished_stage(finished, tmp_path, capsys):

@@ -158,12 +158,13 @@ def test_svg_helpers_produce_valid_svg(series):
 def test_curves_group_metrics_on_a_shared_scale():
     groups = {m: _metric_group(m) for m in (
         "reward/gold", "reward/proxy", "eval/gold", "eval/proxy", "kl/seq", "eval/kl",
-        "kl/chosen", "loss/policy", "loss/value", "reward/accuracy", "eval/accuracy",
+        "kl/chosen", "loss/policy", "loss/value", "eval/loss", "reward/accuracy", "eval/accuracy",
         "ppo/clipfrac", "reward/margin", "policy/entropy")}
     assert {m for m, g in groups.items() if g == "reward"} == {
         "reward/gold", "reward/proxy", "eval/gold", "eval/proxy"}
     assert {m for m, g in groups.items() if g == "kl"} == {"kl/seq", "eval/kl", "kl/chosen"}
-    assert {m for m, g in groups.items() if g == "loss"} == {"loss/policy", "loss/value"}
+    assert {m for m, g in groups.items() if g == "loss"} == {"loss/policy", "loss/value",
+                                                             "eval/loss"}
     assert {m for m, g in groups.items() if g == "accuracy"} == {
         "reward/accuracy", "eval/accuracy"}
     for alone in ("ppo/clipfrac", "reward/margin", "policy/entropy"):
@@ -333,3 +334,30 @@ def test_the_stages_own_checks_are_in_the_report_s_warnings(tmp_path):
     (tmp_path / "ppo" / "metrics.jsonl").write_text(json.dumps({"step": 1,
                                                                 "health/collapse": 0.0}))
     assert collect(tmp_path)["warnings"] == []
+
+
+def test_an_old_run_s_metric_names_still_plot(tmp_path):
+    """Runs written before tether.metric_names spelled held-out metrics loss/eval and
+    reward/eval_accuracy and the reward model's accuracy reward/train_accuracy: `tether report`
+    on such a run directory draws them under today's names."""
+    from tether.report.collect import collect, write_run_report
+
+    old = {"sft": [{"step": 0, "loss/eval": 4.0}, {"step": 1, "loss/train": 3.0,
+                                                  "loss/eval": 3.5}],
+           "rm": [{"step": 1, "loss/train": 0.7, "reward/train_accuracy": 0.6},
+                  {"step": 2, "eval/loss": 0.6, "eval/accuracy": 0.7}],
+           "dpo": [{"step": 0, "loss/eval": 0.69, "reward/eval_accuracy": 0.5},
+                   {"step": 1, "loss/train": 0.6, "reward/accuracy": 0.7}]}
+    for stage, rows in old.items():
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.jsonl").write_text(
+            "".join(json.dumps(row) + "\n" for row in rows))
+    curves = collect(tmp_path)["curves"]
+    assert curves["sft"] == {"loss/train": [[1, 3.0]], "eval/loss": [[0, 4.0], [1, 3.5]]}
+    assert curves["rm"] == {"loss/train": [[1, 0.7]], "eval/loss": [[2, 0.6]],
+                            "reward/accuracy": [[1, 0.6]], "eval/accuracy": [[2, 0.7]]}
+    assert curves["dpo"] == {"loss/train": [[1, 0.6]], "eval/loss": [[0, 0.69]],
+                             "reward/accuracy": [[1, 0.7]], "eval/accuracy": [[0, 0.5]]}
+    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": {}}))
+    page = write_run_report(tmp_path).read_text(encoding="utf-8")
+    assert "<h3>Reward model</h3>" in page and "reward/accuracy" in page

@@ -42,8 +42,8 @@ def test_cli_run_trains_and_exports_a_plain_transformers_model(tmp_path, sft_row
     saved = load_config(SFTConfig, str(run / "config.yaml"))
     assert saved.train.max_steps == 15 and saved.model.name == "tiny"
     metrics = read_metrics(run / "metrics.jsonl")
-    evals = [m["loss/eval"] for m in metrics if "loss/eval" in m]
-    assert [m["step"] for m in metrics if "loss/eval" in m] == [0, 5, 10, 15]
+    evals = [m["eval/loss"] for m in metrics if "eval/loss" in m]
+    assert [m["step"] for m in metrics if "eval/loss" in m] == [0, 5, 10, 15]
     assert evals[-1] < evals[0] - 1.0, evals  # it learns
     assert all(k in metrics[-1] for k in ("loss/train", "optim/lr", "perf/tokens_per_s"))
     model = AutoModelForCausalLM.from_pretrained(run / "final")
@@ -141,16 +141,16 @@ def test_lora_trains_adapters_only_and_exports_merged(tmp_path, sft_rows):
     changed = [n for n, p in merged.named_parameters()
                if not torch.equal(p, dict(base.named_parameters())[n])]
     assert changed and all("proj" in n for n in changed)  # only adapted linears moved
-    evals = [m["loss/eval"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
-             if "loss/eval" in m]
+    evals = [m["eval/loss"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
+             if "eval/loss" in m]
     assert evals[-1] < evals[0]
 
 
 def test_bf16_autocast_trains(tmp_path, sft_rows):
     data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
     train(_cfg(tmp_path, data, "train.bf16=true"))
-    evals = [m["loss/eval"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
-             if "loss/eval" in m]
+    evals = [m["eval/loss"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
+             if "eval/loss" in m]
     assert evals[-1] < evals[0] - 0.5
     # Master weights stay fp32.
     assert all(t.dtype == torch.float32 for t in _final_weights(tmp_path / "run").values())

@@ -16,6 +16,7 @@ import torch
 
 from tether.eval.overopt import best_of_n, bon_kl, fit_bon, fit_rl, overoptimization_warning
 from tether.eval.policy import evaluate_policy
+from tether.metric_names import EVAL_GOLD, EVAL_GOLD_SE, EVAL_KL, EVAL_PROXY
 from tether.rollout.base import SamplingParams
 
 # Changes of mean reward smaller than this are not called a trend: a mean over 16-64 held-out
@@ -32,12 +33,12 @@ def trajectory_points(method: str, metrics: Sequence[dict]) -> list[dict]:
     in its metrics.jsonl), one point each."""
     points = []
     for m in metrics:
-        if "eval/kl" not in m:
+        if EVAL_KL not in m:
             continue
         points.append({"method": method, "label": f"step {m['step']}", "step": m["step"],
-                       "kl": max(float(m["eval/kl"]), 0.0),
-                       "gold": m.get("eval/gold"), "gold_se": m.get("eval/gold_se"),
-                       "proxy": m.get("eval/proxy")})
+                       "kl": max(float(m[EVAL_KL]), 0.0),
+                       "gold": m.get(EVAL_GOLD), "gold_se": m.get(EVAL_GOLD_SE),
+                       "proxy": m.get(EVAL_PROXY)})
     return points
 
 

@@ -15,6 +15,15 @@ from statistics import fmean, pstdev
 
 from tqdm.auto import tqdm
 
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_ACCURACY_CI_HI,
+    EVAL_ACCURACY_CI_LO,
+    EVAL_EMPTY_WINS,
+    EVAL_LABEL_GOLD_AGREEMENT,
+    HEALTH_PREFIX,
+)
+
 KINDS = ("collapse", "constant_reward", "no_eos_penalty", "rm_prefers_empty")
 
 MIN_MEAN_LENGTH = 2.0  # tokens
@@ -90,13 +99,13 @@ def at_chance(metrics: dict[str, float]) -> str | None:
     """A warning when the held-out accuracy cannot be told from chance (its 95 % interval
     reaches down to 0.5): such a reward model has not learned the labels, and a policy
     optimised against it optimises noise. None when it has."""
-    if metrics["eval/accuracy_ci_lo"] > 0.5:
+    if metrics[EVAL_ACCURACY_CI_LO] > 0.5:
         return None
     ceiling = (f" (the labels themselves agree with gold on "
-               f"{metrics['eval/label_gold_agreement']:.3f})"
-               if "eval/label_gold_agreement" in metrics else "")
-    return (f"the reward model's held-out accuracy {metrics['eval/accuracy']:.3f} [95% CI "
-            f"{metrics['eval/accuracy_ci_lo']:.3f}, {metrics['eval/accuracy_ci_hi']:.3f}] "
+               f"{metrics[EVAL_LABEL_GOLD_AGREEMENT]:.3f})"
+               if EVAL_LABEL_GOLD_AGREEMENT in metrics else "")
+    return (f"the reward model's held-out accuracy {metrics[EVAL_ACCURACY]:.3f} [95% CI "
+            f"{metrics[EVAL_ACCURACY_CI_LO]:.3f}, {metrics[EVAL_ACCURACY_CI_HI]:.3f}] "
             f"cannot be told from chance (0.5){ceiling}: it has not learned these preferences, "
             f"and a policy optimised against it would optimise noise. More preference data, "
             f"or more held-out prompts for a narrower interval, would tell more.")
@@ -105,7 +114,7 @@ def at_chance(metrics: dict[str, float]) -> str | None:
 def reward_model_warnings(metrics: dict[str, float]) -> list[str]:
     """What a reward model's held-out evaluation (its eval/* metrics) warns of: accuracy at
     chance, and empty responses preferred to real ones."""
-    found = [at_chance(metrics), rm_prefers_empty(metrics.get("eval/empty_wins"),
+    found = [at_chance(metrics), rm_prefers_empty(metrics.get(EVAL_EMPTY_WINS),
                                                   "the real responses to the held-out prompts")]
     return [text for text in found if text]
 
@@ -126,7 +135,7 @@ def rollout_health(lengths: Sequence[float], finished: Sequence[bool], scores: S
 
 def health_flags(warnings: dict[str, str]) -> dict[str, float]:
     """The metrics `health/<kind>`: 1.0 where that kind warned, else 0.0, for every kind."""
-    return {f"health/{kind}": float(kind in warnings) for kind in KINDS}
+    return {HEALTH_PREFIX + kind: float(kind in warnings) for kind in KINDS}
 
 
 class RolloutWatch:
@@ -169,9 +178,10 @@ def health_findings(metrics: list[dict]) -> list[str]:
     flagged: dict[str, tuple[int, int]] = {}
     for row in metrics:
         for key, value in row.items():
-            if key.startswith("health/"):
-                hits, seen = flagged.get(key.removeprefix("health/"), (0, 0))
-                flagged[key.removeprefix("health/")] = (hits + (value > 0), seen + 1)
+            if key.startswith(HEALTH_PREFIX):
+                kind = key.removeprefix(HEALTH_PREFIX)
+                hits, seen = flagged.get(kind, (0, 0))
+                flagged[kind] = (hits + (value > 0), seen + 1)
     why = {"no_eos_penalty": "the no-EOS penalty, not the reward model, was driving the reward",
            "rm_prefers_empty": "the reward model scores empty responses above most real ones",
            "collapse": "the responses collapsed toward empty",

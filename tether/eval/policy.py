@@ -23,6 +23,14 @@ from tether.data.order import chunks
 from tether.data.tokenize import Messages
 from tether.device import autocast, model_device
 from tether.eval.stats import bootstrap_ci
+from tether.metric_names import (
+    EVAL_EMPTY,
+    EVAL_GOLD,
+    EVAL_GOLD_SE,
+    EVAL_KL,
+    EVAL_NUM_TOKENS,
+    EVAL_PROXY,
+)
 from tether.models.head import DEFAULT_CHUNK
 from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
@@ -171,22 +179,23 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     reward_model: RewardModel | None, bf16: bool,
                     chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
-    one fresh sample per held-out prompt, the share of them that is empty (eval/empty), and
+    one fresh sample per held-out prompt, the share of them that is empty (EVAL_EMPTY), and
     the standard error of the gold mean
-    (eval/gold_se: one sample per prompt, so sd / sqrt(prompts)), which tells a fall of gold
+    (EVAL_GOLD_SE: one sample per prompt, so sd / sqrt(prompts)), which tells a fall of gold
     from noise. The same seed every time, so successive evaluations differ by the policy, not
     by the sampling noise."""
     records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
                               batch_size=batch_size, messages=messages, reference=reference,
                               gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk)
-    metrics = {"eval/empty": float(np.mean([not r["response"].strip() for r in records]))} \
+    metrics = {EVAL_EMPTY: float(np.mean([not r["response"].strip() for r in records]))} \
         if records else {}
-    for key in ("gold", "proxy", "kl", "num_tokens"):
+    for key, name in (("gold", EVAL_GOLD), ("proxy", EVAL_PROXY), ("kl", EVAL_KL),
+                      ("num_tokens", EVAL_NUM_TOKENS)):
         values = [r[key] for r in records if r[key] is not None]
         if values:
-            metrics[f"eval/{key}"] = float(np.mean(values))
+            metrics[name] = float(np.mean(values))
         if key == "gold" and len(values) > 1:
-            metrics["eval/gold_se"] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
+            metrics[EVAL_GOLD_SE] = float(np.std(values, ddof=1) / np.sqrt(len(values)))
     return metrics
 
 

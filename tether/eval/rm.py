@@ -6,6 +6,21 @@ import numpy as np
 
 from tether.data.preferences import EncodedPreference
 from tether.eval.stats import accuracy_by_bucket, bootstrap_ci, calibration, pearson, spearman
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_ACCURACY_CI_HI,
+    EVAL_ACCURACY_CI_LO,
+    EVAL_ACCURACY_VS_GOLD,
+    EVAL_ECE,
+    EVAL_EMPTY_WINS,
+    EVAL_LABEL_GOLD_AGREEMENT,
+    EVAL_LOSS,
+    EVAL_MARGIN,
+    EVAL_PAIRS,
+    EVAL_PROMPTS,
+    EVAL_REWARD_LENGTH_CORR,
+    EVAL_SPEARMAN_GOLD,
+)
 from tether.models.reward import RewardModel
 
 # Response-length difference (better minus worse, in tokens): a reward model that prefers
@@ -33,14 +48,14 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
                          progress: bool = False) -> tuple[dict[str, float], dict]:
     """Metrics for `metrics.jsonl` and details (tables) for eval.json and the report.
 
-    Accuracy is over (better, worse) pairs ("eval/pairs"); its bootstrap interval resamples
-    whole prompts ("eval/prompts" distinct ones), since the pairs of one prompt share its
+    Accuracy is over (better, worse) pairs (EVAL_PAIRS); its bootstrap interval resamples
+    whole prompts (EVAL_PROMPTS distinct ones), since the pairs of one prompt share its
     responses, whether they come from one ranking row or from several pair rows.
 
     Calibration uses raw score differences, the quantity Bradley-Terry fits: a pair predicts
     P(better wins) = sigmoid(r_better - r_worse). Each pair is counted both ways round (the
     symmetric reliability diagram), else every label would be 1 and any model would look
-    overconfident or underconfident by construction. "eval/empty_wins": how often the empty
+    overconfident or underconfident by construction. EVAL_EMPTY_WINS: how often the empty
     response to a prompt outscores one of its real responses. `progress`: show a bar over the
     scoring batches."""
     flat = [e for p in prefs for e in p.responses]
@@ -68,15 +83,14 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
     lo, hi = bootstrap_ci(correct, groups, seed=seed)
     ece, reliability = calibration(1 / (1 + np.exp(-diff)), np.ones_like(diff), symmetric=True)
     metrics = {
-        "eval/accuracy": float(correct.mean()), "eval/accuracy_ci_lo": lo,
-        "eval/accuracy_ci_hi": hi,
+        EVAL_ACCURACY: float(correct.mean()), EVAL_ACCURACY_CI_LO: lo, EVAL_ACCURACY_CI_HI: hi,
         # the Bradley-Terry loss on held-out pairs, -log sigmoid(diff), computed stably
-        "eval/loss": float(np.logaddexp(0.0, -diff).mean()),
-        "eval/margin": float(diff.mean()), "eval/ece": ece,
-        "eval/pairs": float(len(diff)), "eval/prompts": float(len(np.unique(groups))),
-        "eval/reward_length_corr": pearson(raw, lengths) if len(raw) > 2 else float("nan"),
+        EVAL_LOSS: float(np.logaddexp(0.0, -diff).mean()),
+        EVAL_MARGIN: float(diff.mean()), EVAL_ECE: ece,
+        EVAL_PAIRS: float(len(diff)), EVAL_PROMPTS: float(len(np.unique(groups))),
+        EVAL_REWARD_LENGTH_CORR: pearson(raw, lengths) if len(raw) > 2 else float("nan"),
         # how often an empty response outscores a real response to the same prompt
-        "eval/empty_wins": float(np.mean(empty_wins)) if empty_wins else float("nan"),
+        EVAL_EMPTY_WINS: float(np.mean(empty_wins)) if empty_wins else float("nan"),
     }
     details = {"reliability": reliability,
                "by_length_diff": accuracy_by_bucket(correct, lengths[better] - lengths[worse],
@@ -85,29 +99,29 @@ def evaluate_preferences(rm: RewardModel, prefs: list[EncodedPreference], *,
         gold = np.concatenate([p.source.gold for p in prefs])
         gold_diff = gold[better] - gold[worse]
         decided = gold_diff != 0
-        metrics["eval/spearman_gold"] = spearman(raw, gold)
+        metrics[EVAL_SPEARMAN_GOLD] = spearman(raw, gold)
         if decided.any():  # pairs gold ranks equal say nothing about agreement
             # How often the labels themselves agree with gold: the ceiling for the accuracy.
-            metrics["eval/label_gold_agreement"] = float((gold_diff[decided] > 0).mean())
-            metrics["eval/accuracy_vs_gold"] = float(
+            metrics[EVAL_LABEL_GOLD_AGREEMENT] = float((gold_diff[decided] > 0).mean())
+            metrics[EVAL_ACCURACY_VS_GOLD] = float(
                 (np.sign(diff[decided]) == np.sign(gold_diff[decided])).mean())
     return metrics, details
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    rows = [("pairwise accuracy", f"{metrics['eval/accuracy']:.3f}  (95% CI "
-                                  f"{metrics['eval/accuracy_ci_lo']:.3f}-"
-                                  f"{metrics['eval/accuracy_ci_hi']:.3f}, "
-                                  f"{int(metrics['eval/pairs'])} pairs)"),
-            ("mean margin r_better - r_worse", f"{metrics['eval/margin']:.3f}"),
-            ("expected calibration error", f"{metrics['eval/ece']:.3f}"),
-            ("corr(reward, response length)", f"{metrics['eval/reward_length_corr']:.3f}"),
-            ("empty response beats a real one", f"{metrics['eval/empty_wins']:.3f}")]
-    if "eval/label_gold_agreement" in metrics:
-        rows += [("labels' agreement with gold", f"{metrics['eval/label_gold_agreement']:.3f}"),
-                 ("reward order agrees with gold", f"{metrics['eval/accuracy_vs_gold']:.3f}")]
-    if "eval/spearman_gold" in metrics:
-        rows += [("Spearman(reward, gold)", f"{metrics['eval/spearman_gold']:.3f}")]
+    rows = [("pairwise accuracy", f"{metrics[EVAL_ACCURACY]:.3f}  (95% CI "
+                                  f"{metrics[EVAL_ACCURACY_CI_LO]:.3f}-"
+                                  f"{metrics[EVAL_ACCURACY_CI_HI]:.3f}, "
+                                  f"{int(metrics[EVAL_PAIRS])} pairs)"),
+            ("mean margin r_better - r_worse", f"{metrics[EVAL_MARGIN]:.3f}"),
+            ("expected calibration error", f"{metrics[EVAL_ECE]:.3f}"),
+            ("corr(reward, response length)", f"{metrics[EVAL_REWARD_LENGTH_CORR]:.3f}"),
+            ("empty response beats a real one", f"{metrics[EVAL_EMPTY_WINS]:.3f}")]
+    if EVAL_LABEL_GOLD_AGREEMENT in metrics:
+        rows += [("labels' agreement with gold", f"{metrics[EVAL_LABEL_GOLD_AGREEMENT]:.3f}"),
+                 ("reward order agrees with gold", f"{metrics[EVAL_ACCURACY_VS_GOLD]:.3f}")]
+    if EVAL_SPEARMAN_GOLD in metrics:
+        rows += [("Spearman(reward, gold)", f"{metrics[EVAL_SPEARMAN_GOLD]:.3f}")]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 

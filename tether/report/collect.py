@@ -15,18 +15,45 @@ import yaml
 from tether.config import ReportConfig
 from tether.errors import UserError
 from tether.eval.health import health_findings, reward_model_warnings
+from tether.metric_names import (
+    EVAL_ACCURACY,
+    EVAL_ACCURACY_CI_HI,
+    EVAL_ACCURACY_CI_LO,
+    EVAL_ECE,
+    EVAL_GOLD,
+    EVAL_KL,
+    EVAL_LABEL_GOLD_AGREEMENT,
+    EVAL_LOSS,
+    EVAL_PAIRS,
+    EVAL_PROXY,
+    EVAL_SPEARMAN_GOLD,
+    KL_CHOSEN,
+    KL_SEQ,
+    LOSS_POLICY,
+    LOSS_TRAIN,
+    LOSS_VALUE,
+    POLICY_ENTROPY,
+    PPO_APPROX_KL,
+    PPO_CLIPFRAC,
+    PPO_EXPLAINED_VARIANCE,
+    RESPONSE_LENGTH,
+    REWARD_ACCURACY,
+    REWARD_GOLD,
+    REWARD_MARGIN,
+    REWARD_PROXY,
+)
 from tether.report.html import write_report
 from tether.rundir import read_metrics
 
 # Training curves shown per stage: metric names, in the order the report groups them.
 CURVES = {
-    "sft": ("loss/train", "loss/eval"),
-    "rm": ("loss/train", "loss/eval", "reward/accuracy", "eval/accuracy"),
-    "ppo": ("reward/proxy", "reward/gold", "eval/gold", "eval/proxy", "kl/seq", "eval/kl",
-            "ppo/clipfrac", "ppo/approx_kl", "loss/policy", "loss/value",
-            "ppo/explained_variance", "policy/entropy", "response/length"),
-    "dpo": ("loss/train", "loss/eval", "reward/accuracy", "reward/eval_accuracy",
-            "reward/margin", "kl/chosen", "eval/gold", "eval/proxy", "eval/kl"),
+    "sft": (LOSS_TRAIN, EVAL_LOSS),
+    "rm": (LOSS_TRAIN, EVAL_LOSS, REWARD_ACCURACY, EVAL_ACCURACY),
+    "ppo": (REWARD_PROXY, REWARD_GOLD, EVAL_GOLD, EVAL_PROXY, KL_SEQ, EVAL_KL, PPO_CLIPFRAC,
+            PPO_APPROX_KL, LOSS_POLICY, LOSS_VALUE, PPO_EXPLAINED_VARIANCE, POLICY_ENTROPY,
+            RESPONSE_LENGTH),
+    "dpo": (LOSS_TRAIN, EVAL_LOSS, REWARD_ACCURACY, EVAL_ACCURACY, REWARD_MARGIN, KL_CHOSEN,
+            EVAL_GOLD, EVAL_PROXY, EVAL_KL),
 }
 
 
@@ -92,12 +119,12 @@ def _reward_model(root: Path, frontier: dict | None) -> dict | None:
     m = rm["metrics"]
     labels = _json(root / "label" / "labels.stats.json") or {}
     out = {
-        "accuracy": m["eval/accuracy"],
-        "accuracy_ci": [m["eval/accuracy_ci_lo"], m["eval/accuracy_ci_hi"]],
+        "accuracy": m[EVAL_ACCURACY],
+        "accuracy_ci": [m[EVAL_ACCURACY_CI_LO], m[EVAL_ACCURACY_CI_HI]],
         # On the reward model's own held-out labels; else the labeler's over all labels.
-        "label_agreement": m.get("eval/label_gold_agreement", labels.get("agreement_with_gold")),
-        "pairs": int(m["eval/pairs"]), "ece": m["eval/ece"],
-        "spearman_gold": m.get("eval/spearman_gold"),
+        "label_agreement": m.get(EVAL_LABEL_GOLD_AGREEMENT, labels.get("agreement_with_gold")),
+        "pairs": int(m[EVAL_PAIRS]), "ece": m[EVAL_ECE],
+        "spearman_gold": m.get(EVAL_SPEARMAN_GOLD),
         "reliability": rm.get("reliability"), "by_length_diff": rm.get("by_length_diff"),
     }
     bias = (frontier or {}).get("length_bias")

@@ -421,7 +421,7 @@ def _metric_group(name: str) -> str:
         return "reward"
     if prefix == "kl" or (prefix == "eval" and leaf == "kl"):
         return "kl"
-    if prefix == "loss":
+    if prefix == "loss" or (prefix == "eval" and leaf == "loss"):
         return "loss"
     return name
 
@@ -664,7 +664,7 @@ def example_data() -> dict:
         ],
         "curves": {
             "sft": {"loss/train": curve(sft_steps, 1.8 + 2.4 * np.exp(-sft_steps / 12), 0.08),
-                    "loss/eval": curve([0, 10, 20, 30, 40, 50, 60],
+                    "eval/loss": curve([0, 10, 20, 30, 40, 50, 60],
                                        1.85 + 2.4 * np.exp(-np.array([0, 10, 20, 30, 40, 50,
                                                                       60]) / 12), 0.02)},
             "rm": {"loss/train": curve(np.arange(1, 101),

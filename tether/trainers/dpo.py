@@ -36,6 +36,27 @@ from tether.errors import ConfigError
 from tether.eval.health import collapse_of
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
+from tether.metric_names import (
+    DATA_EPOCH,
+    EVAL_EMPTY,
+    EVAL_LOSS,
+    EVAL_NUM_TOKENS,
+    EVAL_PREFIX,
+    HEALTH_COLLAPSE,
+    HELD_OUT,
+    KL_CHOSEN,
+    LOGPS_CHOSEN,
+    LOGPS_REJECTED,
+    LOSS_TRAIN,
+    OPTIM_GRAD_NORM,
+    OPTIM_LR,
+    PERF_STEP_S,
+    PERF_TOKENS_PER_S,
+    REWARD_ACCURACY,
+    REWARD_CHOSEN,
+    REWARD_MARGIN,
+    REWARD_REJECTED,
+)
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
@@ -132,12 +153,12 @@ def dpo_objective(logps: torch.Tensor, ref_logps: torch.Tensor, num_tokens: torc
         reward_rejected = cfg.beta * (rejected - ref_rejected)
         correct = (margin > 0).float() + 0.5 * (margin == 0).float()
         per_pair_metrics = {
-            "reward/chosen": reward_chosen, "reward/rejected": reward_rejected,
-            "reward/accuracy": correct, "reward/margin": reward_chosen - reward_rejected,
+            REWARD_CHOSEN: reward_chosen, REWARD_REJECTED: reward_rejected,
+            REWARD_ACCURACY: correct, REWARD_MARGIN: reward_chosen - reward_rejected,
             # log pi/ref summed over a chosen response: the sequence-level KL estimate, though
             # off-policy (the chosen responses were not sampled from the current policy).
-            "kl/chosen": chosen - ref_chosen,
-            "logps/chosen": chosen, "logps/rejected": rejected}
+            KL_CHOSEN: chosen - ref_chosen,
+            LOGPS_CHOSEN: chosen, LOGPS_REJECTED: rejected}
         sums = {k: (pairs.weight * v).sum().item() for k, v in per_pair_metrics.items()}
     return loss, sums
 
@@ -395,15 +416,13 @@ def train(cfg: DPOConfig) -> Path:
                                                  [data.eval[i] for i in indices], len(data.eval))
                 loss += micro_loss.item()
                 sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
-            metrics = {"loss/eval": loss,
-                       **{k.replace("/", "/eval_", 1): v for k, v in sums.items()}}
+            metrics = {EVAL_LOSS: loss, **{HELD_OUT[k]: v for k, v in sums.items()}}
         if sampled is not None:
             metrics |= sampled(unwrap(model))
             # collapse (tether.eval.health), against the first evaluation's length
-            first_length = first_length or metrics["eval/num_tokens"]
-            warning = collapse_of(metrics["eval/num_tokens"], metrics["eval/empty"],
-                                  first_length)
-            metrics["health/collapse"] = float(warning is not None)
+            first_length = first_length or metrics[EVAL_NUM_TOKENS]
+            warning = collapse_of(metrics[EVAL_NUM_TOKENS], metrics[EVAL_EMPTY], first_length)
+            metrics[HEALTH_COLLAPSE] = float(warning is not None)
             if warning and d.main and not warned:
                 tqdm.write(f"warning: {warning}")
             warned = warned or warning is not None
@@ -438,17 +457,17 @@ def train(cfg: DPOConfig) -> Path:
         elapsed = time.perf_counter() - started
 
         done = step + 1
-        metrics = {"loss/train": loss, **sums, "optim/lr": lr, "optim/grad_norm": grad_norm,
-                   "perf/step_s": elapsed, "perf/tokens_per_s": tokens / elapsed,
-                   **peak_memory(d.device), "data/epoch": step / per_epoch}
+        metrics = {LOSS_TRAIN: loss, **sums, OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm,
+                   PERF_STEP_S: elapsed, PERF_TOKENS_PER_S: tokens / elapsed,
+                   **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
         is_last = done == total_steps
         evaluated = bool(data.eval or sampled) and due(done, cfg.train.eval_every, is_last)
         if evaluated:
             metrics.update(evaluate())
         if is_last or done % cfg.train.log_every == 0 or evaluated:
             log.log(done, metrics)
-        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums['reward/accuracy']:.2f}",
-                             margin=f"{sums['reward/margin']:.3f}")
+        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums[REWARD_ACCURACY]:.2f}",
+                             margin=f"{sums[REWARD_MARGIN]:.3f}")
         progress.update(1)
         if due(done, cfg.train.save_every, is_last):
             last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
@@ -457,7 +476,7 @@ def train(cfg: DPOConfig) -> Path:
                                              keep=cfg.train.keep_checkpoints, dist=d)
     progress.close()
     log.close()
-    held_out = {k: v for k, v in metrics.items() if "eval" in k}
+    held_out = {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
     if held_out and d.main:
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items()))
 

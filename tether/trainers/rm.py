@@ -25,6 +25,23 @@ from tether.distributed import setup
 from tether.eval.health import at_chance, reward_model_warnings
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
+from tether.metric_names import (
+    DATA_EPOCH,
+    EVAL_PAIRS,
+    EVAL_PROMPTS,
+    HEALTH_RM_AT_CHANCE,
+    LOSS_TRAIN,
+    OPTIM_GRAD_NORM,
+    OPTIM_LR,
+    PERF_SEQUENCES_PER_S,
+    PERF_STEP_S,
+    PERF_TOKENS_PER_S,
+    REWARD_ACCURACY,
+    REWARD_MEAN,
+    REWARD_NORM_BIAS,
+    REWARD_NORM_GAIN,
+    REWARD_STD,
+)
 from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
@@ -156,18 +173,18 @@ def train(cfg: RMConfig) -> Path:
 
         done = step + 1
         seen = d.gather(torch.cat(rewards_seen))
-        metrics = {"loss/train": loss, "reward/train_accuracy": correct / max(total_pairs, 1),
-                   "reward/mean": seen.mean().item(), "reward/std": seen.std().item(),
-                   "optim/lr": lr, "optim/grad_norm": grad_norm, "perf/step_s": elapsed,
-                   "perf/sequences_per_s": num_responses / elapsed,
-                   "perf/tokens_per_s": sum(tokens[i] for i in indices) / elapsed,
-                   **peak_memory(d.device), "data/epoch": step / per_epoch}
+        metrics = {LOSS_TRAIN: loss, REWARD_ACCURACY: correct / max(total_pairs, 1),
+                   REWARD_MEAN: seen.mean().item(), REWARD_STD: seen.std().item(),
+                   OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm, PERF_STEP_S: elapsed,
+                   PERF_SEQUENCES_PER_S: num_responses / elapsed,
+                   PERF_TOKENS_PER_S: sum(tokens[i] for i in indices) / elapsed,
+                   **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
         is_last = done == total_steps
         if data.eval and due(done, cfg.train.eval_every, is_last) and not is_last:
             metrics.update(evaluate()[0])
         if is_last or done % cfg.train.log_every == 0:
             log.log(done, metrics)
-        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics['reward/train_accuracy']:.2f}")
+        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics[REWARD_ACCURACY]:.2f}")
         progress.update(1)
         if due(done, cfg.train.save_every, is_last):
             last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
@@ -190,14 +207,14 @@ def train(cfg: RMConfig) -> Path:
     if data.eval:
         final_metrics, details = evaluate(progress=True)
         warnings = reward_model_warnings(final_metrics)
-        log.log(total_steps, {**final_metrics, "reward/norm_gain": rm.gain,
-                              "reward/norm_bias": rm.bias, "health/rm_at_chance": float(
+        log.log(total_steps, {**final_metrics, REWARD_NORM_GAIN: rm.gain,
+                              REWARD_NORM_BIAS: rm.bias, HEALTH_RM_AT_CHANCE: float(
                                   at_chance(final_metrics) is not None)})
         if d.main:
             atomic_write_text(run_dir / "eval.json",
                               json.dumps({"metrics": final_metrics, **details}, indent=1))
-            print(f"held-out evaluation: {int(final_metrics['eval/pairs'])} pairs over "
-                  f"{int(final_metrics['eval/prompts'])} prompts\n"
+            print(f"held-out evaluation: {int(final_metrics[EVAL_PAIRS])} pairs over "
+                  f"{int(final_metrics[EVAL_PROMPTS])} prompts\n"
                   f"{format_table(final_metrics)}")
             for text in warnings:
                 print(f"warning: {text}", flush=True)

@@ -19,6 +19,15 @@ from tether.data.sft import load_sft_data
 from tether.device import autocast, peak_memory
 from tether.distributed import setup
 from tether.losses.sft import masked_nll
+from tether.metric_names import (
+    DATA_EPOCH,
+    EVAL_LOSS,
+    LOSS_TRAIN,
+    OPTIM_GRAD_NORM,
+    OPTIM_LR,
+    PERF_STEP_S,
+    PERF_TOKENS_PER_S,
+)
 from tether.models.loading import load_causal_lm, load_tokenizer
 from tether.models.lora import apply_lora
 from tether.models.shared_prompt import sequence_logprobs
@@ -97,7 +106,7 @@ def train(cfg: SFTConfig) -> Path:
         return nll / max(count, 1)
 
     if checkpoint is None and data.eval:
-        log.log(0, {"loss/eval": evaluate()})
+        log.log(0, {EVAL_LOSS: evaluate()})
 
     # 3. The loop.
     model.train()
@@ -123,14 +132,14 @@ def train(cfg: SFTConfig) -> Path:
         elapsed = time.perf_counter() - started
 
         done = step + 1
-        metrics = {"loss/train": loss, "optim/lr": lr, "optim/grad_norm": grad_norm,
-                   "perf/step_s": elapsed,
-                   "perf/tokens_per_s": sum(len(e.input_ids) for e in examples) / elapsed,
-                   **peak_memory(d.device), "data/epoch": step / per_epoch}
+        metrics = {LOSS_TRAIN: loss, OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm,
+                   PERF_STEP_S: elapsed,
+                   PERF_TOKENS_PER_S: sum(len(e.input_ids) for e in examples) / elapsed,
+                   **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
         is_last = done == total_steps
         if data.eval and due(done, cfg.train.eval_every, is_last):
-            metrics["loss/eval"] = evaluate()
-        if is_last or done % cfg.train.log_every == 0 or "loss/eval" in metrics:
+            metrics[EVAL_LOSS] = evaluate()
+        if is_last or done % cfg.train.log_every == 0 or EVAL_LOSS in metrics:
             log.log(done, metrics)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
         progress.update(1)
