@@ -99,10 +99,6 @@ REWARD_PROXY = "reward/proxy"  # mean reward-model score of the rollout
 REWARD_PROXY_STD = "reward/proxy_std"
 REWARD_GOLD = "reward/gold"  # mean gold score of the rollout
 REWARD_GOLD_STD = "reward/gold_std"
-# Only on the first iteration a process runs: the mean reward-model score of an empty
-# response to each prompt (health/rm_prefers_empty compares it with the rollout's scores).
-REWARD_EMPTY = "reward/empty"
-REWARD_EMPTY_STD = "reward/empty_std"
 REWARD_SCORE = "reward/score"  # mean score optimised: after no-EOS penalty, whitening, clip
 KL_SEQ = "kl/seq"  # mean summed log pi/ref of the rollout
 KL_COEF = "kl/coef"  # KL coefficient used this iteration

@@ -99,9 +99,7 @@ def test_every_curve_the_report_plots_is_written_by_its_stage(finished):
     for stage in CURVES:
         lines = (finished / stage / "metrics.jsonl").read_text().splitlines()
         written = {key for line in lines for key in json.loads(line)} - {"step", "time"}
-        # ppo.py, until it takes its names from tether.metric_names, still writes an old one
-        allowed = defined | (set(metric_names.RENAMED) if stage == "ppo" else set())
-        assert written - allowed == set(), stage
+        assert written - defined == set(), stage
     # The reward model's charts, up to the next stage's heading, draw all four.
     report = (finished / "report.html").read_text()
     charts = report.split("<h3>Reward model</h3>")[1].split("<h3>")[0]

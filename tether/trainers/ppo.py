@@ -37,7 +37,7 @@ from tether.data.collate import collate
 from tether.data.order import batch_indices
 from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import Encoded, Messages, wants_chat_template
-from tether.device import autocast, to_device
+from tether.device import autocast, peak_memory, to_device
 from tether.distributed import Dist, setup
 from tether.errors import ConfigError, DataError
 from tether.eval.health import RolloutWatch
@@ -57,6 +57,40 @@ from tether.losses.ppo import (
     policy_loss,
     shape_rewards,
     value_loss,
+)
+from tether.metric_names import (
+    DATA_EPOCH,
+    KL_COEF,
+    KL_SEQ,
+    LOSS_KL,
+    LOSS_POLICY,
+    LOSS_VALUE,
+    OPTIM_GRAD_NORM,
+    OPTIM_LR,
+    PERF_GENERATE_S,
+    PERF_GENERATE_TOKENS_PER_S,
+    PERF_PREPARE_S,
+    PERF_SCORE_S,
+    PERF_STEP_S,
+    PERF_TOKENS_PER_S,
+    PERF_TRAIN_S,
+    POLICY_ENTROPY,
+    PPO_ADVANTAGE_MEAN,
+    PPO_ADVANTAGE_STD,
+    PPO_APPROX_KL,
+    PPO_CLIPFRAC,
+    PPO_EARLY_STOP,
+    PPO_EXPLAINED_VARIANCE,
+    PPO_RETURNS_MEAN,
+    PPO_UPDATES,
+    PPO_VALUE_CLIPFRAC,
+    RESPONSE_LENGTH,
+    RESPONSE_NO_EOS_FRAC,
+    REWARD_GOLD,
+    REWARD_GOLD_STD,
+    REWARD_PROXY,
+    REWARD_PROXY_STD,
+    REWARD_SCORE,
 )
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.logprobs import TokenLogits, first_scored, forward_token_logits
@@ -78,6 +112,11 @@ from tether.trainers.common import (
     save_training_state,
     start_or_resume,
 )
+
+# The metrics of a score (its mean and spread over a rollout), and of a phase's seconds (Laps).
+SCORE_METRICS = {"gold": (REWARD_GOLD, REWARD_GOLD_STD), "proxy": (REWARD_PROXY, REWARD_PROXY_STD)}
+LAP_METRICS = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S, "prepare": PERF_PREPARE_S,
+               "train": PERF_TRAIN_S, "step": PERF_STEP_S}
 
 
 def eos_penalty_applies(finished: torch.Tensor, reward: PPORewardConfig,
@@ -499,8 +538,8 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
         loss, s = policy_loss(logprobs, passes.logprobs[idx], batch.advantages[idx], m,
                               pcfg.clip_range, num_tokens=num_tokens)
         weight = (m.sum() / num_tokens).item()
-        parts = {"loss/policy": loss.item(), "ppo/clipfrac": s["clipfrac"].item() * weight,
-                 "ppo/approx_kl": s["approx_kl"].item() * weight}
+        parts = {LOSS_POLICY: loss.item(), PPO_CLIPFRAC: s["clipfrac"].item() * weight,
+                 PPO_APPROX_KL: s["approx_kl"].item() * weight}
         if pcfg.entropy_coef:
             entropy = masked_sum(logits.entropy(temperature), m) / num_tokens
             loss = loss - pcfg.entropy_coef * entropy
@@ -508,13 +547,13 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
             v_loss, vs = value_loss(values, passes.values[idx], batch.returns[idx], m,
                                     pcfg.clip_range_value, num_tokens=num_tokens)
             loss = loss + pcfg.vf_coef * v_loss
-            parts |= {"loss/value": v_loss.item(),
-                      "ppo/value_clipfrac": vs["clipfrac"].item() * weight}
+            parts |= {LOSS_VALUE: v_loss.item(),
+                      PPO_VALUE_CLIPFRAC: vs["clipfrac"].item() * weight}
         if pcfg.kl_in == "loss":
             k_loss = kl_loss(logprobs, passes.ref_logprobs[idx], m, num_tokens=num_tokens,
                              estimator=pcfg.kl_estimator)
             loss = loss + kl_coef * k_loss
-            parts["loss/kl"] = k_loss.item()
+            parts[LOSS_KL] = k_loss.item()
         d.backward(loss)
         sums = {k: sums.get(k, 0.0) + v for k, v in parts.items()}
     return dict(zip(sums, d.sum(*sums.values()), strict=True))
@@ -533,48 +572,48 @@ def update(loop: Loop, optimizer: torch.optim.Optimizer, scheduler: Any, batch: 
         for minibatch in torch.randperm(len(batch.rollout.texts),
                                         generator=shuffle).split(pcfg.minibatch_size):
             mb = accumulate(loop, batch, minibatch, kl_coef)
-            mb["optim/grad_norm"], lr = optimizer_step(
-                loop.trained, optimizer, scheduler, cfg.optim.max_grad_norm, mb["loss/policy"],
+            mb[OPTIM_GRAD_NORM], lr = optimizer_step(
+                loop.trained, optimizer, scheduler, cfg.optim.max_grad_norm, mb[LOSS_POLICY],
                 step + 1, last_saved, loop.d)
             first_lr = lr if updates == 0 else first_lr
             updates += 1
             sums = {k: sums.get(k, 0.0) + v for k, v in mb.items()}
-            if pcfg.target_approx_kl and mb["ppo/approx_kl"] > pcfg.target_approx_kl:
+            if pcfg.target_approx_kl and mb[PPO_APPROX_KL] > pcfg.target_approx_kl:
                 return UpdateStats({k: v / updates for k, v in sums.items()}, updates,
                                    first_lr, True)
     return UpdateStats({k: v / updates for k, v in sums.items()}, updates, first_lr, False)
 
 
 def iteration_metrics(cfg: PPOConfig, batch: Batch, stats: UpdateStats, seq_kl: torch.Tensor,
-                      kl_coef: float, laps: dict[str, float], epoch: float
-                      ) -> dict[str, float]:
+                      kl_coef: float, laps: dict[str, float], epoch: float,
+                      device: torch.device) -> dict[str, float]:
     """Phase 6, what an iteration logs: its losses, rewards, KL, lengths and timings."""
     rollout, mask, adv = batch.rollout, batch.rollout.mask, batch.advantages
     lengths = mask.sum(-1)
     num_samples = len(rollout.texts)
     metrics = dict(stats.metrics)
     for key, values in batch.scores.items():
-        metrics[f"reward/{key}"] = values.mean().item()
-        metrics[f"reward/{key}_std"] = values.std().item()
+        mean, std = SCORE_METRICS[key]
+        metrics[mean], metrics[std] = values.mean().item(), values.std().item()
     metrics |= {
-        "reward/score": batch.objective.mean().item(),
-        "kl/seq": seq_kl.mean().item(), "kl/coef": kl_coef,
-        "policy/entropy": masked_mean(batch.passes.entropy, mask).item(),
-        "response/length": lengths.float().mean().item(),
-        "response/no_eos_frac": (~rollout.finished).float().mean().item(),
-        "ppo/advantage_mean": masked_mean(adv, mask).item(),
-        "ppo/advantage_std": masked_var(adv, mask).sqrt().item(),
-        "ppo/updates": stats.updates, "ppo/early_stop": float(stats.stopped_early),
-        "optim/lr": stats.first_lr,
-        **{f"perf/{k}_s": v for k, v in laps.items()},
-        "perf/generate_tokens_per_s": lengths.sum().item() / laps["generate"],
-        "perf/train_tokens_per_s":
+        REWARD_SCORE: batch.objective.mean().item(),
+        KL_SEQ: seq_kl.mean().item(), KL_COEF: kl_coef,
+        POLICY_ENTROPY: masked_mean(batch.passes.entropy, mask).item(),
+        RESPONSE_LENGTH: lengths.float().mean().item(),
+        RESPONSE_NO_EOS_FRAC: (~rollout.finished).float().mean().item(),
+        PPO_ADVANTAGE_MEAN: masked_mean(adv, mask).item(),
+        PPO_ADVANTAGE_STD: masked_var(adv, mask).sqrt().item(),
+        PPO_UPDATES: stats.updates, PPO_EARLY_STOP: float(stats.stopped_early),
+        OPTIM_LR: stats.first_lr,
+        **{LAP_METRICS[k]: v for k, v in laps.items()}, **peak_memory(device),
+        PERF_GENERATE_TOKENS_PER_S: lengths.sum().item() / laps["generate"],
+        PERF_TOKENS_PER_S:
             stats.updates / (num_samples // cfg.ppo.minibatch_size) *
             rollout.attention_mask.sum().item() / max(laps["train"], 1e-9),
-        "data/epoch": epoch}
+        DATA_EPOCH: epoch}
     if cfg.algo == "ppo":
-        metrics["ppo/returns_mean"] = masked_mean(batch.returns, mask).item()
-        metrics["ppo/explained_variance"] = explained_variance(batch.passes.values,
+        metrics[PPO_RETURNS_MEAN] = masked_mean(batch.returns, mask).item()
+        metrics[PPO_EXPLAINED_VARIANCE] = explained_variance(batch.passes.values,
                                                                batch.returns, mask).item()
     return metrics
 
@@ -590,12 +629,12 @@ def evaluate(loop: Loop, prompts: Prompts) -> dict[str, float]:
                                chunk=loop.chunk)
 
 
-def empty_wins(scores: dict[str, torch.Tensor]) -> float | None:
+def empty_wins(empty: torch.Tensor | None, scores: dict[str, torch.Tensor]) -> float | None:
     """How often the reward model scores an empty response above the sampled one, when the
     rollout was scored for that (score's `empty`)."""
-    if "empty" not in scores:
+    if empty is None:
         return None
-    return (scores["empty"] > scores["proxy"]).float().mean().item()
+    return (empty > scores["proxy"]).float().mean().item()
 
 
 @dataclass
@@ -688,6 +727,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
         laps.lap("generate")
         scores = score(loop, rollout, [prompts.rows[i][1] for i in indices], mine,
                        empty=watch.wants_empty_scores)
+        empty = scores.pop("empty", None)  # for the health check alone: not logged
         if penalize_no_eos is None:
             penalize_no_eos = eos_penalty_applies(rollout.finished, cfg.reward, rcfg, d.main)
         objective = objective_of(scores, rollout.finished, cfg.reward, penalize_no_eos)
@@ -705,13 +745,13 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
         kl_ctl.update(seq_kl.mean().item(), num_samples)
         done, is_last = step + 1, step + 1 == total_steps
         metrics = iteration_metrics(cfg, batch, stats, seq_kl, kl_coef, laps.total(),
-                                    epoch=step / per_epoch)
+                                    epoch=step / per_epoch, device=d.device)
         metrics |= watch.check(done, rollout.mask.sum(-1).tolist(), rollout.finished.tolist(),
                                objective.tolist(), penalize_no_eos, cfg.reward.no_eos_score,
-                               empty_wins(scores))
-        if evaluates and due(done, cfg.train.eval_every, is_last):
+                               empty_wins(empty, scores))
+        if evaluated := evaluates and due(done, cfg.train.eval_every, is_last):
             metrics |= evaluate(loop, prompts)
-        if is_last or done % cfg.train.log_every == 0 or "eval/gold" in metrics:
+        if is_last or done % cfg.train.log_every == 0 or evaluated:
             log.log(done, metrics)
         hooks.iteration(loop, batch, metrics)
         if due(done, cfg.sample_every, is_last):
@@ -721,10 +761,10 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
                 for i in range(min(4, num_samples))]})
         # Proxy beside gold (the proxy climbing while gold stalls is over-optimisation) and the
         # mean response length (padding, or a collapse to empty responses), as they happen.
-        progress.set_postfix({k: f"{metrics[f'reward/{k}']:.3f}" for k in ("gold", "proxy")
-                              if f"reward/{k}" in metrics}
-                             | {"kl": f"{metrics['kl/seq']:.2f}",
-                                "len": f"{metrics['response/length']:.1f}"})
+        progress.set_postfix({k: f"{metrics[mean]:.3f}" for k, (mean, _) in SCORE_METRICS.items()
+                              if mean in metrics}
+                             | {"kl": f"{metrics[KL_SEQ]:.2f}",
+                                "len": f"{metrics[RESPONSE_LENGTH]:.1f}"})
         progress.update(1)
         if due(done, cfg.train.save_every, is_last):
             last_saved = save_training_state(
