@@ -6,9 +6,10 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
+from report_example import example_data, main
 
 from tether.report import render, write_report
-from tether.report.html import _length_bias_sentence, _metric_group, example_data, main
+from tether.report.html import _length_bias_sentence, _metric_group
 from tether.report.svg import (
     Series,
     fmt_number,
