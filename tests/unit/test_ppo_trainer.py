@@ -129,24 +129,25 @@ def test_shared_prompts_train_as_separate_rows_do(tmp_path, algo, extra, monkeyp
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
-def test_one_update_per_rollout_skips_the_policy_pass_and_changes_nothing(tmp_path,
-                                                                          monkeypatch):
+def test_one_update_per_rollout_skips_the_policy_pass_and_changes_nothing(tmp_path):
     # grpo, one epoch of one minibatch, the KL in the loss: the update's own forward stands for
     # the policy's no-grad pass over the rollout.
     one_update = ["algo=grpo", "rollout.batch_size=4", "rollout.group_size=4",
                   "ppo.minibatch_size=16", "ppo.epochs=1", "ppo.kl_in=loss"]
     calls = []
-    forward = ppo_trainer.PolicyAndValue.forward
-    monkeypatch.setattr(ppo_trainer.PolicyAndValue, "forward",
-                        lambda self, *a: calls.append(torch.is_grad_enabled()) or forward(self, *a))
     runs = {}
     for needed in (True, False):
         calls.clear()
-        monkeypatch.setattr(ppo_trainer, "needs_policy_pass", lambda cfg, world, n=needed: n)
+
+        def started(loop, needed=needed):
+            loop.policy_pass = needed  # the pass forced on (or left off)
+            forward = loop.trained.forward  # every forward of the trained model, counted
+            loop.trained.forward = lambda *a: calls.append(torch.is_grad_enabled()) or forward(*a)
+
         out = tmp_path / str(needed)
         out.mkdir()
         ppo_trainer.train(_cfg(out, *one_update, "ppo.kl_estimator=k3",
-                               "reward.penalize_no_eos=false"))
+                               "reward.penalize_no_eos=false"), ppo_trainer.Hooks(started))
         runs[needed] = read_metrics(out / "run" / "metrics.jsonl")
         # Per iteration: 4 microbatches of the update, and without the skip 4 no-grad ones.
         assert calls.count(False) == (8 if needed else 0) and calls.count(True) == 8
@@ -155,7 +156,6 @@ def test_one_update_per_rollout_skips_the_policy_pass_and_changes_nothing(tmp_pa
                     "reward/gold"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
         assert b["ppo/approx_kl"] == 0.0 and b["ppo/clipfrac"] == 0.0
-    monkeypatch.undo()
     assert not ppo_trainer.needs_policy_pass(_cfg(tmp_path, *one_update), world=1)
     assert ppo_trainer.needs_policy_pass(_cfg(tmp_path, *one_update), world=2)
     for other in ("algo=ppo", "ppo.epochs=2", "ppo.kl_in=reward", "ppo.minibatch_size=8"):
