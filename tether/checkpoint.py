@@ -1,64 +1,31 @@
-"""Atomic, resumable checkpoints and the final Hugging Face export.
+"""Atomic, verifiable, resumable checkpoints and the final Hugging Face export.
 
-Everything is written into a temporary directory beside its target and renamed into place,
-so a run killed at any moment leaves either the previous complete checkpoint or the new
-complete one, never half of one.
+Everything is written into a temporary directory beside its target and renamed into place
+(tether.files), so a run killed at any moment leaves either the previous complete checkpoint
+or the new complete one, never half of one. Each checkpoint also records the size and SHA-256
+of its state, so one damaged later (a full disk, a bad copy, a truncated file) is recognised
+before resuming from it, and the newest intact one is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tether.errors import UserError
+from tether.files import atomic_dir
 from tether.models.lora import is_lora
 
 CHECKPOINTS = "checkpoints"
-_STATE = "state.pt"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_jsonl(path: Path, rows: list) -> None:
-    """One JSON object per line, UTF-8 kept readable, written atomically."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished directory into place, replacing any older one at `target`."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-    os.rename(tmp, target)
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+_STATE, _META = "state.pt", "meta.json"
 
 
 def capture_rng() -> dict[str, Any]:
@@ -91,23 +58,41 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
 
 
+class _HashingWriter:
+    """A file that hashes what is written through it, so the checksum costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step-N (state.pt, and meta.json with its size and SHA-256); keep the
+    newest `keep`."""
     target = checkpoint_path(run_dir, step)
-    root = target.parent
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}-", dir=root))
-    with open(tmp / _STATE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    (tmp / "meta.json").write_text(json.dumps({"step": step}))
-    replace_dir(tmp, target)
+    with atomic_dir(target) as tmp:
+        with open(tmp / _STATE, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(state, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        meta = {"step": step, "files": {_STATE: {"size": writer.size,
+                                                 "sha256": writer.sha.hexdigest()}}}
+        (tmp / _META).write_text(json.dumps(meta))
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint directories, oldest first (intact or not: see damage)."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -115,9 +100,55 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
                   (p / _STATE).exists())
 
 
+def damage(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint (its files against the sizes and checksums it recorded
+    when written), or None when it is intact. A checkpoint written before checksums were
+    recorded is taken as intact if its state loads."""
+    try:
+        meta = json.loads((checkpoint / _META).read_text())
+    except (OSError, ValueError):
+        return "its meta.json is missing or unreadable"
+    for name, want in meta.get("files", {}).items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['size']} when written"
+        sha = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                sha.update(block)
+        if sha.hexdigest() != want["sha256"]:
+            return f"{name} does not match the checksum recorded when it was written"
+    if "files" not in meta:
+        try:
+            load_checkpoint(checkpoint)
+        except Exception as e:  # noqa: BLE001 - any failure to load is damage
+            return f"{_STATE} does not load ({type(e).__name__})"
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint, intact or not (whether the run has started)."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def latest_intact_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint, and a line for each newer one skipped as damaged. None
+    when there is no checkpoint; a UserError when there are some but none is intact."""
+    skipped = []
+    found = list_checkpoints(run_dir)
+    for checkpoint in reversed(found):
+        why = damage(checkpoint)
+        if why is None:
+            return checkpoint, skipped
+        skipped.append(f"{checkpoint.name}: {why}")
+    if found:
+        raise UserError(f"{run_dir}: no intact checkpoint to resume from ("
+                        + "; ".join(skipped) + "); start again in another run_dir, or "
+                        "remove its checkpoints/ directory to start over in this one")
+    return None, skipped
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -126,12 +157,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def save_final(model: torch.nn.Module, tokenizer, out_dir: Path, merge_lora: bool = True) -> Path:
     """Write a directory that plain `transformers` (or peft, for an unmerged adapter) loads."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     if is_lora(model) and merge_lora:
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

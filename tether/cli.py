@@ -36,7 +36,7 @@ from tether.config import (
     load_config,
     to_yaml,
 )
-from tether.errors import TrainingDiverged, UserError, WeakRewardModel
+from tether.errors import Interrupted, TrainingDiverged, UserError, WeakRewardModel
 from tether.presets import pipeline_sources
 
 
@@ -210,8 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingDiverged, WeakRewardModel) as e:
         print(f"tether {args.command}: stopped: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"tether {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # The pipeline resumes its killed stage on a plain rerun; a stage command needs asking.
+        again = "rerun the same command" if args.command == "run" else \
+            "rerun the same command with resume=true"
+        done = f": {e}; {again} to continue from it" if isinstance(e, Interrupted) else \
+            f"; {again} to continue from the newest checkpoint, if any"
+        print(f"tether {args.command}: interrupted{done}", file=sys.stderr)
         return 130
     return 0
 

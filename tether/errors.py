@@ -15,6 +15,15 @@ class DataError(UserError):
     pass
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during training: the step finished and a checkpoint was written
+    (its path in `checkpoint`). Exit code 130, as for any interrupt."""
+
+    def __init__(self, step: int, checkpoint):
+        super().__init__(f"stopped after step {step}, checkpoint {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 class TrainingDiverged(Exception):
     """The loss or gradient became NaN/inf. Exit code 1; the last good checkpoint is kept."""
 

@@ -23,13 +23,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from tether.checkpoint import atomic_write_text
 from tether.config import EvalConfig, to_dict
 from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import Messages, wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, UserError
 from tether.eval.policy import evaluate_policy, format_table, kl_caveat, summarize
+from tether.files import atomic_write_text, check_output
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
 from tether.models.tiny import TINY
@@ -57,7 +57,7 @@ def run(cfg: EvalConfig) -> Path:
     """Sample and measure every policy; write cfg.output; return its path."""
     policies, names = cfg.policy_list(), cfg.policy_names()
     baseline = cfg.baseline_index()
-    output = Path(cfg.output)
+    output = check_output(cfg.output)
     if Path(cfg.prompts).exists() and output.resolve() == Path(cfg.prompts).resolve():
         raise ConfigError(f"output '{cfg.output}' would overwrite the prompts")
 

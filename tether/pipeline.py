@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tether import evaluate
 from tether import sample as sampling
-from tether.checkpoint import CHECKPOINTS, atomic_write_jsonl, atomic_write_text
+from tether.checkpoint import CHECKPOINTS
 from tether.config import (
     PIPELINE_STAGES,
     PIPELINE_WIRED,
@@ -49,6 +49,7 @@ from tether.eval.frontier import (
 )
 from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
+from tether.files import atomic_write_jsonl, atomic_write_text
 from tether.labeling.commands import simulate_labels, stats_path_for
 from tether.metric_names import (
     EVAL_ACCURACY,

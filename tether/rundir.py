@@ -8,29 +8,42 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tether.checkpoint import atomic_write_text, latest_checkpoint
+from tether.checkpoint import latest_checkpoint, latest_intact_checkpoint
 from tether.config import to_yaml
 from tether.errors import UserError
+from tether.files import atomic_write_text
 from tether.metric_names import current_names
 
 
-def prepare_run_dir(run_dir: str, cfg: Any, resume: bool,
-                    write: bool = True) -> tuple[Path, Path | None]:
-    """Create the run directory and save config.yaml; return it and the checkpoint to resume
-    from (None for a fresh start). Refuses to silently overwrite someone's earlier run.
-    write=False (ranks other than 0 under torchrun): the same checks, nothing written."""
+def prepare_run_dir(run_dir: str, resume: bool, write: bool = True
+                    ) -> tuple[Path, Path | None]:
+    """Check the run directory and create it; return it and the checkpoint to resume from
+    (the newest intact one; None for a fresh start). Refuses to silently overwrite someone's
+    earlier run. Nothing in it is rewritten here: config.yaml waits until the checkpoint has
+    been restored (write_config), so a resume that fails leaves the run as it was.
+    write=False (ranks other than 0 under torchrun): the same checks, nothing created."""
     path = Path(run_dir)
-    checkpoint = latest_checkpoint(path)
-    if checkpoint is not None and not resume:
+    if latest_checkpoint(path) is not None and not resume:
         raise UserError(f"{path} already holds checkpoints of a run; pass resume=true to "
                         f"continue it, or choose another run_dir")
+    checkpoint, skipped = latest_intact_checkpoint(path) if resume else (None, [])
     if not write:
         return path, checkpoint
+    for line in skipped:
+        print(f"warning: skipped a damaged checkpoint, {line}")
     if resume and checkpoint is None:
         print(f"resume=true, but {path} has no checkpoint yet: starting from the beginning")
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path / "config.yaml", to_yaml(cfg))
+    if not path.is_dir():
+        try:
+            path.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create run_dir {path}: {e.strerror or e}") from None
     return path, checkpoint
+
+
+def write_config(run_dir: Path, cfg: Any) -> None:
+    """The run's resolved configuration, run_dir/config.yaml."""
+    atomic_write_text(Path(run_dir) / "config.yaml", to_yaml(cfg))
 
 
 class MetricsLog:

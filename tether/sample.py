@@ -13,11 +13,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from tether.checkpoint import atomic_write_text
 from tether.config import SampleConfig
 from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
+from tether.files import atomic_write_text, check_output
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.rollout.backends import make_generator
 from tether.rollout.base import SamplingParams
@@ -25,7 +25,8 @@ from tether.rollout.base import SamplingParams
 
 def run(cfg: SampleConfig) -> Path:
     """Sample cfg.k responses for each prompt; return the path of candidates.jsonl."""
-    # Data first (a bad row should not wait for a model to load), then the model.
+    # The output path and the data first (neither should wait for sampling), then the model.
+    check_output(cfg.output)
     tokenizer = load_tokenizer(cfg.policy)
     rows, stats = load_prompts(cfg.prompts, cfg.num_prompts, cfg.skip_bad_rows)
     chat = wants_chat_template(tokenizer, cfg.chat_template)

@@ -8,17 +8,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from tether.checkpoint import atomic_write_text
 from tether.config import ScoreConfig
 from tether.data.order import chunks
 from tether.data.preferences import parse_responses
 from tether.data.readers import BadRow, read_rows
 from tether.device import pick_device
 from tether.errors import DataError
+from tether.files import atomic_write_text, check_output
 from tether.models.reward import RewardModel
 
 
 def run(cfg: ScoreConfig) -> Path:
+    check_output(cfg.output)
     rm = RewardModel.from_pretrained(cfg.reward_model).to(pick_device(cfg.device))
     rows, items = [], []  # items: (row index, prompt, response)
     for row in read_rows(cfg.input):

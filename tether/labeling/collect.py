@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from tether.checkpoint import atomic_write_jsonl, atomic_write_text
 from tether.config import HumanLabelsConfig
 from tether.errors import ConfigError, DataError
+from tether.files import atomic_write_jsonl, atomic_write_text
 from tether.labeling.export import export_project
 from tether.labeling.projects import create_project, project_stats, source_rows
 from tether.labeling.store import Project, Store

@@ -72,7 +72,7 @@ def format_stats(s: dict) -> str:
 def simulate_labels(cfg: SimulateLabelsConfig) -> Path:
     """`tether label simulate`: read candidates, label them, write labels atomically."""
     # imported here: tether.checkpoint pulls in torch and peft (~5 s), which labelling never uses
-    from tether.checkpoint import atomic_write_jsonl, atomic_write_text
+    from tether.files import atomic_write_jsonl, atomic_write_text
 
     out = Path(cfg.output)
     if out.suffix != ".jsonl":
@@ -153,7 +153,7 @@ def add_annotator(cfg: LabelAnnotatorConfig) -> str:
 
 
 def stats(cfg: LabelStatsConfig) -> dict:
-    from tether.checkpoint import atomic_write_text
+    from tether.files import atomic_write_text
 
     store = Store(cfg.db)
     result = project_stats(store, resolve_project(store, cfg.project))
@@ -165,7 +165,7 @@ def stats(cfg: LabelStatsConfig) -> dict:
 
 
 def export(cfg: LabelExportConfig) -> Path:
-    from tether.checkpoint import atomic_write_jsonl
+    from tether.files import atomic_write_jsonl
 
     out = Path(cfg.output)
     if out.suffix != ".jsonl":

@@ -39,6 +39,7 @@ from transformers import (
 
 from tether.device import pick_device
 from tether.errors import UserError
+from tether.files import share_modes
 from tether.models.tiny import TINY, tiny_llama, tiny_tokenizer
 
 SMOLLM2 = "smollm2-135m"
@@ -132,6 +133,7 @@ def _write_dir(target: Path, parts: list, marker: str) -> None:
     try:
         for part in parts:
             part.save_pretrained(tmp)
+        share_modes(tmp)
         os.rename(tmp, target)
     except OSError:
         if not (target / marker).exists():

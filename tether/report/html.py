@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from tether.files import atomic_write_text
 from tether.report.svg import (
     PALETTE,
     Series,
@@ -549,20 +549,6 @@ def render(data: dict) -> str:
 
 
 def write_report(data: dict, path: str | os.PathLike) -> Path:
-    """Write the page so that a reader (or a browser left open on it) never sees half a file:
-    the temporary file lives in the target's directory so os.replace is a same-filesystem
-    rename, hence atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = render(data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the page at once (tether.files), so a reader, or a browser left open on it,
+    never sees half a file."""
+    return atomic_write_text(path, render(data))

@@ -10,7 +10,7 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 
-from tether.checkpoint import atomic_write_jsonl
+from tether.files import atomic_write_jsonl
 
 
 def task_main(argv: Sequence[str] | None, *, prog: str, description: str,

@@ -6,10 +6,13 @@ Kept as plain functions (not a Trainer base class) so each loop still reads top 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from tether.checkpoint import (
     capture_rng,
@@ -22,7 +25,7 @@ from tether.checkpoint import (
 from tether.config import LoraConfig, OptimConfig, TrainConfig
 from tether.data.order import steps_per_epoch
 from tether.distributed import Dist
-from tether.errors import DataError, TrainingDiverged
+from tether.errors import DataError, Interrupted, TrainingDiverged
 from tether.models.lora import count_parameters, is_lora
 from tether.optim import (
     MasterAdamW,
@@ -32,7 +35,7 @@ from tether.optim import (
     with_masters,
     without_masters,
 )
-from tether.rundir import MetricsLog, NullLog
+from tether.rundir import MetricsLog, NullLog, write_config
 
 SINGLE = Dist()  # one process: every collective below is a no-op
 
@@ -130,12 +133,14 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
                     optim: OptimConfig, total_updates: int, *, num_examples: int,
                     data_source: str, extra: dict | None = None,
                     lr_by_prefix: dict[str, float] | None = None, dist: Dist = SINGLE,
-                    master_weights: bool = False,
+                    master_weights: bool = False, config: Any = None,
                     ) -> tuple[torch.optim.Optimizer, Any, int, MetricsLog]:
     """The optimizer, its schedule over `total_updates` optimizer steps, the step to start
     from and the metrics log (rank 0's; the others log nothing); everything restored from
     `checkpoint` when resuming. `master_weights` (tether.precision.master_weights(cfg.train)):
-    a MasterAdamW, fp32 masters of a model tether.precision.to_bf16 has cast."""
+    a MasterAdamW, fp32 masters of a model tether.precision.to_bf16 has cast. `config`: the
+    run's configuration, written to config.yaml once the checkpoint has been restored (so a
+    resume that fails leaves the run's config as it was)."""
     optimizer = make_optimizer(model, optim, lr_by_prefix, master_weights=master_weights)
     if isinstance(optimizer, MasterAdamW):
         optimizer.broadcast_masters()  # DDP gave every process rank 0's weights: ditto masters
@@ -145,6 +150,8 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
         start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
                                             num_examples=num_examples, data_source=data_source,
                                             extra=extra, dist=dist)
+    if config is not None and dist.main:
+        write_config(run_dir, config)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None) \
         if dist.main else NullLog()
     return optimizer, scheduler, start_step, log
@@ -200,3 +207,50 @@ def export_policy(run_dir: Path, whole: torch.nn.Module, tokenizer: Any, lora: L
     dist.barrier()
     dist.close()
     return final
+
+
+class StopRequests:
+    """Ctrl-C (SIGINT) or SIGTERM while a loop trains: the first lets the current step finish,
+    then the loop writes a checkpoint and stops (Interrupted); a second stops at once.
+
+        with StopRequests() as stop:
+            for step in ...:
+                ...
+                if stop.requested(d) or due(...):
+                    last_saved = save_training_state(...)
+                stop.stop_here(done, last_saved, is_last)
+
+    Under torchrun the processes agree (requested is collective), so all of them save the same
+    step. Outside the main thread (a benchmark's loop) signals stay with their handlers."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.stopping = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.write("stopping after this step, once its checkpoint is written "
+                   "(Ctrl-C again to stop at once)")
+
+    def requested(self, dist: Dist = SINGLE) -> bool:
+        """Whether any process was asked to stop; every process calls it at the same step."""
+        self.stopping = dist.max(float(self.signal is not None))[0] > 0
+        return self.stopping
+
+    def stop_here(self, step: int, checkpoint: Path | None, is_last: bool) -> None:
+        """Stop (Interrupted) after a requested() that said so, unless the run is done."""
+        if self.stopping and not is_last:
+            raise Interrupted(step, checkpoint)

@@ -66,6 +66,7 @@ from tether.rollout.base import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.tasks.gold import load_gold_scorer
 from tether.trainers.common import (
+    StopRequests,
     due,
     export_policy,
     optimizer_step,
@@ -360,7 +361,7 @@ def train(cfg: DPOConfig) -> Path:
     batches = Microbatches(cfg.train.micro_batch_size, budget,
                            [prefs_tokens(p, share_prompt) for p in data.train], d,
                            unit="prompt with its responses")
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg.resume, write=d.main)
     batch_size, micro, bf16 = cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.bf16
     pad_id = tokenizer.pad_token_id
 
@@ -391,7 +392,7 @@ def train(cfg: DPOConfig) -> Path:
     # 3. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train, master_weights=masters, dist=d)
+        data_source=cfg.data.train, master_weights=masters, dist=d, config=cfg)
 
     def forward(split: str, indices: list[int], prefs: list[EncodedPreference], num_groups: int,
                 packed: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
@@ -437,43 +438,45 @@ def train(cfg: DPOConfig) -> Path:
     last_saved, metrics = checkpoint, {}
     progress = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step",
                     dynamic_ncols=True, disable=not d.main)
-    for step in range(start_step, total_steps):
-        started = time.perf_counter()
-        indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
-        loss, sums, tokens = 0.0, {}, 0
-        # Pair weights count the whole batch's prompts: microbatches and ranks add up to it.
-        for micro_indices in batches(indices):
-            prefs = [data.train[i] for i in micro_indices]
-            micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices),
-                                             batches.packed)
-            d.backward(micro_loss)
-            loss += micro_loss.item()
-            sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
-            tokens += sum(prefs_tokens(p, share_prompt) for p in prefs)
-        loss, tokens, *summed = d.sum(loss, tokens, *sums.values())
-        sums = dict(zip(sums, summed, strict=True))
-        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
-                                       loss, step + 1, last_saved, d)
-        elapsed = time.perf_counter() - started
+    with StopRequests() as stop:
+        for step in range(start_step, total_steps):
+            started = time.perf_counter()
+            indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
+            loss, sums, tokens = 0.0, {}, 0
+            # Pair weights count the whole batch's prompts: microbatches and ranks add up to it.
+            for micro_indices in batches(indices):
+                prefs = [data.train[i] for i in micro_indices]
+                micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices),
+                                                 batches.packed)
+                d.backward(micro_loss)
+                loss += micro_loss.item()
+                sums = {k: sums.get(k, 0.0) + v for k, v in micro_sums.items()}
+                tokens += sum(prefs_tokens(p, share_prompt) for p in prefs)
+            loss, tokens, *summed = d.sum(loss, tokens, *sums.values())
+            sums = dict(zip(sums, summed, strict=True))
+            grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                           loss, step + 1, last_saved, d)
+            elapsed = time.perf_counter() - started
 
-        done = step + 1
-        metrics = {LOSS_TRAIN: loss, **sums, OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm,
-                   PERF_STEP_S: elapsed, PERF_TOKENS_PER_S: tokens / elapsed,
-                   **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
-        is_last = done == total_steps
-        evaluated = bool(data.eval or sampled) and due(done, cfg.train.eval_every, is_last)
-        if evaluated:
-            metrics.update(evaluate())
-        if is_last or done % cfg.train.log_every == 0 or evaluated:
-            log.log(done, metrics)
-        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums[REWARD_ACCURACY]:.2f}",
-                             margin=f"{sums[REWARD_MARGIN]:.3f}")
-        progress.update(1)
-        if due(done, cfg.train.save_every, is_last):
-            last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
-                                             num_examples=len(data.train),
-                                             steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints, dist=d)
+            done = step + 1
+            metrics = {LOSS_TRAIN: loss, **sums, OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm,
+                       PERF_STEP_S: elapsed, PERF_TOKENS_PER_S: tokens / elapsed,
+                       **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
+            is_last = done == total_steps
+            evaluated = bool(data.eval or sampled) and due(done, cfg.train.eval_every, is_last)
+            if evaluated:
+                metrics.update(evaluate())
+            if is_last or done % cfg.train.log_every == 0 or evaluated:
+                log.log(done, metrics)
+            progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums[REWARD_ACCURACY]:.2f}",
+                                 margin=f"{sums[REWARD_MARGIN]:.3f}")
+            progress.update(1)
+            if stop.requested(d) or due(done, cfg.train.save_every, is_last):
+                last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
+                                                 num_examples=len(data.train),
+                                                 steps_per_epoch=per_epoch,
+                                                 keep=cfg.train.keep_checkpoints, dist=d)
+            stop.stop_here(done, last_saved, is_last)
     progress.close()
     log.close()
     held_out = {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}

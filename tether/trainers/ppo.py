@@ -104,6 +104,7 @@ from tether.rollout.base import Generation, Generator, SamplingParams
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.tasks.gold import GoldScorer, load_gold_scorer, score_all
 from tether.trainers.common import (
+    StopRequests,
     due,
     epochs_for,
     export_policy,
@@ -647,6 +648,14 @@ class Hooks:
         lambda loop, batch, metrics: None
 
 
+def postfix(metrics: dict[str, float]) -> dict[str, str]:
+    """The progress bar's figures: proxy beside gold (the proxy climbing while gold stalls is
+    over-optimisation), KL, and the mean response length (a collapse to empty responses)."""
+    return {k: f"{metrics[mean]:.3f}" for k, (mean, _) in SCORE_METRICS.items()
+            if mean in metrics} | {"kl": f"{metrics[KL_SEQ]:.2f}",
+                                   "len": f"{metrics[RESPONSE_LENGTH]:.1f}"}
+
+
 class Laps:
     """Seconds per phase of an iteration: lap(name) closes the phase that just ended."""
 
@@ -680,7 +689,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
     tokenizer = load_tokenizer(cfg.model.name)
     prompts = load_prompt_sets(cfg, tokenizer, d)
     gold = load_gold_scorer(cfg.reward.gold) if cfg.reward.gold else None
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg.resume, write=d.main)
     loop = build_loop(cfg, d, tokenizer, gold, masters)
 
     per_epoch = len(prompts.rows) // rcfg.batch_size  # iterations per pass over the prompts
@@ -698,7 +707,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
         run_dir, checkpoint, loop.trained, cfg.optim, total_steps * updates_per_step,
         num_examples=len(prompts.rows), data_source=rcfg.prompts, extra=extra,
         lr_by_prefix={"value.": pcfg.value_lr} if pcfg.value_lr and algo == "ppo" else None,
-        master_weights=masters, dist=d)
+        master_weights=masters, dist=d, config=cfg)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
     # Whether the no-EOS penalty applies: decided on the run's first rollout, then kept.
@@ -719,59 +728,57 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
     hooks.started(loop)
     progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
                     dynamic_ncols=True, disable=not d.main)
-    for step in range(start_step, total_steps):
-        laps = Laps()
-        loop.trained.eval()  # sampling and old log-probs; dropout is off anyway
-        indices = batch_indices(len(prompts.rows), rcfg.batch_size, step, cfg.train.seed)
-        rollout = collect(loop, [prompts.ids[i] for i in indices], step)
-        laps.lap("generate")
-        scores = score(loop, rollout, [prompts.rows[i][1] for i in indices], mine,
-                       empty=watch.wants_empty_scores)
-        empty = scores.pop("empty", None)  # for the health check alone: not logged
-        if penalize_no_eos is None:
-            penalize_no_eos = eos_penalty_applies(rollout.finished, cfg.reward, rcfg, d.main)
-        objective = objective_of(scores, rollout.finished, cfg.reward, penalize_no_eos)
-        laps.lap("score")
-        passes = per_token(loop, rollout, mine)
-        kl_coef = kl_ctl.value
-        batch = Batch(rollout, scores, objective, passes,
-                      *advantages(cfg, objective, passes, rollout.mask, kl_coef))
-        laps.lap("prepare")
-        stats = update(loop, optimizer, scheduler, batch, kl_coef, step, last_saved)
-        laps.lap("train")
-        loop.generator.sync(loop.policy)  # vllm: the next rollout samples the updated weights
+    with StopRequests() as stop:
+        for step in range(start_step, total_steps):
+            laps = Laps()
+            loop.trained.eval()  # sampling and old log-probs; dropout is off anyway
+            indices = batch_indices(len(prompts.rows), rcfg.batch_size, step, cfg.train.seed)
+            rollout = collect(loop, [prompts.ids[i] for i in indices], step)
+            laps.lap("generate")
+            scores = score(loop, rollout, [prompts.rows[i][1] for i in indices], mine,
+                           empty=watch.wants_empty_scores)
+            empty = scores.pop("empty", None)  # for the health check alone: not logged
+            if penalize_no_eos is None:
+                penalize_no_eos = eos_penalty_applies(rollout.finished, cfg.reward, rcfg, d.main)
+            objective = objective_of(scores, rollout.finished, cfg.reward, penalize_no_eos)
+            laps.lap("score")
+            passes = per_token(loop, rollout, mine)
+            kl_coef = kl_ctl.value
+            batch = Batch(rollout, scores, objective, passes,
+                          *advantages(cfg, objective, passes, rollout.mask, kl_coef))
+            laps.lap("prepare")
+            stats = update(loop, optimizer, scheduler, batch, kl_coef, step, last_saved)
+            laps.lap("train")
+            loop.generator.sync(loop.policy)  # vllm: the next rollout samples the updated weights
 
-        seq_kl = masked_sum(passes.logprobs - passes.ref_logprobs, rollout.mask, dim=-1)
-        kl_ctl.update(seq_kl.mean().item(), num_samples)
-        done, is_last = step + 1, step + 1 == total_steps
-        metrics = iteration_metrics(cfg, batch, stats, seq_kl, kl_coef, laps.total(),
-                                    epoch=step / per_epoch, device=d.device)
-        metrics |= watch.check(done, rollout.mask.sum(-1).tolist(), rollout.finished.tolist(),
-                               objective.tolist(), penalize_no_eos, cfg.reward.no_eos_score,
-                               empty_wins(empty, scores))
-        if evaluated := evaluates and due(done, cfg.train.eval_every, is_last):
-            metrics |= evaluate(loop, prompts)
-        if is_last or done % cfg.train.log_every == 0 or evaluated:
-            log.log(done, metrics)
-        hooks.iteration(loop, batch, metrics)
-        if due(done, cfg.sample_every, is_last):
-            samples_log.write(done, {"samples": [
-                {"prompt": prompts.rows[indices[rollout.prompt_index[i]]][0],
-                 "response": rollout.texts[i], **{k: v[i].item() for k, v in scores.items()}}
-                for i in range(min(4, num_samples))]})
-        # Proxy beside gold (the proxy climbing while gold stalls is over-optimisation) and the
-        # mean response length (padding, or a collapse to empty responses), as they happen.
-        progress.set_postfix({k: f"{metrics[mean]:.3f}" for k, (mean, _) in SCORE_METRICS.items()
-                              if mean in metrics}
-                             | {"kl": f"{metrics[KL_SEQ]:.2f}",
-                                "len": f"{metrics[RESPONSE_LENGTH]:.1f}"})
-        progress.update(1)
-        if due(done, cfg.train.save_every, is_last):
-            last_saved = save_training_state(
-                run_dir, done, loop.trained, optimizer, scheduler,
-                num_examples=len(prompts.rows), steps_per_epoch=per_epoch,
-                keep=cfg.train.keep_checkpoints, dist=d,
-                extra={"kl_controller": kl_ctl.state_dict(), "penalize_no_eos": penalize_no_eos})
+            seq_kl = masked_sum(passes.logprobs - passes.ref_logprobs, rollout.mask, dim=-1)
+            kl_ctl.update(seq_kl.mean().item(), num_samples)
+            done, is_last = step + 1, step + 1 == total_steps
+            metrics = iteration_metrics(cfg, batch, stats, seq_kl, kl_coef, laps.total(),
+                                        epoch=step / per_epoch, device=d.device)
+            metrics |= watch.check(done, rollout.mask.sum(-1).tolist(), rollout.finished.tolist(),
+                                   objective.tolist(), penalize_no_eos, cfg.reward.no_eos_score,
+                                   empty_wins(empty, scores))
+            if evaluated := evaluates and due(done, cfg.train.eval_every, is_last):
+                metrics |= evaluate(loop, prompts)
+            if is_last or done % cfg.train.log_every == 0 or evaluated:
+                log.log(done, metrics)
+            hooks.iteration(loop, batch, metrics)
+            if due(done, cfg.sample_every, is_last):
+                samples_log.write(done, {"samples": [
+                    {"prompt": prompts.rows[indices[rollout.prompt_index[i]]][0],
+                     "response": rollout.texts[i], **{k: v[i].item() for k, v in scores.items()}}
+                    for i in range(min(4, num_samples))]})
+            progress.set_postfix(postfix(metrics))
+            progress.update(1)
+            if stop.requested(d) or due(done, cfg.train.save_every, is_last):
+                last_saved = save_training_state(
+                    run_dir, done, loop.trained, optimizer, scheduler,
+                    num_examples=len(prompts.rows), steps_per_epoch=per_epoch,
+                    keep=cfg.train.keep_checkpoints, dist=d,
+                    extra={"kl_controller": kl_ctl.state_dict(),
+                           "penalize_no_eos": penalize_no_eos})
+            stop.stop_here(done, last_saved, is_last)
     progress.close()
     log.close()
     samples_log.close()

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tether.checkpoint import atomic_write_text
 from tether.config import RMConfig
 from tether.data.order import batch_indices
 from tether.data.packing import Microbatches, group_tokens
@@ -24,6 +23,7 @@ from tether.device import autocast, peak_memory
 from tether.distributed import setup
 from tether.eval.health import at_chance, reward_model_warnings
 from tether.eval.rm import evaluate_preferences, format_table
+from tether.files import atomic_write_text
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
 from tether.metric_names import (
     DATA_EPOCH,
@@ -47,6 +47,7 @@ from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
+    StopRequests,
     due,
     optimizer_step,
     plan_steps,
@@ -107,7 +108,7 @@ def train(cfg: RMConfig) -> Path:
     tokens = [group_tokens([e.input_ids for e in p.responses], share) for p in data.train]
     batches = Microbatches(cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
                            tokens, d, unit="prompt with its responses")
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg.resume, write=d.main)
     if cfg.model.gradient_checkpointing:
         rm.model.gradient_checkpointing_enable()
 
@@ -129,7 +130,7 @@ def train(cfg: RMConfig) -> Path:
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
         data_source=cfg.data.train, master_weights=masters, dist=d,
         lr_by_prefix={n: cfg.reward.head_lr for n in rm.head_names(model)}
-        if cfg.reward.head_lr else None)
+        if cfg.reward.head_lr else None, config=cfg)
 
     def evaluate(progress: bool = False) -> tuple[dict[str, float], dict]:
         # every rank evaluates the whole (small) held-out set: FSDP2 needs all in each forward
@@ -141,56 +142,58 @@ def train(cfg: RMConfig) -> Path:
     last_saved = checkpoint
     progress = tqdm(total=total_steps, initial=start_step, desc="rm", unit="step",
                     dynamic_ncols=True, disable=not d.main)
-    for step in range(start_step, total_steps):
-        started = time.perf_counter()
-        indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
-        prefs = [data.train[i] for i in indices]
-        # Whole-batch counts, so that microbatches and ranks add up to one big batch.
-        num_groups, num_responses = len(prefs), sum(len(p.responses) for p in prefs)
-        loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
-        for part in batches(indices):
-            micro_prefs = [data.train[i] for i in part]
-            with autocast(cfg.train.bf16, d.device):
-                raw = rm.raw_scores(rm.collate(
-                    [e for p in micro_prefs for e in p.responses],
-                    [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None,
-                    batches.packed))
-            rewards, ranks, mask = rewards_grid(raw, micro_prefs)
-            micro_loss = bradley_terry_loss(
-                rewards, ranks, mask, margin=cfg.reward.margin,
-                center_coef=cfg.reward.center_coef,
-                label_smoothing=cfg.reward.label_smoothing, num_groups=num_groups,
-                num_responses=num_responses)
-            d.backward(micro_loss)
-            loss += micro_loss.item()
-            c, n = pairwise_accuracy(rewards.detach(), ranks, mask)
-            correct, total_pairs = correct + c.item(), total_pairs + n.item()
-            rewards_seen.append(raw.detach())
-        loss, correct, total_pairs = d.sum(loss, correct, total_pairs)
-        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
-                                       loss, step + 1, last_saved, d)
-        elapsed = time.perf_counter() - started
+    with StopRequests() as stop:
+        for step in range(start_step, total_steps):
+            started = time.perf_counter()
+            indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
+            prefs = [data.train[i] for i in indices]
+            # Whole-batch counts, so that microbatches and ranks add up to one big batch.
+            num_groups, num_responses = len(prefs), sum(len(p.responses) for p in prefs)
+            loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
+            for part in batches(indices):
+                micro_prefs = [data.train[i] for i in part]
+                with autocast(cfg.train.bf16, d.device):
+                    raw = rm.raw_scores(rm.collate(
+                        [e for p in micro_prefs for e in p.responses],
+                        [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None,
+                        batches.packed))
+                rewards, ranks, mask = rewards_grid(raw, micro_prefs)
+                micro_loss = bradley_terry_loss(
+                    rewards, ranks, mask, margin=cfg.reward.margin,
+                    center_coef=cfg.reward.center_coef,
+                    label_smoothing=cfg.reward.label_smoothing, num_groups=num_groups,
+                    num_responses=num_responses)
+                d.backward(micro_loss)
+                loss += micro_loss.item()
+                c, n = pairwise_accuracy(rewards.detach(), ranks, mask)
+                correct, total_pairs = correct + c.item(), total_pairs + n.item()
+                rewards_seen.append(raw.detach())
+            loss, correct, total_pairs = d.sum(loss, correct, total_pairs)
+            grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                           loss, step + 1, last_saved, d)
+            elapsed = time.perf_counter() - started
 
-        done = step + 1
-        seen = d.gather(torch.cat(rewards_seen))
-        metrics = {LOSS_TRAIN: loss, REWARD_ACCURACY: correct / max(total_pairs, 1),
-                   REWARD_MEAN: seen.mean().item(), REWARD_STD: seen.std().item(),
-                   OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm, PERF_STEP_S: elapsed,
-                   PERF_SEQUENCES_PER_S: num_responses / elapsed,
-                   PERF_TOKENS_PER_S: sum(tokens[i] for i in indices) / elapsed,
-                   **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
-        is_last = done == total_steps
-        if data.eval and due(done, cfg.train.eval_every, is_last) and not is_last:
-            metrics.update(evaluate()[0])
-        if is_last or done % cfg.train.log_every == 0:
-            log.log(done, metrics)
-        progress.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics[REWARD_ACCURACY]:.2f}")
-        progress.update(1)
-        if due(done, cfg.train.save_every, is_last):
-            last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
-                                             num_examples=len(data.train),
-                                             steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints, dist=d)
+            done = step + 1
+            seen = d.gather(torch.cat(rewards_seen))
+            metrics = {LOSS_TRAIN: loss, REWARD_ACCURACY: correct / max(total_pairs, 1),
+                       REWARD_MEAN: seen.mean().item(), REWARD_STD: seen.std().item(),
+                       OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm, PERF_STEP_S: elapsed,
+                       PERF_SEQUENCES_PER_S: num_responses / elapsed,
+                       PERF_TOKENS_PER_S: sum(tokens[i] for i in indices) / elapsed,
+                       **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
+            is_last = done == total_steps
+            if data.eval and due(done, cfg.train.eval_every, is_last) and not is_last:
+                metrics.update(evaluate()[0])
+            if is_last or done % cfg.train.log_every == 0:
+                log.log(done, metrics)
+            progress.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics[REWARD_ACCURACY]:.2f}")
+            progress.update(1)
+            if stop.requested(d) or due(done, cfg.train.save_every, is_last):
+                last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
+                                                 num_examples=len(data.train),
+                                                 steps_per_epoch=per_epoch,
+                                                 keep=cfg.train.keep_checkpoints, dist=d)
+            stop.stop_here(done, last_saved, is_last)
     progress.close()
 
     # 4. Normalise on reference responses: by default the training set's, i.e. the SFT

@@ -34,6 +34,7 @@ from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
+    StopRequests,
     due,
     export_policy,
     optimizer_step,
@@ -58,7 +59,7 @@ def train(cfg: SFTConfig) -> Path:
     print_data_stats(data.stats, d)
     batches = Microbatches(cfg.train.micro_batch_size, cfg.train.max_tokens_per_microbatch,
                            [len(e.input_ids) for e in data.train], d)
-    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg, cfg.resume, write=d.main)
+    run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg.resume, write=d.main)
 
     def build() -> torch.nn.Module:
         m = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
@@ -81,7 +82,7 @@ def train(cfg: SFTConfig) -> Path:
     # 2. Optimizer and schedule, restored with everything else on resume.
     optimizer, scheduler, start_step, log = start_or_resume(
         run_dir, checkpoint, model, cfg.optim, total_steps, num_examples=len(data.train),
-        data_source=cfg.data.train, master_weights=masters, dist=d)
+        data_source=cfg.data.train, master_weights=masters, dist=d, config=cfg)
 
     # FSDP2 holds the head's weight sharded outside the model's forward: the plain head there.
     chunk = 0 if d.sharded else cfg.train.logits_chunk
@@ -113,41 +114,43 @@ def train(cfg: SFTConfig) -> Path:
     last_saved = checkpoint
     progress = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
                     dynamic_ncols=True, disable=not d.main)
-    for step in range(start_step, total_steps):
-        started = time.perf_counter()
-        indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
-        examples = [data.train[i] for i in indices]
-        # Normalise by the whole batch's response tokens (every rank counts them itself), so
-        # that microbatches and ranks add up to the gradient of one big batch.
-        num_tokens = sum(sum(e.loss_mask) for e in examples)
-        loss = 0.0
-        for part in batches(indices):
-            micro_loss = masked_nll(*run_forward([data.train[i] for i in part], batches.packed),
-                                    num_tokens)
-            d.backward(micro_loss)
-            loss += micro_loss.item()
-        [loss] = d.sum(loss)
-        grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
-                                       loss, step + 1, last_saved, d)
-        elapsed = time.perf_counter() - started
+    with StopRequests() as stop:
+        for step in range(start_step, total_steps):
+            started = time.perf_counter()
+            indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
+            examples = [data.train[i] for i in indices]
+            # Normalise by the whole batch's response tokens (every rank counts them itself), so
+            # that microbatches and ranks add up to the gradient of one big batch.
+            num_tokens = sum(sum(e.loss_mask) for e in examples)
+            loss = 0.0
+            for part in batches(indices):
+                micro_loss = masked_nll(*run_forward([data.train[i] for i in part], batches.packed),
+                                        num_tokens)
+                d.backward(micro_loss)
+                loss += micro_loss.item()
+            [loss] = d.sum(loss)
+            grad_norm, lr = optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                           loss, step + 1, last_saved, d)
+            elapsed = time.perf_counter() - started
 
-        done = step + 1
-        metrics = {LOSS_TRAIN: loss, OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm,
-                   PERF_STEP_S: elapsed,
-                   PERF_TOKENS_PER_S: sum(len(e.input_ids) for e in examples) / elapsed,
-                   **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
-        is_last = done == total_steps
-        if data.eval and due(done, cfg.train.eval_every, is_last):
-            metrics[EVAL_LOSS] = evaluate()
-        if is_last or done % cfg.train.log_every == 0 or EVAL_LOSS in metrics:
-            log.log(done, metrics)
-        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-        progress.update(1)
-        if due(done, cfg.train.save_every, is_last):
-            last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
-                                             num_examples=len(data.train),
-                                             steps_per_epoch=per_epoch,
-                                             keep=cfg.train.keep_checkpoints, dist=d)
+            done = step + 1
+            metrics = {LOSS_TRAIN: loss, OPTIM_LR: lr, OPTIM_GRAD_NORM: grad_norm,
+                       PERF_STEP_S: elapsed,
+                       PERF_TOKENS_PER_S: sum(len(e.input_ids) for e in examples) / elapsed,
+                       **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
+            is_last = done == total_steps
+            if data.eval and due(done, cfg.train.eval_every, is_last):
+                metrics[EVAL_LOSS] = evaluate()
+            if is_last or done % cfg.train.log_every == 0 or EVAL_LOSS in metrics:
+                log.log(done, metrics)
+            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+            progress.update(1)
+            if stop.requested(d) or due(done, cfg.train.save_every, is_last):
+                last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
+                                                 num_examples=len(data.train),
+                                                 steps_per_epoch=per_epoch,
+                                                 keep=cfg.train.keep_checkpoints, dist=d)
+            stop.stop_here(done, last_saved, is_last)
     progress.close()
     log.close()
 
