@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tether import evaluate
 from tether import sample as sampling
-from tether.checkpoint import CHECKPOINTS
+from tether.checkpoint import CHECKPOINTS, damage, list_checkpoints
 from tether.config import (
     PIPELINE_STAGES,
     PIPELINE_WIRED,
@@ -465,6 +465,18 @@ assert tuple(s.name for s in STAGES) == PIPELINE_STAGES
 # ---------------------------------------------------------------------------------------------
 
 
+def _resumable(stage_dir: Path, tag: str) -> bool:
+    """Whether a killed stage can resume: not when every checkpoint it left is damaged (the
+    pipeline then runs it again from the start, where `tether <stage> resume=true` stops)."""
+    found = list_checkpoints(stage_dir)
+    damaged = [f"{c.name}: {why}" for c in found if (why := damage(c))]
+    if found and len(damaged) == len(found):
+        print(f"{tag}: warning: no intact checkpoint to resume from ({'; '.join(damaged)}); "
+              f"running the stage again from the start", flush=True)
+        return False
+    return True
+
+
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not already done; return the report's path."""
     pipeline = Run(cfg)
@@ -494,7 +506,8 @@ def run(cfg: PipelineConfig) -> Path:
             versions[stage.name] = state.get("version", key)
             print(f"{tag}: unchanged, skipped. {state['summary']}", flush=True)
             continue
-        resuming = same and state.get("status") == "running"
+        resuming = same and state.get("status") == "running" and \
+            _resumable(pipeline.dir(stage.name), tag)
         if not resuming and pipeline.dir(stage.name).exists():
             shutil.rmtree(pipeline.dir(stage.name))  # outputs of another config: start over
         cfg_now = configs[stage.name]

@@ -57,8 +57,7 @@ class MetricsLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line, row in _rows(self.path) if row.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self._file = open(self.path, "a", encoding="utf-8")
 
@@ -92,7 +91,20 @@ class NullLog:
         pass
 
 
+def _rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) for each row of a JSONL log. A run killed while appending leaves its last
+    line cut short: that line is left out (its step runs again on resume)."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines):
+        try:
+            rows.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:  # damage elsewhere than at the end is not a kill's
+                raise
+    return rows
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl, old metric names read as today's (metric_names.RENAMED)."""
-    return [current_names(json.loads(line)) for line in Path(path).read_text().splitlines()
-            if line.strip()]
+    return [current_names(row) for _, row in _rows(path)]

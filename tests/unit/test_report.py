@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 
 import pytest
 from report_example import example_data, main
 
+from tether.errors import UserError
 from tether.report import render, write_report
 from tether.report.html import _length_bias_sentence, _metric_group
 from tether.report.svg import (
@@ -205,13 +207,11 @@ def test_write_report_is_atomic(tmp_path):
 
 
 def test_write_report_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
-    import tether.report.html as report_html
-
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_html.os, "replace", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'report.html'}: disk full"):
         write_report({"title": "t"}, tmp_path / "report.html")
     assert list(tmp_path.iterdir()) == []
 
