@@ -335,3 +335,42 @@ def test_a_stage_keeps_its_own_section_defaults_under_overrides():
     cfg = load_config(RMConfig, None, [TRAIN, "optim.lr=0.001", "train.epochs=3"])
     assert cfg.optim.lr == 0.001 and cfg.optim.warmup_steps == 5  # RM's warmup, not SFT's 0
     assert cfg.train.micro_batch_size == 4 and cfg.train.epochs == 3
+
+
+# --- choices ----------------------------------------------------------------------------------
+
+
+def choices(cls: type, key: str) -> tuple:
+    """What the leaf `key` (dotted) of `cls` may be set to."""
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = typing.get_type_hints(cls)[name]
+    return tuple(next(f for f in dataclasses.fields(cls) if f.name == leaf).metadata["choices"])
+
+
+def test_an_option_offers_exactly_what_its_registry_holds():
+    # The registries import torch or transformers, which loading a config does not.
+    from tether import device, distributed
+    from tether.config import (
+        DPOConfig,
+        EvalConfig,
+        PipelineConfig,
+        PPOConfig,
+        SampleConfig,
+        ScoreConfig,
+    )
+    from tether.losses import dpo, ppo
+    from tether.models import loading
+    from tether.rollout import backends
+
+    assert choices(DPOConfig, "dpo.loss") == tuple(dpo.LOSSES)
+    assert choices(PPOConfig, "ppo.kl_estimator") == ppo.KL_ESTIMATORS
+    assert choices(PPOConfig, "algo") == ("ppo", *ppo.GROUP_METHODS)
+    for cls, key in [(PPOConfig, "rollout.backend"), (SampleConfig, "backend")]:
+        assert choices(cls, key) == backends.BACKENDS
+    assert choices(SFTConfig, "model.attention") == loading.ATTENTION
+    assert choices(SFTConfig, "train.strategy") == distributed.STRATEGIES
+    for cls, key in [(SFTConfig, "train.device"), (SampleConfig, "device"),
+                     (ScoreConfig, "device"), (EvalConfig, "device"),
+                     (PipelineConfig, "eval.device")]:
+        assert choices(cls, key) == device.DEVICES

@@ -9,14 +9,24 @@ whole config is loaded.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.choices import (
+    ATTENTION,
+    BACKENDS,
+    DEVICES,
+    DPO_LOSSES,
+    GROUP_METHODS,
+    KL_ESTIMATORS,
+    STRATEGIES,
+)
 from tether.errors import ConfigError
 
 
-def option(default: Any, help: str, *, choices: list | None = None, min: float | None = None,
-           max: float | None = None) -> Any:
+def option(default: Any, help: str, *, choices: Sequence | None = None,
+           min: float | None = None, max: float | None = None) -> Any:
     """A config field with its help text and allowed values (which load_config checks)."""
     meta = {"help": help, "choices": choices, "min": min, "max": max}
     if isinstance(default, (list, dict)):
@@ -32,6 +42,9 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Sections shared by the stages
 # ---------------------------------------------------------------------------------------------
+
+# Whether prompts are wrapped in the tokenizer's chat template (tether.data.tokenize).
+CHAT_TEMPLATE = ("auto", "always", "never")
 
 
 @dataclass
@@ -61,7 +74,7 @@ class ModelConfig:
         "(train.max_tokens_per_microbatch) skip the blocks their mask leaves empty; compiled "
         "on first use; trains on a CUDA GPU only) or eager. Whatever a model directory's "
         "config.json asks for (e.g. flash_attention_2, which transformers would fetch from the "
-        "Hub) is replaced by this.", choices=["sdpa", "flex_attention", "eager"])
+        "Hub) is replaced by this.", choices=ATTENTION)
     hub_kernels: bool = option(
         False, "Let transformers swap in kernels downloaded from the Hugging Face Hub "
         "(`use_kernels`; it needs a network and runs remote code). Off: every model tether "
@@ -86,7 +99,7 @@ class DataConfig:
         choices=["prompt_left", "drop"])
     chat_template: str = option(
         "auto", "Wrap prompts in the tokenizer's chat template: auto (if it has one), always, "
-        "never (plain text: prompt then response).", choices=["auto", "always", "never"])
+        "never (plain text: prompt then response).", choices=CHAT_TEMPLATE)
     skip_bad_rows: bool = option(
         False, "Skip malformed rows (counted and logged) instead of stopping with an error.")
 
@@ -110,7 +123,7 @@ class OptimConfig:
 
 def device_option() -> str:
     return option("auto", "Where the models run: auto (a CUDA GPU when there is one, else the "
-                          "CPU), cuda or cpu.", choices=["auto", "cuda", "cpu"])
+                          "CPU), cuda or cpu.", choices=DEVICES)
 
 
 @dataclass
@@ -125,11 +138,11 @@ class TrainConfig:
     strategy: str = option(
         "ddp", "Under torchrun: ddp (every process holds the whole model) or fsdp2 (parameters, "
         "gradients and optimizer state sharded over the processes). Changes memory, not the "
-        "result.", choices=["ddp", "fsdp2"])
+        "result.", choices=STRATEGIES)
     device: str = option(
         "auto", "Where to train: auto (a CUDA GPU when there is one, else the CPU), cuda or "
         "cpu. Under torchrun each process takes the GPU of its LOCAL_RANK, and the processes "
-        "talk over NCCL (gloo on the CPU).", choices=["auto", "cuda", "cpu"])
+        "talk over NCCL (gloo on the CPU).", choices=DEVICES)
     epochs: int = option(
         1, "Passes over the training data (ignored if max_steps > 0). 0: auto, as many as give "
         "at least 50 optimizer steps, at most 4 (small data still gets enough updates, large "
@@ -218,9 +231,9 @@ class SampleConfig:
     batch_size: int = option(8, "Prompts per generate call (each with its k responses).",
                              min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
-                                choices=["auto", "always", "never"])
+                                choices=CHAT_TEMPLATE)
     backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
-                                "cache; CPU or GPU) or vllm (GPUs only).", choices=["hf", "vllm"])
+                                "cache; CPU or GPU) or vllm (GPUs only).", choices=BACKENDS)
     bf16: bool = option(False, "Generate under bf16 autocast.")
     device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
@@ -401,7 +414,7 @@ class DPOLossConfig:
     loss: str = option(
         "sigmoid", "sigmoid: DPO (Rafailov et al. 2023; with label_smoothing, conservative "
         "DPO); ipo: IPO (Azar et al. 2023); hinge: SLiC (Zhao et al. 2023); robust: robust DPO "
-        "for noisy labels (Chowdhury et al. 2024).", choices=["sigmoid", "ipo", "hinge", "robust"])
+        "for noisy labels (Chowdhury et al. 2024).", choices=DPO_LOSSES)
     beta: float = option(0.1, "Strength of the KL regularisation to the reference: the implicit "
                               "reward is beta * (log pi - log ref). For ipo, the paper's tau.",
                          min=1e-6)
@@ -496,9 +509,9 @@ class RolloutConfig:
     stop_string: str = option("", "Cut each response after the first occurrence of this text "
                                   "(it then counts as finished). Empty: only EOS ends one.")
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
-                                choices=["auto", "always", "never"])
+                                choices=CHAT_TEMPLATE)
     backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
-                                "cache) or vllm (GPUs only).", choices=["hf", "vllm"])
+                                "cache) or vllm (GPUs only).", choices=BACKENDS)
 
 
 @dataclass
@@ -540,7 +553,7 @@ class PPOLossConfig:
     kl_coef: float = option(0.05, "Weight of the KL penalty to the reference (initial value "
                                   "with adaptive_kl).", min=0)
     kl_estimator: str = option("k1", "Per-token KL estimator: k1 = log pi - log ref, k2, k3 "
-                                     "(Schulman 2020).", choices=["k1", "k2", "k3"])
+                                     "(Schulman 2020).", choices=KL_ESTIMATORS)
     kl_in: str = option("reward", "reward: -kl_coef * KL per token in the reward (PPO, "
                                   "InstructGPT); loss: a KL loss term (GRPO).",
                         choices=["reward", "loss"])
@@ -572,7 +585,7 @@ class PPOConfig:
     algo: str = option("ppo", "ppo: clipped policy and value losses with GAE; grpo: "
                               "group-normalised advantages, no value model; rloo: "
                               "leave-one-out baseline, no value model.",
-                       choices=["ppo", "grpo", "rloo"])
+                       choices=("ppo", *GROUP_METHODS))
     model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model); "
                                               "it is also the frozen reference.")
     reward: PPORewardConfig = section(PPORewardConfig, "What the policy is rewarded for.")
@@ -655,7 +668,7 @@ class EvalConfig:
     batch_size: int = option(8, "Prompts per generate call (each with its n samples); also "
                                 "sequences per forward pass when computing log-probs.", min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
-                                choices=["auto", "always", "never"])
+                                choices=CHAT_TEMPLATE)
     gold: str = option("sentiment", "Gold scorer of the response text: a built-in task name "
                                     "(sentiment) or 'module:function' taking a list of texts. "
                                     "Empty: no gold score.")
