@@ -6,7 +6,20 @@ import typing
 import pytest
 import yaml
 
-from tether.config import SFTConfig, field_docs, load_config, to_dict, to_yaml
+from tether.config import (
+    DPOConfig,
+    EvalConfig,
+    PipelineConfig,
+    PPOConfig,
+    RMConfig,
+    SampleConfig,
+    ScoreConfig,
+    SFTConfig,
+    field_docs,
+    load_config,
+    to_dict,
+    to_yaml,
+)
 from tether.errors import ConfigError, UserError
 
 TRAIN = "data.train=train.jsonl"  # the one required key
@@ -189,6 +202,31 @@ def test_unknown_top_level_key_without_close_match():
     assert "run_dir" in message  # lists what is valid there
 
 
+@pytest.mark.parametrize("cls, key, why", [
+    (PPOConfig, "train.batch_size", "rollout.batch_size prompts per iteration"),
+    (PPOConfig, "train.micro_batch_size", "ppo.micro_batch_size"),
+    (PPOConfig, "train.max_tokens_per_microbatch", "ppo.micro_batch_size"),
+    (SFTConfig, "train.share_prompt", "no prompt to share"),
+    (RMConfig, "train.logits_chunk", "one score"),
+])
+def test_a_command_is_not_offered_a_key_its_loop_never_reads(cls, key, why):
+    # Another loop has the key, so the error says why this one has not (not a typo's match).
+    assert key not in [row[0] for row in field_docs(cls)]  # nor in --help
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, None, [f"{key}=1"])
+    message = str(info.value)
+    assert message.startswith(f"unknown key '{key}' (") and why in message, message
+    assert "did you mean" not in message
+
+
+def test_the_pipeline_explains_a_key_its_stage_does_not_read_too(tmp_path):
+    path = write(tmp_path, "ppo:\n  train:\n    max_steps: 3\n    batch_size: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(PipelineConfig, path)
+    assert str(info.value).startswith(f"{path}:4: unknown key 'ppo.train.batch_size' (ppo's "
+                                      f"batches are rollout.batch_size")
+
+
 # --- wrong types, choices, ranges -------------------------------------------------------------
 
 
@@ -331,7 +369,6 @@ def test_field_docs_covers_every_leaf_key():
 
 
 def test_a_stage_keeps_its_own_section_defaults_under_overrides():
-    from tether.config import RMConfig
     cfg = load_config(RMConfig, None, [TRAIN, "optim.lr=0.001", "train.epochs=3"])
     assert cfg.optim.lr == 0.001 and cfg.optim.warmup_steps == 5  # RM's warmup, not SFT's 0
     assert cfg.train.micro_batch_size == 4 and cfg.train.epochs == 3
@@ -351,14 +388,6 @@ def choices(cls: type, key: str) -> tuple:
 def test_an_option_offers_exactly_what_its_registry_holds():
     # The registries import torch or transformers, which loading a config does not.
     from tether import device, distributed
-    from tether.config import (
-        DPOConfig,
-        EvalConfig,
-        PipelineConfig,
-        PPOConfig,
-        SampleConfig,
-        ScoreConfig,
-    )
     from tether.losses import dpo, ppo
     from tether.models import loading
     from tether.rollout import backends

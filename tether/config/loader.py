@@ -5,7 +5,8 @@ tether.config.schema, strictly validated; and back out, as YAML (to_yaml) and as
 Validation happens once, here, so a trainer can trust every field. Mistakes (unknown key,
 wrong type, value out of range) raise ConfigError naming the key, the file and line where
 the YAML set it, and for a typo the closest valid key. What a field allows is its metadata,
-set by tether.config.schema.option: "help", "choices", "min", "max".
+set by tether.config.schema.option: "help", "choices", "min", "max". A section's `instead`
+(a class attribute, key -> what to set instead) explains the keys it leaves out on purpose.
 """
 
 from __future__ import annotations
@@ -193,7 +194,10 @@ def _build(cls: type, raw: Any, prefix: str, where, root: type, default: Any = N
     for key in raw:
         if key not in fields:
             full = prefix + str(key)
-            hint = _suggest(_first_leaf(full, raw[key]), root)
+            # A key the section leaves out on purpose (another command's, or an old name) is
+            # explained by the section; any other gets the closest valid key.
+            instead = getattr(cls, "instead", {}).get(key)
+            hint = f" ({instead})" if instead else _suggest(_first_leaf(full, raw[key]), root)
             valid = ", ".join(fields)
             raise ConfigError(f"{where(full)}unknown key '{full}'{hint}; valid keys here: {valid}")
     kwargs = {}

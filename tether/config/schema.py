@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tether.choices import (
     ATTENTION,
@@ -128,13 +128,11 @@ def device_option() -> str:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(
-        8, "Items per optimizer step, in all: sequences for sft; prompts for rm and dpo, each "
-        "with all its responses (a pair row or a K-way ranking is one item, not 2 or K "
-        "sequences). Under torchrun each of N processes takes batch_size / N of them.", min=1)
-    micro_batch_size: int = option(
-        8, "Items (as batch_size counts them) per forward pass; batch_size / micro_batch_size "
-        "gradient accumulation steps. Changes memory, not the result.", min=1)
+    """The loop as every trainer (sft, rm, dpo, ppo) reads it. Each command's train section
+    adds the keys its own loop reads, so none offers a key it ignores; the keys of another
+    loop that a user may reach for are in the section's `instead`, which the unknown-key
+    error quotes."""
+
     strategy: str = option(
         "ddp", "Under torchrun: ddp (every process holds the whole model) or fsdp2 (parameters, "
         "gradients and optimizer state sharded over the processes). Changes memory, not the "
@@ -161,24 +159,29 @@ class TrainConfig:
         "fp32 master copies and AdamW state in the optimizer, so no forward casts them. "
         "Faster where casts dominate (a GPU at small batches); the update is still fp32, and "
         "checkpoints and final/ hold the fp32 masters. Not with strategy=fsdp2.")
-    max_tokens_per_microbatch: int = option(
-        0, "Padding-free packing (sft, rm, dpo): >0 packs a micro-batch's sequences (or "
-        "shared-prompt groups) into one row of at most this many tokens, each attending to "
-        "itself only, instead of micro_batch_size padded rows; 0: off. Must hold the longest "
-        "sequence (or group). Changes speed and memory, not the result.", min=0)
-    logits_chunk: int = option(
-        4096, "Tokens per chunk of the output head and log-softmax: logits of at most this "
-        "many tokens exist at once (forward and backward), never [tokens, vocab] for a whole "
-        "micro-batch; 0: all at once. Changes memory, not the result.", min=0)
     compile: bool = option(
         False, "torch.compile the model (sft, rm, dpo and PPO's update). Pays off on a GPU "
         "for long runs of same-shaped batches; the first steps are slower while it compiles.")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
-    share_prompt: bool = option(
-        True, "dpo, rm (causal-LM backbone), grpo and rloo: the responses of one prompt packed "
-        "into one row with the prompt read once (a block attention mask), not a row per "
-        "response. The same results to float rounding, fewer tokens through the model; sft "
-        "and ppo (algo=ppo) ignore it.")
+
+
+@dataclass
+class BatchTrainConfig(TrainConfig):
+    """The loop of sft, rm and dpo, which step through their data in batches of items (ppo's
+    batches are rollout.batch_size, ppo.minibatch_size and ppo.micro_batch_size)."""
+
+    batch_size: int = option(
+        8, "Items per optimizer step, in all: sequences for sft; prompts for rm and dpo, each "
+        "with all its responses (a pair row or a K-way ranking is one item, not 2 or K "
+        "sequences). Under torchrun each of N processes takes batch_size / N of them.", min=1)
+    micro_batch_size: int = option(
+        8, "Items (as batch_size counts them) per forward pass; batch_size / micro_batch_size "
+        "gradient accumulation steps. Changes memory, not the result.", min=1)
+    max_tokens_per_microbatch: int = option(
+        0, "Padding-free packing: >0 packs a micro-batch's sequences (or shared-prompt groups) "
+        "into one row of at most this many tokens, each attending to itself only, instead of "
+        "micro_batch_size padded rows; 0: off. Must hold the longest sequence (or group). "
+        "Changes speed and memory, not the result.", min=0)
 
     def check_accumulation(self) -> None:
         if self.batch_size % self.micro_batch_size:
@@ -186,9 +189,35 @@ class TrainConfig:
                               f"train.micro_batch_size ({self.micro_batch_size})")
 
 
+def logits_chunk_option() -> int:
+    """train.logits_chunk, in the loops of a model with an output head over the vocabulary
+    (sft, dpo, ppo; a reward model has a scalar head)."""
+    return option(
+        4096, "Tokens per chunk of the output head and log-softmax: logits of at most this "
+        "many tokens exist at once (forward and backward), never [tokens, vocab] for a whole "
+        "micro-batch; 0: all at once. Changes memory, not the result.", min=0)
+
+
+def share_prompt_option(where: str = "") -> bool:
+    """train.share_prompt, in the loops that read several responses to one prompt (rm, dpo,
+    ppo's grpo and rloo); `where` says when it applies, if not always."""
+    return option(
+        True, f"The responses of one prompt packed into one row with the prompt read once (a "
+        f"block attention mask), not a row per response{where}. The same results to float "
+        f"rounding, fewer tokens through the model.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+
+    instead: ClassVar[dict[str, str]] = {
+        "share_prompt": "sft has one response per prompt: no prompt to share"}
 
 
 @dataclass
@@ -201,7 +230,7 @@ class SFTConfig:
     model: ModelConfig = section(ModelConfig, "Model.")
     data: DataConfig = section(DataConfig, "Demonstrations.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
-    train: TrainConfig = section(TrainConfig, "Loop.")
+    train: SFTTrainConfig = section(SFTTrainConfig, "Loop.")
 
     def validate(self) -> None:
         if not self.data.train:
@@ -380,6 +409,15 @@ class RewardConfig:
 
 
 @dataclass
+class RMTrainConfig(BatchTrainConfig):
+    share_prompt: bool = share_prompt_option(
+        " (with a causal-LM backbone; an encoder reads a row per response)")
+
+    instead: ClassVar[dict[str, str]] = {
+        "logits_chunk": "a reward model's head gives one score, not logits over the vocabulary"}
+
+
+@dataclass
 class RMConfig:
     """Train a reward model on preference pairs or K-way rankings (Bradley-Terry)."""
 
@@ -395,8 +433,8 @@ class RMConfig:
         "reward.head_lr, a short warmup, and a cosine decay that ends at a tenth of lr, not 0 "
         "(measured on both built-in tasks: README, Reward models).", lr=5e-5, warmup_steps=5,
         final_lr_fraction=0.1)
-    train: TrainConfig = section(
-        TrainConfig, "Loop; batch_size (and micro_batch_size) count prompts, not sequences: "
+    train: RMTrainConfig = section(
+        RMTrainConfig, "Loop; batch_size (and micro_batch_size) count prompts, not sequences: "
         "one item is a row's prompt with all its responses, so a K-way ranking (K sequences) "
         "is one item and a pair row (2 sequences) is one item. epochs=0 (auto): one pass over "
         "large data, as InstructGPT (more overfits), up to 4 over small data so that a few "
@@ -455,6 +493,12 @@ class SampledEvalConfig:
 
 
 @dataclass
+class DPOTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option()
+
+
+@dataclass
 class DPOConfig:
     """Train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, robust DPO)."""
 
@@ -469,9 +513,9 @@ class DPOConfig:
                                            "stands for all its pairs).")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
                                  warmup_steps=5)
-    train: TrainConfig = section(TrainConfig, "Loop; batch_size and micro_batch_size count "
-                                              "prompts (each with all its responses).",
-                                 batch_size=8, micro_batch_size=4, eval_every=25)
+    train: DPOTrainConfig = section(
+        DPOTrainConfig, "Loop; batch_size and micro_batch_size count prompts (each with all "
+        "its responses).", batch_size=8, micro_batch_size=4, eval_every=25)
     sampled_eval: SampledEvalConfig = section(
         SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
         "so its gold reward can be plotted against its KL to the reference (a separate "
@@ -576,6 +620,21 @@ class PPOLossConfig:
 
 
 @dataclass
+class PPOTrainConfig(TrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option(
+        " (grpo and rloo; algo=ppo keeps a row per sample, as its value model reads every "
+        "position)")
+
+    instead: ClassVar[dict[str, str]] = {
+        "batch_size": "ppo's batches are rollout.batch_size prompts per iteration, and "
+                      "ppo.minibatch_size samples per optimizer step",
+        "micro_batch_size": "ppo's forward passes take ppo.micro_batch_size samples",
+        "max_tokens_per_microbatch": "ppo packs no micro-batches by tokens: its forward passes "
+                                     "take ppo.micro_batch_size samples"}
+
+
+@dataclass
 class PPOConfig:
     """Online RL against a reward: PPO with a KL penalty to the reference, or GRPO / RLOO."""
 
@@ -593,10 +652,10 @@ class PPOConfig:
     ppo: PPOLossConfig = section(PPOLossConfig, "The policy-gradient objective.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule (policy and value "
                                               "model together).", lr=1e-5, schedule="constant")
-    train: TrainConfig = section(
-        TrainConfig, "Loop: a step is one iteration (rollout + epochs of updates); max_steps "
-        "iterations, or `epochs` passes over the prompts. batch_size and micro_batch_size are "
-        "not used (see rollout.batch_size, ppo.minibatch_size, ppo.micro_batch_size).",
+    train: PPOTrainConfig = section(
+        PPOTrainConfig, "Loop: a step is one iteration (rollout + epochs of updates); "
+        "max_steps iterations, or `epochs` passes over the prompts. The batches are "
+        "rollout.batch_size, ppo.minibatch_size and ppo.micro_batch_size.",
         max_steps=20, eval_every=10, save_every=10)
     eval_prompts: str = option("", "Held-out prompts for periodic evaluation (gold, proxy, KL "
                                    "of fresh samples). Empty: none.")
