@@ -6,9 +6,11 @@ import typing
 import pytest
 import yaml
 
+from tether.cli import STAGES
 from tether.config import (
     DPOConfig,
     EvalConfig,
+    LabelImportConfig,
     PipelineConfig,
     PPOConfig,
     RMConfig,
@@ -225,6 +227,33 @@ def test_the_pipeline_explains_a_key_its_stage_does_not_read_too(tmp_path):
         load_config(PipelineConfig, path)
     assert str(info.value).startswith(f"{path}:4: unknown key 'ppo.train.batch_size' (ppo's "
                                       f"batches are rollout.batch_size")
+
+
+def test_gold_names_a_gold_scorer_wherever_it_is_a_key():
+    # The file of gold items people are tested on has a name of its own: gold_items.
+    gold = [(command, key, help) for command, stage in STAGES.items()
+            for key, _, _, help in field_docs(stage.config) if key.rsplit(".", 1)[-1] == "gold"]
+    assert {command for command, _, _ in gold} == {"label simulate", "dpo", "ppo", "eval", "run"}
+    for command, key, help in gold:
+        assert "scorer" in help, (command, key)
+
+
+@pytest.mark.parametrize("cls, yaml_text, key, required", [
+    (LabelImportConfig, "gold: g.jsonl\n", "gold", ["project=p", "candidates=c.jsonl"]),
+    (PipelineConfig, "human:\n  gold: g.jsonl\n", "human.gold", []),
+])
+def test_an_old_gold_items_key_names_the_new_one(tmp_path, cls, yaml_text, key, required):
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, path)
+    line = yaml_text.count("\n")
+    assert str(info.value).startswith(f"{path}:{line}: unknown key '{key}' (renamed gold_items: "
+                                      f"a `gold` key names a gold scorer)"), info.value
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}_rate' \(renamed gold_items_rate\)"):
+        load_config(cls, None, [f"{key}_rate=0.2"])
+    cfg = load_config(cls, None, [*required, f"{key}_items=g.jsonl", f"{key}_items_rate=0.2"])
+    section = cfg.human if cls is PipelineConfig else cfg
+    assert (section.gold_items, section.gold_items_rate) == ("g.jsonl", 0.2)
 
 
 # --- wrong types, choices, ranges -------------------------------------------------------------

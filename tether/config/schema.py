@@ -299,6 +299,12 @@ class SimulateLabelsConfig:
             raise ConfigError("candidates is required: the output of `tether sample`")
 
 
+# A `gold` key names a gold scorer (label simulate, eval, ppo's reward, dpo's sampled_eval, the
+# pipeline's task); the file of gold items to mix into labeling has a name of its own, which
+# a config written for the old one is pointed to.
+GOLD_ITEMS_RENAMED = {"gold": "renamed gold_items: a `gold` key names a gold scorer",
+                      "gold_rate": "renamed gold_items_rate"}
+
 LABEL_DB_HELP = ("The labeling database: a file path (SQLite, created if missing) or a "
                  "SQLAlchemy URL such as postgresql://user@host/labels for a team.")
 
@@ -321,11 +327,11 @@ class LabelImportConfig:
     project: str = option("", "Name of the new project. Required.")
     candidates: str = option("", "candidates.jsonl from `tether sample`: {prompt, responses} "
                                  "rows with K >= 2. Required.")
-    gold: str = option("", "Gold items: preference rows with a known answer (pairs or "
-                           "rankings), mixed in to measure each annotator's accuracy.")
+    gold_items: str = option("", "Gold items: preference rows with a known answer (pairs or "
+                                 "rankings), mixed in to measure each annotator's accuracy.")
     overlap: int = option(1, "How many different annotators label each item.", min=1)
-    gold_rate: float = option(0.1, "Share of the items served that are gold items (when there "
-                                   "are any).", min=0, max=1)
+    gold_items_rate: float = option(0.1, "Share of the items served that are gold items (when "
+                                         "there are any).", min=0, max=1)
     lease_minutes: float = option(30.0, "An item shown but not answered within this time "
                                         "goes to someone else.", min=0.1)
     reward_model: str = option(
@@ -333,6 +339,8 @@ class LabelImportConfig:
         "responses it scores closest are served first; several: items whose margins they "
         "disagree on most.")
     batch_size: int = option(16, "Sequences per reward-model forward pass.", min=1)
+
+    instead: ClassVar[dict[str, str]] = GOLD_ITEMS_RENAMED
 
     def validate(self) -> None:
         if not self.project or not self.candidates:
@@ -843,16 +851,18 @@ class HumanLabelsConfig:
     overlap: int = option(1, "How many different annotators label each item.", min=1)
     target: int = option(0, "Labels to wait for before training; 0: every item, times "
                             "overlap.", min=0)
-    gold: str = option("", "Gold items (preference rows with a known answer) mixed in to "
-                           "measure each annotator.")
-    gold_rate: float = option(0.1, "Share of the items served that are gold items.", min=0,
-                              max=1)
+    gold_items: str = option("", "Gold items (preference rows with a known answer) mixed in "
+                                 "to measure each annotator.")
+    gold_items_rate: float = option(0.1, "Share of the items served that are gold items.",
+                                    min=0, max=1)
     min_gold_accuracy: float = option(0.0, "Leave out annotators whose gold accuracy is below "
                                            "this.", min=0, max=1)
     db: str = option("", "Labeling database (a path or SQLAlchemy URL). Empty: labels.db in "
                          "the run directory, which the pipeline never deletes.")
     host: str = option("127.0.0.1", "Address the labeling app listens on.")
     port: int = option(8000, "Port the labeling app listens on.", min=1, max=65535)
+
+    instead: ClassVar[dict[str, str]] = GOLD_ITEMS_RENAMED
 
 
 @dataclass
