@@ -11,8 +11,9 @@ memory (`perf/peak_mem_gib`). The first steps (CUDA warm-up, compilation) are dr
 Settings per row:
 - `plain`: fp32, `micro_batch_size` padded rows, the whole LM head at once: the defaults;
 - `fast`: bf16 weights with fp32 master weights, padding-free packing up to
-  --tokens tokens per micro-batch under FlexAttention, the LM head in chunks (what the README
-  recommends on a GPU); `fast-sdpa`: the same with sdpa's dense mask over each packed row;
+  --tokens tokens per micro-batch under FlexAttention, the LM head in chunks (sft and dpo: a
+  reward model's head is a scalar): what the README recommends on a GPU; `fast-sdpa`: the
+  same with sdpa's dense mask over each packed row;
 - `compile`: `fast` plus torch.compile (only with --compile: its first steps take minutes).
 
 MFU = model FLOP/s over the bf16 matmul peak measured in the same run (bench.peak):
@@ -134,6 +135,8 @@ def command(stage: str, model: str, setting: str, args: argparse.Namespace,
                f"train.batch_size={batch}", f"train.micro_batch_size={micro}",
                "train.save_every=0", "train.eval_every=0", f"train.device={args.device}",
                f"run_dir={run_dir}", *SETTINGS["fast" if setting == "compile" else setting]]
+    if stage == "rm":  # a scalar head: no logits over the vocabulary to chunk
+        options = [o for o in options if not o.startswith("train.logits_chunk=")]
     if setting != "plain":
         options.append(f"train.max_tokens_per_microbatch={args.tokens}")
     if setting == "compile":

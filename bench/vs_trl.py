@@ -199,7 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tether-set", action="append", default=[], metavar="KEY=VALUE",
                         help="A config override for tether's side only, after the row's own "
                              "(repeatable), e.g. train.share_prompt=false to measure what "
-                             "sharing prompts brings.")
+                             "sharing prompts brings (every row but sft, which has no such "
+                             "key).")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="Where both sides train: auto is the GPU when there is one. "
                              "Default: %(default)s.")

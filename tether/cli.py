@@ -65,7 +65,7 @@ STAGES = {
         LabelImportConfig, "tether.labeling.commands:import_candidates",
         "import candidates into a new labeling project (with gold items and active sampling)",
         "tether label import project=sentiment candidates=runs/sample/candidates.jsonl "
-        "overlap=3 gold=gold.jsonl"),
+        "overlap=3 gold_items=gold.jsonl"),
     "label add-annotator": Stage(
         LabelAnnotatorConfig, "tether.labeling.commands:add_annotator",
         "create an annotator (or an admin) and print their access token",

@@ -12,10 +12,9 @@ import os
 
 import torch
 
+from tether.choices import DEVICES
 from tether.errors import ConfigError
 from tether.metric_names import PERF_PEAK_MEM_GIB
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def pick_device(requested: str = "auto") -> torch.device:

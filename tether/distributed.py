@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from tether.choices import STRATEGIES
 from tether.device import pick_device
 from tether.errors import ConfigError
-
-STRATEGIES = ("ddp", "fsdp2")
 
 
 @dataclass

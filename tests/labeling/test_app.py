@@ -85,6 +85,21 @@ def test_import_command_exit_code_2_with_file_and_line(tmp_path, capsys):
     assert Store(str(db)).projects() == []
 
 
+def test_import_command_takes_gold_items_and_points_the_old_key_to_them(tmp_path, capsys):
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in candidates(4)))
+    gold = tmp_path / "g.jsonl"
+    gold.write_text(json.dumps({"prompt": "g", "chosen": "good", "rejected": "bad"}) + "\n")
+    db = tmp_path / "l.db"
+    common = ["label", "import", f"db={db}", "project=p", f"candidates={path}"]
+    assert main([*common, f"gold={gold}"]) == 2
+    assert "unknown key 'gold' (renamed gold_items" in capsys.readouterr().err
+    assert main([*common, f"gold_items={gold}", "gold_items_rate=0.5"]) == 0
+    project = Store(str(db)).project("p")
+    assert project.gold_rate == 0.5
+    assert sum(i.gold_ranks is not None for i in Store(str(db)).items("p")) == 1
+
+
 def test_projects_are_separate_and_names_unique(store):
     create_project(store, "one", rows(candidates(3)))
     create_project(store, "two", rows(candidates(5, k=4)))

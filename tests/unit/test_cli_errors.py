@@ -98,6 +98,25 @@ def test_help_lists_every_config_key(capsys):
     assert "--print-config" in out and "--config" in out
 
 
+def test_ppo_neither_documents_nor_takes_the_batch_keys_it_never_reads(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["ppo", "--help"])
+    out = capsys.readouterr().out
+    assert "  train.max_steps (" in out and "  rollout.batch_size (" in out
+    for key in ("train.batch_size", "train.micro_batch_size", "train.max_tokens_per_microbatch"):
+        assert f"  {key} (" not in out, key
+    code, out, err = run_main(capsys, ["ppo", "rollout.prompts=p.jsonl", "train.batch_size=8"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("tether ppo: error: unknown key 'train.batch_size' (ppo's batches "
+                          "are rollout.batch_size"), err
+
+
+def test_sft_does_not_document_share_prompt(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sft", "--help"])
+    assert "train.share_prompt" not in capsys.readouterr().out
+
+
 def test_print_config_prints_yaml_and_does_not_train(capsys, tmp_path, monkeypatch):
     def no_import(name):
         raise AssertionError(f"--print-config imported {name}")

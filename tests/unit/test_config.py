@@ -6,7 +6,22 @@ import typing
 import pytest
 import yaml
 
-from tether.config import SFTConfig, field_docs, load_config, to_dict, to_yaml
+from tether.cli import STAGES
+from tether.config import (
+    DPOConfig,
+    EvalConfig,
+    LabelImportConfig,
+    PipelineConfig,
+    PPOConfig,
+    RMConfig,
+    SampleConfig,
+    ScoreConfig,
+    SFTConfig,
+    field_docs,
+    load_config,
+    to_dict,
+    to_yaml,
+)
 from tether.errors import ConfigError, UserError
 
 TRAIN = "data.train=train.jsonl"  # the one required key
@@ -189,6 +204,58 @@ def test_unknown_top_level_key_without_close_match():
     assert "run_dir" in message  # lists what is valid there
 
 
+@pytest.mark.parametrize("cls, key, why", [
+    (PPOConfig, "train.batch_size", "rollout.batch_size prompts per iteration"),
+    (PPOConfig, "train.micro_batch_size", "ppo.micro_batch_size"),
+    (PPOConfig, "train.max_tokens_per_microbatch", "ppo.micro_batch_size"),
+    (SFTConfig, "train.share_prompt", "no prompt to share"),
+    (RMConfig, "train.logits_chunk", "one score"),
+])
+def test_a_command_is_not_offered_a_key_its_loop_never_reads(cls, key, why):
+    # Another loop has the key, so the error says why this one has not (not a typo's match).
+    assert key not in [row[0] for row in field_docs(cls)]  # nor in --help
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, None, [f"{key}=1"])
+    message = str(info.value)
+    assert message.startswith(f"unknown key '{key}' (") and why in message, message
+    assert "did you mean" not in message
+
+
+def test_the_pipeline_explains_a_key_its_stage_does_not_read_too(tmp_path):
+    path = write(tmp_path, "ppo:\n  train:\n    max_steps: 3\n    batch_size: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(PipelineConfig, path)
+    assert str(info.value).startswith(f"{path}:4: unknown key 'ppo.train.batch_size' (ppo's "
+                                      f"batches are rollout.batch_size")
+
+
+def test_gold_names_a_gold_scorer_wherever_it_is_a_key():
+    # The file of gold items people are tested on has a name of its own: gold_items.
+    gold = [(command, key, help) for command, stage in STAGES.items()
+            for key, _, _, help in field_docs(stage.config) if key.rsplit(".", 1)[-1] == "gold"]
+    assert {command for command, _, _ in gold} == {"label simulate", "dpo", "ppo", "eval", "run"}
+    for command, key, help in gold:
+        assert "scorer" in help, (command, key)
+
+
+@pytest.mark.parametrize("cls, yaml_text, key, required", [
+    (LabelImportConfig, "gold: g.jsonl\n", "gold", ["project=p", "candidates=c.jsonl"]),
+    (PipelineConfig, "human:\n  gold: g.jsonl\n", "human.gold", []),
+])
+def test_an_old_gold_items_key_names_the_new_one(tmp_path, cls, yaml_text, key, required):
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, path)
+    line = yaml_text.count("\n")
+    assert str(info.value).startswith(f"{path}:{line}: unknown key '{key}' (renamed gold_items: "
+                                      f"a `gold` key names a gold scorer)"), info.value
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}_rate' \(renamed gold_items_rate\)"):
+        load_config(cls, None, [f"{key}_rate=0.2"])
+    cfg = load_config(cls, None, [*required, f"{key}_items=g.jsonl", f"{key}_items_rate=0.2"])
+    section = cfg.human if cls is PipelineConfig else cfg
+    assert (section.gold_items, section.gold_items_rate) == ("g.jsonl", 0.2)
+
+
 # --- wrong types, choices, ranges -------------------------------------------------------------
 
 
@@ -331,7 +398,37 @@ def test_field_docs_covers_every_leaf_key():
 
 
 def test_a_stage_keeps_its_own_section_defaults_under_overrides():
-    from tether.config import RMConfig
     cfg = load_config(RMConfig, None, [TRAIN, "optim.lr=0.001", "train.epochs=3"])
     assert cfg.optim.lr == 0.001 and cfg.optim.warmup_steps == 5  # RM's warmup, not SFT's 0
     assert cfg.train.micro_batch_size == 4 and cfg.train.epochs == 3
+
+
+# --- choices ----------------------------------------------------------------------------------
+
+
+def choices(cls: type, key: str) -> tuple:
+    """What the leaf `key` (dotted) of `cls` may be set to."""
+    *sections, leaf = key.split(".")
+    for name in sections:
+        cls = typing.get_type_hints(cls)[name]
+    return tuple(next(f for f in dataclasses.fields(cls) if f.name == leaf).metadata["choices"])
+
+
+def test_an_option_offers_exactly_what_its_registry_holds():
+    # The registries import torch or transformers, which loading a config does not.
+    from tether import device, distributed
+    from tether.losses import dpo, ppo
+    from tether.models import loading
+    from tether.rollout import backends
+
+    assert choices(DPOConfig, "dpo.loss") == tuple(dpo.LOSSES)
+    assert choices(PPOConfig, "ppo.kl_estimator") == ppo.KL_ESTIMATORS
+    assert choices(PPOConfig, "algo") == ("ppo", *ppo.GROUP_METHODS)
+    for cls, key in [(PPOConfig, "rollout.backend"), (SampleConfig, "backend")]:
+        assert choices(cls, key) == backends.BACKENDS
+    assert choices(SFTConfig, "model.attention") == loading.ATTENTION
+    assert choices(SFTConfig, "train.strategy") == distributed.STRATEGIES
+    for cls, key in [(SFTConfig, "train.device"), (SampleConfig, "device"),
+                     (ScoreConfig, "device"), (EvalConfig, "device"),
+                     (PipelineConfig, "eval.device")]:
+        assert choices(cls, key) == device.DEVICES

@@ -27,7 +27,7 @@ def test_without_cuda_auto_is_the_cpu_and_cuda_is_a_clear_error():
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(ConfigError, match="device=cuda, but this torch sees no CUDA GPU"):
         pick_device("cuda")
-    with pytest.raises(ConfigError, match="one of auto, cpu, cuda"):
+    with pytest.raises(ConfigError, match="one of auto, cuda, cpu"):
         pick_device("gpu")
 
 

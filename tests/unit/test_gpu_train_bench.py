@@ -25,12 +25,14 @@ def test_a_row_runs_the_real_command_and_reads_its_figures(tmp_path):
 def test_settings_name_what_they_turn_on(tmp_path):
     data = gpu_train.write_data(tmp_path, rows=4)
     args = _args()
-    plain = gpu_train.command("rm", "tiny", "plain", args, data, tmp_path / "run")
+    plain = gpu_train.command("sft", "tiny", "plain", args, data, tmp_path / "run")
     fast = gpu_train.command("rm", "tiny", "compile", args, data, tmp_path / "run")
     assert "train.logits_chunk=0" in plain and "train.bf16=false" in plain
     assert not any(o.startswith("train.max_tokens_per_microbatch") for o in plain)
     assert {"train.bf16_weights=true", "train.max_tokens_per_microbatch=256",
             "train.compile=true", "model.attention=flex_attention"} <= set(fast)
+    # a reward model's loop has no train.logits_chunk (its head is a scalar)
+    assert not any(o.startswith("train.logits_chunk") for o in fast)
 
 
 def test_flops_per_token_follow_the_count_in_the_docstring():

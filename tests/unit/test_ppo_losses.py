@@ -8,9 +8,8 @@ import statistics
 import pytest
 import torch
 
+from tether.choices import GROUP_METHODS, KL_ESTIMATORS
 from tether.losses.ppo import (
-    GROUP_METHODS,
-    KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
     explained_variance,

@@ -69,12 +69,12 @@ def test_defaults_alone_learn_a_learnable_preference(tmp_path, capsys):
 
 @pytest.mark.parametrize(("prompts", "epochs"), [(40, 4), (200, 2), (400, 1), (4000, 1)])
 def test_auto_epochs_give_small_data_enough_steps_and_large_data_one_pass(prompts, epochs):
-    from tether.config import TrainConfig
+    from tether.config import RMTrainConfig
     from tether.trainers.common import plan_steps
 
-    per_epoch, total = plan_steps(TrainConfig(batch_size=8, epochs=0), prompts, "x.jsonl")
+    per_epoch, total = plan_steps(RMTrainConfig(batch_size=8, epochs=0), prompts, "x.jsonl")
     assert (per_epoch, total) == (prompts // 8, epochs * (prompts // 8))
-    assert plan_steps(TrainConfig(batch_size=8, epochs=3), prompts, "x")[1] == 3 * per_epoch
+    assert plan_steps(RMTrainConfig(batch_size=8, epochs=3), prompts, "x")[1] == 3 * per_epoch
 
 
 def test_the_head_trains_at_its_own_learning_rate(tmp_path):

@@ -52,8 +52,8 @@ def project_for(store: Store, candidates: Path, cfg: HumanLabelsConfig) -> Proje
     project = store.project(name)
     if project is None:
         project = create_project(store, name, source_rows(str(candidates)),
-                                 source_rows(cfg.gold) if cfg.gold else (), overlap=cfg.overlap,
-                                 gold_rate=cfg.gold_rate)
+                                 source_rows(cfg.gold_items) if cfg.gold_items else (),
+                                 overlap=cfg.overlap, gold_rate=cfg.gold_items_rate)
     return project
 
 

@@ -128,8 +128,9 @@ def serve(cfg: LabelServeConfig) -> None:
 def import_candidates(cfg: LabelImportConfig) -> Project:
     store = Store(cfg.db)
     project = create_project(store, cfg.project, source_rows(cfg.candidates),
-                             source_rows(cfg.gold) if cfg.gold else (), overlap=cfg.overlap,
-                             gold_rate=cfg.gold_rate, lease_minutes=cfg.lease_minutes)
+                             source_rows(cfg.gold_items) if cfg.gold_items else (),
+                             overlap=cfg.overlap, gold_rate=cfg.gold_items_rate,
+                             lease_minutes=cfg.lease_minutes)
     progress = store.progress(project)
     gold = sum(i.gold_ranks is not None for i in store.items(project.name))
     print(f"imported {progress['total'] // project.overlap} items (+{gold} gold) into project "

@@ -74,7 +74,8 @@ def robust_loss(margin: torch.Tensor, beta: float, label_smoothing: float) -> to
     return (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
 
 
-# name -> loss(margin, beta, label_smoothing); `dpo.loss` in the config picks one.
+# name -> loss(margin, beta, label_smoothing); `dpo.loss` in the config picks one of these
+# names, which it takes from tether.choices.DPO_LOSSES (the config loads without torch).
 LOSSES = {"sigmoid": sigmoid_loss, "ipo": ipo_loss, "hinge": hinge_loss, "robust": robust_loss}
 
 

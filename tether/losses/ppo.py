@@ -27,9 +27,7 @@ import math
 
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-GROUP_METHODS = ("grpo", "rloo")
-
+from tether.choices import GROUP_METHODS, KL_ESTIMATORS
 
 # ---- masked statistics ----
 

@@ -37,6 +37,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tether.choices import ATTENTION
 from tether.device import pick_device
 from tether.errors import UserError
 from tether.files import share_modes
@@ -56,7 +57,6 @@ _SMOLLM2_SHAPES = {
     "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
                          num_attention_heads=32, num_key_value_heads=32, rope_theta=130000.0),
 }
-ATTENTION = ("sdpa", "flex_attention", "eager")
 
 
 def pretrained_options(hub_kernels: bool = False, attention: str = "sdpa") -> dict:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from tether.choices import BACKENDS
 from tether.errors import UserError
 from tether.rollout.base import Generator
 from tether.rollout.generate import HFGenerator
 from tether.rollout.vllm import VLLMGenerator
-
-BACKENDS = ("hf", "vllm")
 
 
 def make_generator(backend: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,

@@ -22,7 +22,7 @@ from tether.checkpoint import (
     save_checkpoint,
     save_final,
 )
-from tether.config import LoraConfig, OptimConfig, TrainConfig
+from tether.config import BatchTrainConfig, LoraConfig, OptimConfig, TrainConfig
 from tether.data.order import steps_per_epoch
 from tether.distributed import Dist
 from tether.errors import DataError, Interrupted, TrainingDiverged
@@ -69,7 +69,7 @@ def print_header(title: str, model: torch.nn.Module, plan: str, dist: Dist = SIN
               f"{plan}")
 
 
-def plan_steps(train: TrainConfig, num_examples: int, source: str) -> tuple[int, int]:
+def plan_steps(train: BatchTrainConfig, num_examples: int, source: str) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps) for `num_examples` training examples."""
     per_epoch = steps_per_epoch(num_examples, train.batch_size)
     if per_epoch == 0:

@@ -1,29 +1,33 @@
-"""Typed configs: one dataclass per stage, loaded from YAML plus dotted overrides.
+"""What each command's config holds: one dataclass per command, and the sections they share.
 
-Validation happens once, here, so a trainer can trust every field. Mistakes (unknown key,
-wrong type, value out of range) raise ConfigError naming the key, the file and line where
-the YAML set it, and for a typo the closest valid key.
+Every leaf is declared with `option` (its default, help text and allowed values) and every
+nested section with `section`; tether.config.loader reads those declarations to load, check
+and document a config. A `validate` method checks what involves several fields, once the
+whole config is loaded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-import types
-import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
-
+from tether.choices import (
+    ATTENTION,
+    BACKENDS,
+    DEVICES,
+    DPO_LOSSES,
+    GROUP_METHODS,
+    KL_ESTIMATORS,
+    STRATEGIES,
+)
 from tether.errors import ConfigError
 
 
-def option(default: Any, help: str, *, choices: list | None = None, min: float | None = None,
-           max: float | None = None) -> Any:
-    """A config field with its help text and allowed values (checked by `build`)."""
+def option(default: Any, help: str, *, choices: Sequence | None = None,
+           min: float | None = None, max: float | None = None) -> Any:
+    """A config field with its help text and allowed values (which load_config checks)."""
     meta = {"help": help, "choices": choices, "min": min, "max": max}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -38,6 +42,9 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Sections shared by the stages
 # ---------------------------------------------------------------------------------------------
+
+# Whether prompts are wrapped in the tokenizer's chat template (tether.data.tokenize).
+CHAT_TEMPLATE = ("auto", "always", "never")
 
 
 @dataclass
@@ -67,7 +74,7 @@ class ModelConfig:
         "(train.max_tokens_per_microbatch) skip the blocks their mask leaves empty; compiled "
         "on first use; trains on a CUDA GPU only) or eager. Whatever a model directory's "
         "config.json asks for (e.g. flash_attention_2, which transformers would fetch from the "
-        "Hub) is replaced by this.", choices=["sdpa", "flex_attention", "eager"])
+        "Hub) is replaced by this.", choices=ATTENTION)
     hub_kernels: bool = option(
         False, "Let transformers swap in kernels downloaded from the Hugging Face Hub "
         "(`use_kernels`; it needs a network and runs remote code). Off: every model tether "
@@ -92,7 +99,7 @@ class DataConfig:
         choices=["prompt_left", "drop"])
     chat_template: str = option(
         "auto", "Wrap prompts in the tokenizer's chat template: auto (if it has one), always, "
-        "never (plain text: prompt then response).", choices=["auto", "always", "never"])
+        "never (plain text: prompt then response).", choices=CHAT_TEMPLATE)
     skip_bad_rows: bool = option(
         False, "Skip malformed rows (counted and logged) instead of stopping with an error.")
 
@@ -116,26 +123,24 @@ class OptimConfig:
 
 def device_option() -> str:
     return option("auto", "Where the models run: auto (a CUDA GPU when there is one, else the "
-                          "CPU), cuda or cpu.", choices=["auto", "cuda", "cpu"])
+                          "CPU), cuda or cpu.", choices=DEVICES)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = option(
-        8, "Items per optimizer step, in all: sequences for sft; prompts for rm and dpo, each "
-        "with all its responses (a pair row or a K-way ranking is one item, not 2 or K "
-        "sequences). Under torchrun each of N processes takes batch_size / N of them.", min=1)
-    micro_batch_size: int = option(
-        8, "Items (as batch_size counts them) per forward pass; batch_size / micro_batch_size "
-        "gradient accumulation steps. Changes memory, not the result.", min=1)
+    """The loop as every trainer (sft, rm, dpo, ppo) reads it. Each command's train section
+    adds the keys its own loop reads, so none offers a key it ignores; the keys of another
+    loop that a user may reach for are in the section's `instead`, which the unknown-key
+    error quotes."""
+
     strategy: str = option(
         "ddp", "Under torchrun: ddp (every process holds the whole model) or fsdp2 (parameters, "
         "gradients and optimizer state sharded over the processes). Changes memory, not the "
-        "result.", choices=["ddp", "fsdp2"])
+        "result.", choices=STRATEGIES)
     device: str = option(
         "auto", "Where to train: auto (a CUDA GPU when there is one, else the CPU), cuda or "
         "cpu. Under torchrun each process takes the GPU of its LOCAL_RANK, and the processes "
-        "talk over NCCL (gloo on the CPU).", choices=["auto", "cuda", "cpu"])
+        "talk over NCCL (gloo on the CPU).", choices=DEVICES)
     epochs: int = option(
         1, "Passes over the training data (ignored if max_steps > 0). 0: auto, as many as give "
         "at least 50 optimizer steps, at most 4 (small data still gets enough updates, large "
@@ -154,24 +159,29 @@ class TrainConfig:
         "fp32 master copies and AdamW state in the optimizer, so no forward casts them. "
         "Faster where casts dominate (a GPU at small batches); the update is still fp32, and "
         "checkpoints and final/ hold the fp32 masters. Not with strategy=fsdp2.")
-    max_tokens_per_microbatch: int = option(
-        0, "Padding-free packing (sft, rm, dpo): >0 packs a micro-batch's sequences (or "
-        "shared-prompt groups) into one row of at most this many tokens, each attending to "
-        "itself only, instead of micro_batch_size padded rows; 0: off. Must hold the longest "
-        "sequence (or group). Changes speed and memory, not the result.", min=0)
-    logits_chunk: int = option(
-        4096, "Tokens per chunk of the output head and log-softmax: logits of at most this "
-        "many tokens exist at once (forward and backward), never [tokens, vocab] for a whole "
-        "micro-batch; 0: all at once. Changes memory, not the result.", min=0)
     compile: bool = option(
         False, "torch.compile the model (sft, rm, dpo and PPO's update). Pays off on a GPU "
         "for long runs of same-shaped batches; the first steps are slower while it compiles.")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
-    share_prompt: bool = option(
-        True, "dpo, rm (causal-LM backbone), grpo and rloo: the responses of one prompt packed "
-        "into one row with the prompt read once (a block attention mask), not a row per "
-        "response. The same results to float rounding, fewer tokens through the model; sft "
-        "and ppo (algo=ppo) ignore it.")
+
+
+@dataclass
+class BatchTrainConfig(TrainConfig):
+    """The loop of sft, rm and dpo, which step through their data in batches of items (ppo's
+    batches are rollout.batch_size, ppo.minibatch_size and ppo.micro_batch_size)."""
+
+    batch_size: int = option(
+        8, "Items per optimizer step, in all: sequences for sft; prompts for rm and dpo, each "
+        "with all its responses (a pair row or a K-way ranking is one item, not 2 or K "
+        "sequences). Under torchrun each of N processes takes batch_size / N of them.", min=1)
+    micro_batch_size: int = option(
+        8, "Items (as batch_size counts them) per forward pass; batch_size / micro_batch_size "
+        "gradient accumulation steps. Changes memory, not the result.", min=1)
+    max_tokens_per_microbatch: int = option(
+        0, "Padding-free packing: >0 packs a micro-batch's sequences (or shared-prompt groups) "
+        "into one row of at most this many tokens, each attending to itself only, instead of "
+        "micro_batch_size padded rows; 0: off. Must hold the longest sequence (or group). "
+        "Changes speed and memory, not the result.", min=0)
 
     def check_accumulation(self) -> None:
         if self.batch_size % self.micro_batch_size:
@@ -179,9 +189,35 @@ class TrainConfig:
                               f"train.micro_batch_size ({self.micro_batch_size})")
 
 
+def logits_chunk_option() -> int:
+    """train.logits_chunk, in the loops of a model with an output head over the vocabulary
+    (sft, dpo, ppo; a reward model has a scalar head)."""
+    return option(
+        4096, "Tokens per chunk of the output head and log-softmax: logits of at most this "
+        "many tokens exist at once (forward and backward), never [tokens, vocab] for a whole "
+        "micro-batch; 0: all at once. Changes memory, not the result.", min=0)
+
+
+def share_prompt_option(where: str = "") -> bool:
+    """train.share_prompt, in the loops that read several responses to one prompt (rm, dpo,
+    ppo's grpo and rloo); `where` says when it applies, if not always."""
+    return option(
+        True, f"The responses of one prompt packed into one row with the prompt read once (a "
+        f"block attention mask), not a row per response{where}. The same results to float "
+        f"rounding, fewer tokens through the model.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+
+    instead: ClassVar[dict[str, str]] = {
+        "share_prompt": "sft has one response per prompt: no prompt to share"}
 
 
 @dataclass
@@ -194,7 +230,7 @@ class SFTConfig:
     model: ModelConfig = section(ModelConfig, "Model.")
     data: DataConfig = section(DataConfig, "Demonstrations.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.")
-    train: TrainConfig = section(TrainConfig, "Loop.")
+    train: SFTTrainConfig = section(SFTTrainConfig, "Loop.")
 
     def validate(self) -> None:
         if not self.data.train:
@@ -224,9 +260,9 @@ class SampleConfig:
     batch_size: int = option(8, "Prompts per generate call (each with its k responses).",
                              min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
-                                choices=["auto", "always", "never"])
+                                choices=CHAT_TEMPLATE)
     backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
-                                "cache; CPU or GPU) or vllm (GPUs only).", choices=["hf", "vllm"])
+                                "cache; CPU or GPU) or vllm (GPUs only).", choices=BACKENDS)
     bf16: bool = option(False, "Generate under bf16 autocast.")
     device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
@@ -263,6 +299,12 @@ class SimulateLabelsConfig:
             raise ConfigError("candidates is required: the output of `tether sample`")
 
 
+# A `gold` key names a gold scorer (label simulate, eval, ppo's reward, dpo's sampled_eval, the
+# pipeline's task); the file of gold items to mix into labeling has a name of its own, which
+# a config written for the old one is pointed to.
+GOLD_ITEMS_RENAMED = {"gold": "renamed gold_items: a `gold` key names a gold scorer",
+                      "gold_rate": "renamed gold_items_rate"}
+
 LABEL_DB_HELP = ("The labeling database: a file path (SQLite, created if missing) or a "
                  "SQLAlchemy URL such as postgresql://user@host/labels for a team.")
 
@@ -285,11 +327,11 @@ class LabelImportConfig:
     project: str = option("", "Name of the new project. Required.")
     candidates: str = option("", "candidates.jsonl from `tether sample`: {prompt, responses} "
                                  "rows with K >= 2. Required.")
-    gold: str = option("", "Gold items: preference rows with a known answer (pairs or "
-                           "rankings), mixed in to measure each annotator's accuracy.")
+    gold_items: str = option("", "Gold items: preference rows with a known answer (pairs or "
+                                 "rankings), mixed in to measure each annotator's accuracy.")
     overlap: int = option(1, "How many different annotators label each item.", min=1)
-    gold_rate: float = option(0.1, "Share of the items served that are gold items (when there "
-                                   "are any).", min=0, max=1)
+    gold_items_rate: float = option(0.1, "Share of the items served that are gold items (when "
+                                         "there are any).", min=0, max=1)
     lease_minutes: float = option(30.0, "An item shown but not answered within this time "
                                         "goes to someone else.", min=0.1)
     reward_model: str = option(
@@ -297,6 +339,8 @@ class LabelImportConfig:
         "responses it scores closest are served first; several: items whose margins they "
         "disagree on most.")
     batch_size: int = option(16, "Sequences per reward-model forward pass.", min=1)
+
+    instead: ClassVar[dict[str, str]] = GOLD_ITEMS_RENAMED
 
     def validate(self) -> None:
         if not self.project or not self.candidates:
@@ -373,6 +417,15 @@ class RewardConfig:
 
 
 @dataclass
+class RMTrainConfig(BatchTrainConfig):
+    share_prompt: bool = share_prompt_option(
+        " (with a causal-LM backbone; an encoder reads a row per response)")
+
+    instead: ClassVar[dict[str, str]] = {
+        "logits_chunk": "a reward model's head gives one score, not logits over the vocabulary"}
+
+
+@dataclass
 class RMConfig:
     """Train a reward model on preference pairs or K-way rankings (Bradley-Terry)."""
 
@@ -388,8 +441,8 @@ class RMConfig:
         "reward.head_lr, a short warmup, and a cosine decay that ends at a tenth of lr, not 0 "
         "(measured on both built-in tasks: README, Reward models).", lr=5e-5, warmup_steps=5,
         final_lr_fraction=0.1)
-    train: TrainConfig = section(
-        TrainConfig, "Loop; batch_size (and micro_batch_size) count prompts, not sequences: "
+    train: RMTrainConfig = section(
+        RMTrainConfig, "Loop; batch_size (and micro_batch_size) count prompts, not sequences: "
         "one item is a row's prompt with all its responses, so a K-way ranking (K sequences) "
         "is one item and a pair row (2 sequences) is one item. epochs=0 (auto): one pass over "
         "large data, as InstructGPT (more overfits), up to 4 over small data so that a few "
@@ -407,7 +460,7 @@ class DPOLossConfig:
     loss: str = option(
         "sigmoid", "sigmoid: DPO (Rafailov et al. 2023; with label_smoothing, conservative "
         "DPO); ipo: IPO (Azar et al. 2023); hinge: SLiC (Zhao et al. 2023); robust: robust DPO "
-        "for noisy labels (Chowdhury et al. 2024).", choices=["sigmoid", "ipo", "hinge", "robust"])
+        "for noisy labels (Chowdhury et al. 2024).", choices=DPO_LOSSES)
     beta: float = option(0.1, "Strength of the KL regularisation to the reference: the implicit "
                               "reward is beta * (log pi - log ref). For ipo, the paper's tau.",
                          min=1e-6)
@@ -448,6 +501,12 @@ class SampledEvalConfig:
 
 
 @dataclass
+class DPOTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option()
+
+
+@dataclass
 class DPOConfig:
     """Train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, robust DPO)."""
 
@@ -462,9 +521,9 @@ class DPOConfig:
                                            "stands for all its pairs).")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
                                  warmup_steps=5)
-    train: TrainConfig = section(TrainConfig, "Loop; batch_size and micro_batch_size count "
-                                              "prompts (each with all its responses).",
-                                 batch_size=8, micro_batch_size=4, eval_every=25)
+    train: DPOTrainConfig = section(
+        DPOTrainConfig, "Loop; batch_size and micro_batch_size count prompts (each with all "
+        "its responses).", batch_size=8, micro_batch_size=4, eval_every=25)
     sampled_eval: SampledEvalConfig = section(
         SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
         "so its gold reward can be plotted against its KL to the reference (a separate "
@@ -502,9 +561,9 @@ class RolloutConfig:
     stop_string: str = option("", "Cut each response after the first occurrence of this text "
                                   "(it then counts as finished). Empty: only EOS ends one.")
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
-                                choices=["auto", "always", "never"])
+                                choices=CHAT_TEMPLATE)
     backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
-                                "cache) or vllm (GPUs only).", choices=["hf", "vllm"])
+                                "cache) or vllm (GPUs only).", choices=BACKENDS)
 
 
 @dataclass
@@ -546,7 +605,7 @@ class PPOLossConfig:
     kl_coef: float = option(0.05, "Weight of the KL penalty to the reference (initial value "
                                   "with adaptive_kl).", min=0)
     kl_estimator: str = option("k1", "Per-token KL estimator: k1 = log pi - log ref, k2, k3 "
-                                     "(Schulman 2020).", choices=["k1", "k2", "k3"])
+                                     "(Schulman 2020).", choices=KL_ESTIMATORS)
     kl_in: str = option("reward", "reward: -kl_coef * KL per token in the reward (PPO, "
                                   "InstructGPT); loss: a KL loss term (GRPO).",
                         choices=["reward", "loss"])
@@ -569,6 +628,21 @@ class PPOLossConfig:
 
 
 @dataclass
+class PPOTrainConfig(TrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option(
+        " (grpo and rloo; algo=ppo keeps a row per sample, as its value model reads every "
+        "position)")
+
+    instead: ClassVar[dict[str, str]] = {
+        "batch_size": "ppo's batches are rollout.batch_size prompts per iteration, and "
+                      "ppo.minibatch_size samples per optimizer step",
+        "micro_batch_size": "ppo's forward passes take ppo.micro_batch_size samples",
+        "max_tokens_per_microbatch": "ppo packs no micro-batches by tokens: its forward passes "
+                                     "take ppo.micro_batch_size samples"}
+
+
+@dataclass
 class PPOConfig:
     """Online RL against a reward: PPO with a KL penalty to the reference, or GRPO / RLOO."""
 
@@ -578,7 +652,7 @@ class PPOConfig:
     algo: str = option("ppo", "ppo: clipped policy and value losses with GAE; grpo: "
                               "group-normalised advantages, no value model; rloo: "
                               "leave-one-out baseline, no value model.",
-                       choices=["ppo", "grpo", "rloo"])
+                       choices=("ppo", *GROUP_METHODS))
     model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model); "
                                               "it is also the frozen reference.")
     reward: PPORewardConfig = section(PPORewardConfig, "What the policy is rewarded for.")
@@ -586,10 +660,10 @@ class PPOConfig:
     ppo: PPOLossConfig = section(PPOLossConfig, "The policy-gradient objective.")
     optim: OptimConfig = section(OptimConfig, "Optimizer and schedule (policy and value "
                                               "model together).", lr=1e-5, schedule="constant")
-    train: TrainConfig = section(
-        TrainConfig, "Loop: a step is one iteration (rollout + epochs of updates); max_steps "
-        "iterations, or `epochs` passes over the prompts. batch_size and micro_batch_size are "
-        "not used (see rollout.batch_size, ppo.minibatch_size, ppo.micro_batch_size).",
+    train: PPOTrainConfig = section(
+        PPOTrainConfig, "Loop: a step is one iteration (rollout + epochs of updates); "
+        "max_steps iterations, or `epochs` passes over the prompts. The batches are "
+        "rollout.batch_size, ppo.minibatch_size and ppo.micro_batch_size.",
         max_steps=20, eval_every=10, save_every=10)
     eval_prompts: str = option("", "Held-out prompts for periodic evaluation (gold, proxy, KL "
                                    "of fresh samples). Empty: none.")
@@ -661,7 +735,7 @@ class EvalConfig:
     batch_size: int = option(8, "Prompts per generate call (each with its n samples); also "
                                 "sequences per forward pass when computing log-probs.", min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
-                                choices=["auto", "always", "never"])
+                                choices=CHAT_TEMPLATE)
     gold: str = option("sentiment", "Gold scorer of the response text: a built-in task name "
                                     "(sentiment) or 'module:function' taking a list of texts. "
                                     "Empty: no gold score.")
@@ -777,16 +851,18 @@ class HumanLabelsConfig:
     overlap: int = option(1, "How many different annotators label each item.", min=1)
     target: int = option(0, "Labels to wait for before training; 0: every item, times "
                             "overlap.", min=0)
-    gold: str = option("", "Gold items (preference rows with a known answer) mixed in to "
-                           "measure each annotator.")
-    gold_rate: float = option(0.1, "Share of the items served that are gold items.", min=0,
-                              max=1)
+    gold_items: str = option("", "Gold items (preference rows with a known answer) mixed in "
+                                 "to measure each annotator.")
+    gold_items_rate: float = option(0.1, "Share of the items served that are gold items.",
+                                    min=0, max=1)
     min_gold_accuracy: float = option(0.0, "Leave out annotators whose gold accuracy is below "
                                            "this.", min=0, max=1)
     db: str = option("", "Labeling database (a path or SQLAlchemy URL). Empty: labels.db in "
                          "the run directory, which the pipeline never deletes.")
     host: str = option("127.0.0.1", "Address the labeling app listens on.")
     port: int = option(8000, "Port the labeling app listens on.", min=1, max=65535)
+
+    instead: ClassVar[dict[str, str]] = GOLD_ITEMS_RENAMED
 
 
 @dataclass
@@ -892,267 +968,3 @@ class ReportConfig:
     def validate(self) -> None:
         if not self.run_dir:
             raise ConfigError("give the run directory: tether report RUN_DIR")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
-
-def load_config(cls: type, path: str | None = None, overrides: list[str] = (),
-                base: list[str | Path] = ()) -> Any:
-    """Build `cls` from optional YAML files and `a.b=value` overrides, validated: the `base`
-    files (presets) first, then `path`, then the overrides, each setting what it names."""
-    raw: dict = {}
-    lines: dict[str, str] = {}  # dotted key -> "file:line" of the file that set it last
-    for source in [*base, *([path] if path else [])]:
-        file_raw, file_lines = _read_yaml(source)
-        _merge(raw, file_raw)
-        lines |= file_lines
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value "
-                              f"(e.g. optim.lr=1e-5)")
-        _set_dotted(raw, key, _Override(value))
-        lines.pop(key, None)  # the override, not the file, set this key
-    cfg = _build(cls, raw, "", lambda key: f"{lines[key]}: " if key in lines else "", cls)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
-
-
-def _read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
-    """A config file's mapping (dotted keys expanded) and where each key is set."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        node = yaml.compose(text)
-        lines = _key_lines(node, str(path))  # also rejects duplicate keys
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    return _expand_dotted(raw), {key: f"{path}:{line}" for key, line in lines.items()}
-
-
-def _merge(into: dict, update: dict) -> None:
-    """Deep update: a later file changes the keys it names and keeps the rest of a section."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
-
-
-def field_docs(cls: type, prefix: str = "",
-               defaults: Any = None) -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type name, default, help) for every leaf field, for --help."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    defaults = cls() if defaults is None else defaults  # a stage may change a section's defaults
-    for f in dataclasses.fields(cls):
-        key = prefix + f.name
-        typ = hints[f.name]
-        if dataclasses.is_dataclass(typ):
-            rows += field_docs(typ, key + ".", getattr(defaults, f.name))
-            continue
-        help = f.metadata.get("help", "")
-        if f.metadata.get("choices"):
-            help += f" One of: {', '.join(map(str, f.metadata['choices']))}."
-        rows.append((key, _type_name(typ), getattr(defaults, f.name), help))
-    return rows
-
-
-class _Override:
-    """A command-line value: read as YAML (numbers, booleans, lists), except where the field
-    is a string, which takes the text as typed (so run_dir=0123 stays '0123')."""
-
-    def __init__(self, text: str):
-        self.text = text
-        try:
-            self.parsed = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            self.parsed = text
-
-
-def _expand_dotted(raw: dict) -> dict:
-    """`optim.lr: 1e-5` at the top of a YAML file means the same as the nested form."""
-    out: dict = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            value = _expand_dotted(value)
-        if isinstance(key, str) and "." in key:
-            _set_dotted(out, key, value)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
-
-
-def _key_lines(node: yaml.Node | None, path: str, prefix: str = "") -> dict[str, int]:
-    """Line number (1-based) of every key in a composed YAML mapping; a key given twice is
-    an error (YAML would silently keep the last one)."""
-    out: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = prefix + str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in out:
-                raise ConfigError(f"{path}:{line}: key '{key}' is given twice (also on line "
-                                  f"{out[key]})")
-            out[key] = line
-            out.update(_key_lines(value_node, path, key + "."))
-    return out
-
-
-def _first_leaf(key: str, value: Any) -> str:
-    """`trian` holding {seed: 1} is matched as `trian.seed`, the key the user meant to set."""
-    while isinstance(value, dict) and value:
-        child, value = next(iter(value.items()))
-        key = f"{key}.{child}"
-    return key
-
-
-def _suggest(key: str, root: type) -> str:
-    """The valid key closest to a mistyped one: by the whole dotted key, else by its last
-    part (so `lr` and `train.lr` both find `optim.lr`)."""
-    leaves = [row[0] for row in field_docs(root)]
-    close = difflib.get_close_matches(key, leaves, n=1, cutoff=0.6)
-    if not close:
-        last = key.rsplit(".", 1)[-1]
-        by_last = {leaf.rsplit(".", 1)[-1]: leaf for leaf in leaves}
-        close = [by_last[m] for m in difflib.get_close_matches(last, list(by_last), n=1,
-                                                                cutoff=0.75)]
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _build(cls: type, raw: Any, prefix: str, where, root: type, default: Any = None) -> Any:
-    """`root` is the top-level class, so a typo is matched against keys of every section.
-    `default` is the instance to start from: a stage may set its own section defaults."""
-    default = cls() if default is None else default
-    if isinstance(raw, _Override):
-        raw = raw.parsed
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where(prefix.rstrip('.'))}{prefix.rstrip('.')} must be a mapping "
-                          f"of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            full = prefix + str(key)
-            hint = _suggest(_first_leaf(full, raw[key]), root)
-            valid = ", ".join(fields)
-            raise ConfigError(f"{where(full)}unknown key '{full}'{hint}; valid keys here: {valid}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        typ, key = hints[name], prefix + name
-        if dataclasses.is_dataclass(typ):
-            kwargs[name] = _build(typ, raw[name], key + ".", where, root,
-                                  getattr(default, name))
-        else:
-            kwargs[name] = _check_value(key, typ, raw[name], f.metadata, where(key))
-    return dataclasses.replace(default, **kwargs)
-
-
-def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:
-    if isinstance(value, _Override):
-        value = value.text if typ is str else value.parsed
-    ok, value = _coerce(typ, value)
-    if not ok:
-        finite = " (finite)" if typ is float else ""
-        raise ConfigError(f"{where}{key} must be {_type_name(typ)}{finite}, got {value!r}")
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{where}{key} must be one of {', '.join(map(str, choices))}; got "
-                          f"{value!r}{hint}")
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{where}{key} must be >= {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{where}{key} must be <= {hi}, got {value!r}")
-    return value
-
-
-def _coerce(typ: Any, value: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(typ):
-            if arg is type(None) and value is None:
-                return True, None
-            ok, v = _coerce(arg, value)
-            if ok:
-                return True, v
-        return False, value
-    if origin is list:
-        if not isinstance(value, list):
-            return False, value
-        (item,) = typing.get_args(typ)
-        out = []
-        for v in value:
-            ok, v = _coerce(item, v)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, out
-    if typ is bool:
-        return isinstance(value, bool), value
-    if typ is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if typ is float:
-        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                return False, value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return math.isfinite(value), float(value)  # nan would pass every range check
-        return False, value
-    if typ is str:
-        # A path or name that YAML happened to read as a number is still meant as text.
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return True, str(value)
-        return False, value
-    return isinstance(value, typ), value
-
-
-def _type_name(typ: Any) -> str:
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(typ))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(typ)[0])}"
-    return {bool: "true or false", int: "an integer", float: "a number",
-            str: "a string", type(None): "null"}.get(typ, getattr(typ, "__name__", str(typ)))
