@@ -44,3 +44,47 @@ def test_a_long_sft_row_is_cut_before_tokenising_and_stderr_is_tethers(capsys, t
     line = error_line(code, err, "sft")
     assert f"{data}: every row is longer than data.max_length=512" in line
     assert not (tmp_path / "run").exists()
+
+
+# --- preference data: tether rm and tether dpo ------------------------------------------------
+
+
+def good_rows(n=6):
+    return [{"prompt": f"Review {i}:", "chosen": f" lovely {i}", "rejected": f" dull {i}"}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("command", ["rm", "dpo"])
+def test_identical_responses_ranked_apart_are_an_error(capsys, tmp_path, command):
+    # As a pair this was refused already; as a ranking it trained a reward model.
+    data = write_jsonl(tmp_path / "train.jsonl", good_rows()[:4] + [
+        {"prompt": "p", "responses": ["same", "other", "same"], "ranks": [0, 1, 2]}])
+    code, _, err = run(capsys, command, "model.name=tiny", f"data.train={data}",
+                       f"run_dir={tmp_path / 'run'}")
+    line = error_line(code, err, command)
+    assert f"{data}:5: 'responses[0]' and 'responses[2]' are the same text, so neither can be " \
+           f"preferred to the other" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", [{"chosen": " ", "rejected": "fine"},
+                                 {"responses": ["fine", "", "ok"], "ranks": [0, 1, 2]}])
+def test_an_empty_response_is_an_error_unless_allowed(capsys, tmp_path, bad):
+    data = write_jsonl(tmp_path / "train.jsonl", good_rows()[:2] + [{"prompt": "p", **bad}])
+    code, _, err = run(capsys, "rm", "model.name=tiny", f"data.train={data}",
+                       f"run_dir={tmp_path / 'run'}")
+    name = "chosen" if "chosen" in bad else "responses[1]"
+    assert f"{data}:3: '{name}' is empty or only whitespace (set data.allow_empty_responses=" \
+           f"true to accept empty responses, or data.skip_bad_rows=true to skip bad rows)" \
+           in error_line(code, err, "rm")
+    assert not (tmp_path / "run").exists()
+
+
+def test_all_ties_rows_are_reported_with_their_line(capsys, tmp_path):
+    tied = {"prompt": "p", "responses": ["a", "b", "c"], "ranks": [1, 1, 1]}
+    data = write_jsonl(tmp_path / "train.jsonl", [tied, tied])
+    code, _, err = run(capsys, "rm", "model.name=tiny", f"data.train={data}",
+                       f"run_dir={tmp_path / 'run'}")
+    assert f"{data}: no usable preference rows (2 rows, 2 skipped as all ties, giving no " \
+           f"pairs (first: {data}:1))" in error_line(code, err, "rm")
+    assert not (tmp_path / "run").exists()
