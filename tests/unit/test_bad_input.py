@@ -1,6 +1,7 @@
 """Bad input through the command line (issue 22): one line on stderr naming the file and line,
 exit code 2, no traceback, and nothing half-written."""
 
+import json
 import logging
 import sys
 
@@ -9,6 +10,7 @@ from conftest import write_jsonl
 from transformers.utils import logging as hf_logging
 
 from tether.cli import main
+from tether.labeling.store import Store
 
 
 def run(capsys, *argv):
@@ -88,3 +90,121 @@ def test_all_ties_rows_are_reported_with_their_line(capsys, tmp_path):
     assert f"{data}: no usable preference rows (2 rows, 2 skipped as all ties, giving no " \
            f"pairs (first: {data}:1))" in error_line(code, err, "rm")
     assert not (tmp_path / "run").exists()
+
+def test_a_labeling_database_is_checked_as_a_file_is(capsys, tmp_path):
+    # A project imported before candidates were merged holds the same text twice; its
+    # labels rank one copy above the other.
+    db = tmp_path / "labels.db"
+    store = Store(str(db))
+    project = store.create_project("old", [{"prompt": "p", "responses": ["same", "same", "x"]}])
+    annotator = store.annotator_for_token(store.add_annotator("a"))
+    item = store.next_item(project, annotator)
+    store.submit(project, annotator, item.assignment, "rank", [0, 1, 2])
+    store.close()
+    code, _, err = run(capsys, "rm", "model.name=tiny", f"data.train={db}",
+                       f"run_dir={tmp_path / 'run'}")
+    assert f"{db}#old: item 0: 'responses[0]' and 'responses[1]' are the same text" \
+        in error_line(code, err, "rm")
+    assert not (tmp_path / "run").exists()
+
+
+# --- candidates: tether label simulate and tether label import ---------------------------------
+
+
+def candidates(n=3):
+    return [{"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}", f"c{i}"]} for i in range(n)]
+
+
+def simulate(capsys, tmp_path, rows, *extra):
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    code, out, err = run(capsys, "label", "simulate", f"candidates={path}",
+                         f"output={tmp_path / 'labels' / 'labels.jsonl'}", *extra)
+    return path, code, out, err
+
+
+def import_(capsys, tmp_path, rows, gold=None):
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    gold_arg = [] if gold is None else [f"gold_items={write_jsonl(tmp_path / 'gold.jsonl', gold)}"]
+    code, out, err = run(capsys, "label", "import", f"db={tmp_path / 'labels.db'}",
+                         "project=p", f"candidates={path}", *gold_arg)
+    return path, code, out, err
+
+
+def test_identical_candidates_are_merged_before_anyone_ranks_them(capsys, tmp_path):
+    # Before: simulate wrote {"responses": ["x", "x", "y"], "ranks": [0, 2, 1]}, which rm
+    # then took as "x" better than "x"; import showed people the same text twice.
+    rows = candidates(2) + [{"prompt": "dup", "responses": ["x", "x", "y"]},
+                            {"prompt": "all one", "responses": ["z", "z"]}]
+    path, code, out, _ = simulate(capsys, tmp_path, rows)
+    assert code == 0
+    assert f"{path}: 3 rows, 2 identical responses merged, 1 left out as all their responses " \
+           f"are the same text (first: {path}:4)" in out
+    labels = [json.loads(line) for line in (tmp_path / "labels" / "labels.jsonl").open()]
+    assert [row["responses"] for row in labels][2] == ["x", "y"]
+    assert sorted(labels[2]["ranks"]) == [0, 1]
+
+    path, code, out, _ = import_(capsys, tmp_path, rows)
+    assert code == 0 and f"{path}: 3 rows, 2 identical responses merged" in out
+    items = Store(str(tmp_path / "labels.db")).items("p")
+    assert [item.responses for item in items][2] == ["x", "y"]
+
+
+def test_candidates_that_are_all_one_text_are_an_error(capsys, tmp_path):
+    path, code, _, err = simulate(capsys, tmp_path, [{"prompt": "p", "responses": ["z", "z"]}])
+    assert "no candidate row has two different responses to compare (first: " \
+           f"{path}:1)" in error_line(code, err, "label simulate")
+    assert not (tmp_path / "labels").exists()
+
+
+def test_candidate_message_roles_are_checked_as_everywhere(capsys, tmp_path):
+    # Before: simulate and import took a "wizard", and tether rm then refused simulate's labels.
+    rows = candidates(1) + [{"prompt": [{"role": "wizard", "content": "hi"}],
+                             "responses": ["a", "b"]}]
+    message = ":2: prompt[0] must be an object with 'role' (one of system, user, assistant, " \
+              "tool) and 'content' (a string)"
+    path, code, _, err = simulate(capsys, tmp_path, rows)
+    assert f"{path}{message}" in error_line(code, err, "label simulate")
+    assert not (tmp_path / "labels").exists()
+    path, code, _, err = import_(capsys, tmp_path, rows)
+    assert f"{path}{message}" in error_line(code, err, "label import")
+    assert not (tmp_path / "labels.db").exists()
+
+
+@pytest.mark.parametrize("empty", ["", " \n"])
+def test_an_empty_candidate_is_an_error(capsys, tmp_path, empty):
+    rows = candidates(2) + [{"prompt": "p", "responses": ["fine", empty]}]
+    path, code, _, err = simulate(capsys, tmp_path, rows)
+    assert f"{path}:3: 'responses[1]' is empty or only whitespace" \
+        in error_line(code, err, "label simulate")
+    assert not (tmp_path / "labels").exists()
+    path, code, _, err = import_(capsys, tmp_path, rows)
+    assert f"{path}:3: 'responses[1]' is empty or only whitespace" \
+        in error_line(code, err, "label import")
+    assert not (tmp_path / "labels.db").exists()
+
+
+def test_an_empty_candidates_file_is_named(capsys, tmp_path):
+    path, code, _, err = simulate(capsys, tmp_path, [])
+    assert f"{path}: no candidate rows (the file is empty)" \
+        in error_line(code, err, "label simulate")
+    assert not (tmp_path / "labels").exists()
+    path, code, _, err = import_(capsys, tmp_path, [])  # before: "no candidate rows to import"
+    assert f"{path}: no candidate rows (the file is empty)" \
+        in error_line(code, err, "label import")
+    assert not (tmp_path / "labels.db").exists()
+
+
+@pytest.mark.parametrize("gold, message", [
+    ([], "gold.jsonl: no gold items (the file is empty)"),  # before: imported, with no gold
+    ([{"prompt": "g", "chosen": "good", "rejected": "bad"},
+      {"prompt": "g", "responses": ["good", "bad", "good"], "ranks": [0, 1, 2]}],
+     "gold.jsonl:2: 'responses[0]' and 'responses[2]' are the same text"),
+    ([{"prompt": "g", "chosen": "", "rejected": "bad"}],
+     "gold.jsonl:1: 'chosen' is empty or only whitespace"),
+    ([{"prompt": [{"role": "wizard", "content": "g"}], "chosen": "good", "rejected": "bad"}],
+     "gold.jsonl:1: prompt[0] must be an object with 'role'"),
+])
+def test_gold_items_are_checked_as_preferences(capsys, tmp_path, gold, message):
+    _, code, _, err = import_(capsys, tmp_path, candidates(), gold)
+    assert f"{tmp_path}/{message}" in error_line(code, err, "label import")
+    assert not (tmp_path / "labels.db").exists()
