@@ -11,6 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from tether.cli import main
 from tether.labeling.store import Store
+from tether.rollout.generate import HFGenerator
 
 
 def run(capsys, *argv):
@@ -208,3 +209,43 @@ def test_gold_items_are_checked_as_preferences(capsys, tmp_path, gold, message):
     _, code, _, err = import_(capsys, tmp_path, candidates(), gold)
     assert f"{tmp_path}/{message}" in error_line(code, err, "label import")
     assert not (tmp_path / "labels.db").exists()
+
+
+# --- tether sample ------------------------------------------------------------------------------
+
+
+def test_sample_drops_empty_responses(capsys, tmp_path, monkeypatch):
+    # Before: written as they came, for label simulate and import to put before a labeler.
+    generate = HFGenerator.generate
+
+    def ending_at_once(self, prompts, n, params, seed=None, first_sample=0):
+        """The first sample of every prompt, and every sample of the second prompt, end at
+        once (EOS only)."""
+        results = generate(self, prompts, n, params, seed, first_sample)
+        for i, samples in enumerate(results):
+            for j, g in enumerate(samples):
+                if j == 0 or i == 1:
+                    g.response_ids, g.finished = [self.eos_token_id], True
+        return results
+
+    monkeypatch.setattr(HFGenerator, "generate", ending_at_once)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Review {i}:"}
+                                                       for i in range(3)])
+    output = tmp_path / "sample" / "candidates.jsonl"
+    argv = ["sample", "policy=tiny", f"prompts={prompts}", f"output={output}", "k=3",
+            "max_new_tokens=4"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "dropped 5 empty or whitespace-only responses (no one can rank them), and 1 " \
+           "prompts left with fewer than 2" in out
+    rows = [json.loads(line) for line in output.open()]
+    assert [r["prompt"] for r in rows] == ["Review 0:", "Review 2:"]
+    assert all(len(r["responses"]) == len(r["num_tokens"]) == 2 and all(t.strip() for t in
+               r["responses"]) for r in rows)
+
+    output.unlink()
+    code, _, err = run(capsys, *argv, "k=1")  # k=1: every response is empty
+    last = err.strip().splitlines()[-1]  # after the progress bar of the sampling done
+    assert code == 2 and last == "tether sample: error: tiny: every response it sampled is " \
+        f"empty or only whitespace (it ends at once): no candidates to write to {output}"
+    assert not output.exists()
