@@ -92,6 +92,15 @@ def test_all_ties_rows_are_reported_with_their_line(capsys, tmp_path):
            f"pairs (first: {data}:1))" in error_line(code, err, "rm")
     assert not (tmp_path / "run").exists()
 
+@pytest.mark.parametrize("command", ["rm", "dpo", "sft"])
+def test_an_empty_data_file_is_named(capsys, tmp_path, command):
+    data = write_jsonl(tmp_path / "train.jsonl", [])
+    code, _, err = run(capsys, command, "model.name=tiny", f"data.train={data}",
+                       f"run_dir={tmp_path / 'run'}")
+    assert f"{data}: no usable rows (the file is empty)" in error_line(code, err, command)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_labeling_database_is_checked_as_a_file_is(capsys, tmp_path):
     # A project imported before candidates were merged holds the same text twice; its
     # labels rank one copy above the other.
@@ -249,3 +258,4 @@ def test_sample_drops_empty_responses(capsys, tmp_path, monkeypatch):
     assert code == 2 and last == "tether sample: error: tiny: every response it sampled is " \
         f"empty or only whitespace (it ends at once): no candidates to write to {output}"
     assert not output.exists()
+

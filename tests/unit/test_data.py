@@ -274,7 +274,7 @@ def test_load_skips_and_counts_bad_rows(tmp_path, tokenizer):
 
 def test_all_rows_bad_is_an_error(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x"}, {"prompt": "y"}])
-    with pytest.raises(DataError, match="no usable rows"):
+    with pytest.raises(DataError, match=r"no usable rows \(all 2 skipped as bad\)"):
         load_sft_data(DataConfig(train=path, skip_bad_rows=True), tokenizer, seed=0)
 
 

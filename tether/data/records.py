@@ -120,7 +120,8 @@ def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
             stats.first_bad = stats.first_bad or str(e)
     stats.rows += len(out)
     if not out:
-        raise DataError(f"{source}: no usable rows")
+        why = f"all {stats.bad_rows} skipped as bad" if stats.bad_rows else "the file is empty"
+        raise DataError(f"{source}: no usable rows ({why})")
     return out
 
 
