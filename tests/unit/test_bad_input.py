@@ -97,7 +97,7 @@ def test_an_empty_data_file_is_named(capsys, tmp_path, command):
     data = write_jsonl(tmp_path / "train.jsonl", [])
     code, _, err = run(capsys, command, "model.name=tiny", f"data.train={data}",
                        f"run_dir={tmp_path / 'run'}")
-    assert f"{data}: no usable rows (the file is empty)" in error_line(code, err, command)
+    assert f"{data}: no rows (the file is empty)" in error_line(code, err, command)
     assert not (tmp_path / "run").exists()
 
 

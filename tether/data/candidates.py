@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.data.readers import BadRow, read_rows
+from tether.data.readers import BadRow, read_all_rows
 from tether.errors import DataError
 
 
@@ -41,10 +41,8 @@ class Candidates:
 
 def read_candidates(source: str) -> Candidates:
     """The candidate rows of a file; a bad row stops the run with its file:line."""
-    rows = [(row.where, row.record) for row in read_rows(source)]
-    if not rows:
-        raise DataError(f"{source}: no candidate rows (the file is empty)")
-    return parse_candidates(rows)
+    return parse_candidates((row.where, row.record)
+                            for row in read_all_rows(source, "candidate rows"))
 
 
 def parse_candidates(rows: Iterable[tuple[str, Any]]) -> Candidates:

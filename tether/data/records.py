@@ -13,7 +13,7 @@ from typing import Any
 
 from tether.config import DataConfig
 from tether.data.order import split_holdout
-from tether.data.readers import BadRow, read_rows
+from tether.data.readers import BadRow, read_all_rows
 from tether.data.tokenize import Messages
 from tether.errors import DataError
 
@@ -105,7 +105,7 @@ def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
     `skip_key` is the config key that skips them, and `allow_empty_key` the one that accepts
     empty responses, for the error message."""
     out = []
-    for row in read_rows(source):
+    for row in read_all_rows(source, "rows"):
         try:
             if isinstance(row.record, BadRow):
                 raise row.record
@@ -120,8 +120,7 @@ def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
             stats.first_bad = stats.first_bad or str(e)
     stats.rows += len(out)
     if not out:
-        why = f"all {stats.bad_rows} skipped as bad" if stats.bad_rows else "the file is empty"
-        raise DataError(f"{source}: no usable rows ({why})")
+        raise DataError(f"{source}: no usable rows (all {stats.bad_rows} skipped as bad)")
     return out
 
 

@@ -128,11 +128,11 @@ def serve(cfg: LabelServeConfig) -> None:
 
 def import_candidates(cfg: LabelImportConfig) -> Project:
     candidates = read_candidates(cfg.candidates)
-    gold = read_gold_items(cfg.gold_items) if cfg.gold_items else []
+    gold_items = read_gold_items(cfg.gold_items) if cfg.gold_items else []
     print(f"{cfg.candidates}: {candidates.summary()}")
     store = Store(cfg.db)  # opened once the data is valid: bad data leaves no new database
-    project = store.create_project(cfg.project, candidates.rows, gold, overlap=cfg.overlap,
-                                   gold_rate=cfg.gold_items_rate,
+    project = store.create_project(cfg.project, candidates.rows, gold_items,
+                                   overlap=cfg.overlap, gold_rate=cfg.gold_items_rate,
                                    lease_minutes=cfg.lease_minutes)
     progress = store.progress(project)
     gold = sum(i.gold_ranks is not None for i in store.items(project.name))

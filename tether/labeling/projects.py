@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tether.data.candidates import parse_candidates
-from tether.data.readers import read_rows
+from tether.data.readers import read_all_rows
 from tether.errors import ConfigError, DataError
 from tether.labeling.agreement import agreement_stats
 from tether.labeling.store import Project, Store
@@ -41,10 +41,8 @@ def create_project(store: Store, name: str, rows: Iterable[tuple[str, Any]],
 
 def read_gold_items(source: str) -> list[dict]:
     """The gold items of a file (see parse_gold_items); a bad row stops with its file:line."""
-    rows = [(row.where, row.record) for row in read_rows(source)]
-    if not rows:
-        raise DataError(f"{source}: no gold items (the file is empty)")
-    return parse_gold_items(rows)
+    return parse_gold_items((row.where, row.record)
+                            for row in read_all_rows(source, "gold items"))
 
 
 def parse_gold_items(rows: Iterable[tuple[str, Any]]) -> list[dict]:
