@@ -60,6 +60,7 @@ def run(cfg: SampleConfig) -> Path:
 
     lines: list[str] = []
     num_tokens_total = num_finished = num_empty = prompts_dropped = 0
+    need = min(cfg.k, 2)  # responses a row needs: two to compare, or the one k asks for
     started = time.perf_counter()
     progress = tqdm(total=len(rows), desc="sample", unit="prompt", dynamic_ncols=True)
     for batch_index, start in enumerate(range(0, len(rows), cfg.batch_size)):
@@ -74,7 +75,7 @@ def run(cfg: SampleConfig) -> Path:
                      for g in generations]
             kept = [(text, g) for text, g in zip(texts, generations, strict=True) if text.strip()]
             num_empty += len(generations) - len(kept)
-            if len(kept) < min(cfg.k, 2):
+            if len(kept) < need:
                 prompts_dropped += 1
                 continue
             row = {
@@ -90,17 +91,18 @@ def run(cfg: SampleConfig) -> Path:
     elapsed = time.perf_counter() - started
 
     output = Path(cfg.output)
-    if not lines:
-        raise DataError(f"{cfg.policy}: every response it sampled is empty or only whitespace "
-                        f"(it ends at once): no candidates to write to {output}")
-    atomic_write_text(output, "".join(lines))
     num_responses = len(rows) * cfg.k
+    if not lines:
+        raise DataError(f"{cfg.policy}: {num_empty} of the {num_responses} responses it sampled "
+                        f"are empty or only whitespace (it ends at once), leaving no prompt "
+                        f"with {need}: nothing to write to {output}")
+    atomic_write_text(output, "".join(lines))
     print(f"sampled {len(rows)} prompts x {cfg.k} = {num_responses} responses: "
           f"{num_tokens_total / num_responses:.1f} tokens on average, "
           f"{num_finished / num_responses:.0%} finished with EOS, {elapsed:.1f} s, "
           f"{num_tokens_total / elapsed:.1f} tokens/s -> {output}")
     if num_empty:
         print(f"dropped {num_empty} empty or whitespace-only responses (no one can rank them)"
-              + (f", and {prompts_dropped} prompts left with fewer than {min(cfg.k, 2)}"
+              + (f", and {prompts_dropped} prompts left with fewer than {need}"
                  if prompts_dropped else ""))
     return output

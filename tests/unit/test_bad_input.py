@@ -255,7 +255,8 @@ def test_sample_drops_empty_responses(capsys, tmp_path, monkeypatch):
     output.unlink()
     code, _, err = run(capsys, *argv, "k=1")  # k=1: every response is empty
     last = err.strip().splitlines()[-1]  # after the progress bar of the sampling done
-    assert code == 2 and last == "tether sample: error: tiny: every response it sampled is " \
-        f"empty or only whitespace (it ends at once): no candidates to write to {output}"
+    assert code == 2 and last == "tether sample: error: tiny: 3 of the 3 responses it " \
+        f"sampled are empty or only whitespace (it ends at once), leaving no prompt with 1: " \
+        f"nothing to write to {output}"
     assert not output.exists()
 
