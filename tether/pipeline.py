@@ -259,8 +259,9 @@ def configure_sample(run: Run) -> Any:
 
 def execute_sample(run: Run, cfg: Any) -> str:
     path = sampling.run(cfg)
-    rows = sum(1 for line in Path(path).open() if line.strip())
-    return f"{rows * cfg.k} responses ({rows} prompts x {cfg.k})"
+    rows = [json.loads(line) for line in Path(path).open() if line.strip()]
+    # fewer than prompts x k where empty responses were dropped
+    return f"{sum(len(r['responses']) for r in rows)} responses ({len(rows)} prompts, k={cfg.k})"
 
 
 # label --------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 The candidates are what people (or a simulated labeler) rank next. One row per prompt:
 {"prompt": <as given>, "responses": [k texts], "num_tokens": [k], "finished": [k],
 "sampling": {policy, temperature, top_p, max_new_tokens, seed}}.
+
+A response that is empty or only whitespace (the policy ended at once) is dropped, counted in
+the summary: `tether label simulate` and `tether label import` refuse empty responses, as no one
+can judge one. A prompt left with no response, or with a single one where k asked for more
+(nothing to compare), has no row.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from tether.config import SampleConfig
 from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
+from tether.errors import DataError
 from tether.files import atomic_write_text, check_output
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.rollout.backends import make_generator
@@ -53,7 +59,8 @@ def run(cfg: SampleConfig) -> Path:
                 "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
 
     lines: list[str] = []
-    num_tokens_total = num_finished = 0
+    num_tokens_total = num_finished = num_empty = prompts_dropped = 0
+    need = min(cfg.k, 2)  # responses a row needs: two to compare, or the one k asks for
     started = time.perf_counter()
     progress = tqdm(total=len(rows), desc="sample", unit="prompt", dynamic_ncols=True)
     for batch_index, start in enumerate(range(0, len(rows), cfg.batch_size)):
@@ -62,26 +69,40 @@ def run(cfg: SampleConfig) -> Path:
         results = generator.generate(batch, cfg.k, params, seed=cfg.seed + batch_index)
         for (prompt, _), generations in zip(rows[start:start + cfg.batch_size], results,
                                             strict=True):
+            num_tokens_total += sum(len(g.response_ids) for g in generations)
+            num_finished += sum(g.finished for g in generations)
+            texts = [tokenizer.decode(g.response_ids, skip_special_tokens=True)
+                     for g in generations]
+            kept = [(text, g) for text, g in zip(texts, generations, strict=True) if text.strip()]
+            num_empty += len(generations) - len(kept)
+            if len(kept) < need:
+                prompts_dropped += 1
+                continue
             row = {
                 "prompt": prompt,
-                "responses": [tokenizer.decode(g.response_ids, skip_special_tokens=True)
-                              for g in generations],
-                "num_tokens": [len(g.response_ids) for g in generations],
-                "finished": [g.finished for g in generations],
+                "responses": [text for text, _ in kept],
+                "num_tokens": [len(g.response_ids) for _, g in kept],
+                "finished": [g.finished for _, g in kept],
                 "sampling": sampling,
             }
-            num_tokens_total += sum(row["num_tokens"])
-            num_finished += sum(row["finished"])
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
         progress.update(len(batch))
     progress.close()
     elapsed = time.perf_counter() - started
 
     output = Path(cfg.output)
-    atomic_write_text(output, "".join(lines))
     num_responses = len(rows) * cfg.k
+    if not lines:
+        raise DataError(f"{cfg.policy}: {num_empty} of the {num_responses} responses it sampled "
+                        f"are empty or only whitespace (it ends at once), leaving no prompt "
+                        f"with {need}: nothing to write to {output}")
+    atomic_write_text(output, "".join(lines))
     print(f"sampled {len(rows)} prompts x {cfg.k} = {num_responses} responses: "
           f"{num_tokens_total / num_responses:.1f} tokens on average, "
           f"{num_finished / num_responses:.0%} finished with EOS, {elapsed:.1f} s, "
           f"{num_tokens_total / elapsed:.1f} tokens/s -> {output}")
+    if num_empty:
+        print(f"dropped {num_empty} empty or whitespace-only responses (no one can rank them)"
+              + (f", and {prompts_dropped} prompts left with fewer than {need}"
+                 if prompts_dropped else ""))
     return output

@@ -63,7 +63,7 @@ def label_all(client, project: str, token: str, prefer_first: bool = True) -> in
     ("{not json", "c.jsonl:2: invalid JSON"),
     ('{"prompt": "p"}', "c.jsonl:2: missing 'responses'"),
     ('{"prompt": "p", "responses": ["only one"]}', "c.jsonl:2: 'responses' is a single"),
-    ('{"responses": ["a", "b"]}', "c.jsonl:2: missing 'prompt'"),
+    ('{"responses": ["a", "b"]}', "c.jsonl:2: missing field 'prompt'"),
 ])
 def test_malformed_import_names_the_line_and_imports_nothing(tmp_path, store, line, message):
     path = tmp_path / "c.jsonl"

@@ -1,6 +1,7 @@
 """Data: readers with precise locations, SFT row parsing, loading with stats, eval split."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -8,7 +9,13 @@ from tether.config import DataConfig
 from tether.data.readers import BadRow, read_rows
 from tether.data.records import LoadStats, load_records
 from tether.data.sft import load_sft_data, parse_sft
-from tether.data.tokenize import encode_prompt, encode_response
+from tether.data.tokenize import (
+    MARGIN,
+    encode_example,
+    encode_prompt,
+    encode_response,
+    tokenize_capped,
+)
 from tether.errors import DataError
 from tether.models.loading import load_tokenizer
 
@@ -200,7 +207,7 @@ BAD_ROWS = [
     (b'{"prompt": 3, "completion": "b"}', "'prompt' must be a string or a list of messages"),
     (b'{"prompt": "a", "completion": 5}', "'completion' must be a string, got int"),
     (b'["prompt", "completion"]', "expected a JSON object, got list"),
-    (b'{"prompt": "a", "completion": "   "}', "empty response in 'completion'"),
+    (b'{"prompt": "a", "completion": "   "}', "'completion' is empty or only whitespace"),
     (b'{"prompt": " ", "completion": "b"}', "empty prompt"),
     (b'{"prompt": "a", "completion": [{"role": "user", "content": "b"}]}',
      "single assistant message"),
@@ -208,7 +215,7 @@ BAD_ROWS = [
      b'{"role": "user", "content": "c"}]}', "last of 'messages' must be the assistant"),
     (b'{"messages": [{"role": "assistant", "content": "b"}]}', "needs a prompt turn"),
     (b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}',
-     "empty response"),
+     "'messages[-1]' is empty"),
     (b'{"messages": [{"role": "bot", "content": "a"}, {"role": "assistant", "content": "b"}]}',
      "messages[0] must be an object with 'role'"),
     (b'{"messages": [{"role": "user", "content": 1}, {"role": "assistant", "content": "b"}]}',
@@ -267,7 +274,7 @@ def test_load_skips_and_counts_bad_rows(tmp_path, tokenizer):
 
 def test_all_rows_bad_is_an_error(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x"}, {"prompt": "y"}])
-    with pytest.raises(DataError, match="no usable rows"):
+    with pytest.raises(DataError, match=r"no usable rows \(all 2 skipped as bad\)"):
         load_sft_data(DataConfig(train=path, skip_bad_rows=True), tokenizer, seed=0)
 
 
@@ -337,6 +344,51 @@ def test_truncation_prompt_left_keeps_some_prompt_for_a_long_response(tmp_path, 
     assert len(e.input_ids) == 40 and e.truncated
     assert e.num_prompt_tokens == min(len(prompt), 40 // 4)
     assert sum(e.loss_mask) == 40 - e.num_prompt_tokens
+
+
+class Spy:
+    """A tokenizer that records the length of every text it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.lengths = tokenizer, []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("long_side", ["prompt", "response"])
+def test_a_long_row_is_cut_before_it_is_tokenised(tokenizer, long_side):
+    long = "The plot was dull, and the pacing felt endless: 1999, 2001. " * 20_000  # 1.2 MB
+    prompt, response = ("Rate this film.", long) if long_side == "response" else \
+        (long, "A weak film overall.")
+    messages = [{"role": "user", "content": prompt}]
+    spy = Spy(tokenizer)
+    e = encode_example(spy, messages, response, chat_template=True, max_length=48,
+                       truncation="prompt_left")
+    assert max(spy.lengths) < 2_000  # never the whole row
+    # the same example as from the whole text tokenised, then truncated
+    whole_prompt = encode_prompt(tokenizer, messages, True)
+    whole_reply = encode_response(tokenizer, response)
+    keep = max(min(len(whole_prompt), 48 // 4), 48 - len(whole_reply))
+    assert e.truncated and e.input_ids == (whole_prompt[len(whole_prompt) - keep:]
+                                           + whole_reply[:48 - keep])
+    assert encode_example(spy, messages, response, chat_template=True, max_length=48,
+                          truncation="drop") is None
+
+
+def test_capped_tokenising_reads_more_text_where_tokens_are_long():
+    class OneTokenPer40Chars:
+        def __call__(self, text, verbose=True):
+            return SimpleNamespace(input_ids=list(range(len(text) // 40)))
+
+    ids = tokenize_capped(OneTokenPer40Chars(), "x" * 1_000_000, 100)
+    assert len(ids) >= 100 + MARGIN  # enough to keep 100 and see that the text is longer
+    assert len(ids) < 4 * (100 + MARGIN)  # and not the whole text's 25,000
+    assert len(tokenize_capped(OneTokenPer40Chars(), "x" * 4000, 100)) == 100  # all of it
 
 
 def many_rows(n):

@@ -181,8 +181,13 @@ def test_bad_preference_rows_name_file_and_line(tmp_path, row, message):
     assert "prefs.jsonl:2: " in str(info.value) and message in str(info.value)
 
 
-def test_an_empty_sample_can_be_ranked(tmp_path):
-    # A policy may end its response at once; the labeler still ranks it (usually last).
-    data = _prefs(tmp_path, [{"prompt": "p", "responses": [" a fine film", ""], "ranks": [0, 1]}])
+def test_an_empty_sample_can_be_ranked_where_allowed(tmp_path):
+    # A policy may end its response at once, and a labeler still ranks that (usually last);
+    # but an empty text is more often a broken export, so it takes data.allow_empty_responses.
+    rows = [{"prompt": "p", "responses": [" a fine film", ""], "ranks": [0, 1]}]
+    with pytest.raises(DataError, match=r"prefs.jsonl:1: 'responses\[1\]' is empty or only "
+                                        r"whitespace \(set data.allow_empty_responses=true"):
+        _prefs(tmp_path, rows)
+    data = _prefs(tmp_path, rows, allow_empty_responses=True)
     empty = data.train[0].responses[1]
     assert sum(empty.loss_mask) == 1  # the EOS alone: the model is scored on ending there

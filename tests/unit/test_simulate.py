@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tether.config import SimulateLabelsConfig
-from tether.data.candidates import read_candidates
+from tether.data.candidates import parse_candidates, read_candidates
 from tether.errors import DataError, UserError
 from tether.labeling.commands import simulate_labels, stats_path_for
 from tether.labeling.simulate import agreement_with_gold, expected_agreement, simulate
@@ -22,6 +22,10 @@ def numbers(texts):
 
 def cfg(**kw):
     return SimulateLabelsConfig(candidates="unused.jsonl", **kw)
+
+
+def candidates(rows):
+    return parse_candidates((f"row {i}", row) for i, row in enumerate(rows))
 
 
 def sigmoid(x):
@@ -41,7 +45,7 @@ def write_jsonl(path, lines):
 def test_k2_preference_frequency_is_bradley_terry(fmt):
     n, temperature = 4000, 0.5
     rows = [{"prompt": f"p{i}", "responses": ["0.3 a", "0.0 b"]} for i in range(n)]
-    out, stats = simulate(rows, numbers, cfg(format=fmt, temperature=temperature))
+    out, stats = simulate(candidates(rows), numbers, cfg(format=fmt, temperature=temperature))
     if fmt == "pairs":
         a_wins = np.mean([r["chosen"] == "0.3 a" for r in out])
     else:
@@ -57,7 +61,7 @@ def test_ranking_pairs_are_bradley_terry_whatever_the_other_responses():
     # P(a above b) = sigmoid((g_a - g_b) / T); a reversal (flip_rate) then flips it.
     n, f = 3000, 0.2
     rows = [{"prompt": "p", "responses": ["1.0 a", "0.5 b", "0.0 c", "-0.5 d"]}] * n
-    out, _ = simulate(rows, numbers, cfg(temperature=1.0, flip_rate=f))
+    out, _ = simulate(candidates(rows), numbers, cfg(temperature=1.0, flip_rate=f))
     ranks = np.array([r["ranks"] for r in out])
     for i, j in [(0, 3), (1, 2), (0, 1)]:
         d = 0.5 * (j - i)
@@ -71,14 +75,15 @@ def test_zero_temperature_gives_gold_order_and_full_flip_reverses_it(fmt):
     rows = [{"prompt": f"p{i}", "responses": [f"{g:.4f} r{j}" for j, g in
                                              enumerate(rng.normal(size=5))]}
             for i in range(50)]
-    out, stats = simulate(rows, numbers, cfg(format=fmt, temperature=1e-6, pairs_per_prompt=0))
+    out, stats = simulate(candidates(rows), numbers, cfg(format=fmt, temperature=1e-6,
+                                                         pairs_per_prompt=0))
     assert stats["agreement_with_gold"] == 1.0
     assert stats["gold_ties"] == 0 and stats["pairs"] == 50 * 10
     if fmt == "rankings":
         for row in out:
             gold = row["gold_scores"]
             assert row["ranks"] == np.argsort(np.argsort(-np.array(gold))).tolist()
-    _, stats = simulate(rows, numbers, cfg(format=fmt, temperature=1e-6, flip_rate=1.0,
+    _, stats = simulate(candidates(rows), numbers, cfg(format=fmt, temperature=1e-6, flip_rate=1.0,
                                            pairs_per_prompt=0))
     assert stats["agreement_with_gold"] == 0.0
 
@@ -92,7 +97,7 @@ def test_agreement_matches_expectation_and_excludes_ties():
     rng = np.random.default_rng(1)
     rows = [{"prompt": f"p{i}", "responses": [f"{g:.3f}" for g in rng.uniform(-1, 1, 4)]}
             for i in range(500)]
-    _, stats = simulate(rows, numbers, cfg(temperature=0.3, flip_rate=0.1))
+    _, stats = simulate(candidates(rows), numbers, cfg(temperature=0.3, flip_rate=0.1))
     assert abs(stats["agreement_with_gold"] - stats["expected_agreement"]) < 0.03
 
 
@@ -101,21 +106,21 @@ def test_agreement_matches_expectation_and_excludes_ties():
 
 def test_pairs_per_prompt_counts_and_distinct_pairs():
     rows = [{"prompt": "p", "responses": ["0.1", "0.2", "0.3", "0.4"]},
-            {"prompt": "q", "responses": ["0.1", "0.1", "0.5"]}]  # one identical pair
-    out, stats = simulate(rows, numbers, cfg(format="pairs", pairs_per_prompt=0))
+            {"prompt": "q", "responses": ["0.1", "0.1", "0.5"]}]  # one text twice: merged
+    out, stats = simulate(candidates(rows), numbers, cfg(format="pairs", pairs_per_prompt=0))
     assert [r["prompt"] for r in out].count("p") == 6
-    assert [r["prompt"] for r in out].count("q") == 2
+    assert [r["prompt"] for r in out].count("q") == 1
     assert len({frozenset((r["chosen"], r["rejected"])) for r in out if r["prompt"] == "p"}) == 6
-    assert stats["identical_pairs_skipped"] == 1 and stats["rows"] == stats["pairs"] == 8
+    assert stats["identical_responses_merged"] == 1 and stats["rows"] == stats["pairs"] == 7
 
-    out, stats = simulate(rows, numbers, cfg(format="pairs", pairs_per_prompt=2))
-    assert [r["prompt"] for r in out] == ["p", "p", "q", "q"]
+    out, stats = simulate(candidates(rows), numbers, cfg(format="pairs", pairs_per_prompt=2))
+    assert [r["prompt"] for r in out] == ["p", "p", "q"]
     assert out[0]["chosen"] != out[0]["rejected"]
     assert {out[0]["chosen"], out[0]["rejected"]} != {out[1]["chosen"], out[1]["rejected"]}
-    assert stats["prompts_with_fewer_pairs"] == 0
+    assert stats["prompts_with_fewer_pairs"] == 1
 
-    out, stats = simulate(rows, numbers, cfg(format="pairs", pairs_per_prompt=5))
-    assert len(out) == 5 + 2 and stats["prompts_with_fewer_pairs"] == 1
+    out, stats = simulate(candidates(rows), numbers, cfg(format="pairs", pairs_per_prompt=5))
+    assert len(out) == 5 + 1 and stats["prompts_with_fewer_pairs"] == 1
     for r in out:
         assert (r["gold_chosen"], r["gold_rejected"]) == tuple(numbers([r["chosen"],
                                                                         r["rejected"]]))
@@ -125,7 +130,7 @@ def test_rankings_are_permutations_with_gold_scores():
     rng = np.random.default_rng(2)
     rows = [{"prompt": f"p{i}", "responses": [f"{g:.2f}" for g in rng.normal(size=k)],
              "extra": 1} for i, k in enumerate(rng.integers(2, 7, 40))]
-    out, stats = simulate(rows, numbers, cfg(temperature=0.4, flip_rate=0.3))
+    out, stats = simulate(candidates(rows), numbers, cfg(temperature=0.4, flip_rate=0.3))
     for row, src in zip(out, rows, strict=True):
         assert set(row) == {"prompt", "responses", "ranks", "gold_scores"}
         assert sorted(row["ranks"]) == list(range(len(src["responses"])))
@@ -138,17 +143,17 @@ def test_rankings_are_permutations_with_gold_scores():
 @pytest.mark.parametrize("fmt", ["pairs", "rankings"])
 def test_deterministic_per_seed(fmt):
     rows = [{"prompt": f"p{i}", "responses": [f"{j / 10}" for j in range(4)]} for i in range(30)]
-    a = simulate(rows, numbers, cfg(format=fmt, seed=1))
-    assert a == simulate(rows, numbers, cfg(format=fmt, seed=1))
-    assert a[0] != simulate(rows, numbers, cfg(format=fmt, seed=2))[0]
+    a = simulate(candidates(rows), numbers, cfg(format=fmt, seed=1))
+    assert a == simulate(candidates(rows), numbers, cfg(format=fmt, seed=1))
+    assert a[0] != simulate(candidates(rows), numbers, cfg(format=fmt, seed=2))[0]
 
 
 def test_scorer_must_return_one_finite_number_per_text():
     rows = [{"prompt": "p", "responses": ["a", "b"]}]
     with pytest.raises(UserError, match="1 scores for 2 texts"):
-        simulate(rows, lambda texts: [0.0], cfg())
+        simulate(candidates(rows), lambda texts: [0.0], cfg())
     with pytest.raises(UserError, match="NaN"):
-        simulate(rows, lambda texts: [0.0, float("nan")], cfg())
+        simulate(candidates(rows), lambda texts: [0.0, float("nan")], cfg())
 
 
 def test_scorer_called_once_on_distinct_texts():
@@ -158,8 +163,8 @@ def test_scorer_called_once_on_distinct_texts():
         calls.append(list(texts))
         return [0.0] * len(texts)
 
-    simulate([{"prompt": "p", "responses": ["a", "b", "a"]},
-              {"prompt": "q", "responses": ["b", "c"]}], scorer, cfg())
+    simulate(candidates([{"prompt": "p", "responses": ["a", "b", "a"]},
+                         {"prompt": "q", "responses": ["b", "c"]}]), scorer, cfg())
     assert calls == [["a", "b", "c"]]
 
 
@@ -168,13 +173,13 @@ def test_scorer_called_once_on_distinct_texts():
 
 @pytest.mark.parametrize("line, message", [
     ('{"prompt": "p", "responses": ["a", ', "invalid JSON"),
-    ('["a", "b"]', "expected an object"),
-    ('{"responses": ["a", "b"]}', "missing 'prompt'"),
+    ('["a", "b"]', "expected a JSON object"),
+    ('{"responses": ["a", "b"]}', "missing field 'prompt'"),
     ('{"prompt": "p"}', "missing 'responses'"),
     ('{"prompt": "p", "responses": []}', "'responses' is empty"),
     ('{"prompt": "p", "responses": ["a"]}', "a single response"),
     ('{"prompt": "p", "responses": "a b"}', "must be a list"),
-    ('{"prompt": "p", "responses": ["a", 3]}', r"responses\[1\] must be a string"),
+    ('{"prompt": "p", "responses": ["a", 3]}', r"'responses\[1\]' must be a string"),
 ])
 def test_bad_candidate_rows_name_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "responses": ["a", "b"]}, "",

@@ -102,6 +102,10 @@ class DataConfig:
         "never (plain text: prompt then response).", choices=CHAT_TEMPLATE)
     skip_bad_rows: bool = option(
         False, "Skip malformed rows (counted and logged) instead of stopping with an error.")
+    allow_empty_responses: bool = option(
+        False, "Accept responses (completion, chosen, rejected, responses) that are empty or "
+        "only whitespace, e.g. samples of a policy that ended at once. Off: such a row is an "
+        "error naming its file:line, as a broken export or a misnamed field usually gives them.")
 
 
 @dataclass

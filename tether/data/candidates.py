@@ -3,49 +3,85 @@
 They are what gets labelled next: by the simulated labeler (`tether label simulate`) or by
 people, once imported into a labeling project. Only {"prompt", "responses"} is read; the other
 fields `tether sample` writes (token counts, sampling settings) are left alone.
+
+A row's prompt and responses are checked as every record's are (tether.data.records: message
+roles, no empty response). A response with the same text as an earlier one of its row is then
+merged into it, before anyone ranks them: at a low temperature a policy often samples one text
+twice, and which of two identical texts is better is no question to ask a labeler (a ranking
+of them would put a text above itself, which the preference reader refuses). A row left with
+a single response has nothing to compare, and is left out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from tether.data.readers import BadRow, read_rows
+from tether.data.readers import BadRow, read_all_rows
 from tether.errors import DataError
 
 
-def read_candidates(source: str) -> list[dict[str, Any]]:
-    """Candidate rows {"prompt", "responses": [K >= 2 strings]}; a bad row stops the run with
-    its file:line."""
-    rows = [parse_candidate(row.record, row.where) for row in read_rows(source)]
-    if not rows:
-        raise DataError(f"{source}: no candidate rows")
-    return rows
+@dataclass
+class Candidates:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # {prompt, responses, source}
+    merged: int = 0  # responses merged into an earlier one of their row with the same text
+    left_out: int = 0  # rows whose responses were all the same text
+    first_left_out: str = ""  # where the first of them is
+
+    def summary(self) -> str:
+        parts = [f"{len(self.rows)} rows"]
+        if self.merged:
+            parts.append(f"{self.merged} identical responses merged")
+        if self.left_out:
+            parts.append(f"{self.left_out} left out as all their responses are the same text "
+                         f"(first: {self.first_left_out})")
+        return ", ".join(parts)
 
 
-def parse_candidate(record: Any, where: str) -> dict[str, Any]:
-    """{"prompt", "responses"} from one candidates record, or DataError naming `where`."""
+def read_candidates(source: str) -> Candidates:
+    """The candidate rows of a file; a bad row stops the run with its file:line."""
+    return parse_candidates((row.where, row.record)
+                            for row in read_all_rows(source, "candidate rows"))
+
+
+def parse_candidates(rows: Iterable[tuple[str, Any]]) -> Candidates:
+    """Candidates from (where, record) pairs: each row checked, identical responses merged."""
+    out = Candidates()
+    for where, record in rows:
+        prompt, responses = parse_candidate(record, where)
+        distinct = list(dict.fromkeys(responses))  # the first of each text, in order
+        out.merged += len(responses) - len(distinct)
+        if len(distinct) < 2:
+            out.left_out += 1
+            out.first_left_out = out.first_left_out or where
+            continue
+        out.rows.append({"prompt": prompt, "responses": distinct, "source": where})
+    if not out.rows and out.left_out:
+        raise DataError(f"no candidate row has two different responses to compare (first: "
+                        f"{out.first_left_out})")
+    return out
+
+
+def parse_candidate(record: Any, where: str) -> tuple[Any, list[str]]:
+    """(the prompt as given, the responses) of one candidates record, or BadRow naming
+    `where`."""
+    # imported here: tether.data.records pulls in torch and transformers (seconds), which the
+    # labeling app's commands that read no candidates (serve, stats, export) never need
+    from tether.data.records import parse_prompt, parse_response
+
     if isinstance(record, BadRow):
         raise record
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with 'prompt' and 'responses', got "
-                        f"{type(record).__name__}")
-    if "prompt" not in record:
-        raise DataError(f"{where}: missing 'prompt'")
-    prompt = record["prompt"]
-    if not isinstance(prompt, (str, list)):
-        raise DataError(f"{where}: 'prompt' must be a string or a list of messages, got "
-                        f"{type(prompt).__name__}")
+    parse_prompt(record, where)  # an object with a prompt: a string, or messages with roles
     if "responses" not in record:
-        raise DataError(f"{where}: missing 'responses' (a list of K >= 2 response strings, "
-                        f"as written by `tether sample`)")
+        raise BadRow(f"{where}: missing 'responses' (a list of K >= 2 response strings, as "
+                     f"written by `tether sample`)")
     responses = record["responses"]
     if not isinstance(responses, list):
-        raise DataError(f"{where}: 'responses' must be a list of strings, got "
-                        f"{type(responses).__name__}")
+        raise BadRow(f"{where}: 'responses' must be a list of strings, got "
+                     f"{type(responses).__name__}")
     if len(responses) < 2:
         what = "empty" if not responses else "a single response"
-        raise DataError(f"{where}: 'responses' is {what}; comparing needs at least 2")
-    for i, r in enumerate(responses):
-        if not isinstance(r, str):
-            raise DataError(f"{where}: responses[{i}] must be a string, got {type(r).__name__}")
-    return {"prompt": prompt, "responses": responses}
+        raise BadRow(f"{where}: 'responses' is {what}; comparing needs at least 2")
+    return record["prompt"], [parse_response(r, f"responses[{i}]", where)
+                              for i, r in enumerate(responses)]

@@ -8,6 +8,7 @@ it takes part in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -23,11 +24,6 @@ from tether.data.records import (
 )
 from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
 from tether.errors import DataError
-
-
-def _response(value: Any, name: str, where: str) -> str:
-    # Samples compared by a labeler may be empty: the policy ended its response at once.
-    return parse_response(value, name, where, allow_empty=True)
 
 
 @dataclass
@@ -49,17 +45,19 @@ class Preference:
         return tuple((m["role"], m["content"]) for m in self.prompt)
 
 
-def parse_preference(record: Any, where: str) -> Preference:
+def parse_preference(record: Any, where: str, allow_empty: bool = False) -> Preference:
+    """A pair or a ranking, checked the same wherever preferences come in (rm, dpo, gold items,
+    the labeling database): prompt, responses (empty ones only if `allow_empty`), ranks, and
+    that no text is preferred to itself."""
     prompt = parse_prompt(record, where)
     if "chosen" in record or "rejected" in record:
         for name in ("chosen", "rejected"):
             if name not in record:
                 raise BadRow(f"{where}: has '{'chosen' if name == 'rejected' else 'rejected'}' "
                              f"but no '{name}'")
-        chosen = _response(record["chosen"], "chosen", where)
-        rejected = _response(record["rejected"], "rejected", where)
-        if chosen == rejected:
-            raise BadRow(f"{where}: 'chosen' and 'rejected' are the same text")
+        chosen = parse_response(record["chosen"], "chosen", where, allow_empty)
+        rejected = parse_response(record["rejected"], "rejected", where, allow_empty)
+        _check_no_text_above_itself([chosen, rejected], [0, 1], ["chosen", "rejected"], where)
         gold = None
         if isinstance(record.get("gold_chosen"), (int, float)) and \
                 isinstance(record.get("gold_rejected"), (int, float)):
@@ -71,18 +69,33 @@ def parse_preference(record: Any, where: str) -> Preference:
     responses = record["responses"]
     if not isinstance(responses, list) or len(responses) < 2:
         raise BadRow(f"{where}: 'responses' must be a list of at least 2 responses")
-    responses = [_response(r, f"responses[{i}]", where) for i, r in enumerate(responses)]
+    names = [f"responses[{i}]" for i in range(len(responses))]
+    responses = [parse_response(r, name, where, allow_empty)
+                 for r, name in zip(responses, names, strict=True)]
     ranks = record.get("ranks")
     if not isinstance(ranks, list) or not all(isinstance(r, int) and not isinstance(r, bool)
                                               for r in ranks):
         raise BadRow(f"{where}: 'ranks' must be a list of integers (lower is better)")
     if len(ranks) != len(responses):
         raise BadRow(f"{where}: {len(ranks)} ranks for {len(responses)} responses")
+    _check_no_text_above_itself(responses, ranks, names, where)
     gold = record.get("gold_scores")
     if not (isinstance(gold, list) and len(gold) == len(responses)
             and all(isinstance(g, (int, float)) for g in gold)):
         gold = None
     return Preference(prompt, responses, ranks, where, gold)
+
+
+def _check_no_text_above_itself(responses: list[str], ranks: list[int], names: list[str],
+                                where: str) -> None:
+    """The same text at two different ranks would train a model that it beats itself. (Tied,
+    it gives no pair, so it does no harm.)"""
+    first: dict[str, int] = {}
+    for i, text in enumerate(responses):
+        j = first.setdefault(text, i)
+        if ranks[i] != ranks[j]:
+            raise BadRow(f"{where}: '{names[j]}' and '{names[i]}' are the same text, so neither "
+                         f"can be preferred to the other")
 
 
 @dataclass
@@ -113,9 +126,12 @@ def load_preference_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, se
     def encode_all(source: str) -> tuple[list[EncodedPreference], LoadStats]:
         stats = LoadStats()
         out = []
-        for pref in load_records(source, parse_preference, cfg.skip_bad_rows, stats):
-            if not pref.pairs():
-                stats.no_pairs += 1  # all ties: nothing to learn from
+        parse = partial(parse_preference, allow_empty=cfg.allow_empty_responses)
+        for pref in load_records(source, parse, cfg.skip_bad_rows, stats,
+                                 allow_empty_key="data.allow_empty_responses"):
+            if not pref.pairs():  # all ties: nothing to learn from
+                stats.no_pairs += 1
+                stats.first_no_pairs = stats.first_no_pairs or pref.where
                 continue
             encoded = [encode(pref.prompt, r) for r in pref.responses]
             if any(e is None for e in encoded):
@@ -134,14 +150,16 @@ def parse_responses(record: Any, where: str) -> tuple[Messages, list[str]]:
     """(prompt, responses) from {prompt, response}, {prompt, responses} (candidates) or a
     preference row: the texts to score or to normalise rewards against."""
     prompt = parse_prompt(record, where)
+    # Any text a policy may write is scored, the empty one included (it ended at once).
     if "response" in record:
-        return prompt, [_response(record["response"], "response", where)]
+        return prompt, [parse_response(record["response"], "response", where, allow_empty=True)]
     if "responses" in record:
         responses = record["responses"]
         if not isinstance(responses, list) or not responses:
             raise BadRow(f"{where}: 'responses' must be a non-empty list")
-        return prompt, [_response(r, f"responses[{i}]", where)
+        return prompt, [parse_response(r, f"responses[{i}]", where, allow_empty=True)
                         for i, r in enumerate(responses)]
     if "chosen" in record and "rejected" in record:
-        return prompt, [_response(record[n], n, where) for n in ("chosen", "rejected")]
+        return prompt, [parse_response(record[n], n, where, allow_empty=True)
+                        for n in ("chosen", "rejected")]
     raise BadRow(f"{where}: needs 'response', 'responses', or 'chosen' and 'rejected'")

@@ -37,7 +37,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, messages: list[Messages],
     tokens (the end is what the response continues, so it is the part to keep)."""
     prompt_ids, truncated = [], 0
     for m in messages:
-        ids = encode_prompt(tokenizer, m, chat_template)
+        ids = encode_prompt(tokenizer, m, chat_template, max_prompt_length)
         if len(ids) > max_prompt_length:
             ids = ids[len(ids) - max_prompt_length:]
             truncated += 1

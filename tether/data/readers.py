@@ -51,6 +51,15 @@ def read_rows(source: str) -> Iterator[Row]:
                         f"(use .jsonl, .json, .parquet or a `datasets` directory)")
 
 
+def read_all_rows(source: str, what: str) -> list[Row]:
+    """Every row of a source; none at all is an error naming the source (`what`: what its
+    rows should be, for the message)."""
+    rows = list(read_rows(source))
+    if not rows:
+        raise DataError(f"{source}: no {what} (the file is empty)")
+    return rows
+
+
 def _looks_like_hub_name(source: str) -> bool:
     """`name` or `owner/name` without a file suffix; anything else missing is a local path."""
     return (source.count("/") <= 1 and "." not in source

@@ -13,7 +13,7 @@ from typing import Any
 
 from tether.config import DataConfig
 from tether.data.order import split_holdout
-from tether.data.readers import BadRow, read_rows
+from tether.data.readers import BadRow, read_all_rows
 from tether.data.tokenize import Messages
 from tether.errors import DataError
 
@@ -49,10 +49,15 @@ def parse_prompt(record: Any, where: str) -> Messages:
                  f"got {type(prompt).__name__}")
 
 
+class EmptyResponse(BadRow):
+    """A response that is empty or only whitespace: far more often a broken export or a
+    misnamed field than a policy that ended at once, so an error unless the data is meant to
+    hold them (a loader names the option that accepts them)."""
+
+
 def parse_response(value: Any, name: str, where: str, allow_empty: bool = False) -> str:
-    """A response given as a string, or as a list holding one assistant message. Empty is a
-    mistake in a demonstration, but a policy's sample may be empty (it ended at once), and
-    a preference between such samples is still a preference: `allow_empty`."""
+    """A response given as a string, or as a list holding one assistant message; empty or only
+    whitespace is an error (EmptyResponse) unless `allow_empty`."""
     if isinstance(value, list):
         messages = parse_messages(value, name, where)
         if len(messages) != 1 or messages[0]["role"] != "assistant":
@@ -61,7 +66,7 @@ def parse_response(value: Any, name: str, where: str, allow_empty: bool = False)
     if not isinstance(value, str):
         raise BadRow(f"{where}: '{name}' must be a string, got {type(value).__name__}")
     if not value.strip() and not allow_empty:
-        raise BadRow(f"{where}: empty response in '{name}'")
+        raise EmptyResponse(f"{where}: '{name}' is empty or only whitespace")
     return value
 
 
@@ -76,6 +81,7 @@ class LoadStats:
     truncated: int = 0
     held_out: int = 0  # rows moved to the eval split
     no_pairs: int = 0  # preference rows whose responses all tie
+    first_no_pairs: str = ""  # where the first of them is, for the summary
 
     def summary(self) -> str:
         parts = [f"{self.rows} rows"]
@@ -88,28 +94,33 @@ class LoadStats:
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max_length")
         if self.no_pairs:
-            parts.append(f"{self.no_pairs} skipped as all ties (no pairs)")
+            parts.append(f"{self.no_pairs} skipped as all ties, giving no pairs (first: "
+                         f"{self.first_no_pairs})")
         return ", ".join(parts)
 
 
 def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
-                 skip_key: str = "data.skip_bad_rows") -> list:
+                 skip_key: str = "data.skip_bad_rows", allow_empty_key: str = "") -> list:
     """Parse every row with `parse(record, where)`; bad rows stop the run or are counted.
-    `skip_key` is the config key that skips them, for the error message."""
+    `skip_key` is the config key that skips them, and `allow_empty_key` the one that accepts
+    empty responses, for the error message."""
     out = []
-    for row in read_rows(source):
+    for row in read_all_rows(source, "rows"):
         try:
             if isinstance(row.record, BadRow):
                 raise row.record
             out.append(parse(row.record, row.where))
         except BadRow as e:
             if not skip_bad_rows:
-                raise DataError(f"{e} (set {skip_key}=true to skip bad rows)") from None
+                fix = f"{skip_key}=true to skip bad rows"
+                if isinstance(e, EmptyResponse) and allow_empty_key:
+                    fix = f"{allow_empty_key}=true to accept empty responses, or {fix}"
+                raise DataError(f"{e} (set {fix})") from None
             stats.bad_rows += 1
             stats.first_bad = stats.first_bad or str(e)
     stats.rows += len(out)
     if not out:
-        raise DataError(f"{source}: no usable rows")
+        raise DataError(f"{source}: no usable rows (all {stats.bad_rows} skipped as bad)")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -21,20 +22,22 @@ from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_t
 from tether.errors import DataError
 
 
-def parse_sft(record: Any, where: str) -> tuple[Messages, str]:
-    """(prompt messages, response) from {prompt, completion} or {messages: [..., assistant]}."""
+def parse_sft(record: Any, where: str, allow_empty: bool = False) -> tuple[Messages, str]:
+    """(prompt messages, response) from {prompt, completion} or {messages: [..., assistant]};
+    an empty response is an error unless `allow_empty`."""
     if isinstance(record, dict) and "messages" in record:
         messages = parse_messages(record["messages"], "messages", where)
         if messages[-1]["role"] != "assistant":
             raise BadRow(f"{where}: the last of 'messages' must be the assistant's response")
         if len(messages) < 2:
             raise BadRow(f"{where}: 'messages' needs a prompt turn before the response")
-        return messages[:-1], parse_response(messages[-1]["content"], "messages[-1]", where)
+        return messages[:-1], parse_response(messages[-1]["content"], "messages[-1]", where,
+                                             allow_empty)
     prompt = parse_prompt(record, where)
     if "completion" not in record:
         raise BadRow(f"{where}: missing field 'completion' (an SFT row is "
                      f"{{prompt, completion}} or {{messages}})")
-    return prompt, parse_response(record["completion"], "completion", where)
+    return prompt, parse_response(record["completion"], "completion", where, allow_empty)
 
 
 @dataclass
@@ -50,7 +53,9 @@ def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
     def encode_all(source: str) -> tuple[list[Encoded], LoadStats]:
         stats = LoadStats()
         encoded = []
-        for messages, response in load_records(source, parse_sft, cfg.skip_bad_rows, stats):
+        parse = partial(parse_sft, allow_empty=cfg.allow_empty_responses)
+        for messages, response in load_records(source, parse, cfg.skip_bad_rows, stats,
+                                               allow_empty_key="data.allow_empty_responses"):
             e = encode_example(tokenizer, messages, response, chat_template=chat,
                                max_length=cfg.max_length, truncation=cfg.truncation)
             if e is None:

@@ -4,6 +4,10 @@ The prompt is rendered with the tokenizer's chat template and its generation pro
 plain text), and the response is encoded on its own followed by EOS: exactly the tokens a
 policy produces when it generates after that prompt and stops. So the loss mask covers the
 response and its EOS, and nothing of the prompt.
+
+A row may be megabytes long (a pasted log, a runaway sample) while an example keeps at most
+max_length tokens of it, so only the part of a text that can be kept, and a little more, is
+ever tokenised (`tokenize_capped`).
 """
 
 from __future__ import annotations
@@ -37,25 +41,56 @@ def wants_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str) -> boo
     return setting == "auto" and bool(tokenizer.chat_template)
 
 
+# Tokens read beyond the `limit` a caller keeps: the token cut in two where the text is cut is
+# never among those kept, and a text that does not fit still shows more than `limit` tokens.
+MARGIN = 16
+CHARS_PER_TOKEN = 8  # a first guess, generous for prose; doubled until it holds
+
+
+def tokenize_capped(tokenizer: PreTrainedTokenizerBase, text: str, limit: int | None,
+                    from_end: bool = False, **kwargs) -> list[int]:
+    """The token ids of `text`, or, where it is longer than `limit` tokens, of a stretch of its
+    characters from the start (`from_end`: to the end) long enough to give limit + MARGIN
+    tokens: their first (last) `limit` are the whole text's. None: the whole text.
+    Tokenising a 5 MB row whole took 18 s and 1.4 GB, for at most `limit` tokens kept."""
+    chars = len(text) if limit is None else CHARS_PER_TOKEN * (limit + MARGIN)
+    while True:
+        cut = len(text) > chars
+        piece = (text[-chars:] if from_end else text[:chars]) if cut else text
+        # verbose=False: transformers warns of ids longer than the model's maximum, for a
+        # caller that would feed them to it whole; these are cut to `limit` first.
+        ids = tokenizer(piece, verbose=False, **kwargs).input_ids
+        if not cut or len(ids) >= limit + MARGIN:
+            return ids
+        chars *= 2  # fewer characters a token than guessed (digits, CJK, ...)
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages,
-                  chat_template: bool) -> list[int]:
+                  chat_template: bool, limit: int | None = None) -> list[int]:
+    """The prompt's token ids: all of them, or where there are more than `limit`, at least
+    the last `limit` (the end is what a response continues: what truncation keeps)."""
     if chat_template:
         text = tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False).input_ids
+        return tokenize_capped(tokenizer, text, limit, from_end=True, add_special_tokens=False)
     # Plain text: the turns joined, with the tokenizer's own BOS handling.
-    return tokenizer("\n\n".join(m["content"] for m in messages)).input_ids
+    return tokenize_capped(tokenizer, "\n\n".join(m["content"] for m in messages), limit,
+                           from_end=True)
 
 
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    return tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+def encode_response(tokenizer: PreTrainedTokenizerBase, response: str,
+                    limit: int | None = None) -> list[int]:
+    """The response's token ids and EOS; where it has more than `limit` tokens, only its
+    first ones (at least `limit`, so truncation still sees that it does not fit)."""
+    return tokenize_capped(tokenizer, response, limit, add_special_tokens=False) + \
+        [tokenizer.eos_token_id]
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, messages: Messages, response: str, *,
                    chat_template: bool, max_length: int, truncation: str) -> Encoded | None:
     """None when the example is too long and `truncation` is 'drop'."""
-    prompt = encode_prompt(tokenizer, messages, chat_template)
-    reply = encode_response(tokenizer, response)
+    prompt = encode_prompt(tokenizer, messages, chat_template, max_length)
+    reply = encode_response(tokenizer, response, max_length)
     truncated = len(prompt) + len(reply) > max_length
     if truncated:
         if truncation == "drop":

@@ -23,10 +23,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tether.config import HumanLabelsConfig
+from tether.data.candidates import read_candidates
 from tether.errors import ConfigError, DataError
 from tether.files import atomic_write_jsonl, atomic_write_text
 from tether.labeling.export import export_project
-from tether.labeling.projects import create_project, project_stats, source_rows
+from tether.labeling.projects import project_stats, read_gold_items
 from tether.labeling.store import Project, Store
 
 
@@ -51,9 +52,11 @@ def project_for(store: Store, candidates: Path, cfg: HumanLabelsConfig) -> Proje
     name = f"pipeline-{digest}"
     project = store.project(name)
     if project is None:
-        project = create_project(store, name, source_rows(str(candidates)),
-                                 source_rows(cfg.gold_items) if cfg.gold_items else (),
-                                 overlap=cfg.overlap, gold_rate=cfg.gold_items_rate)
+        items = read_candidates(str(candidates))
+        print(f"{candidates}: {items.summary()}", flush=True)
+        project = store.create_project(name, items.rows,
+                                       read_gold_items(cfg.gold_items) if cfg.gold_items else [],
+                                       overlap=cfg.overlap, gold_rate=cfg.gold_items_rate)
     return project
 
 

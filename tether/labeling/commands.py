@@ -29,7 +29,7 @@ from tether.config import (
 from tether.data.candidates import read_candidates
 from tether.errors import ConfigError
 from tether.labeling.export import export_project
-from tether.labeling.projects import create_project, project_stats, source_rows
+from tether.labeling.projects import project_stats, read_gold_items
 from tether.labeling.simulate import simulate
 from tether.labeling.store import Project, Store, resolve_project
 from tether.tasks.gold import load_gold_scorer
@@ -79,9 +79,10 @@ def simulate_labels(cfg: SimulateLabelsConfig) -> Path:
         raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
     if Path(cfg.candidates).resolve() == out.resolve():
         raise ConfigError(f"output '{cfg.output}' would overwrite the candidates")
-    rows = read_candidates(cfg.candidates)
+    candidates = read_candidates(cfg.candidates)
+    print(f"{cfg.candidates}: {candidates.summary()}")
     scorer = load_gold_scorer(cfg.gold)
-    out_rows, stats = simulate(rows, scorer, cfg)
+    out_rows, stats = simulate(candidates, scorer, cfg)
     atomic_write_jsonl(out, out_rows)
     stats_path = stats_path_for(out)
     atomic_write_text(stats_path, json.dumps(stats, indent=2) + "\n")
@@ -126,11 +127,13 @@ def serve(cfg: LabelServeConfig) -> None:
 
 
 def import_candidates(cfg: LabelImportConfig) -> Project:
-    store = Store(cfg.db)
-    project = create_project(store, cfg.project, source_rows(cfg.candidates),
-                             source_rows(cfg.gold_items) if cfg.gold_items else (),
-                             overlap=cfg.overlap, gold_rate=cfg.gold_items_rate,
-                             lease_minutes=cfg.lease_minutes)
+    candidates = read_candidates(cfg.candidates)
+    gold_items = read_gold_items(cfg.gold_items) if cfg.gold_items else []
+    print(f"{cfg.candidates}: {candidates.summary()}")
+    store = Store(cfg.db)  # opened once the data is valid: bad data leaves no new database
+    project = store.create_project(cfg.project, candidates.rows, gold_items,
+                                   overlap=cfg.overlap, gold_rate=cfg.gold_items_rate,
+                                   lease_minutes=cfg.lease_minutes)
     progress = store.progress(project)
     gold = sum(i.gold_ranks is not None for i in store.items(project.name))
     print(f"imported {progress['total'] // project.overlap} items (+{gold} gold) into project "

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tether.config import SimulateLabelsConfig
-from tether.data.candidates import parse_candidate
+from tether.data.candidates import Candidates
 from tether.errors import ConfigError
 from tether.tasks.gold import GoldScorer, score_all
 
@@ -67,9 +67,10 @@ def expected_agreement(gold_diffs: Sequence[float], temperature: float,
     return float(np.mean((1 - flip_rate) * p + flip_rate * (1 - p)))
 
 
-def simulate(rows: Sequence[dict], scorer: GoldScorer,
+def simulate(candidates: Candidates, scorer: GoldScorer,
              cfg: SimulateLabelsConfig) -> tuple[list[dict], dict]:
-    """Label candidate rows; returns (output rows, stats). No file I/O.
+    """Label candidates (their responses distinct within each row: tether.data.candidates
+    merged any the same); returns (output rows, stats). No file I/O.
 
     Random draws come from numpy's default_rng(cfg.seed), in row order, so the same rows,
     scorer and config give the same labels. For pairs, every pair draws its preference and its
@@ -79,7 +80,7 @@ def simulate(rows: Sequence[dict], scorer: GoldScorer,
         raise ConfigError(f"temperature must be > 0, got {cfg.temperature}")
     if not 0 <= cfg.flip_rate <= 1:
         raise ConfigError(f"flip_rate must be in [0, 1], got {cfg.flip_rate}")
-    rows = [parse_candidate(row, f"row {i}") for i, row in enumerate(rows)]
+    rows = candidates.rows
     gold = score_all(rows, scorer)
     rng = np.random.default_rng(cfg.seed)
     if cfg.format not in ("rankings", "pairs"):
@@ -102,6 +103,8 @@ def simulate(rows: Sequence[dict], scorer: GoldScorer,
         "seed": cfg.seed,
         "gold_mean": float(all_gold.mean()),
         "gold_std": float(all_gold.std()),
+        "identical_responses_merged": candidates.merged,
+        "prompts_left_out": candidates.left_out,
         **extra,
     }
     return out_rows, stats
@@ -129,14 +132,11 @@ def _label_rankings(rows, gold, rng, cfg):
 
 def _label_pairs(rows, gold, rng, cfg):
     out_rows, better, worse = [], [], []
-    identical, short = 0, 0
+    short = 0
     for row, g in zip(rows, gold, strict=True):
         responses = row["responses"]
         k = len(responses)
-        # a pair of identical texts says nothing (and the preference reader rejects it)
-        combos = [(i, j) for i in range(k) for j in range(i + 1, k)
-                  if responses[i] != responses[j]]
-        identical += k * (k - 1) // 2 - len(combos)
+        combos = [(i, j) for i in range(k) for j in range(i + 1, k)]
         if cfg.pairs_per_prompt == 0:
             picked = combos
         else:
@@ -154,5 +154,5 @@ def _label_pairs(rows, gold, rng, cfg):
                              "gold_rejected": float(g[r])})
             better.append(g[c])
             worse.append(g[r])
-    extra = {"identical_pairs_skipped": identical, "prompts_with_fewer_pairs": short}
+    extra = {"prompts_with_fewer_pairs": short}
     return out_rows, better, worse, extra

@@ -30,7 +30,7 @@ from transformers import (
 from tether.checkpoint import save_final
 from tether.data.collate import collate
 from tether.data.order import chunks
-from tether.data.tokenize import Encoded, Messages, encode_example
+from tether.data.tokenize import Encoded, Messages, encode_example, tokenize_capped
 from tether.device import autocast, model_device, to_device
 from tether.errors import UserError
 from tether.models.loading import (
@@ -215,10 +215,10 @@ class RewardModel:
                                   chat_template=self.chat_template, max_length=self.max_length,
                                   truncation=self.truncation)
         tok = self.tokenizer
-        prompt = tok("\n\n".join(m["content"] for m in messages), add_special_tokens=False)
-        reply = tok(response, add_special_tokens=False)
-        p, r = prompt.input_ids, reply.input_ids
         budget = self.max_length - 3  # [CLS] prompt [SEP] response [SEP]
+        p = tokenize_capped(tok, "\n\n".join(m["content"] for m in messages), budget,
+                            from_end=True, add_special_tokens=False)
+        r = tokenize_capped(tok, response, budget, add_special_tokens=False)
         truncated = len(p) + len(r) > budget
         if truncated:
             if self.truncation == "drop":
