@@ -43,12 +43,28 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory; give a file path")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {what} {path}: {parent} is not a writable directory")
+    _check_writable(path, path.parent, what)
     return path
+
+
+def check_dir(path: str | os.PathLike, what: str = "run_dir") -> Path:
+    """Fail now, before any work, if `path` cannot be a directory to write in; nothing is
+    created (a run that stops on bad data leaves no empty run directory behind)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a directory")
+    _check_writable(path, path, what)
+    return path
+
+
+def _check_writable(target: Path, directory: Path, what: str) -> None:
+    """`directory`, or the nearest of its parents that exists (the rest are made on
+    writing), must be a directory this process can write in."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {target}: {directory} is not a writable "
+                        f"directory")
 
 
 @contextmanager

@@ -11,17 +11,18 @@ from typing import Any
 from tether.checkpoint import latest_checkpoint, latest_intact_checkpoint
 from tether.config import to_yaml
 from tether.errors import UserError
-from tether.files import atomic_write_text
+from tether.files import atomic_write_text, check_dir
 from tether.metric_names import current_names
 
 
 def prepare_run_dir(run_dir: str, resume: bool, write: bool = True
                     ) -> tuple[Path, Path | None]:
-    """Check the run directory and create it; return it and the checkpoint to resume from
-    (the newest intact one; None for a fresh start). Refuses to silently overwrite someone's
-    earlier run. Nothing in it is rewritten here: config.yaml waits until the checkpoint has
-    been restored (write_config), so a resume that fails leaves the run as it was.
-    write=False (ranks other than 0 under torchrun): the same checks, nothing created."""
+    """Check the run directory; return it and the checkpoint to resume from (the newest
+    intact one; None for a fresh start). Refuses to silently overwrite someone's earlier run.
+    Nothing is written here: the directory and config.yaml wait until the data has been
+    checked and the checkpoint restored (write_config), so a run that stops on bad input
+    leaves no empty directory and a resume that fails leaves the run as it was.
+    write=False (ranks other than 0 under torchrun): no messages."""
     path = Path(run_dir)
     if latest_checkpoint(path) is not None and not resume:
         raise UserError(f"{path} already holds checkpoints of a run; pass resume=true to "
@@ -33,12 +34,7 @@ def prepare_run_dir(run_dir: str, resume: bool, write: bool = True
         print(f"warning: skipped a damaged checkpoint, {line}")
     if resume and checkpoint is None:
         print(f"resume=true, but {path} has no checkpoint yet: starting from the beginning")
-    if not path.is_dir():
-        try:
-            path.mkdir(parents=True)
-        except OSError as e:
-            raise UserError(f"cannot create run_dir {path}: {e.strerror or e}") from None
-    return path, checkpoint
+    return check_dir(path), checkpoint
 
 
 def write_config(run_dir: Path, cfg: Any) -> None:

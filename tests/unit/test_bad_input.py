@@ -260,3 +260,11 @@ def test_sample_drops_empty_responses(capsys, tmp_path, monkeypatch):
         f"nothing to write to {output}"
     assert not output.exists()
 
+
+
+@pytest.mark.parametrize("command", [["label", "stats"], ["label", "export", "output=x.jsonl"]])
+def test_read_only_label_commands_create_no_database(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 2
+    assert "runs/label/labels.db: no labeling database there" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -147,3 +147,10 @@ def test_an_output_that_cannot_be_written_fails_first_naming_it(tmp_path, capsys
     assert main([*sample, f"output={blocker}/out.jsonl"]) == 2  # its directory is a file
     assert f"cannot write output {blocker}/out.jsonl" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "prompts.jsonl"]
+
+
+def test_a_run_that_stops_on_its_data_leaves_no_run_directory(tmp_path, sft_rows, capsys):
+    run = tmp_path / "runs" / "sft"
+    assert main(_sft(tmp_path, sft_rows[:1], "train.batch_size=8", f"run_dir={run}")) == 2
+    assert "fewer than train.batch_size=8" in capsys.readouterr().err
+    assert not run.exists() and not run.parent.exists()

@@ -159,7 +159,7 @@ def add_annotator(cfg: LabelAnnotatorConfig) -> str:
 def stats(cfg: LabelStatsConfig) -> dict:
     from tether.files import atomic_write_text
 
-    store = Store(cfg.db)
+    store = Store(cfg.db, must_exist=True)
     result = project_stats(store, resolve_project(store, cfg.project))
     print(format_stats(result))
     if cfg.output:
@@ -174,7 +174,7 @@ def export(cfg: LabelExportConfig) -> Path:
     out = Path(cfg.output)
     if out.suffix != ".jsonl":
         raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
-    store = Store(cfg.db)
+    store = Store(cfg.db, must_exist=True)
     project = resolve_project(store, cfg.project)
     rows, counts = export_project(store, project, cfg.aggregate, cfg.min_gold_accuracy)
     atomic_write_jsonl(out, rows)

@@ -110,7 +110,7 @@ def read_database(source: str) -> list[tuple[str, dict]]:
     defaults would write them: `labels.db`, `labels.db#project`, or a SQLAlchemy URL
     (`postgresql://host/labels#project`)."""
     db, _, name = source.partition("#")
-    store = Store(db)
+    store = Store(db, must_exist=True)
     try:
         project = resolve_project(store, name)
         rows, _ = export_project(store, project)

@@ -176,7 +176,12 @@ class Store:
     its worker threads. Writes are serialised by one lock, which SQLite needs anyway (a single
     writer) and which makes "give this item to at most `overlap` annotators" exact."""
 
-    def __init__(self, db: str):
+    def __init__(self, db: str, must_exist: bool = False):
+        """`must_exist`: for commands that only read, an SQLite file that is not there is an
+        error rather than a new empty database."""
+        if must_exist and "://" not in db and not Path(db).is_file():
+            raise ConfigError(f"{db}: no labeling database there (`tether label import` "
+                              f"creates one)")
         self.engine = engine_for(db)
         # what messages call the database: a URL without its password
         self.db = self.engine.url.render_as_string(hide_password=True) if "://" in db else db

@@ -150,8 +150,10 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
         start_step = restore_training_state(checkpoint, model, optimizer, scheduler,
                                             num_examples=num_examples, data_source=data_source,
                                             extra=extra, dist=dist)
-    if config is not None and dist.main:
-        write_config(run_dir, config)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_config(run_dir, config)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None) \
         if dist.main else NullLog()
     return optimizer, scheduler, start_step, log

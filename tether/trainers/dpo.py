@@ -220,6 +220,7 @@ def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str, bu
                                                                 for p in part])]
                 bar.update(len(part))
     tmp = cache.with_name(f".{cache.name}.tmp")
+    cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"key": key, "table": table}, tmp)
     tmp.replace(cache)
     print(f"reference log-probs: {total} prompts in {time.perf_counter() - started:.1f} s, "
