@@ -10,7 +10,7 @@ from tether import metric_names
 from tether.cli import main
 from tether.report.collect import CURVES, collect
 from tether.rundir import read_metrics
-from tether.trainers import ppo as ppo_trainer
+from tether.trainers import common
 
 STAGES = ["data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report"]
 
@@ -140,19 +140,19 @@ def test_a_killed_pipeline_resumes_the_stage_from_its_checkpoint(finished, tmp_p
                                                                  monkeypatch):
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
-    original = ppo_trainer.save_training_state
+    original = common.save_training_state
 
     def save_then_die(run_dir, step, *args, **kwargs):
         path = original(run_dir, step, *args, **kwargs)
         raise KeyboardInterrupt  # killed right after the step-2 checkpoint
         return path
 
-    monkeypatch.setattr(ppo_trainer, "save_training_state", save_then_die)
+    monkeypatch.setattr(common, "save_training_state", save_then_die)
     steps = ["ppo.train.max_steps=4", "ppo.train.save_every=2"]
     assert _run(tmp_path, run_dir, *steps) == 130
     state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
     assert state["ppo"]["status"] == "running"
-    monkeypatch.setattr(ppo_trainer, "save_training_state", original)
+    monkeypatch.setattr(common, "save_training_state", original)
     capsys.readouterr()
     assert _run(tmp_path, run_dir, *steps) == 0
     out = capsys.readouterr().out

@@ -193,6 +193,23 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
     return grad_norm, lr
 
 
+def save_when_due(stop: StopRequests, run_dir: Path, step: int, is_last: bool,
+                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                  train: TrainConfig, *, num_examples: int, steps_per_epoch: int,
+                  last_saved: Path | None, extra: dict | None = None,
+                  dist: Dist = SINGLE) -> Path | None:
+    """The end of every loop's step: a checkpoint when train.save_every says so or a stop was
+    requested (Ctrl-C), and then, for a stop, the end of the loop (Interrupted). Returns the
+    newest checkpoint."""
+    if stop.requested(dist) or due(step, train.save_every, is_last):
+        last_saved = save_training_state(run_dir, step, model, optimizer, scheduler,
+                                         num_examples=num_examples,
+                                         steps_per_epoch=steps_per_epoch,
+                                         keep=train.keep_checkpoints, extra=extra, dist=dist)
+    stop.stop_here(step, last_saved, is_last)
+    return last_saved
+
+
 def due(step: int, every: int, is_last: bool) -> bool:
     return is_last or (every > 0 and step % every == 0)
 

@@ -110,7 +110,7 @@ from tether.trainers.common import (
     export_policy,
     optimizer_step,
     print_header,
-    save_training_state,
+    save_when_due,
     start_or_resume,
 )
 
@@ -771,14 +771,11 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
                     for i in range(min(4, num_samples))]})
             progress.set_postfix(postfix(metrics))
             progress.update(1)
-            if stop.requested(d) or due(done, cfg.train.save_every, is_last):
-                last_saved = save_training_state(
-                    run_dir, done, loop.trained, optimizer, scheduler,
-                    num_examples=len(prompts.rows), steps_per_epoch=per_epoch,
-                    keep=cfg.train.keep_checkpoints, dist=d,
-                    extra={"kl_controller": kl_ctl.state_dict(),
-                           "penalize_no_eos": penalize_no_eos})
-            stop.stop_here(done, last_saved, is_last)
+            last_saved = save_when_due(
+                stop, run_dir, done, is_last, loop.trained, optimizer, scheduler, cfg.train,
+                num_examples=len(prompts.rows), steps_per_epoch=per_epoch,
+                last_saved=last_saved, dist=d,
+                extra={"kl_controller": kl_ctl.state_dict(), "penalize_no_eos": penalize_no_eos})
     progress.close()
     log.close()
     samples_log.close()

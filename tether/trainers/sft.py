@@ -41,7 +41,7 @@ from tether.trainers.common import (
     plan_steps,
     print_data_stats,
     print_header,
-    save_training_state,
+    save_when_due,
     start_or_resume,
 )
 
@@ -145,12 +145,9 @@ def train(cfg: SFTConfig) -> Path:
                 log.log(done, metrics)
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
             progress.update(1)
-            if stop.requested(d) or due(done, cfg.train.save_every, is_last):
-                last_saved = save_training_state(run_dir, done, model, optimizer, scheduler,
-                                                 num_examples=len(data.train),
-                                                 steps_per_epoch=per_epoch,
-                                                 keep=cfg.train.keep_checkpoints, dist=d)
-            stop.stop_here(done, last_saved, is_last)
+            last_saved = save_when_due(stop, run_dir, done, is_last, model, optimizer,
+                                       scheduler, cfg.train, num_examples=len(data.train),
+                                       steps_per_epoch=per_epoch, last_saved=last_saved, dist=d)
     progress.close()
     log.close()
 
