@@ -154,3 +154,15 @@ def test_a_run_that_stops_on_its_data_leaves_no_run_directory(tmp_path, sft_rows
     assert main(_sft(tmp_path, sft_rows[:1], "train.batch_size=8", f"run_dir={run}")) == 2
     assert "fewer than train.batch_size=8" in capsys.readouterr().err
     assert not run.exists() and not run.parent.exists()
+
+
+def test_a_run_dir_that_cannot_be_written_fails_first_naming_it(tmp_path, sft_rows, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(_sft(tmp_path, sft_rows, f"run_dir={blocker}/run")) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write run_dir {blocker}/run: {blocker} is not a writable directory" in err
+    assert "Traceback" not in err and blocker.read_text() == ""
+    labels = ["label", "simulate", f"candidates={blocker}", f"output={blocker}/labels.jsonl"]
+    assert main(labels) == 2  # checked before the candidates are read
+    assert f"cannot write output {blocker}/labels.jsonl" in capsys.readouterr().err

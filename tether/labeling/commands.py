@@ -28,6 +28,7 @@ from tether.config import (
 )
 from tether.data.candidates import read_candidates
 from tether.errors import ConfigError
+from tether.files import atomic_write_jsonl, atomic_write_text, check_output
 from tether.labeling.export import export_project
 from tether.labeling.projects import project_stats, read_gold_items
 from tether.labeling.simulate import simulate
@@ -71,10 +72,7 @@ def format_stats(s: dict) -> str:
 
 def simulate_labels(cfg: SimulateLabelsConfig) -> Path:
     """`tether label simulate`: read candidates, label them, write labels atomically."""
-    # imported here: tether.checkpoint pulls in torch and peft (~5 s), which labelling never uses
-    from tether.files import atomic_write_jsonl, atomic_write_text
-
-    out = Path(cfg.output)
+    out = check_output(cfg.output)
     if out.suffix != ".jsonl":
         raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
     if Path(cfg.candidates).resolve() == out.resolve():
@@ -157,8 +155,8 @@ def add_annotator(cfg: LabelAnnotatorConfig) -> str:
 
 
 def stats(cfg: LabelStatsConfig) -> dict:
-    from tether.files import atomic_write_text
-
+    if cfg.output:
+        check_output(cfg.output)
     store = Store(cfg.db, must_exist=True)
     result = project_stats(store, resolve_project(store, cfg.project))
     print(format_stats(result))
@@ -169,9 +167,7 @@ def stats(cfg: LabelStatsConfig) -> dict:
 
 
 def export(cfg: LabelExportConfig) -> Path:
-    from tether.files import atomic_write_jsonl
-
-    out = Path(cfg.output)
+    out = check_output(cfg.output)
     if out.suffix != ".jsonl":
         raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
     store = Store(cfg.db, must_exist=True)
