@@ -6,6 +6,7 @@ from conftest import write_jsonl
 from tether.cli import main
 from tether.eval.health import (
     KINDS,
+    RolloutWatch,
     collapse,
     constant_reward,
     health_flags,
@@ -24,6 +25,22 @@ def test_healthy_rollout_is_quiet():
     assert rollout_health(HEALTHY["lengths"], HEALTHY["finished"], HEALTHY["scores"],
                           True, -1.0, first_mean_length=11.0) == {}
     assert health_flags({}) == {f"health/{k}": 0.0 for k in KINDS}
+
+
+def test_rollout_watch_compares_with_the_first_rollout_and_warns_once(capsys):
+    watch = RolloutWatch(has_reward_model=True)
+    assert watch.wants_empty_scores  # the first rollout measures the reward model on empties
+    flags = watch.check(1, HEALTHY["lengths"], HEALTHY["finished"], HEALTHY["scores"], True,
+                        -1.0, empty_wins=0.1)
+    assert flags == {f"health/{k}": 0.0 for k in KINDS} and not watch.wants_empty_scores
+    assert capsys.readouterr().out == ""
+    short = [1, 2, 1, 2]  # under a quarter of the first rollout's mean length (10.75)
+    for iteration in (2, 3):
+        flags = watch.check(iteration, short, [True] * 4, HEALTHY["scores"], True, -1.0)
+        assert flags["health/collapse"] == 1.0 and flags["health/rm_prefers_empty"] == 0.0
+    out = capsys.readouterr().out
+    assert out.count("warning (iteration 2):") == 1 and "iteration 3" not in out
+    assert RolloutWatch(has_reward_model=False).wants_empty_scores is False
 
 
 def test_collapse():
