@@ -23,7 +23,16 @@ from tether.errors import UserError
 
 
 def umask() -> int:
-    """The process's umask (os.umask can only be read by setting it)."""
+    """The process's umask. Read from /proc where there is one: os.umask can only read it by
+    setting it, which for a moment would change it for every thread (the labeling server's
+    among them), so a file another thread creates then could come out world-writable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

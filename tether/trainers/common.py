@@ -235,9 +235,7 @@ class StopRequests:
         with StopRequests() as stop:
             for step in ...:
                 ...
-                if stop.requested(d) or due(...):
-                    last_saved = save_training_state(...)
-                stop.stop_here(done, last_saved, is_last)
+                last_saved = save_when_due(stop, ...)  # checkpoints, then stops if asked
 
     Under torchrun the processes agree (requested is collective), so all of them save the same
     step. Outside the main thread (a benchmark's loop) signals stay with their handlers."""
