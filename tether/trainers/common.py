@@ -1,5 +1,6 @@
 """The few steps every training loop shares: the header and data lines, checkpoint round
-trips, the optimizer step with its divergence check, and the export of final/.
+trips, the optimizer step with its divergence check, the export of final/, and the hooks
+that benchmarks and tests watch the loops of sft, rm and dpo through.
 
 Kept as plain functions (not a Trainer base class) so each loop still reads top to bottom."""
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 import math
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,26 @@ from tether.optim import (
 from tether.rundir import MetricsLog, NullLog, write_config
 
 SINGLE = Dist()  # one process: every collective below is a no-op
+
+
+@dataclass
+class Hooks:
+    """Seams for code that watches the loop of sft, rm or dpo (benchmarks, tests) without
+    patching it; each does nothing unless given. Steps are numbered from 1, as metrics.jsonl
+    and the checkpoints number them (PPO's loop has its own, tether.trainers.ppo.Hooks).
+
+    - started(model): once set up, before the first step, with the model the optimizer
+      trains (compiled or wrapped, as configured);
+    - step_started(step): at the top of each step, before its batch is read;
+    - micro_batch(examples, packed): for each micro-batch of a step, before its forward, with
+      its examples (sft: Encoded sequences; rm and dpo: EncodedPreference, a prompt with its
+      responses) and whether they are packed into one row (train.max_tokens_per_microbatch);
+    - stepped(step, metrics): after each step's update, with its metrics (logged or not)."""
+
+    started: Callable[[torch.nn.Module], None] = lambda model: None
+    step_started: Callable[[int], None] = lambda step: None
+    micro_batch: Callable[[list, bool], None] = lambda examples, packed: None
+    stepped: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
 
 
 # train.epochs=0: as many passes as give at least AUTO_STEPS optimizer steps, at most

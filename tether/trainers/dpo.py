@@ -66,6 +66,7 @@ from tether.rollout.base import SamplingParams
 from tether.rundir import prepare_run_dir
 from tether.tasks.gold import load_gold_scorer
 from tether.trainers.common import (
+    Hooks,
     StopRequests,
     due,
     export_policy,
@@ -202,15 +203,17 @@ def load_cached(cache: Path, key: str,
     return saved["table"]
 
 
-def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str, budget: int = 0
-               ) -> dict[str, list[torch.Tensor]]:
+def precompute(live: ReferenceLogps, data, micro: int, cache: Path, key: str, budget: int = 0,
+               progress_bar: bool = True) -> dict[str, list[torch.Tensor]]:
     """The reference log-probs of every train and eval response, written to `cache`; in
     packed micro-batches of at most `budget` tokens when it is > 0 (train.max_tokens_per_
-    microbatch), as training runs the policy."""
+    microbatch), as training runs the policy; with a progress bar unless `progress_bar` is
+    False."""
     table: dict[str, list[torch.Tensor]] = {}
     started = time.perf_counter()
     total = len(data.train) + len(data.eval)
-    with tqdm(total=total, desc="reference log-probs", unit="prompt", dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc="reference log-probs", unit="prompt", dynamic_ncols=True,
+              disable=not progress_bar) as bar:
         for split, prefs in (("train", data.train), ("eval", data.eval)):
             table[split] = []
             for part in split_microbatches(prefs, micro, budget,
@@ -305,7 +308,7 @@ def load_policy(cfg: DPOConfig, d: Dist, masters: bool) -> torch.nn.Module:
 
 
 def policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, cache: Path, key: str,
-                         masters: bool, chunk: int
+                         masters: bool, chunk: int, progress_bar: bool = True
                          ) -> tuple[torch.nn.Module, ReferenceLogps | None]:
     """The policy and the reference log-probs it is compared with: a table computed once
     (ref.precompute; kept in `cache` for this reference and data, `key`) or a frozen model run
@@ -320,7 +323,7 @@ def policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, cache: Path, 
 
     def tabulate(ref: ReferenceLogps) -> dict[str, list[torch.Tensor]]:
         return precompute(ref, data, cfg.train.micro_batch_size, cache, key,
-                          cfg.train.max_tokens_per_microbatch)
+                          cfg.train.max_tokens_per_microbatch, progress_bar)
 
     table = load_cached(cache, key) if cfg.ref.precompute else None
     if table is None and not shares_base(cfg):
@@ -343,9 +346,11 @@ def policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, cache: Path, 
     return policy, ReferenceLogps(table=table)
 
 
-def train(cfg: DPOConfig) -> Path:
+def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True) -> Path:
     """Run DPO (or a relative) as configured; return the final/ directory. Under torchrun,
-    every process runs this; each takes its slice of every batch of prompts."""
+    every process runs this; each takes its slice of every batch of prompts. `hooks`: see
+    common.Hooks; `progress_bar`: False draws none of its progress bars (rank 0 draws them)."""
+    hooks = hooks or Hooks()
     torch.manual_seed(cfg.train.seed)
     d = setup(cfg.train.strategy, cfg.train.device)
     masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
@@ -374,7 +379,8 @@ def train(cfg: DPOConfig) -> Path:
     cache = run_dir / REF_CACHE
     key = data_key(cfg.ref.model or cfg.model.name,
                    "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
-    model, ref = policy_and_reference(cfg, d, data, tokenizer, cache, key, masters, chunk)
+    model, ref = policy_and_reference(cfg, d, data, tokenizer, cache, key, masters, chunk,
+                                      progress_bar)
     d.barrier()  # rank 0's table is written
     if ref is None:
         ref = ReferenceLogps(table=load_cached(cache, key, quiet=True))
@@ -437,16 +443,19 @@ def train(cfg: DPOConfig) -> Path:
     # 4. The loop.
     model.train()
     last_saved, metrics = checkpoint, {}
+    hooks.started(model)
     progress = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step",
-                    dynamic_ncols=True, disable=not d.main)
+                    dynamic_ncols=True, disable=not (d.main and progress_bar))
     with StopRequests() as stop:
         for step in range(start_step, total_steps):
+            hooks.step_started(step + 1)
             started = time.perf_counter()
             indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
             loss, sums, tokens = 0.0, {}, 0
             # Pair weights count the whole batch's prompts: microbatches and ranks add up to it.
             for micro_indices in batches(indices):
                 prefs = [data.train[i] for i in micro_indices]
+                hooks.micro_batch(prefs, batches.packed)
                 micro_loss, micro_sums = forward("train", micro_indices, prefs, len(indices),
                                                  batches.packed)
                 d.backward(micro_loss)
@@ -469,6 +478,7 @@ def train(cfg: DPOConfig) -> Path:
                 metrics.update(evaluate())
             if is_last or done % cfg.train.log_every == 0 or evaluated:
                 log.log(done, metrics)
+            hooks.stepped(done, metrics)
             progress.set_postfix(loss=f"{loss:.3f}", acc=f"{sums[REWARD_ACCURACY]:.2f}",
                                  margin=f"{sums[REWARD_MARGIN]:.3f}")
             progress.update(1)

@@ -47,6 +47,7 @@ from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
+    Hooks,
     StopRequests,
     due,
     optimizer_step,
@@ -78,11 +79,14 @@ def rewards_grid(raw: torch.Tensor, prefs: list[EncodedPreference]
         mask.to(raw.device)
 
 
-def train(cfg: RMConfig) -> Path:
+def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) -> Path:
     """Train a reward model as configured; return the final/ directory. Under torchrun, every
-    process runs this; each takes its slice of every batch of prompts."""
+    process runs this; each takes its slice of every batch of prompts. `hooks`: see
+    common.Hooks; `progress_bar`: False draws none of its progress bars (rank 0 draws them)."""
+    hooks = hooks or Hooks()
     torch.manual_seed(cfg.train.seed)
     d = setup(cfg.train.strategy, cfg.train.device)
+    bars = d.main and progress_bar
     masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
 
     # 1. Backbone with a fresh scalar head, then the preferences encoded for it.
@@ -135,15 +139,17 @@ def train(cfg: RMConfig) -> Path:
     def evaluate(progress: bool = False) -> tuple[dict[str, float], dict]:
         # every rank evaluates the whole (small) held-out set: FSDP2 needs all in each forward
         return evaluate_preferences(rm, data.eval, batch_size=2 * micro, bf16=cfg.train.bf16,
-                                    seed=cfg.train.seed, progress=progress and d.main)
+                                    seed=cfg.train.seed, progress=progress and bars)
 
     # 3. The loop.
     model.train()
     last_saved = checkpoint
+    hooks.started(model)
     progress = tqdm(total=total_steps, initial=start_step, desc="rm", unit="step",
-                    dynamic_ncols=True, disable=not d.main)
+                    dynamic_ncols=True, disable=not bars)
     with StopRequests() as stop:
         for step in range(start_step, total_steps):
+            hooks.step_started(step + 1)
             started = time.perf_counter()
             indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
             prefs = [data.train[i] for i in indices]
@@ -152,6 +158,7 @@ def train(cfg: RMConfig) -> Path:
             loss, correct, total_pairs, rewards_seen = 0.0, 0.0, 0.0, []
             for part in batches(indices):
                 micro_prefs = [data.train[i] for i in part]
+                hooks.micro_batch(micro_prefs, batches.packed)
                 with autocast(cfg.train.bf16, d.device):
                     raw = rm.raw_scores(rm.collate(
                         [e for p in micro_prefs for e in p.responses],
@@ -186,6 +193,7 @@ def train(cfg: RMConfig) -> Path:
                 metrics.update(evaluate()[0])
             if is_last or done % cfg.train.log_every == 0:
                 log.log(done, metrics)
+            hooks.stepped(done, metrics)
             progress.set_postfix(loss=f"{loss:.3f}", acc=f"{metrics[REWARD_ACCURACY]:.2f}")
             progress.update(1)
             last_saved = save_when_due(stop, run_dir, done, is_last, model, optimizer,
@@ -197,7 +205,7 @@ def train(cfg: RMConfig) -> Path:
     # policy's own samples, so a policy that merely matches SFT scores 0.
     reference = _reference_encodings(cfg, rm, data)
     rm.fit_normalization(rm.raw_scores_of(reference, 2 * micro, cfg.train.bf16,
-                                          progress="rm: normalising" if d.main else ""),
+                                          progress="rm: normalising" if bars else ""),
                          cfg.reward.normalize)
     if d.main:
         print(f"normalisation ({cfg.reward.normalize}) on {len(reference)} reference "

@@ -34,6 +34,7 @@ from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
 from tether.trainers.common import (
+    Hooks,
     StopRequests,
     due,
     export_policy,
@@ -46,9 +47,11 @@ from tether.trainers.common import (
 )
 
 
-def train(cfg: SFTConfig) -> Path:
+def train(cfg: SFTConfig, hooks: Hooks | None = None, progress_bar: bool = True) -> Path:
     """Run SFT as configured; return the final/ directory. Under torchrun, every process
-    runs this; each takes its slice of every batch."""
+    runs this; each takes its slice of every batch. `hooks`: see common.Hooks;
+    `progress_bar`: False hides its progress bar (rank 0 draws it)."""
+    hooks = hooks or Hooks()
     torch.manual_seed(cfg.train.seed)
     d = setup(cfg.train.strategy, cfg.train.device)
     masters = check_settings(cfg.model, cfg.train, d.device)  # before any model loads
@@ -112,10 +115,12 @@ def train(cfg: SFTConfig) -> Path:
     # 3. The loop.
     model.train()
     last_saved = checkpoint
+    hooks.started(model)
     progress = tqdm(total=total_steps, initial=start_step, desc="sft", unit="step",
-                    dynamic_ncols=True, disable=not d.main)
+                    dynamic_ncols=True, disable=not (d.main and progress_bar))
     with StopRequests() as stop:
         for step in range(start_step, total_steps):
+            hooks.step_started(step + 1)
             started = time.perf_counter()
             indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
             examples = [data.train[i] for i in indices]
@@ -124,8 +129,9 @@ def train(cfg: SFTConfig) -> Path:
             num_tokens = sum(sum(e.loss_mask) for e in examples)
             loss = 0.0
             for part in batches(indices):
-                micro_loss = masked_nll(*run_forward([data.train[i] for i in part], batches.packed),
-                                        num_tokens)
+                micro_examples = [data.train[i] for i in part]
+                hooks.micro_batch(micro_examples, batches.packed)
+                micro_loss = masked_nll(*run_forward(micro_examples, batches.packed), num_tokens)
                 d.backward(micro_loss)
                 loss += micro_loss.item()
             [loss] = d.sum(loss)
@@ -143,6 +149,7 @@ def train(cfg: SFTConfig) -> Path:
                 metrics[EVAL_LOSS] = evaluate()
             if is_last or done % cfg.train.log_every == 0 or EVAL_LOSS in metrics:
                 log.log(done, metrics)
+            hooks.stepped(done, metrics)
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
             progress.update(1)
             last_saved = save_when_due(stop, run_dir, done, is_last, model, optimizer,
