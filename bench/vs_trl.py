@@ -92,7 +92,8 @@ class Gate:
     Trainer, `trainer_gate(trainer)` puts the gate points at `on_train_begin` and every
     `on_step_end`, so a step holds everything the loop does for it (fetching and collating the
     batch, callbacks, logging, forward, backward, clipping, the optimizer). For tether's
-    `train(cfg)`, wrap a function its loop calls once per step so that it calls `wait()` first.
+    `train(cfg, hooks)`, a hook its loop calls once per step calls `wait()` (sft, rm, dpo:
+    step_started; ppo: iteration).
     The loop must have more steps than `step()` is called (max_steps); `close()` ends it early
     (its thread unwinds from the gate point), freeing what it holds."""
 

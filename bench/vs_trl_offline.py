@@ -7,15 +7,13 @@ the loop between two gate points: fetching and collating the batch, forward, los
 metrics, backward, clipping, AdamW, logging. Set-up (loading, tokenising, reference
 precomputation) comes before the first gate point, so it is in no step time.
 
-- tether: `train(cfg)` with a config loaded as `tether <stage> key=value ...` loads it: a
-  temporary run_dir, no eval set, checkpoints only at the end (never reached), max_steps beyond
-  what the harness asks for. Names of the trainer module are wrapped, acting only in this
-  side's loop thread: `batch_indices`, called once at the top of each step, waits at the gate
-  (the gate point); `start_or_resume` sees the model (trainable parameters, shape for FLOPs);
-  one function sees each batch, for its real tokens and padded width (sft: `collate`, rm:
-  `rewards_grid`, dpo: `preference_pairs`); `optimizer_step` sees the step's loss; `tqdm` is
-  disabled (TRL's progress bar is off too). metrics.jsonl is still written every step. Closing
-  the side puts the names back.
+- tether: `train(cfg, hooks, progress_bar=False)` with a config loaded as `tether <stage>
+  key=value ...` loads it: a temporary run_dir, no eval set, checkpoints only at the end (never
+  reached), max_steps beyond what the harness asks for; no progress bar (TRL's is off too).
+  Its hooks (tether.trainers.common.Hooks): `started` sees the model (trainable parameters,
+  shape for FLOPs); `step_started`, at the top of each step, waits at the gate (the gate
+  point); `micro_batch` sees each micro-batch's examples, for their real tokens and padded
+  width; `stepped` reads the step's loss. metrics.jsonl is still written every step.
 - TRL: the trainer in `trainer_gate` (gate points at on_train_begin and every on_step_end); its
   `compute_loss` is wrapped to read the batch's real tokens and padded width, and the loss.
 
@@ -95,7 +93,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,10 +106,13 @@ from tether.config import DPOConfig, RMConfig, SFTConfig, load_config
 from tether.data.order import batch_indices
 from tether.data.preferences import EncodedPreference, load_preference_data
 from tether.data.sft import load_sft_data
+from tether.data.tokenize import Encoded
+from tether.metric_names import LOSS_TRAIN
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import row_widths
 from tether.models.tiny import TINY
+from tether.trainers.common import Hooks
 
 SEED = 0
 REVIEWS = Path(__file__).resolve().parents[1] / "examples" / "sft" / "reviews.jsonl"
@@ -211,9 +211,6 @@ def _quiet():
 # tether's side: its own train(cfg), gated
 # ---------------------------------------------------------------------------------------------
 
-_GATED_TRAINERS: set[str] = set()  # trainer modules whose names a live tether side wraps
-
-
 def _tether_config(cls: type, args: argparse.Namespace, run_dir: Path, data: Path,
                    *more: str):
     return load_config(cls, None, [
@@ -226,75 +223,35 @@ def _tether_config(cls: type, args: argparse.Namespace, run_dir: Path, data: Pat
         f"train.device={args.device}", *more, *args.tether_set])
 
 
-def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, int, int]],
+def _tether_side(trainer, cfg, *, count: Callable[[list, bool], tuple[int, int, int]],
                  live_ref: bool, precision: str, tmp: Path, notes: list[str]) -> Built:
-    """`trainer.train(cfg)` in a Gate. `observe` names the function the loop calls with each
-    batch; `count(*its args)` gives that batch's (real tokens, tokens the model reads, widest
-    row): the two differ where responses share their prompt's row."""
-    if trainer.__name__ in _GATED_TRAINERS:
-        raise RuntimeError(f"a tether side of {trainer.__name__} is already running: close it "
-                           f"first (its wrapped functions are module-wide)")
-    names = ("batch_indices", "start_or_resume", "optimizer_step", observe, "tqdm")
-    originals = {name: getattr(trainer, name) for name in names}
+    """`trainer.train(cfg)` in a Gate, watched through its hooks (tether.trainers.common.Hooks).
+    `count(examples, packed)` gives a micro-batch's (real tokens, tokens the model reads,
+    widest row): the two differ where responses share their prompt's row."""
     record: dict = {}
     found: dict = {}
-    loop_thread: list[int] = []
 
-    def ours() -> bool:
-        return threading.get_ident() in loop_thread
+    def step_started(step: int) -> None:
+        gate.wait()  # the gate point: the top of every step
+        record.update(tokens=0, computed=0, width=0, loss=None)
 
-    def gated_batch_indices(*a, **k):
-        if ours():
-            gate.wait()  # the gate point: the top of every step
-            record.update(tokens=0, computed=0, width=0, loss=None)
-        return originals["batch_indices"](*a, **k)
+    def micro_batch(examples: list, packed: bool) -> None:
+        tokens, computed, width = count(examples, packed)
+        record["tokens"] += tokens
+        record["computed"] += computed
+        record["width"] = max(record["width"], width)
 
-    def seeing_start_or_resume(run_dir, checkpoint, model, *a, **k):
-        if ours():
-            found["model"] = model
-        return originals["start_or_resume"](run_dir, checkpoint, model, *a, **k)
+    def stepped(step: int, metrics: dict[str, float]) -> None:
+        record["loss"] = metrics[LOSS_TRAIN]
 
-    def counting(*a, **k):
-        if ours():
-            tokens, computed, width = count(*a, **k)
-            record["tokens"] += tokens
-            record["computed"] += computed
-            record["width"] = max(record["width"], width)
-        return originals[observe](*a, **k)
-
-    def seeing_optimizer_step(model, optimizer, scheduler, max_grad_norm, loss, *a, **k):
-        if ours():
-            record["loss"] = loss
-        return originals["optimizer_step"](model, optimizer, scheduler, max_grad_norm, loss,
-                                           *a, **k)
-
-    def no_bar(*a, **k):
-        return originals["tqdm"](*a, **{**k, "disable": True})
-
-    def loop() -> None:
-        loop_thread.append(threading.get_ident())
-        trainer.train(cfg)
-
-    def restore() -> None:
-        if originals:  # once
-            for name, original in originals.items():
-                setattr(trainer, name, original)
-            originals.clear()
-            _GATED_TRAINERS.discard(trainer.__name__)
-
-    _GATED_TRAINERS.add(trainer.__name__)
-    for name, wrapper in (("batch_indices", gated_batch_indices),
-                          ("start_or_resume", seeing_start_or_resume),
-                          ("optimizer_step", seeing_optimizer_step), (observe, counting),
-                          ("tqdm", no_bar)):
-        setattr(trainer, name, wrapper)
-    gate = Gate(loop)
+    hooks = Hooks(started=lambda model: found.update(model=model), step_started=step_started,
+                  micro_batch=micro_batch, stepped=stepped)
+    gate = Gate(lambda: trainer.train(cfg, hooks, progress_bar=False))
     try:
         with _quiet():
             gate.start()
     except BaseException:
         gate.close()
-        restore()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     model = found["model"]
@@ -309,22 +266,21 @@ def _tether_side(trainer, cfg, *, observe: str, count: Callable[..., tuple[int, 
 
     def close() -> None:
         gate.close()
-        restore()
         found.clear()
         gc.collect()
         shutil.rmtree(tmp, ignore_errors=True)
 
     side = Side(step=step, trainable_params=trainable, dtype=precision, close=close,
-                notes=[f"{trainer.__name__}.train(cfg), gated where each step calls "
-                       f"batch_indices; metrics.jsonl every step, progress bar off", *notes])
+                notes=[f"{trainer.__name__}.train(cfg), gated at the top of each step (its "
+                       f"step_started hook); metrics.jsonl every step, progress bar off",
+                       *notes])
     return Built(side, lambda: _trainable(found["model"]))
 
 
-def _count_encoded(model, examples, *_, one_row: bool = False, **__) -> tuple[int, int, int]:
-    """sft: sequence_logprobs(model, examples, pad_id, ...): packed (one_row), the widest row
-    is all of them side by side."""
+def _count_encoded(examples: list[Encoded], packed: bool) -> tuple[int, int, int]:
+    """sft: packed, the widest row is all of them side by side."""
     lengths = [len(e.input_ids) for e in examples]
-    return sum(lengths), sum(lengths), sum(lengths) if one_row else max(lengths)
+    return sum(lengths), sum(lengths), sum(lengths) if packed else max(lengths)
 
 
 def _count_prefs(prefs: list[EncodedPreference], share_prompt: bool) -> tuple[int, int, int]:
@@ -442,8 +398,7 @@ def _build_sft(args: argparse.Namespace, side: str) -> Built:
     cfg = _tether_config(SFTConfig, args, tmp / "tether", REVIEWS)
     if side == "tether":
         import tether.trainers.sft as trainer
-        return _tether_side(trainer, cfg, observe="sequence_logprobs", count=_count_encoded,
-                            live_ref=False,
+        return _tether_side(trainer, cfg, count=_count_encoded, live_ref=False,
                             precision=args.precision, tmp=tmp,
                             notes=["logits from the batch's first response token on, the "
                                    "loss on response tokens only"])
@@ -508,8 +463,7 @@ def _build_rm(args: argparse.Namespace, side: str, k: int) -> Built:
     if side == "tether":
         import tether.trainers.rm as trainer
         return _tether_side(
-            trainer, cfg, observe="rewards_grid",
-            count=lambda raw, prefs: _count_prefs(prefs, cfg.train.share_prompt),
+            trainer, cfg, count=lambda prefs, _: _count_prefs(prefs, cfg.train.share_prompt),
             live_ref=False, precision=args.precision, tmp=tmp,
             notes=[f"{SHARED}; all C({k}, 2) pairs of a prompt from its responses' scores; "
                    f"train accuracy and reward mean/std every step"])
@@ -561,8 +515,8 @@ def _build_dpo(args: argparse.Namespace, side: str, precompute: bool) -> Built:
            if precompute else "live reference: a frozen copy's forward every step")
     if side == "tether":
         import tether.trainers.dpo as trainer
-        return _tether_side(trainer, cfg, observe="preference_pairs",
-                            count=lambda prefs, *_: _count_prefs(prefs, cfg.train.share_prompt),
+        return _tether_side(trainer, cfg,
+                            count=lambda prefs, _: _count_prefs(prefs, cfg.train.share_prompt),
                             live_ref=not precompute, precision=args.precision, tmp=tmp,
                             notes=[f"{ref}; {SHARED}; reward and log-prob metrics every step"])
 
