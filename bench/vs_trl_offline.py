@@ -283,11 +283,13 @@ def _count_encoded(examples: list[Encoded], packed: bool) -> tuple[int, int, int
     return sum(lengths), sum(lengths), sum(lengths) if packed else max(lengths)
 
 
-def _count_prefs(prefs: list[EncodedPreference], share_prompt: bool) -> tuple[int, int, int]:
+def _count_prefs(prefs: list[EncodedPreference], share_prompt: bool,
+                 packed: bool) -> tuple[int, int, int]:
+    """rm, dpo: packed, the widest row is all of them side by side (as _count_encoded)."""
     sequences = [r.input_ids for p in prefs for r in p.responses]
     rows = (row_widths(sequences, [len(p.responses) for p in prefs]) if share_prompt
             else [len(s) for s in sequences])
-    return sum(len(s) for s in sequences), sum(rows), max(rows)
+    return sum(len(s) for s in sequences), sum(rows), sum(rows) if packed else max(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,7 +465,8 @@ def _build_rm(args: argparse.Namespace, side: str, k: int) -> Built:
     if side == "tether":
         import tether.trainers.rm as trainer
         return _tether_side(
-            trainer, cfg, count=lambda prefs, _: _count_prefs(prefs, cfg.train.share_prompt),
+            trainer, cfg,
+            count=lambda prefs, packed: _count_prefs(prefs, cfg.train.share_prompt, packed),
             live_ref=False, precision=args.precision, tmp=tmp,
             notes=[f"{SHARED}; all C({k}, 2) pairs of a prompt from its responses' scores; "
                    f"train accuracy and reward mean/std every step"])
@@ -516,7 +519,8 @@ def _build_dpo(args: argparse.Namespace, side: str, precompute: bool) -> Built:
     if side == "tether":
         import tether.trainers.dpo as trainer
         return _tether_side(trainer, cfg,
-                            count=lambda prefs, _: _count_prefs(prefs, cfg.train.share_prompt),
+                            count=lambda prefs, packed: _count_prefs(
+                                prefs, cfg.train.share_prompt, packed),
                             live_ref=not precompute, precision=args.precision, tmp=tmp,
                             notes=[f"{ref}; {SHARED}; reward and log-prob metrics every step"])
 
