@@ -18,6 +18,7 @@ from tether.errors import ConfigError
 from tether.models.logprobs import forward_logits, token_logprobs
 from tether.rundir import read_metrics
 from tether.trainers import dpo as dpo_trainer
+from tether.trainers.common import Hooks
 from tether.trainers.dpo import REF_CACHE, dpo_objective, preference_pairs, response_logps
 
 
@@ -230,18 +231,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     other = tmp_path / "again"
     other.mkdir()
     cfg = _cfg(other, data, "train.save_every=2", "train.max_steps=6")
-    original = dpo_trainer.optimizer_step
 
-    def die_at_step_4(model, optimizer, scheduler, max_norm, loss, step, *rest):
+    def die_at_step_4(step):
         if step == 4:
-            raise KeyboardInterrupt  # killed after the step-2 checkpoint
-        return original(model, optimizer, scheduler, max_norm, loss, step, *rest)
+            raise KeyboardInterrupt  # killed after the step-2 checkpoint, step 3 done
 
-    monkeypatch.setattr(dpo_trainer, "optimizer_step", die_at_step_4)
     with pytest.raises(KeyboardInterrupt):
-        dpo_trainer.train(cfg)
+        dpo_trainer.train(cfg, Hooks(step_started=die_at_step_4))
     assert [p.name for p in list_checkpoints(other / "run")] == ["step-00000002"]
-    monkeypatch.setattr(dpo_trainer, "optimizer_step", original)
     loads = []
     real_load = dpo_trainer.load_causal_lm
     monkeypatch.setattr(dpo_trainer, "load_causal_lm",

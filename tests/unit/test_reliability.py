@@ -1,6 +1,7 @@
 """What a run does when things go wrong around it: damaged checkpoints, Ctrl-C, outputs that
 cannot be written, and the file modes of what it writes (tether.files, tether.checkpoint)."""
 
+import functools
 import os
 import signal
 import stat
@@ -15,6 +16,7 @@ from tether.checkpoint import list_checkpoints, load_checkpoint
 from tether.cli import main
 from tether.report import write_report
 from tether.trainers import sft as sft_trainer
+from tether.trainers.common import Hooks
 
 
 def _sft(tmp_path, sft_rows, *overrides):
@@ -89,19 +91,21 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_pa
     whole_run, run = tmp_path / "whole", tmp_path / "run"
     args = _sft(tmp_path, sft_rows, "train.max_steps=5", "train.save_every=100")
     assert main([*args, f"run_dir={whole_run}"]) == 0
-    original = sft_trainer.optimizer_step
 
-    def ctrl_c_in_step_3(model, optimizer, scheduler, max_norm, loss, step, *rest):
+    def ctrl_c_in_step_3(step):
         if step == 3:
             for _ in range(presses):
                 os.kill(os.getpid(), signal.SIGINT)
-        return original(model, optimizer, scheduler, max_norm, loss, step, *rest)
 
-    monkeypatch.setattr(sft_trainer, "optimizer_step", ctrl_c_in_step_3)
+    # Through the CLI (its exit code and message are checked here), which calls
+    # sft.train(cfg): the hooks are bound to that on the way.
+    train = sft_trainer.train
+    monkeypatch.setattr(sft_trainer, "train",
+                        functools.partial(train, hooks=Hooks(step_started=ctrl_c_in_step_3)))
     capsys.readouterr()
     handler = signal.getsignal(signal.SIGINT)
     assert main([*args, f"run_dir={run}"]) == 130
-    monkeypatch.setattr(sft_trainer, "optimizer_step", original)
+    monkeypatch.setattr(sft_trainer, "train", train)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     if presses == 2:  # stops at once: nothing saved, the step not finished
