@@ -179,7 +179,7 @@ def test_missing_eos_gets_the_penalty_score(tmp_path):
     assert m["reward/score"] == pytest.approx(m["reward/gold"])
 
 
-def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path):
     overrides = ["ppo.adaptive_kl=true", "ppo.kl_target=0.01", "ppo.kl_horizon=100",
                  "train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5"]
     ppo_trainer.train(_cfg(tmp_path, *overrides))
@@ -190,17 +190,15 @@ def test_adaptive_kl_and_resume_match_an_uninterrupted_run(tmp_path, monkeypatch
     again = tmp_path / "again"
     again.mkdir()
     cfg = _cfg(again, *overrides)
-    original = ppo_trainer.optimizer_step
+    done = []
 
-    def die_in_step_3(model, optimizer, scheduler, max_norm, loss, step, *rest):
-        if step == 3:
-            raise KeyboardInterrupt
-        return original(model, optimizer, scheduler, max_norm, loss, step, *rest)
+    def die_after_iteration_3(loop, batch, metrics):
+        done.append(metrics)
+        if len(done) == 3:
+            raise KeyboardInterrupt  # iteration 3 logged, not saved (save_every=2)
 
-    monkeypatch.setattr(ppo_trainer, "optimizer_step", die_in_step_3)
     with pytest.raises(KeyboardInterrupt):
-        ppo_trainer.train(cfg)
-    monkeypatch.setattr(ppo_trainer, "optimizer_step", original)
+        ppo_trainer.train(cfg, ppo_trainer.Hooks(iteration=die_after_iteration_3))
     cfg.resume = True
     ppo_trainer.train(cfg)
     resumed = load_file(str(again / "run" / "final" / "model.safetensors"))
