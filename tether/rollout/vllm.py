@@ -108,8 +108,8 @@ class VLLMGenerator(Generator):
                 finished = c.finish_reason == "stop" and self.eos_token_id in ids
                 if finished:
                     ids = ids[:ids.index(self.eos_token_id) + 1]
-                # logprobs=0: each step's dict holds the sampled token alone
-                logprobs = [step[token].logprob for token, step in zip(ids, c.logprobs)] \
+                # logprobs=0: step i's dict holds the token sampled there alone
+                logprobs = [c.logprobs[i][token].logprob for i, token in enumerate(ids)] \
                     if with_logprobs else None
                 samples.append(Generation(list(prompt), ids, finished, logprobs))
             results.append(samples)
