@@ -12,6 +12,7 @@ that logs it, and each namespace holds one kind of quantity:
              held-out prompts. A training metric's held-out twin lives here, never in the
              training metric's own namespace (reward/accuracy -> eval/accuracy).
   perf/      time, throughput and memory
+  mismatch/  the generation backend's policy against the trainer's, on the same rollout
   optim/, data/, logps/, policy/, response/, ppo/, health/: as below.
 """
 
@@ -110,6 +111,14 @@ PERF_SCORE_S = "perf/score_s"
 PERF_PREPARE_S = "perf/prepare_s"  # no-grad log-prob and value passes, advantages
 PERF_TRAIN_S = "perf/train_s"
 PERF_GENERATE_TOKENS_PER_S = "perf/generate_tokens_per_s"  # response tokens sampled per s
+
+# ppo, grpo, rloo, when the generation backend gives its log-probs: the sampler's policy
+# against the trainer's before the update, over the rollout's response tokens
+# (tether.losses.mismatch; logged whether or not rollout.is_correction corrects for it) ------
+MISMATCH_KL_K1 = "mismatch/kl_k1"  # mean log pi_sampler - log pi_trainer: KL(sampler || trainer)
+MISMATCH_KL_K3 = "mismatch/kl_k3"  # the same KL, k3 estimator (>= 0, lower variance)
+MISMATCH_IS_WEIGHT_MEAN = "mismatch/is_weight_mean"  # mean truncated importance weight
+MISMATCH_IS_TRUNCATED_FRAC = "mismatch/is_truncated_frac"  # share of weights cut by is_cap
 
 # Health flags (tether.eval.health): 1.0 when the check warned, else 0.0 ------------------
 HEALTH_PREFIX = "health/"

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from tether.errors import UserError
+from tether.models.logprobs import forward_logprobs
 from tether.rollout.backends import make_generator
 from tether.rollout.base import Generation, SamplingParams
 from tether.rollout.generate import HFGenerator, InverseCDFSampler
+from tether.rollout.vllm import VLLMGenerator
 
 NEAR_GREEDY = SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=12)
 
@@ -165,6 +167,37 @@ def test_the_sampler_draws_from_the_distribution():
     torch.testing.assert_close(freq, torch.softmax(logits[0] / 0.7, -1), atol=0.012, rtol=0)
 
 
+def test_the_sampler_records_the_full_tempered_log_prob_of_each_drawn_token():
+    """Not renormalised to the nucleus: at top_p 0.7 token 0 is drawn with probability 0.625,
+    and recorded as log 0.5, as the trainer's log softmax(logits / T) gives it."""
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()[None].repeat(2, 1)
+    sampler = InverseCDFSampler(torch.tensor([[0.0, 0.9], [0.9, 0.0]]), 1.0, top_p=0.7)
+    sampler(None, logits)
+    sampler(None, logits)
+    torch.testing.assert_close(torch.stack(sampler.logprobs, 1),
+                               torch.tensor([[0.5, 0.3], [0.3, 0.5]]).log())
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_generation_log_probs_are_the_trainer_s(model, tokenizer, temperature, top_p):
+    """Each response token's recorded log-prob is what the policy's forward over prompt and
+    response gives it (tether.models.logprobs, as PPO computes it), up to float rounding
+    (a KV cache and left padding against one right-padded pass); nothing after EOS."""
+    eos = tokenizer.eos_token_id
+    _boost(model, [eos], logit=3.0)  # some responses end early, some do not
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=10)
+    results = HFGenerator(model, tokenizer).generate(_prompts(tokenizer), 4, params, seed=0)
+    gens = [g for samples in results for g in samples]
+    assert any(g.finished for g in gens) and not all(g.finished for g in gens)
+    for g in gens:
+        assert len(g.logprobs) == len(g.response_ids)
+        ids = torch.tensor([g.prompt_ids + g.response_ids])
+        with torch.no_grad():
+            expected = forward_logprobs(model, ids, torch.ones_like(ids),
+                                        temperature=temperature)[0, len(g.prompt_ids):]
+        torch.testing.assert_close(torch.tensor(g.logprobs), expected, atol=1e-5, rtol=0)
+
+
 def test_seeded_generation_leaves_the_global_rng_alone(model, tokenizer):
     generator = HFGenerator(model, tokenizer)
     state = torch.get_rng_state()
@@ -201,6 +234,7 @@ def test_sampling_params_are_checked():
 
 def test_make_generator_by_backend(model, tokenizer):
     assert isinstance(make_generator("hf", model, tokenizer, bf16=True), HFGenerator)
+    assert HFGenerator.matches_trainer and not VLLMGenerator.matches_trainer
     if not torch.cuda.is_available():  # here: one clear line, no traceback from vllm
         with pytest.raises(UserError, match="backend=vllm needs a CUDA GPU"):
             make_generator("vllm", model, tokenizer, model_path="unused")

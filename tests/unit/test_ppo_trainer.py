@@ -1,5 +1,8 @@
 """The online RL loop on the tiny model: PPO, GRPO and RLOO learn a toy reward; the details."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from conftest import write_jsonl
@@ -10,9 +13,11 @@ from tether.cli import main
 from tether.config import PPOConfig, load_config
 from tether.data.collate import collate
 from tether.data.tokenize import Encoded
+from tether.errors import ConfigError
 from tether.models.reward import RewardModel
 from tether.models.tiny import tiny_tokenizer
 from tether.models.value import ValueModel
+from tether.rollout.generate import HFGenerator
 from tether.rundir import read_metrics
 from tether.trainers import ppo as ppo_trainer
 from tether.trainers.ppo import cut_at_stop
@@ -234,3 +239,105 @@ def test_the_logged_learning_rate_is_the_one_the_iteration_used(tmp_path):
     lrs = [m["optim/lr"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
            if "optim/lr" in m]
     assert lrs == pytest.approx([1e-3 / 4, 2e-3 / 4])  # one update per iteration
+
+
+def _mismatch_run(out, *overrides, offsets=None, keep=None):
+    """A run whose sampler log-probs are shifted by offsets[k % len(offsets)] at response
+    token k (none: the backend's own); `keep` collects each iteration's (batch, metrics)."""
+    def started(loop):
+        generate = loop.generator.generate
+
+        def shifted(*args, **kwargs):
+            results = generate(*args, **kwargs)
+            for g in (g for samples in results for g in samples):
+                g.logprobs = [lp + offsets[k % len(offsets)] for k, lp in enumerate(g.logprobs)]
+            return results
+
+        if offsets:
+            loop.generator.generate = shifted
+
+    def iteration(loop, batch, metrics):
+        if keep is not None:
+            keep.append((batch, metrics))
+
+    out.mkdir()
+    ppo_trainer.train(_cfg(out, *overrides), ppo_trainer.Hooks(started, iteration))
+    return read_metrics(out / "run" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("ppo", []), ("grpo", ["rollout.group_size=4", "rollout.batch_size=4"])])
+def test_the_correction_with_hf_s_own_log_probs_changes_nothing(tmp_path, algo, extra):
+    """hf samples with the trainer's own numerics: its log-probs are the trainer's to float
+    rounding, every weight is 1 to ~1e-6, and correcting changes the run by no more."""
+    runs = {setting: _mismatch_run(tmp_path / setting, f"algo={algo}", *extra, "ppo.epochs=2",
+                                   f"rollout.is_correction={setting}")
+            for setting in ("never", "always")}
+    for a, b in zip(runs["never"], runs["always"], strict=True):
+        for key in ("loss/policy", "optim/grad_norm", "kl/seq", "reward/gold"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+        for m in (a, b):  # measured either way: no mismatch
+            assert abs(m["mismatch/kl_k1"]) < 1e-6 and 0 <= m["mismatch/kl_k3"] < 1e-10
+            assert m["mismatch/is_weight_mean"] == pytest.approx(1.0, abs=1e-6)
+            assert m["mismatch/is_truncated_frac"] == 0.0
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("ppo", ["ppo.minibatch_size=8"]),
+    # one update per rollout: the update's own forward gives the trainer's log-probs
+    ("rloo", ["rollout.group_size=4", "rollout.batch_size=4", "ppo.minibatch_size=16",
+              "ppo.kl_in=loss"])])
+def test_shifted_sampler_log_probs_weight_each_token_as_the_weights_say(tmp_path, algo, extra):
+    """A sampler that gave token k log-prob trainer + offset[k % 4]: weight min(exp(-offset),
+    2) = e^-0.5, e^0.5, 2 (e^1 truncated), 1, whatever the tokens. One epoch of one minibatch
+    has ratio 1, so the policy loss is -sum(A w) / N over the response tokens."""
+    offsets = [0.5, -0.5, -1.0, 0.0]
+    weight_of = [math.exp(-0.5), math.exp(0.5), 2.0, 1.0]
+    common = [f"algo={algo}", *extra, "ppo.epochs=1", "train.max_steps=1",
+              "reward.penalize_no_eos=false"]
+    kept = []
+    corrected = _mismatch_run(tmp_path / "on", *common, "rollout.is_correction=always",
+                              offsets=offsets, keep=kept)[-1]
+    batch, _ = kept[0]
+    mask = batch.rollout.mask.bool()
+    position = batch.rollout.mask.cumsum(-1).long() - 1  # k, the token's place in its response
+    weights = torch.tensor(weight_of)[position % 4]
+    advantages = batch.advantages[mask]
+    expected = -(advantages * weights[mask]).sum() / mask.sum()
+    assert corrected["loss/policy"] == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert corrected["loss/policy"] != pytest.approx(-advantages.mean().item(), rel=1e-2)
+    shift = torch.tensor(offsets)[position % 4][mask]
+    assert corrected["mismatch/kl_k1"] == pytest.approx(shift.mean().item(), abs=1e-6)
+    assert corrected["mismatch/kl_k3"] == pytest.approx(
+        (torch.expm1(-shift) + shift).mean().item(), abs=1e-6)
+    assert corrected["mismatch/is_weight_mean"] == pytest.approx(
+        weights[mask].mean().item(), abs=1e-6)
+    assert corrected["mismatch/is_truncated_frac"] == pytest.approx(
+        (position[mask] % 4 == 2).float().mean().item())
+    # Uncorrected (auto with hf: the backend is the trainer), the same mismatch is logged
+    # and the loss is the plain one.
+    plain = _mismatch_run(tmp_path / "auto", *common, offsets=offsets)[-1]
+    assert plain["loss/policy"] == pytest.approx(-advantages.mean().item(), rel=1e-5, abs=1e-7)
+    assert plain["mismatch/kl_k1"] == corrected["mismatch/kl_k1"]
+
+
+def test_correcting_needs_the_sampler_s_log_probs(tmp_path, model, tokenizer):
+    class Engine(HFGenerator):  # another engine: its own numerics, and no log-probs
+        matches_trainer = False
+
+    cfg = _cfg(tmp_path)
+    assert not ppo_trainer.corrects_mismatch(cfg, HFGenerator(model, tokenizer))
+    assert ppo_trainer.corrects_mismatch(cfg, Engine(model, tokenizer))
+    cfg.rollout.is_correction = "never"
+    assert not ppo_trainer.corrects_mismatch(cfg, Engine(model, tokenizer))
+    cfg.rollout.is_correction = "always"
+    assert ppo_trainer.corrects_mismatch(cfg, HFGenerator(model, tokenizer))
+
+    def started(loop):
+        generate = loop.generator.generate
+        loop.generator.generate = lambda *a, **k: [
+            [dataclasses.replace(g, logprobs=None) for g in samples]
+            for samples in generate(*a, **k)]
+
+    with pytest.raises(ConfigError, match="is_correction=always needs the log-probs"):
+        ppo_trainer.train(cfg, ppo_trainer.Hooks(started))

@@ -45,6 +45,9 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
 
 # Whether prompts are wrapped in the tokenizer's chat template (tether.data.tokenize).
 CHAT_TEMPLATE = ("auto", "always", "never")
+# Whether PPO reweights its policy gradient for the sampler's mismatch (rollout.is_correction).
+# Not on/off: YAML reads those as booleans.
+IS_CORRECTION = ("auto", "always", "never")
 
 
 @dataclass
@@ -568,6 +571,20 @@ class RolloutConfig:
                                 choices=CHAT_TEMPLATE)
     backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
                                 "cache) or vllm (GPUs only).", choices=BACKENDS)
+    is_correction: str = option(
+        "auto", "Truncated importance sampling (Yao et al. 2025): weight each response "
+        "token's policy-gradient term by min(pi_trainer / pi_sampler, is_cap), the trainer's "
+        "probability of the token over the one the backend sampled it with. A backend with "
+        "other kernels or another precision (vllm) samples from a slightly different policy "
+        "than the one trained, which makes every rollout a little off-policy; this corrects "
+        "for it. auto: on when the backend's numerics are not the trainer's (vllm; hf runs the "
+        "policy itself) and it returns its log-probs (vllm: at top_p = 1 only); always (an "
+        "error where the backend returns none); never. The mismatch itself (mismatch/*) is "
+        "logged whenever the backend returns its log-probs.", choices=IS_CORRECTION)
+    is_cap: float = option(
+        2.0, "Upper bound C of the importance weights of rollout.is_correction: a token the "
+        "sampler found much less likely than the trainer does weighs at most this much, which "
+        "bounds the variance the weights add (2: TRL's vllm_importance_sampling_cap).", min=1)
 
 
 @dataclass

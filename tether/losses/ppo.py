@@ -236,6 +236,7 @@ def group_advantages(scores: torch.Tensor, group_size: int, method: str, eps: fl
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_range: float,
                 num_tokens: torch.Tensor | float | None = None,
+                weights: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, as a loss: (loss, stats).
 
@@ -245,6 +246,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     `num_tokens` (see the module docstring). Token-level averaging: a long response weighs
     more than a short one, as in DAPO and Dr. GRPO rather than the per-sequence mean of the
     original GRPO.
+
+    `weights` ([B, T], detached), when given, multiply each token's term: the truncated
+    importance weights that correct for a sampler whose policy differs from the trainer's
+    (tether.losses.mismatch.is_weights; Yao et al. 2025). The stats do not see them.
 
     stats (detached scalars, means over masked tokens):
       clipfrac:  share of tokens with |r - 1| > eps (cleanrl's definition; it also counts
@@ -263,6 +268,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
     per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * torch.where(m, weights.detach(), 0.0)
     loss = masked_sum(per_token, m) / _token_count(m, num_tokens, per_token)
     with torch.no_grad():
         stats = {

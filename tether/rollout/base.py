@@ -39,6 +39,10 @@ class Generation:
     prompt_ids: list[int]
     response_ids: list[int]  # no padding; ends with EOS iff finished; nothing after EOS
     finished: bool  # the model emitted EOS within max_new_tokens
+    # log softmax(logits / temperature) of each response token as the sampler computed it:
+    # the whole tempered distribution, not renormalised to top_p, i.e. what the trainer's
+    # token_logprobs gives the same tokens. None where a backend cannot give that.
+    logprobs: list[float] | None = None
 
 
 def stream_seed(seed: int, sample: int) -> int:
@@ -49,7 +53,14 @@ def stream_seed(seed: int, sample: int) -> int:
 
 
 class Generator(ABC):
-    """A generation backend: samples plain temperature + top-p responses from the policy."""
+    """A generation backend: samples plain temperature + top-p responses from the policy.
+
+    `matches_trainer`: whether it computes with the policy's own modules in the trainer's
+    precision, so that its log-probs are the trainer's up to float rounding. When not (another
+    engine, another dtype), the samples come from a slightly different policy than the one
+    trained, and PPO can correct for it (rollout.is_correction, tether.losses.mismatch)."""
+
+    matches_trainer: bool = False
 
     @abstractmethod
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,

@@ -10,7 +10,8 @@ top_p, the distribution PPO's log-probs assume. tether draws each token itself
 (`InverseCDFSampler`) and generate runs greedy on that one-hot choice, so generate's own
 sampling warpers (transformers' default top_k=50 above all) never run; the processors a model's
 generation_config could add (repetition penalties, forced or suppressed tokens, ...) are
-switched off explicitly.
+switched off explicitly. The sampler also records the log-prob of each token it draws
+(`Generation.logprobs`), which the trainer compares with its own (rollout.is_correction).
 
 Each sample's uniforms come from its own random stream (base.stream_seed), so a sample does not
 depend on which other prompts share its call.
@@ -44,12 +45,18 @@ _PLAIN_SAMPLING = {
 class InverseCDFSampler(LogitsProcessor):
     """Draws row r's next token from softmax(logits / temperature) cut to top_p with row r's
     uniform for this step: the first token where the cumulative probability passes it. Returns
-    logits that are 0 at the drawn token and -inf elsewhere, for generate's greedy argmax."""
+    logits that are 0 at the drawn token and -inf elsewhere, for generate's greedy argmax.
+
+    `logprobs` collects, step by step, each row's log softmax(logits / temperature) at the
+    drawn token ([rows] per step): the full tempered distribution, as the trainer computes it.
+    A row that has finished is still drawn for (generate then writes pad instead): the caller
+    keeps only the steps up to its EOS."""
 
     def __init__(self, uniforms: torch.Tensor, temperature: float, top_p: float):
         self.uniforms = uniforms  # [rows, max_new_tokens], in [0, 1)
         self.temperature, self.top_p = temperature, top_p
         self.step = 0
+        self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
@@ -63,11 +70,18 @@ class InverseCDFSampler(LogitsProcessor):
         u = self.uniforms[:, self.step].to(cdf.device)[:, None] * cdf[:, -1:]
         self.step += 1
         token = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
+        # Its own log_softmax rather than log(probs): exact for unlikely tokens too, and the
+        # draw above stays bit for bit what it was.
+        logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        self.logprobs.append(logprobs.gather(-1, token).squeeze(-1))
         return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
 
 
 class HFGenerator(Generator):
-    """Hugging Face `generate` on whatever device the model is on."""
+    """Hugging Face `generate` on whatever device the model is on: the policy's own modules,
+    under the trainer's autocast, so its log-probs are the trainer's."""
+
+    matches_trainer = True
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  bf16: bool = False):
@@ -133,14 +147,17 @@ class HFGenerator(Generator):
         # EOS, generate fills it with pad; cut at the first EOS, never strip pad tokens the
         # model sampled itself.
         responses = out[:, input_ids.shape[1]:].tolist()
+        logprobs = torch.stack(sampler.logprobs, dim=1).tolist()  # [rows, steps], as responses
         results: list[list[Generation]] = []
         for i, prompt in enumerate(prompts):
             samples = []
-            for row in responses[i * n:(i + 1) * n]:
+            for row, row_logprobs in zip(responses[i * n:(i + 1) * n],
+                                         logprobs[i * n:(i + 1) * n], strict=True):
                 finished = self.eos_token_id in row
                 if finished:
                     row = row[: row.index(self.eos_token_id) + 1]
-                samples.append(Generation(list(prompt), row, finished))
+                samples.append(Generation(list(prompt), row, finished,
+                                          row_logprobs[:len(row)]))
             results.append(samples)
         return results
 

@@ -6,6 +6,14 @@ policy's current weights are copied into it in memory (`sync`), so no iteration 
 model from disk. Sampling is plain temperature + top-p, as with the `hf` backend, and responses
 end at EOS, so PPO's log-probs (recomputed by the policy) describe what was sampled.
 
+vLLM computes with its own kernels (and in bf16 by default), so its policy is not exactly the
+trainer's: `matches_trainer` is False, and each sample carries the log-probs vLLM gave its
+tokens, for the trainer to measure and correct the difference (rollout.is_correction). The
+engine is built with logprobs_mode=processed_logprobs (vLLM >= 0.10.2): log-probs after the
+temperature and after top-p, which renormalises them to the nucleus. With top_p = 1 that is
+exactly log softmax(logits / temperature), the trainer's quantity; with top_p < 1 it is not,
+and no log-probs are returned.
+
 Checked on CPU only for its error: a machine without CUDA or without the vllm package gets one
 clear line. On a GPU machine `python -m bench generation` compares it with `hf`, and
 `python -m bench gpu-check` runs it with the rest of the GPU checks.
@@ -32,6 +40,8 @@ def require_vllm() -> None:
 
 
 class VLLMGenerator(Generator):
+    matches_trainer = False
+
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  model_path: str, bf16: bool = True, gpu_memory_utilization: float = 0.3,
                  max_model_len: int = 2048, seed: int = 0):
@@ -43,7 +53,8 @@ class VLLMGenerator(Generator):
         self.llm = LLM(model=str(model_path), tokenizer=str(model_path),
                        dtype="bfloat16" if bf16 else "float32", seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, enable_prefix_caching=True)
+                       max_model_len=max_model_len, enable_prefix_caching=True,
+                       logprobs_mode="processed_logprobs")
 
     def sync(self, model: torch.nn.Module | None = None) -> None:
         """Copy the policy's current weights into the engine, in GPU memory."""
@@ -79,10 +90,12 @@ class VLLMGenerator(Generator):
         what one process would (vLLM's own streams: not the samples `hf` draws)."""
         import vllm
 
+        # Renormalised to the nucleus below top_p = 1: not what the trainer computes.
+        with_logprobs = params.top_p == 1.0
         sampling = [vllm.SamplingParams(
             n=n, temperature=params.temperature, top_p=params.top_p, top_k=-1,
             max_tokens=params.max_new_tokens, stop_token_ids=[self.eos_token_id],
-            skip_special_tokens=False,
+            skip_special_tokens=False, logprobs=0 if with_logprobs else None,
             seed=None if seed is None else stream_seed(seed, first_sample + i * n))
             for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling,
@@ -95,6 +108,9 @@ class VLLMGenerator(Generator):
                 finished = c.finish_reason == "stop" and self.eos_token_id in ids
                 if finished:
                     ids = ids[:ids.index(self.eos_token_id) + 1]
-                samples.append(Generation(list(prompt), ids, finished))
+                # logprobs=0: step i's dict holds the token sampled there alone
+                logprobs = [c.logprobs[i][token].logprob for i, token in enumerate(ids)] \
+                    if with_logprobs else None
+                samples.append(Generation(list(prompt), ids, finished, logprobs))
             results.append(samples)
         return results

@@ -12,6 +12,8 @@ Each iteration (one `step`), top to bottom:
      compared within each prompt's group, the same advantage at every token;
   5. `epochs` passes over shuffled minibatches: clipped policy loss (+ clipped value loss,
      entropy bonus, KL loss), microbatch gradient accumulation, early stop on approximate KL;
+     each token's policy-gradient term weighted by its truncated importance weight when the
+     sampler's policy is not the trainer's (rollout.is_correction, tether.losses.mismatch);
   6. KL controller update, log, sample responses, evaluate, checkpoint.
 
 Dropout is off in every model (log-probs of the same text must not depend on the pass), so the
@@ -42,6 +44,7 @@ from tether.distributed import Dist, setup
 from tether.errors import ConfigError, DataError
 from tether.eval.health import RolloutWatch
 from tether.eval.policy import heldout_metrics
+from tether.losses.mismatch import is_weights, mismatch_stats
 from tether.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -65,6 +68,10 @@ from tether.metric_names import (
     LOSS_KL,
     LOSS_POLICY,
     LOSS_VALUE,
+    MISMATCH_IS_TRUNCATED_FRAC,
+    MISMATCH_IS_WEIGHT_MEAN,
+    MISMATCH_KL_K1,
+    MISMATCH_KL_K3,
     OPTIM_GRAD_NORM,
     OPTIM_LR,
     PERF_GENERATE_S,
@@ -118,6 +125,9 @@ from tether.trainers.common import (
 SCORE_METRICS = {"gold": (REWARD_GOLD, REWARD_GOLD_STD), "proxy": (REWARD_PROXY, REWARD_PROXY_STD)}
 LAP_METRICS = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S, "prepare": PERF_PREPARE_S,
                "train": PERF_TRAIN_S, "step": PERF_STEP_S}
+MISMATCH_METRICS = {"kl_k1": MISMATCH_KL_K1, "kl_k3": MISMATCH_KL_K3,
+                    "weight_mean": MISMATCH_IS_WEIGHT_MEAN,
+                    "truncated_frac": MISMATCH_IS_TRUNCATED_FRAC}
 
 
 def eos_penalty_applies(finished: torch.Tensor, reward: PPORewardConfig,
@@ -170,6 +180,9 @@ class Rollout:
     prompt_index: list[int]
     texts: list[str]
     finished: torch.Tensor  # [N] bool
+    # [N, T] the log-probs the generation backend gave the response tokens (0 elsewhere), to
+    # compare with the trainer's; None when it gave none
+    sampler_logprobs: torch.Tensor | None
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -225,7 +238,9 @@ def needs_policy_pass(cfg: PPOConfig, world: int) -> bool:
 
 def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list[Generation]],
                   stop: str, device: torch.device | str = "cpu") -> Rollout:
-    examples, texts, finished, prompt_index = [], [], [], []
+    """The rollout's tensors, each response cut at `stop` (rollout.stop_string), its sampler
+    log-probs with it."""
+    examples, texts, finished, prompt_index, logprobs = [], [], [], [], []
     for i, (prompt, samples) in enumerate(zip(prompt_ids, generations, strict=True)):
         for g in samples:
             response, stopped = cut_at_stop(tokenizer, g.response_ids, stop)
@@ -233,9 +248,18 @@ def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list
             texts.append(tokenizer.decode(response, skip_special_tokens=True))
             finished.append(g.finished or stopped)
             prompt_index.append(i)
+            logprobs.append(None if g.logprobs is None else g.logprobs[:len(response)])
     batch = to_device(collate(examples, tokenizer.pad_token_id), device)
+    sampler_logprobs = None
+    if all(lp is not None for lp in logprobs):
+        # Right-padded rows: a response starts right after its prompt.
+        sampler_logprobs = torch.zeros(batch["input_ids"].shape)
+        for row, (example, lp) in enumerate(zip(examples, logprobs, strict=True)):
+            start = len(example.input_ids) - len(lp)
+            sampler_logprobs[row, start:start + len(lp)] = torch.tensor(lp)
+        sampler_logprobs = sampler_logprobs.to(device)
     return Rollout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"].float(),
-                   prompt_index, texts, torch.tensor(finished, device=device))
+                   prompt_index, texts, torch.tensor(finished, device=device), sampler_logprobs)
 
 
 @dataclass
@@ -298,6 +322,7 @@ class Loop:
     chunk: int  # train.logits_chunk; 0 under fsdp2, whose head weight stays sharded
     share: bool  # a prompt's samples share one row (grpo, rloo; train.share_prompt)
     policy_pass: bool  # see needs_policy_pass
+    correct: bool  # see corrects_mismatch
 
     def grouped(self, rollout: Rollout, idx: torch.Tensor
                 ) -> tuple[torch.Tensor, list[int] | None]:
@@ -317,6 +342,15 @@ class Loop:
                 return response_logits(self.reference, ids, am, m, groups, self.chunk)
         with self.policy.disable_adapter(), d.gathered(self.trained), autocast(bf16, d.device):
             return response_logits(self.policy, ids, am, m, groups, self.chunk)
+
+
+def corrects_mismatch(cfg: PPOConfig, generator: Generator) -> bool:
+    """Whether the policy gradient is weighted by truncated importance weights
+    (rollout.is_correction): always, or on auto when the backend's numerics are not the
+    trainer's. The weights need the backend's log-probs: where it returns none, auto corrects
+    nothing and always stops the run (collect)."""
+    setting = cfg.rollout.is_correction
+    return setting == "always" or (setting == "auto" and not generator.matches_trainer)
 
 
 def check_config(cfg: PPOConfig, d: Dist) -> None:
@@ -408,7 +442,8 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
     # The training passes go through DDP when there is one; compiled, generation is not.
     forward = d.wrap(maybe_compile(trained, cfg.train.compile))
     return Loop(cfg, d, tokenizer, policy, trained, forward, reference, reward_model, gold,
-                generator, params, chunk, share, needs_policy_pass(cfg, d.world))
+                generator, params, chunk, share, needs_policy_pass(cfg, d.world),
+                corrects_mismatch(cfg, generator))
 
 
 def policy_builder(cfg: PPOConfig):
@@ -431,7 +466,12 @@ def collect(loop: Loop, prompt_ids: list[list[int]], step: int) -> Rollout:
             [prompt_ids[i] for i in d.shard(range(len(prompt_ids)))], rcfg.group_size,
             loop.params, seed=loop.cfg.train.seed * 100_003 + step, first_sample=mine.start)
     generations = [g for part in d.all_objects(generated) for g in part]
-    return build_rollout(loop.tokenizer, prompt_ids, generations, rcfg.stop_string, d.device)
+    rollout = build_rollout(loop.tokenizer, prompt_ids, generations, rcfg.stop_string, d.device)
+    if rollout.sampler_logprobs is None and rcfg.is_correction == "always":
+        raise ConfigError(f"rollout.is_correction=always needs the log-probs of the sampled "
+                          f"tokens, which rollout.backend={rcfg.backend} does not return here "
+                          f"(vllm: only at rollout.top_p=1)")
+    return rollout
 
 
 def score(loop: Loop, rollout: Rollout, prompts: list[Messages], rows: range,
@@ -536,8 +576,12 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
             with torch.no_grad():
                 passes.logprobs[idx] = logprobs.detach()
                 passes.entropy[idx] = logits.entropy(temperature)
+        importance = None
+        if loop.correct and rollout.sampler_logprobs is not None:
+            importance = is_weights(passes.logprobs[idx], rollout.sampler_logprobs[idx], m,
+                                    cfg.rollout.is_cap)
         loss, s = policy_loss(logprobs, passes.logprobs[idx], batch.advantages[idx], m,
-                              pcfg.clip_range, num_tokens=num_tokens)
+                              pcfg.clip_range, num_tokens=num_tokens, weights=importance)
         weight = (m.sum() / num_tokens).item()
         parts = {LOSS_POLICY: loss.item(), PPO_CLIPFRAC: s["clipfrac"].item() * weight,
                  PPO_APPROX_KL: s["approx_kl"].item() * weight}
@@ -616,6 +660,10 @@ def iteration_metrics(cfg: PPOConfig, batch: Batch, stats: UpdateStats, seq_kl: 
         metrics[PPO_RETURNS_MEAN] = masked_mean(batch.returns, mask).item()
         metrics[PPO_EXPLAINED_VARIANCE] = explained_variance(batch.passes.values,
                                                                batch.returns, mask).item()
+    if rollout.sampler_logprobs is not None:  # measured whether or not it is corrected for
+        mismatch = mismatch_stats(batch.passes.logprobs, rollout.sampler_logprobs, mask,
+                                  cfg.rollout.is_cap)
+        metrics |= {MISMATCH_METRICS[k]: v.item() for k, v in mismatch.items()}
     return metrics
 
 
