@@ -1,12 +1,18 @@
-"""Generation throughput of the rollout backends on the same batch: `hf` against `vllm`.
+"""Generation throughput of the rollout backends on the same prompts: `hf`, `static` and, on a
+GPU with the vllm package, `vllm`.
 
-The same prompts (the sentiment task's), --n samples each of exactly up to --max-new-tokens,
-temperature 1, from `smollm2-135m`: tokens generated per second by Hugging Face `generate`
-(on the GPU when there is one) and by vLLM colocated in this process, plus the time vLLM takes
-to take in new policy weights (`sync`, what PPO does after every update). vLLM needs a CUDA GPU
-and the vllm package; without them only `hf` is measured and the reason is printed.
+For each batch size (--batches: sequences per call, each a different prompt of the sentiment
+task), every backend samples responses of up to --max-new-tokens at temperature 1 from the
+same policy (`smollm2-135m`), with the same seeds. Printed per backend and batch: tokens
+generated per second, time to first token (a call asking for one token), and the weight sync
+PPO runs after every update (`sync` then the copy it triggers). The backends take turns within
+each batch size, so a busy machine slows them alike; the ratio to hf is the figure to read.
 
-    python -m bench generation --prompts 64 --n 4 --max-new-tokens 64
+    python -m bench generation                          # batches 1,16,64,256
+    python -m bench generation --batches 16 --max-new-tokens 64 --min-new-tokens 64
+
+`--min-new-tokens 64` keeps EOS from ending responses early, so every backend generates the
+same number of tokens (the issue's "16 x 64 tokens").
 """
 
 from __future__ import annotations
@@ -26,49 +32,90 @@ from tether.tasks.sentiment import make_prompts
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--batches", default="1,16,64,256",
+                        help="comma-separated sequences per generate call")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--min-new-tokens", type=int, default=0,
+                        help="suppress EOS until this many tokens (equal work per backend)")
+    parser.add_argument("--backends", default="hf,static,vllm")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per figure (best)")
 
 
-def throughput(generator, prompts, n: int, params: SamplingParams) -> float:
-    generator.generate(prompts[:2], 1, params, seed=0)  # warm-up (CUDA kernels, caches)
+def _synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def _timed(call) -> tuple[float, object]:
+    _synchronize()
     started = time.perf_counter()
-    out = generator.generate(prompts, n, params, seed=1)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    tokens = sum(len(g.response_ids) for samples in out for g in samples)
-    return tokens / (time.perf_counter() - started)
+    out = call()
+    _synchronize()
+    return time.perf_counter() - started, out
+
+
+def measure(generator, prompts, params: SamplingParams, repeats: int) -> dict:
+    """tokens/s (the best of `repeats` calls) and time to first token for one batch."""
+    generator.generate(prompts[:2], 1, params, seed=0)  # warm-up (kernels, allocator)
+    best = None
+    for seed in range(1, repeats + 1):
+        seconds, out = _timed(lambda s=seed: generator.generate(prompts, 1, params, seed=s))
+        tokens = sum(len(g.response_ids) for samples in out for g in samples)
+        best = max(best or 0.0, tokens / seconds)
+    first = SamplingParams(temperature=params.temperature, max_new_tokens=1)
+    ttft = min(_timed(lambda: generator.generate(prompts, 1, first, seed=0))[0]
+               for _ in range(repeats))
+    return {"tokens_per_s": round(best, 1), "first_token_s": round(ttft, 3)}
+
+
+def sync_seconds(generator, model) -> float:
+    """sync() and the weight copy it leads to (static copies lazily, in the next generate: the
+    one-token generate measured here minus the same call without a sync)."""
+    one = SamplingParams(max_new_tokens=1)
+    plain = _timed(lambda: generator.generate([[1, 2, 3]], 1, one, seed=0))[0]
+    seconds = _timed(lambda: (generator.sync(model),
+                              generator.generate([[1, 2, 3]], 1, one, seed=0)))[0]
+    return round(max(seconds - plain, 0.0), 4)
 
 
 def run(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args.model)
-    texts = make_prompts(args.prompts, seed=0)
+    batches = [int(b) for b in args.batches.split(",")]
+    texts = make_prompts(max(batches), seed=0)
     prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
     gpu = torch.cuda.is_available()
     model = load_causal_lm(args.model)
     if gpu:
         model = model.to("cuda")
-    figures = {"model": args.model, "prompts": args.prompts, "n": args.n,
-               "max_new_tokens": args.max_new_tokens, "device": "cuda" if gpu else "cpu",
-               "hf_tokens_per_s": round(throughput(make_generator(
-                   "hf", model, tokenizer, bf16=gpu), prompts, args.n, params), 1)}
-    print(f"hf:   {figures['hf_tokens_per_s']:10.1f} tokens/s ({figures['device']})")
-    try:
-        vllm = make_generator("vllm", model, tokenizer, bf16=True,
-                              model_path=str(resolve(args.model)))
-    except UserError as e:
-        print(f"vllm: not measured: {e}")
-    else:
-        figures["vllm_tokens_per_s"] = round(throughput(vllm, prompts, args.n, params), 1)
-        started = time.perf_counter()
-        vllm.sync(model)
-        figures["vllm_sync_s"] = round(time.perf_counter() - started, 3)
-        figures["vllm_over_hf"] = round(figures["vllm_tokens_per_s"]
-                                        / figures["hf_tokens_per_s"], 2)
-        print(f"vllm: {figures['vllm_tokens_per_s']:10.1f} tokens/s, "
-              f"{figures['vllm_over_hf']}x hf; weight sync {figures['vllm_sync_s']} s")
+    if args.min_new_tokens:
+        if args.min_new_tokens < args.max_new_tokens:
+            raise SystemExit("--min-new-tokens: only equal to --max-new-tokens is supported")
+        model.get_output_embeddings().register_forward_hook(
+            lambda module, a, out: out.index_fill_(-1, torch.tensor(
+                [tokenizer.eos_token_id], device=out.device), float("-inf")))
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+
+    generators = {}
+    for name in args.backends.split(","):
+        try:
+            generators[name] = make_generator(
+                name, model, tokenizer, bf16=gpu or name == "static",
+                model_path=str(resolve(args.model)) if name == "vllm" else "")
+        except UserError as e:
+            print(f"{name}: not measured: {e}")
+    figures: dict = {"model": args.model, "max_new_tokens": args.max_new_tokens,
+                     "min_new_tokens": args.min_new_tokens,
+                     "device": "cuda" if gpu else "cpu", "batches": {}}
+    for batch in batches:
+        row = {name: measure(g, prompts[:batch], params, args.repeats)
+               for name, g in generators.items()}
+        for name, m in row.items():
+            if "hf" in row and name != "hf":
+                m["over_hf"] = round(m["tokens_per_s"] / row["hf"]["tokens_per_s"], 2)
+            print(f"batch {batch:4d}  {name:7s} {m['tokens_per_s']:9.1f} tokens/s  first token "
+                  f"{m['first_token_s']:.3f} s" + (f"  {m['over_hf']}x hf" if "over_hf" in m
+                                                   else ""), flush=True)
+        figures["batches"][batch] = row
+    figures["sync_s"] = {name: sync_seconds(g, model) for name, g in generators.items()}
+    print("weight sync: " + ", ".join(f"{k} {v} s" for k, v in figures["sync_s"].items()))
     save_results("generation", {**figures, "machine": machine()})

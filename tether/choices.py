@@ -15,7 +15,9 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # The critic-free algorithms, `algo` besides ppo: tether.losses.ppo.group_advantages.
 GROUP_METHODS = ("grpo", "rloo")
 # rollout.backend and sample's backend: tether.rollout.backends.make_generator.
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "static", "vllm")
+# rollout.dtype: the precision of the static backend's copy (make_generator's dtype).
+GENERATION_DTYPES = ("bf16", "fp32")
 # model.attention: tether.models.loading.pretrained_options.
 ATTENTION = ("sdpa", "flex_attention", "eager")
 # train.strategy: tether.distributed.setup.

@@ -48,7 +48,7 @@ def run(cfg: SampleConfig) -> Path:
 
         require_vllm()  # before loading anything
     model = load_causal_lm(cfg.policy)
-    if cfg.backend == "hf":  # vllm holds its own copy on the GPU
+    if cfg.backend != "vllm":  # vllm holds its own copy on the GPU
         model.to(pick_device(cfg.device))
     generator = make_generator(cfg.backend, model, tokenizer, bf16=cfg.bf16,
                                model_path=str(resolve(cfg.policy)) if cfg.backend == "vllm"

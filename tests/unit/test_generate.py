@@ -1,4 +1,6 @@
-"""HFGenerator on the tiny model: counts, EOS handling, left padding, seeding, plain sampling."""
+"""The generation backends on the tiny model: the Generator contract every built-in backend
+keeps (counts, EOS handling, left padding, seeding, log-probs; `backend` runs a test on each),
+then what only hf does. The static backend's own tests are in test_static_generate.py."""
 
 import pytest
 import torch
@@ -11,6 +13,14 @@ from tether.rollout.generate import HFGenerator, InverseCDFSampler
 from tether.rollout.vllm import VLLMGenerator
 
 NEAR_GREEDY = SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=12)
+
+
+@pytest.fixture(params=["hf", "static"])
+def backend(request):
+    """Builds the backend under test on a model (static: an fp32 copy, the policy's own
+    numerics)."""
+    return lambda model, tokenizer: make_generator(request.param, model, tokenizer,
+                                                   dtype=torch.float32)
 
 
 def _prompts(tokenizer):
@@ -30,9 +40,9 @@ def _ids(results):
     return [[g.response_ids for g in samples] for samples in results]
 
 
-def test_n_samples_per_prompt_in_prompt_order(model, tokenizer):
+def test_n_samples_per_prompt_in_prompt_order(backend, model, tokenizer):
     prompts = _prompts(tokenizer)
-    results = HFGenerator(model, tokenizer).generate(
+    results = backend(model, tokenizer).generate(
         prompts, 4, SamplingParams(max_new_tokens=6), seed=0)
     assert len(results) == 3
     for prompt, samples in zip(prompts, results, strict=True):
@@ -64,12 +74,12 @@ def test_each_prompt_is_read_once_for_its_n_samples(model, tokenizer):
     assert [g for samples in shared for g in samples] == [s[0] for s in alone]
 
 
-def test_finished_iff_the_response_ends_with_eos(model, tokenizer):
+def test_finished_iff_the_response_ends_with_eos(backend, model, tokenizer):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     assert pad != eos
     _boost(model, [eos, pad])
     params = SamplingParams(max_new_tokens=10)
-    results = HFGenerator(model, tokenizer).generate(_prompts(tokenizer), 8, params, seed=0)
+    results = backend(model, tokenizer).generate(_prompts(tokenizer), 8, params, seed=0)
     gens = [g for samples in results for g in samples]
     for g in gens:
         assert g.finished == (g.response_ids[-1] == eos)
@@ -82,12 +92,12 @@ def test_finished_iff_the_response_ends_with_eos(model, tokenizer):
     assert any(pad in g.response_ids for g in gens)
 
 
-def test_left_padded_batch_continues_like_each_prompt_alone(model, tokenizer):
+def test_left_padded_batch_continues_like_each_prompt_alone(backend, model, tokenizer):
     with torch.no_grad():  # larger weights: peakier logits, context-dependent continuations
         for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(3)
-    generator = HFGenerator(model, tokenizer)
+    generator = backend(model, tokenizer)
     prompts = _prompts(tokenizer)
     batched = _ids(generator.generate(prompts, 1, NEAR_GREEDY, seed=0))
     alone = [_ids(generator.generate([p], 1, NEAR_GREEDY, seed=0))[0] for p in prompts]
@@ -119,8 +129,8 @@ def test_position_ids_follow_the_attention_mask(model, tokenizer):
             assert positions[row].tolist() == [len(prompts[row // 2]) - 1 + step]
 
 
-def test_same_seed_same_samples_other_seed_other_samples(model, tokenizer):
-    generator = HFGenerator(model, tokenizer)
+def test_same_seed_same_samples_other_seed_other_samples(backend, model, tokenizer):
+    generator = backend(model, tokenizer)
     prompts, params = _prompts(tokenizer), SamplingParams(max_new_tokens=8)
     first = _ids(generator.generate(prompts, 3, params, seed=7))
     torch.rand(5)  # whatever the global stream does in between
@@ -128,10 +138,10 @@ def test_same_seed_same_samples_other_seed_other_samples(model, tokenizer):
     assert _ids(generator.generate(prompts, 3, params, seed=8)) != first
 
 
-def test_a_batch_split_over_calls_draws_the_same_samples(model, tokenizer):
+def test_a_batch_split_over_calls_draws_the_same_samples(backend, model, tokenizer):
     """What PPO under torchrun relies on: each process samples its share of the prompts, and
     together they draw what one process draws for all of them."""
-    generator = HFGenerator(model, tokenizer)
+    generator = backend(model, tokenizer)
     prompts, params = _prompts(tokenizer), SamplingParams(max_new_tokens=8, top_p=0.9)
     whole = _ids(generator.generate(prompts, 3, params, seed=5))
     first = _ids(generator.generate(prompts[:1], 3, params, seed=5))
@@ -179,14 +189,14 @@ def test_the_sampler_records_the_full_tempered_log_prob_of_each_drawn_token():
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
-def test_generation_log_probs_are_the_trainer_s(model, tokenizer, temperature, top_p):
+def test_generation_log_probs_are_the_trainer_s(backend, model, tokenizer, temperature, top_p):
     """Each response token's recorded log-prob is what the policy's forward over prompt and
     response gives it (tether.models.logprobs, as PPO computes it), up to float rounding
     (a KV cache and left padding against one right-padded pass); nothing after EOS."""
     eos = tokenizer.eos_token_id
     _boost(model, [eos], logit=3.0)  # some responses end early, some do not
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=10)
-    results = HFGenerator(model, tokenizer).generate(_prompts(tokenizer), 4, params, seed=0)
+    results = backend(model, tokenizer).generate(_prompts(tokenizer), 4, params, seed=0)
     gens = [g for samples in results for g in samples]
     assert any(g.finished for g in gens) and not all(g.finished for g in gens)
     for g in gens:
@@ -198,8 +208,8 @@ def test_generation_log_probs_are_the_trainer_s(model, tokenizer, temperature, t
         torch.testing.assert_close(torch.tensor(g.logprobs), expected, atol=1e-5, rtol=0)
 
 
-def test_seeded_generation_leaves_the_global_rng_alone(model, tokenizer):
-    generator = HFGenerator(model, tokenizer)
+def test_seeded_generation_leaves_the_global_rng_alone(backend, model, tokenizer):
+    generator = backend(model, tokenizer)
     state = torch.get_rng_state()
     generator.generate(_prompts(tokenizer), 2, SamplingParams(max_new_tokens=4), seed=3)
     assert torch.equal(torch.get_rng_state(), state)
@@ -208,12 +218,12 @@ def test_seeded_generation_leaves_the_global_rng_alone(model, tokenizer):
     assert not torch.equal(torch.get_rng_state(), state)
 
 
-def test_plain_temperature_top_p_sampling_ignores_generation_config(model, tokenizer):
+def test_plain_temperature_top_p_sampling_ignores_generation_config(backend, model, tokenizer):
     """A model's generation_config (and transformers' default top_k=50) must not change the
     distribution sampled from: with top_k=1 there it would be greedy, one response."""
     model.generation_config.top_k = 1
     model.generation_config.repetition_penalty = 5.0
-    results = HFGenerator(model, tokenizer).generate(
+    results = backend(model, tokenizer).generate(
         [_prompts(tokenizer)[0]], 6, SamplingParams(max_new_tokens=6), seed=0)
     assert len({tuple(g.response_ids) for g in results[0]}) > 1
 

@@ -321,6 +321,22 @@ def test_shifted_sampler_log_probs_weight_each_token_as_the_weights_say(tmp_path
     assert plain["mismatch/kl_k1"] == corrected["mismatch/kl_k1"]
 
 
+def test_grpo_on_the_static_backend_samples_a_bf16_copy_synced_and_corrected(tmp_path):
+    """rollout.backend=static: a bf16 copy samples (numerics not the trainer's, so auto
+    corrects), its small mismatch is logged, and after each update it samples the new
+    weights: the mismatch stays small, which it would not if the copy went stale."""
+    keep = []
+    metrics = _mismatch_run(tmp_path / "static", "algo=grpo", "rollout.group_size=4",
+                            "rollout.batch_size=4", "rollout.backend=static",
+                            "train.max_steps=3", "optim.lr=3e-2", keep=keep)
+    assert [m["step"] for m in metrics if "mismatch/kl_k3" in m] == [1, 2, 3]
+    for _, m in keep:
+        assert 0 < m["mismatch/kl_k3"] < 1e-3
+        assert m["mismatch/is_weight_mean"] == pytest.approx(1.0, abs=0.02)
+    batch, _ = keep[-1]
+    assert batch.rollout.sampler_logprobs is not None
+
+
 def test_correcting_needs_the_sampler_s_log_probs(tmp_path, model, tokenizer):
     class Engine(HFGenerator):  # another engine: its own numerics, and no log-probs
         matches_trainer = False

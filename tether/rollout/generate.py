@@ -26,7 +26,8 @@ from tether.data.collate import pad_batch
 from tether.device import autocast
 from tether.errors import UserError
 from tether.models.logprobs import position_ids_from_mask
-from tether.rollout.base import Generation, Generator, SamplingParams, stream_seed
+from tether.rollout.base import Generation, Generator, SamplingParams
+from tether.rollout.sampling import draw, stream_uniforms
 
 # Passed to every generate call: kwargs override the model's generation_config, which would
 # otherwise fill these in.
@@ -59,22 +60,10 @@ class InverseCDFSampler(LogitsProcessor):
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            # Keep the most likely tokens until their mass reaches top_p (at least one): a
-            # token stays if the tokens above it hold less than top_p.
-            ordered, order = probs.sort(dim=-1, descending=True)
-            above = ordered.cumsum(-1) - ordered
-            probs = probs.scatter(-1, order, ordered.masked_fill(above >= self.top_p, 0.0))
-        cdf = probs.cumsum(-1)
-        u = self.uniforms[:, self.step].to(cdf.device)[:, None] * cdf[:, -1:]
+        token, logprob = draw(scores, self.uniforms[:, self.step], self.temperature, self.top_p)
         self.step += 1
-        token = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
-        # Its own log_softmax rather than log(probs): exact for unlikely tokens too, and the
-        # draw above stays bit for bit what it was.
-        logprobs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        self.logprobs.append(logprobs.gather(-1, token).squeeze(-1))
-        return torch.full_like(scores, float("-inf")).scatter(-1, token, 0.0)
+        self.logprobs.append(logprob)
+        return torch.full_like(scores, float("-inf")).scatter(-1, token[:, None], 0.0)
 
 
 class HFGenerator(Generator):
@@ -113,13 +102,9 @@ class HFGenerator(Generator):
         input_ids = pad_batch(prompts, self.pad_token_id, "left").to(device)
         attention_mask = pad_batch([[1] * len(p) for p in prompts], 0, "left").to(device)
         rows = len(prompts) * n
-        if seed is None:
-            uniforms = torch.rand(rows, params.max_new_tokens)
-        else:
-            uniforms = torch.stack([
-                torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(
-                    stream_seed(seed, first_sample + k))) for k in range(rows)])
-        sampler = InverseCDFSampler(uniforms, params.temperature, params.top_p)
+        sampler = InverseCDFSampler(
+            stream_uniforms(rows, params.max_new_tokens, seed, first_sample),
+            params.temperature, params.top_p)
 
         was_training = self.model.training
         self.model.eval()

@@ -362,6 +362,9 @@ def check_config(cfg: PPOConfig, d: Dist) -> None:
         if d.sharded:
             raise ConfigError("rollout.backend=vllm loads the whole policy into its engine in "
                               "every process: use train.strategy=ddp with it")
+    if cfg.rollout.backend == "static" and d.sharded:
+        raise ConfigError("rollout.backend=static holds a whole copy of the policy in every "
+                          "process: use train.strategy=ddp with it, or rollout.backend=hf")
     for key, value in (("rollout.batch_size", cfg.rollout.batch_size),
                        ("ppo.minibatch_size", cfg.ppo.minibatch_size)):
         if value % d.world:
@@ -433,7 +436,8 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
     rcfg = cfg.rollout
     generator = make_generator(rcfg.backend, policy, tokenizer, bf16=cfg.train.bf16,
                                model_path=str(resolve(cfg.model.name)) if rcfg.backend == "vllm"
-                               else "")
+                               else "", compile=rcfg.compile,
+                               dtype=torch.bfloat16 if rcfg.dtype == "bf16" else torch.float32)
     params = SamplingParams(temperature=rcfg.temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
     # grpo / rloo: a prompt's samples share one row in every pass, the prompt read once (ppo's
@@ -797,7 +801,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
             laps.lap("prepare")
             stats = update(loop, optimizer, scheduler, batch, kl_coef, step, last_saved)
             laps.lap("train")
-            loop.generator.sync(loop.policy)  # vllm: the next rollout samples the updated weights
+            loop.generator.sync(loop.policy)  # vllm, static: the next rollout samples the new weights
 
             seq_kl = masked_sum(passes.logprobs - passes.ref_logprobs, rollout.mask, dim=-1)
             kl_ctl.update(seq_kl.mean().item(), num_samples)

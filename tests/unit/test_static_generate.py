@@ -1,0 +1,103 @@
+"""The static backend beyond the Generator contract (test_generate.py runs that on it): the
+same tokens as hf where the numerics are the same, its copy of the policy in bf16 or with a
+LoRA adapter merged in, and `sync` bringing in the policy's new weights."""
+
+import pytest
+import torch
+
+from tether.config import LoraConfig
+from tether.models.logprobs import forward_logprobs
+from tether.models.lora import apply_lora
+from tether.rollout.base import SamplingParams
+from tether.rollout.generate import HFGenerator
+from tether.rollout.static import StaticGenerator
+
+
+def _prompts(tokenizer):
+    texts = ["The plot was", "Continue this movie review: the acting was warm and", "A quiet"]
+    return [tokenizer(t).input_ids for t in texts]
+
+
+def _samples(generator, tokenizer, params, seed=0):
+    return [g for samples in generator.generate(_prompts(tokenizer), 4, params, seed=seed)
+            for g in samples]
+
+
+def _peaky(model, scale=3.0):
+    """Larger weights: peakier logits, so a wrong weight changes the tokens drawn."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=12),
+                                    SamplingParams(temperature=0.7, top_p=0.9,
+                                                   max_new_tokens=12)])
+def test_in_fp32_it_draws_hf_s_tokens_with_hf_s_log_probs(model, tokenizer, params):
+    """The same streams, the same draw and the same numerics: the same samples, which keeps
+    every seeded result of tether (the same seed, the same samples) when a run switches."""
+    _peaky(model)
+    static = StaticGenerator(model, tokenizer, dtype=torch.float32)
+    assert static.matches_trainer
+    for seed in (0, 1):
+        ours = _samples(static, tokenizer, params, seed)
+        theirs = _samples(HFGenerator(model, tokenizer), tokenizer, params, seed)
+        assert [g.response_ids for g in ours] == [g.response_ids for g in theirs]
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.finished == b.finished
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                       atol=1e-5, rtol=0)
+
+
+def test_a_bf16_copy_samples_close_to_the_fp32_policy_and_says_it_differs(model, tokenizer):
+    static = StaticGenerator(model, tokenizer)  # bf16 by default
+    assert not static.matches_trainer
+    assert all(p.dtype == torch.bfloat16 for p in static.model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the policy untouched
+    for g in _samples(static, tokenizer, SamplingParams(max_new_tokens=8)):
+        ids = torch.tensor([g.prompt_ids + g.response_ids])
+        with torch.no_grad():
+            trainer = forward_logprobs(model, ids, torch.ones_like(ids))[0, len(g.prompt_ids):]
+        # bf16 keeps 8 bits of mantissa: close, not equal (what rollout.is_correction is for)
+        torch.testing.assert_close(torch.tensor(g.logprobs), trainer, atol=0.05, rtol=0)
+
+
+def test_sync_brings_in_the_policy_s_updated_weights(model, tokenizer):
+    params = SamplingParams(max_new_tokens=10)
+    static = StaticGenerator(model, tokenizer, dtype=torch.float32)
+    copy = static.model
+    before = [g.response_ids for g in _samples(static, tokenizer, params)]
+    _peaky(model)  # an "update" of the policy in place
+    assert [g.response_ids for g in _samples(static, tokenizer, params)] == before  # stale
+    static.sync(model)
+    after = [g.response_ids for g in _samples(static, tokenizer, params)]
+    assert static.model is copy  # the same policy: its weights copied in, no new copy
+    assert after != before
+    assert after == [g.response_ids for g in _samples(HFGenerator(model, tokenizer),
+                                                     tokenizer, params)]
+
+
+def test_a_lora_policy_is_sampled_with_its_adapter_merged_in(model, tokenizer):
+    policy = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    params = SamplingParams(max_new_tokens=10)
+
+    def train_adapter(scale):
+        with torch.no_grad():  # lora_B starts at 0: give the adapter something to say
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn_like(p) * scale)
+
+    train_adapter(0.5)
+    static = StaticGenerator(policy, tokenizer, dtype=torch.float32)
+    assert not any("lora" in name for name, _ in static.model.named_parameters())
+    hf = HFGenerator(policy, tokenizer)
+    assert [g.response_ids for g in _samples(static, tokenizer, params)] == \
+        [g.response_ids for g in _samples(hf, tokenizer, params)]
+    # After an update of the adapter alone, sync merges the new adapter into the base again.
+    base = {n: p.clone() for n, p in policy.named_parameters() if "lora" not in n}
+    train_adapter(1.0)
+    static.sync(policy)
+    ours = [g.response_ids for g in _samples(static, tokenizer, params)]
+    assert ours == [g.response_ids for g in _samples(hf, tokenizer, params)]
+    assert all(torch.equal(p, base[n]) for n, p in policy.named_parameters() if "lora" not in n)

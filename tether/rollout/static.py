@@ -1,0 +1,175 @@
+"""The `static` generation backend: tether's own decode loop over a static KV cache, on a copy
+of the policy held in the precision generation wants (bf16 by default).
+
+Why it is faster than `hf` (bench/generation.py has the figures):
+- A decode step reads every weight once for a handful of tokens, so its time is the time to
+  read the weights: a bf16 copy reads half the bytes of the fp32 policy. The copy also has any
+  LoRA adapter merged in, so generation pays for no adapter.
+- The KV cache is allocated once per call at its final length (transformers' `StaticCache`):
+  no cache grows by concatenation at every step, and the shapes a compiled step sees are fixed
+  (`compile=True`: torch.compile, which on a GPU can capture the step as a CUDA graph).
+- Each prompt is read once; its cache is copied to its n samples.
+- tether draws the tokens itself (sampling.draw), with no generate() machinery per step.
+
+Numerics differ from the trainer's when the copy's precision does (`matches_trainer`), which
+is why PPO measures the mismatch and corrects for it with truncated importance sampling.
+
+`sync()` marks the copy stale; the next `generate` copies the policy's current weights in
+(inside it, so under fsdp2 it reads them while they are gathered whole).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
+
+from tether.data.collate import pad_batch
+from tether.errors import UserError
+from tether.models.logprobs import position_ids_from_mask
+from tether.rollout.base import Generation, Generator, SamplingParams
+from tether.rollout.sampling import draw, stream_uniforms
+
+
+def merged_copy(policy: torch.nn.Module, dtype: torch.dtype
+                ) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, Callable[[], torch.Tensor]]]]:
+    """A copy of the policy in `dtype`, with any LoRA adapter merged into its weights, and for
+    each of the copy's parameters a function giving its current value in the policy (what
+    `sync` copies in)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    base = policy.get_base_model() if isinstance(policy, PeftModel) else policy
+    model = copy.deepcopy(policy)
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    model = model.to(dtype).eval().requires_grad_(False)
+
+    adapted = {name: module for name, module in base.named_modules()
+               if isinstance(module, LoraLayer)}
+
+    def source(name: str) -> Callable[[], torch.Tensor]:
+        owner, _, leaf = name.rpartition(".")
+        if owner not in adapted:
+            return base.get_parameter(name).detach
+        layer = adapted[owner]
+        plain = getattr(layer.get_base_layer(), leaf)
+        if leaf != "weight":
+            return plain.detach
+        return lambda: plain.detach() + sum(layer.get_delta_weight(a)
+                                            for a in layer.active_adapters)
+
+    return model, [(p, source(name)) for name, p in model.named_parameters()]
+
+
+class StaticGenerator(Generator):
+    """Samples from a `dtype` copy of the policy with a static KV cache (see the module)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
+                 dtype: torch.dtype = torch.bfloat16, compile: bool = False):
+        if tokenizer.eos_token_id is None:
+            raise UserError("the tokenizer has no EOS token; generation could never finish")
+        if tokenizer.pad_token_id is None:
+            raise UserError("the tokenizer has no pad token (load it with "
+                            "tether.models.loading.load_tokenizer, which sets one)")
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        self.dtype = dtype
+        # Sampled in the policy's own precision, its tokens are hf's (the tests check it).
+        self.matches_trainer = all(p.dtype == dtype for p in model.parameters())
+        self.policy = model
+        self.model, self._sources = merged_copy(model, dtype)
+        self._stale = False
+        self._step = self._forward
+        if compile:
+            # Fixed shapes (the cache's length is rounded up, see generate), so one graph
+            # serves every step of every call with the same rows.
+            self._step = torch.compile(self._forward, dynamic=False, fullgraph=False,
+                                       mode="reduce-overhead"
+                                       if self.model.device.type == "cuda" else None)
+        self._length_multiple = 64 if compile else 1
+
+    def sync(self, model: torch.nn.Module | None = None) -> None:
+        """The next `generate` first copies the policy's current weights in (another `model`
+        than the one it was built with: a new copy of that one)."""
+        if model is not None and model is not self.policy:
+            self.policy = model
+            self.model, self._sources = merged_copy(model, self.dtype)
+        self._stale = True
+
+    @torch.no_grad()
+    def _copy_weights(self) -> None:
+        for target, value in self._sources:
+            target.copy_(value())
+        self._stale = False
+
+    def _forward(self, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor,
+                 cache: StaticCache) -> torch.Tensor:
+        return self.model(input_ids=token, attention_mask=mask, position_ids=position,
+                          cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,
+                 seed: int | None = None, first_sample: int = 0) -> list[list[Generation]]:
+        """`n` samples for each prompt, in prompt order (the contract of Generator.generate);
+        each response ends at its first EOS and carries the sampler's log-probs."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if not prompts:
+            return []
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        if self._stale:
+            self._copy_weights()
+        device, steps = self.model.device, params.max_new_tokens
+        input_ids = pad_batch(prompts, self.pad_token_id, "left").to(device)
+        prompt_mask = pad_batch([[1] * len(p) for p in prompts], 0, "left").to(device)
+        rows, width = len(prompts) * n, input_ids.shape[1]
+        length = -(-(width + steps) // self._length_multiple) * self._length_multiple
+        uniforms = stream_uniforms(rows, steps, seed, first_sample).to(device)
+
+        # Each prompt read once; its keys and values then fill its n rows of the static cache.
+        # The last position is kept by index, not as the slice logits_to_keep=1 takes: on the
+        # CPU a bf16 linear layer on that strided slice copies its weight once per row.
+        prefill = DynamicCache(config=self.model.config)
+        last = torch.tensor([width - 1], device=device)
+        logits = self.model(input_ids=input_ids, attention_mask=prompt_mask,
+                            position_ids=position_ids_from_mask(prompt_mask),
+                            cache=prefill, use_cache=True,
+                            logits_to_keep=last).logits[:, -1].repeat_interleave(n, 0)
+        cache = StaticCache(config=self.model.config, max_cache_len=length)
+        for i, layer in enumerate(prefill.layers):
+            cache.update(layer.keys.repeat_interleave(n, 0),
+                         layer.values.repeat_interleave(n, 0), i)
+        del prefill
+        mask = torch.zeros(rows, length, dtype=torch.long, device=device)
+        mask[:, :width] = prompt_mask.repeat_interleave(n, 0)
+        position = mask.sum(-1, keepdim=True)  # the next token's rotary position
+
+        tokens = torch.full((rows, steps), self.pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(rows, steps, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        for step in range(steps):
+            token, logprob = draw(logits, uniforms[:, step], params.temperature, params.top_p)
+            token = token.masked_fill(done, self.pad_token_id)
+            tokens[:, step], logprobs[:, step] = token, logprob
+            done |= token == self.eos_token_id
+            if step == steps - 1 or bool(done.all()):
+                break
+            mask[:, width + step] = 1
+            logits = self._step(token[:, None], position, mask, cache)
+            position = position + 1
+
+        results: list[list[Generation]] = []
+        for i, prompt in enumerate(prompts):
+            samples = []
+            for row in range(i * n, (i + 1) * n):
+                ids = tokens[row].tolist()
+                finished = self.eos_token_id in ids
+                end = ids.index(self.eos_token_id) + 1 if finished else steps
+                samples.append(Generation(list(prompt), ids[:end], finished,
+                                          logprobs[row, :end].tolist()))
+            results.append(samples)
+        return results
