@@ -299,10 +299,8 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         seen["lengths"] = list(zip(prompt_len.tolist(), response_len.tolist(), strict=True))
         gate.wait()  # the gate point: once per iteration, once its metrics are written
 
-    gate = Gate(lambda: ppo.train(cfg, ppo.Hooks(started, iteration)))
     # Its set-up prints and its progress bar are silenced.
-    real_tqdm = ppo.tqdm
-    ppo.tqdm = lambda *a, **kw: real_tqdm(*a, **{**kw, "disable": True})
+    gate = Gate(lambda: ppo.train(cfg, ppo.Hooks(started, iteration), progress_bar=False))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             gate.start()  # returns at the first gate point: the end of the first iteration
@@ -310,8 +308,6 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         gate.close()
         tmp.cleanup()
         raise
-    finally:
-        ppo.tqdm = real_tqdm
 
     trained = seen.pop("trained")
     arch = Arch.of(trained.policy)

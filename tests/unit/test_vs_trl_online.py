@@ -8,6 +8,7 @@ import torch
 from bench.vs_trl import add_arguments
 from bench.vs_trl_online import ROWS, Arch, _iteration_flops
 from tether.models.loading import load_causal_lm
+from tether.trainers import ppo as ppo_trainer
 
 pytest.importorskip("trl")
 
@@ -30,6 +31,7 @@ def _run(name: str, args: argparse.Namespace, steps: int = 2) -> dict:
     """Build each side of the row, step it; per side: the Side, its records, whether every
     step's weights moved."""
     out = {}
+    names = dict(vars(ppo_trainer))
     for side_name in ROW[name].sides:
         side = ROW[name].build(args, side_name)
         try:
@@ -37,6 +39,7 @@ def _run(name: str, args: argparse.Namespace, steps: int = 2) -> dict:
             records = [side.step() for _ in range(steps)]
             after = _weights(side.policy)
             moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+            assert vars(ppo_trainer) == names  # watched through its hooks, nothing patched
         finally:
             side.close()
         assert side.policy is None  # closed: the side lets go of its model

@@ -723,8 +723,9 @@ class Laps:
         return self.seconds | {"step": time.perf_counter() - self.started}
 
 
-def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
-    """Run PPO / GRPO / RLOO as configured; return the final/ directory.
+def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True) -> Path:
+    """Run PPO / GRPO / RLOO as configured; return the final/ directory. `progress_bar`: False
+    hides its progress bar (rank 0 draws it).
 
     Under torchrun each process samples, scores and runs the no-grad passes over its share of
     the prompts, and then every process holds the whole rollout (all-gathered); each takes its
@@ -779,7 +780,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None) -> Path:
     mine = d.shard(range(num_samples))  # this process's samples of every rollout
     hooks.started(loop)
     progress = tqdm(total=total_steps, initial=start_step, desc=algo, unit="it",
-                    dynamic_ncols=True, disable=not d.main)
+                    dynamic_ncols=True, disable=not (d.main and progress_bar))
     with StopRequests() as stop:
         for step in range(start_step, total_steps):
             laps = Laps()
