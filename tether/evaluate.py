@@ -33,6 +33,7 @@ from tether.files import atomic_write_text, check_output
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
 from tether.models.tiny import TINY
+from tether.rollout.backends import make_generator
 from tether.rollout.base import SamplingParams
 from tether.tasks.gold import GoldScorer, load_gold_scorer
 
@@ -127,7 +128,10 @@ def _evaluate_one(cfg: EvalConfig, policy: str, name: str, messages: list[Messag
             return evaluate_policy(
                 model, tokenizer, prompt_ids, n=cfg.n, params=params, seed=cfg.seed,
                 batch_size=cfg.batch_size, messages=messages, reference=reference, gold=gold,
-                reward_model=reward_model, bf16=cfg.bf16, progress=bar.update)
+                reward_model=reward_model, bf16=cfg.bf16, progress=bar.update,
+                generator=make_generator(
+                    cfg.backend, model, tokenizer, bf16=cfg.bf16,
+                    model_path=str(resolve(policy)) if cfg.backend == "vllm" else ""))
     finally:
         if not shared:
             del model

@@ -424,7 +424,8 @@ def test_an_option_offers_exactly_what_its_registry_holds():
     assert choices(DPOConfig, "dpo.loss") == tuple(dpo.LOSSES)
     assert choices(PPOConfig, "ppo.kl_estimator") == ppo.KL_ESTIMATORS
     assert choices(PPOConfig, "algo") == ("ppo", *ppo.GROUP_METHODS)
-    for cls, key in [(PPOConfig, "rollout.backend"), (SampleConfig, "backend")]:
+    for cls, key in [(PPOConfig, "rollout.backend"), (SampleConfig, "backend"),
+                     (EvalConfig, "backend")]:
         assert choices(cls, key) == backends.BACKENDS
     assert choices(SFTConfig, "model.attention") == loading.ATTENTION
     assert choices(SFTConfig, "train.strategy") == distributed.STRATEGIES

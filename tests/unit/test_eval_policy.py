@@ -217,6 +217,22 @@ def test_cli_end_to_end(tmp_path, saved, capsys):
     assert "sft_again" in table and "win vs other (gold)" in table and "-> " in out
 
 
+def test_cli_static_backend_in_fp32_gives_hf_s_samples(tmp_path, saved, capsys):
+    """backend=static samples from an fp32 copy of each policy: the same tokens as hf, so the
+    same records (log-probs and scores come from the policy itself either way)."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    results = {}
+    for backend in ("hf", "static"):
+        output = tmp_path / f"{backend}.json"
+        code, _, err = _main(capsys, f"policies={saved / 'policy1'}", "reference=tiny",
+                             f"prompts={prompts}", "n=2", "max_new_tokens=6",
+                             "gold=test_eval_policy:count_e", f"output={output}",
+                             f"backend={backend}")
+        assert code == 0, err
+        results[backend] = json.loads(output.read_text())["policies"]["policy1"]["samples"]
+    assert results["static"] == results["hf"]
+
+
 def test_cli_first_policy_is_the_baseline_and_warns_about_tempered_kl(tmp_path, saved,
                                                                      capsys):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)

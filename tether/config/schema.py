@@ -780,6 +780,10 @@ class EvalConfig:
     output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
                                                 "sample (JSON).")
     bf16: bool = option(False, "Generate and compute log-probs under bf16 autocast.")
+    backend: str = option("hf", "Generation backend: hf (transformers generate), static "
+                                "(tether's static-cache decode loop on a copy of the policy, "
+                                "bf16 if bf16=true; about 1.7x hf on 2 CPU cores) or vllm "
+                                "(GPUs only).", choices=BACKENDS)
     device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
     seed: int = option(0, "Seed: every policy is sampled with it, so identical policies give "

@@ -34,7 +34,7 @@ from tether.metric_names import (
 from tether.models.head import DEFAULT_CHUNK
 from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
-from tether.rollout.base import SamplingParams
+from tether.rollout.base import Generator, SamplingParams
 from tether.rollout.generate import HFGenerator
 from tether.tasks.gold import GoldScorer, score_all
 
@@ -118,8 +118,11 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     reference: torch.nn.Module | None = None, gold: GoldScorer | None = None,
                     reward_model: RewardModel | None = None, bf16: bool = False,
                     progress: Callable[[int], None] | None = None,
-                    chunk: int = DEFAULT_CHUNK) -> list[dict]:
+                    chunk: int = DEFAULT_CHUNK, generator: Generator | None = None
+                    ) -> list[dict]:
     """Sample `n` responses per prompt and measure each one; records in (prompt, sample) order.
+    `generator`: the backend that samples from `model` (default hf; PPO passes its rollout
+    backend, synced to the policy).
 
     Batch b of `batch_size` prompts is sampled with seed `seed + b` (as `tether sample` does),
     so two identical policies given the same prompts and seed produce identical samples, and
@@ -138,7 +141,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     as in response_logprobs."""
     if reward_model is not None and (messages is None or len(messages) != len(prompt_ids)):
         raise ValueError("a reward model needs the prompts' messages, one per prompt")
-    generator = HFGenerator(model, tokenizer, bf16=bf16)
+    generator = generator or HFGenerator(model, tokenizer, bf16=bf16)
     records: list[dict] = []
     for batch_index, start in enumerate(range(0, len(prompt_ids), batch_size)):
         batch = prompt_ids[start:start + batch_size]
@@ -177,7 +180,8 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     params: SamplingParams, seed: int, batch_size: int,
                     reference: torch.nn.Module | None, gold: GoldScorer | None,
                     reward_model: RewardModel | None, bf16: bool,
-                    chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
+                    chunk: int = DEFAULT_CHUNK, generator: Generator | None = None
+                    ) -> dict[str, float]:
     """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
     one fresh sample per held-out prompt, the share of them that is empty (EVAL_EMPTY), and
     the standard error of the gold mean
@@ -186,7 +190,8 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     by the sampling noise."""
     records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
                               batch_size=batch_size, messages=messages, reference=reference,
-                              gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk)
+                              gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk,
+                              generator=generator)
     metrics = {EVAL_EMPTY: float(np.mean([not r["response"].strip() for r in records]))} \
         if records else {}
     for key, name in (("gold", EVAL_GOLD), ("proxy", EVAL_PROXY), ("kl", EVAL_KL),

@@ -679,7 +679,7 @@ def evaluate(loop: Loop, prompts: Prompts) -> dict[str, float]:
                                seed=loop.cfg.train.seed, batch_size=loop.cfg.ppo.micro_batch_size,
                                reference=loop.reference, gold=loop.gold,
                                reward_model=loop.reward_model, bf16=loop.cfg.train.bf16,
-                               chunk=loop.chunk)
+                               chunk=loop.chunk, generator=loop.generator)
 
 
 def empty_wins(empty: torch.Tensor | None, scores: dict[str, torch.Tensor]) -> float | None:
