@@ -263,9 +263,20 @@ def _iteration_flops(arch: Arch, lengths: list[tuple[int, int]], no_grad_passes:
 
 # ---- tether ----
 
-def _force_length(model: torch.nn.Module, new_tokens: int) -> None:
-    """Make `model.generate` sample exactly `new_tokens` tokens (EOS masked until then): an
-    instance attribute over the method, on this model only."""
+def _force_length(loop, new_tokens: int) -> None:
+    """Make tether's rollouts exactly `new_tokens` tokens (EOS masked until then), on this
+    loop's models only: hf through `generate`'s min_new_tokens (an instance attribute over
+    the method), static through its copy's output layer (max_new_tokens is `new_tokens`, so
+    masking EOS at every step is the same)."""
+    from tether.rollout.static import StaticGenerator
+
+    if isinstance(loop.generator, StaticGenerator):
+        eos = loop.tokenizer.eos_token_id
+        loop.generator.model.get_output_embeddings().register_forward_hook(
+            lambda module, args, out: out.index_fill_(-1, torch.tensor([eos], device=out.device),
+                                                      float("-inf")))
+        return
+    model = loop.policy
     real = model.generate
 
     def generate(*args, **kwargs):
@@ -290,7 +301,7 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
 
     def started(loop) -> None:
         seen["trained"] = loop.trained
-        _force_length(loop.policy, args.gen_len)
+        _force_length(loop, args.gen_len)
 
     def iteration(loop, batch, metrics: dict) -> None:
         response_len = batch.rollout.mask.sum(-1).long()
