@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tether.errors import UserError
+
 
 @dataclass
 class SamplingParams:
@@ -50,6 +52,24 @@ def stream_seed(seed: int, sample: int) -> int:
     collide the way seed * K + sample would)."""
     digest = hashlib.blake2b(f"{seed}:{sample}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def special_tokens(tokenizer) -> tuple[int, int]:
+    """The tokenizer's (EOS, pad) ids, which a built-in backend cannot do without."""
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no EOS token; generation could never finish")
+    if tokenizer.pad_token_id is None:
+        raise UserError("the tokenizer has no pad token (load it with "
+                        "tether.models.loading.load_tokenizer, which sets one)")
+    return tokenizer.eos_token_id, tokenizer.pad_token_id
+
+
+def check_request(prompts: list[list[int]], n: int) -> None:
+    """What every backend's generate refuses: no samples asked for, an empty prompt."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
 
 
 class Generator(ABC):

@@ -24,9 +24,8 @@ from transformers import DynamicCache, LogitsProcessor, PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
 from tether.device import autocast
-from tether.errors import UserError
 from tether.models.logprobs import position_ids_from_mask
-from tether.rollout.base import Generation, Generator, SamplingParams
+from tether.rollout.base import Generation, Generator, SamplingParams, check_request, special_tokens
 from tether.rollout.sampling import draw, stream_uniforms
 
 # Passed to every generate call: kwargs override the model's generation_config, which would
@@ -74,16 +73,10 @@ class HFGenerator(Generator):
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  bf16: bool = False):
-        if tokenizer.eos_token_id is None:
-            raise UserError("the tokenizer has no EOS token; generation could never finish")
-        if tokenizer.pad_token_id is None:
-            raise UserError("the tokenizer has no pad token (load it with "
-                            "tether.models.loading.load_tokenizer, which sets one)")
+        self.eos_token_id, self.pad_token_id = special_tokens(tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.bf16 = bf16
-        self.eos_token_id = tokenizer.eos_token_id
-        self.pad_token_id = tokenizer.pad_token_id
 
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,
                  seed: int | None = None, first_sample: int = 0) -> list[list[Generation]]:
@@ -92,12 +85,9 @@ class HFGenerator(Generator):
         but its prompt and `params`; the caller's global RNG stream is left as it was. Without,
         the streams come from the global RNG. `first_sample`: where this call's samples start
         in a larger batch split over calls."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        check_request(prompts, n)
         if not prompts:
             return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
         device = self.model.device
         input_ids = pad_batch(prompts, self.pad_token_id, "left").to(device)
         attention_mask = pad_batch([[1] * len(p) for p in prompts], 0, "left").to(device)

@@ -27,9 +27,8 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
 
 from tether.data.collate import pad_batch
-from tether.errors import UserError
 from tether.models.logprobs import position_ids_from_mask
-from tether.rollout.base import Generation, Generator, SamplingParams
+from tether.rollout.base import Generation, Generator, SamplingParams, check_request, special_tokens
 from tether.rollout.sampling import draw, stream_uniforms
 
 
@@ -69,13 +68,7 @@ class StaticGenerator(Generator):
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *,
                  dtype: torch.dtype = torch.bfloat16, compile: bool = False):
-        if tokenizer.eos_token_id is None:
-            raise UserError("the tokenizer has no EOS token; generation could never finish")
-        if tokenizer.pad_token_id is None:
-            raise UserError("the tokenizer has no pad token (load it with "
-                            "tether.models.loading.load_tokenizer, which sets one)")
-        self.eos_token_id = tokenizer.eos_token_id
-        self.pad_token_id = tokenizer.pad_token_id
+        self.eos_token_id, self.pad_token_id = special_tokens(tokenizer)
         self.dtype = dtype
         # Sampled in the policy's own precision, its tokens are hf's (the tests check it).
         self.matches_trainer = all(p.dtype == dtype for p in model.parameters())
@@ -115,12 +108,9 @@ class StaticGenerator(Generator):
                  seed: int | None = None, first_sample: int = 0) -> list[list[Generation]]:
         """`n` samples for each prompt, in prompt order (the contract of Generator.generate);
         each response ends at its first EOS and carries the sampler's log-probs."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        check_request(prompts, n)
         if not prompts:
             return []
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token")
         if self._stale:
             self._copy_weights()
         device, steps = self.model.device, params.max_new_tokens

@@ -802,7 +802,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
             laps.lap("prepare")
             stats = update(loop, optimizer, scheduler, batch, kl_coef, step, last_saved)
             laps.lap("train")
-            loop.generator.sync(loop.policy)  # vllm, static: the next rollout samples the new weights
+            loop.generator.sync(loop.policy)  # vllm, static: the next rollout sees the update
 
             seq_kl = masked_sum(passes.logprobs - passes.ref_logprobs, rollout.mask, dim=-1)
             kl_ctl.update(seq_kl.mean().item(), num_samples)
