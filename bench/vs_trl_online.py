@@ -348,7 +348,7 @@ def _tether_side(args: argparse.Namespace, algo: str) -> OnlineSide:
         tmp.cleanup()
 
     notes = [f"{num_prompts} prompts x {group}, {len(texts)} same-length prompts in all; "
-             f"exactly {args.gen_len} new tokens (min_new_tokens)"]
+             f"exactly {args.gen_len} new tokens (EOS masked until then)"]
     if algo != "ppo" and cfg.train.share_prompt:
         notes.append(f"each prompt read once, its {group} completions packed after it, in "
                      f"every pass after generation (train.share_prompt)")
