@@ -101,3 +101,14 @@ def test_a_lora_policy_is_sampled_with_its_adapter_merged_in(model, tokenizer):
     ours = [g.response_ids for g in _samples(static, tokenizer, params)]
     assert ours == [g.response_ids for g in _samples(hf, tokenizer, params)]
     assert all(torch.equal(p, base[n]) for n, p in policy.named_parameters() if "lora" not in n)
+
+
+def test_a_compiled_decode_step_draws_the_same_tokens(model, tokenizer):
+    """rollout.compile: torch.compile of the decode step (about 20 s to compile on 2 cores,
+    once per batch shape) changes no token."""
+    params = SamplingParams(max_new_tokens=6)
+    compiled = StaticGenerator(model, tokenizer, dtype=torch.float32, compile=True)
+    expected = [g.response_ids for g in _samples(HFGenerator(model, tokenizer), tokenizer,
+                                                 params)]
+    for _ in range(2):  # the second call reuses the compiled step
+        assert [g.response_ids for g in _samples(compiled, tokenizer, params)] == expected
