@@ -19,6 +19,7 @@ from bench import (
     precision,
     rm,
     rm_quality,
+    sample_match,
     scaling,
     sft,
     vs_trl,
@@ -26,8 +27,8 @@ from bench import (
 
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "rm-quality": rm_quality, "dpo": dpo,
               "ppo": ppo, "label": label, "precision": precision, "scaling": scaling,
-              "generation": generation, "vs-trl": vs_trl, "gpu-check": gpu_check,
-              "gpu-train": gpu_train}
+              "generation": generation, "sample-match": sample_match, "vs-trl": vs_trl,
+              "gpu-check": gpu_check, "gpu-train": gpu_train}
 
 
 def main(argv: list[str] | None = None) -> None:
