@@ -14,8 +14,9 @@ Why it is faster than `hf` (bench/generation.py has the figures):
 Numerics differ from the trainer's when the copy's precision does (`matches_trainer`), which
 is why PPO measures the mismatch and corrects for it with truncated importance sampling.
 
-`sync()` marks the copy stale; the next `generate` copies the policy's current weights in
-(inside it, so under fsdp2 it reads them while they are gathered whole).
+`sync()` marks the copy stale; the next `generate` copies the policy's current weights in, so
+a sync costs nothing until a rollout needs the weights. (fsdp2, whose weights are shards
+between passes, is refused by PPO's config check for now.)
 """
 
 from __future__ import annotations
