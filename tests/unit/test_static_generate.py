@@ -112,3 +112,80 @@ def test_a_compiled_decode_step_draws_the_same_tokens(model, tokenizer):
                                                  params)]
     for _ in range(2):  # the second call reuses the compiled step
         assert [g.response_ids for g in _samples(compiled, tokenizer, params)] == expected
+
+
+def _qwen2(seed=0):
+    """A tiny Qwen2: biases on q, k and v, which the written-out step must add."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    config = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("prepack", [True, False])
+def test_the_written_out_step_gives_the_model_s_own_logits(model, tokenizer, architecture,
+                                                           prepack):
+    """LlamaDecode against the model's forward over the whole sequence, step by step, with
+    left-padded prompts of different lengths and two rows per prompt."""
+    from transformers import DynamicCache
+
+    from tether.data.collate import pad_batch
+    from tether.models.logprobs import position_ids_from_mask
+    from tether.rollout.decode import LlamaDecode, writes_out
+
+    if architecture == "qwen2":
+        model = _qwen2()
+    _peaky(model, 2.0)
+    assert writes_out(model)
+    prompts = _prompts(tokenizer)
+    ids = pad_batch(prompts, 0, "left")
+    prompt_mask = pad_batch([[1] * len(p) for p in prompts], 0, "left")
+    n, steps, width = 2, 5, ids.shape[1]
+    prefill = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=prompt_mask,
+              position_ids=position_ids_from_mask(prompt_mask), cache=prefill, use_cache=True)
+    decode = LlamaDecode(model, prepack=prepack)
+    decode.start(prefill, n, prompt_mask, width + steps)
+
+    sequences = ids.repeat_interleave(n, 0)
+    mask = prompt_mask.repeat_interleave(n, 0)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        token = torch.randint(3, 512, (sequences.shape[0],), generator=generator)
+        sequences = torch.cat([sequences, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        with torch.no_grad():
+            ours = decode.step(token, mask[:, :-1].sum(-1, keepdim=True),
+                               torch.tensor([width + step]))
+            theirs = model(input_ids=sequences, attention_mask=mask,
+                           position_ids=position_ids_from_mask(mask)).logits[:, -1]
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_it_does_not_write_out_decodes_through_its_own_forward(tokenizer):
+    """An architecture outside decode.ARCHITECTURES (here GPT-2) takes the model's forward
+    with transformers' StaticCache: the same tokens as hf in fp32."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tether.rollout.decode import LayerDecode
+
+    config = GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                        pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(config).eval()
+    _peaky(gpt2)
+    static = StaticGenerator(gpt2, tokenizer, dtype=torch.float32)
+    assert isinstance(static.decode, LayerDecode)
+    params = SamplingParams(max_new_tokens=8)
+    ours = _samples(static, tokenizer, params)
+    theirs = _samples(HFGenerator(gpt2, tokenizer), tokenizer, params)
+    assert [g.response_ids for g in ours] == [g.response_ids for g in theirs]

@@ -25,11 +25,12 @@ import copy
 from collections.abc import Callable
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase, StaticCache
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
 from tether.models.logprobs import position_ids_from_mask
 from tether.rollout.base import Generation, Generator, SamplingParams, check_request, special_tokens
+from tether.rollout.decode import LayerDecode, LlamaDecode, writes_out
 from tether.rollout.sampling import draw, stream_uniforms
 
 
@@ -74,35 +75,37 @@ class StaticGenerator(Generator):
         # Sampled in the policy's own precision, its tokens are hf's (the tests check it).
         self.matches_trainer = all(p.dtype == dtype for p in model.parameters())
         self.policy = model
-        self.model, self._sources = merged_copy(model, dtype)
+        self.compile = compile
+        self._build(model)
+        # Fixed shapes (the cache's length is rounded up, see generate), so one compiled graph
+        # serves every step of every call with the same rows.
+        self._length_multiple = 64 if compile else 1
+
+    def _build(self, model: torch.nn.Module) -> None:
+        self.model, self._sources = merged_copy(model, self.dtype)
         self._stale = False
-        self._step = self._forward
-        if compile:
-            # Fixed shapes (the cache's length is rounded up, see generate), so one graph
-            # serves every step of every call with the same rows.
-            self._step = torch.compile(self._forward, dynamic=False, fullgraph=False,
+        self.decode = (LlamaDecode if writes_out(self.model) else LayerDecode)(
+            self.model, prepack=not self.compile)
+        self._step = self.decode.step
+        if self.compile:
+            self._step = torch.compile(self.decode.step, dynamic=False, fullgraph=False,
                                        mode="reduce-overhead"
                                        if self.model.device.type == "cuda" else None)
-        self._length_multiple = 64 if compile else 1
 
     def sync(self, model: torch.nn.Module | None = None) -> None:
         """The next `generate` first copies the policy's current weights in (another `model`
         than the one it was built with: a new copy of that one)."""
         if model is not None and model is not self.policy:
             self.policy = model
-            self.model, self._sources = merged_copy(model, self.dtype)
+            self._build(model)
         self._stale = True
 
     @torch.no_grad()
     def _copy_weights(self) -> None:
         for target, value in self._sources:
             target.copy_(value())
+        self.decode.pack()
         self._stale = False
-
-    def _forward(self, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor,
-                 cache: StaticCache) -> torch.Tensor:
-        return self.model(input_ids=token, attention_mask=mask, position_ids=position,
-                          cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams,
@@ -121,7 +124,7 @@ class StaticGenerator(Generator):
         length = -(-(width + steps) // self._length_multiple) * self._length_multiple
         uniforms = stream_uniforms(rows, steps, seed, first_sample).to(device)
 
-        # Each prompt read once; its keys and values then fill its n rows of the static cache.
+        # Each prompt read once; its keys and values then fill its n rows of the decode cache.
         # The last position is kept by index, not as the slice logits_to_keep=1 takes: on the
         # CPU a bf16 linear layer on that strided slice copies its weight once per row.
         prefill = DynamicCache(config=self.model.config)
@@ -130,14 +133,10 @@ class StaticGenerator(Generator):
                             position_ids=position_ids_from_mask(prompt_mask),
                             cache=prefill, use_cache=True,
                             logits_to_keep=last).logits[:, -1].repeat_interleave(n, 0)
-        cache = StaticCache(config=self.model.config, max_cache_len=length)
-        for i, layer in enumerate(prefill.layers):
-            cache.update(layer.keys.repeat_interleave(n, 0),
-                         layer.values.repeat_interleave(n, 0), i)
+        self.decode.start(prefill, n, prompt_mask, length)
         del prefill
-        mask = torch.zeros(rows, length, dtype=torch.long, device=device)
-        mask[:, :width] = prompt_mask.repeat_interleave(n, 0)
-        position = mask.sum(-1, keepdim=True)  # the next token's rotary position
+        # The next token's rotary position: the row's prompt length, then one more per step.
+        position = prompt_mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
 
         tokens = torch.full((rows, steps), self.pad_token_id, dtype=torch.long, device=device)
         logprobs = torch.zeros(rows, steps, device=device)
@@ -149,8 +148,7 @@ class StaticGenerator(Generator):
             done |= token == self.eos_token_id
             if step == steps - 1 or bool(done.all()):
                 break
-            mask[:, width + step] = 1
-            logits = self._step(token[:, None], position, mask, cache)
+            logits = self._step(token, position, torch.tensor([width + step], device=device))
             position = position + 1
 
         results: list[list[Generation]] = []
