@@ -659,8 +659,8 @@ class PPOLossConfig:
         choices=IMPORTANCE_SAMPLING_LEVELS)
     dynamic_sampling: bool = option(
         False, "grpo and rloo: drop from the loss (and its normaliser) the groups whose scores "
-               "all agree, which carry no policy gradient (DAPO's dynamic sampling); logged as "
-               "ppo/dropped_frac.")
+               "all agree, which carry no policy gradient (DAPO's dynamic sampling; the "
+               "optimised scores, before any KL in the reward); logged as ppo/dropped_frac.")
     dynamic_sampling_rounds: int = option(
         0, "With dynamic_sampling: sample up to this many more batches of prompts "
            "(rollout.batch_size each) to refill the dropped groups with groups whose scores "

@@ -649,8 +649,8 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
     # ranks' slices and the microbatches add up to one process's gradient.
     num_tokens = loss_mask[minibatch].sum()
     aggregation = {"loss_type": pcfg.loss_type, "num_tokens": num_tokens,
-              "num_sequences": loss_mask[minibatch].bool().any(-1).sum(),
-              "max_length": cfg.rollout.max_new_tokens}
+                   "num_sequences": loss_mask[minibatch].bool().any(-1).sum(),
+                   "max_length": cfg.rollout.max_new_tokens}
     clip_low, clip_high = pcfg.clip_bounds()
     sums: dict[str, float] = {}
     for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
