@@ -302,8 +302,9 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int,
     [B]: response tokens. buffer 0: no penalty."""
     if buffer < 0 or buffer > max_length:
         raise ValueError(f"buffer must be in [0, max_length={max_length}], got {buffer}")
-    lengths = lengths.detach().to(torch.get_default_dtype()
-                                  if not lengths.is_floating_point() else lengths.dtype)
+    lengths = lengths.detach()
+    if not lengths.is_floating_point():
+        lengths = lengths.to(torch.get_default_dtype())
     if buffer == 0:
         return torch.zeros_like(lengths)
     over = (lengths - (max_length - buffer)).clamp(min=0)
