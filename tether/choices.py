@@ -14,6 +14,13 @@ DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 # The critic-free algorithms, `algo` besides ppo: tether.losses.ppo.group_advantages.
 GROUP_METHODS = ("grpo", "rloo")
+# ppo.loss_type, how the policy loss's token terms become one number: tether.losses.ppo.aggregate
+# (TRL's GRPOConfig.loss_type names: dapo = token mean over the minibatch, grpo = mean over
+# sequences of each one's token mean, dr_grpo = token sum over sequences x max_new_tokens).
+LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+# ppo.importance_sampling_level: tether.losses.ppo.policy_loss (token: PPO's ratio per token;
+# sequence: GSPO's length-normalised sequence ratio).
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 # rollout.backend and sample's backend: tether.rollout.backends.make_generator.
 BACKENDS = ("hf", "static", "vllm")
 # rollout.dtype: the precision of the static backend's copy (make_generator's dtype).

@@ -96,11 +96,20 @@ PPO_RETURNS_MEAN = "ppo/returns_mean"  # ppo only
 PPO_EXPLAINED_VARIANCE = "ppo/explained_variance"  # of the returns by the values (ppo only)
 PPO_UPDATES = "ppo/updates"  # optimizer steps this iteration (fewer on an early stop)
 PPO_EARLY_STOP = "ppo/early_stop"  # 1 when ppo.target_approx_kl stopped the epochs early
+# grpo, rloo: share of the rollout's groups whose optimised scores all agree (no gradient),
+# as sampled (before any refill)
+PPO_ZERO_SPREAD_FRAC = "ppo/zero_spread_frac"
+# ppo.dynamic_sampling: share of the samples trained on that were dropped from the loss (after
+# any refill), and how many extra batches of prompts were sampled to refill them
+PPO_DROPPED_FRAC = "ppo/dropped_frac"
+PPO_REFILL_ROUNDS = "ppo/refill_rounds"
 REWARD_PROXY = "reward/proxy"  # mean reward-model score of the rollout
 REWARD_PROXY_STD = "reward/proxy_std"
 REWARD_GOLD = "reward/gold"  # mean gold score of the rollout
 REWARD_GOLD_STD = "reward/gold_std"
-REWARD_SCORE = "reward/score"  # mean score optimised: after no-EOS penalty, whitening, clip
+REWARD_SCORE = "reward/score"  # mean score optimised: after no-EOS and overlong penalties,
+# whitening, clip
+REWARD_OVERLONG_PENALTY = "reward/overlong_penalty"  # mean reward.overlong_buffer penalty
 KL_SEQ = "kl/seq"  # mean summed log pi/ref of the rollout
 KL_COEF = "kl/coef"  # KL coefficient used this iteration
 POLICY_ENTROPY = "policy/entropy"  # mean per-token entropy of the rollout under the policy
@@ -109,6 +118,7 @@ RESPONSE_NO_EOS_FRAC = "response/no_eos_frac"  # share of responses ending witho
 PERF_GENERATE_S = "perf/generate_s"  # seconds of each stage of the iteration
 PERF_SCORE_S = "perf/score_s"
 PERF_PREPARE_S = "perf/prepare_s"  # no-grad log-prob and value passes, advantages
+PERF_REFILL_S = "perf/refill_s"  # sampling and scoring more prompts (ppo.dynamic_sampling)
 PERF_TRAIN_S = "perf/train_s"
 PERF_GENERATE_TOKENS_PER_S = "perf/generate_tokens_per_s"  # response tokens sampled per s
 

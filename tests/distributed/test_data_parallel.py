@@ -128,6 +128,9 @@ SCORER = ("def vowels(texts):\n"
 
 @pytest.mark.parametrize("algo, strategy, extra", [
     ("ppo", "ddp", ()), ("grpo", "ddp", ()),
+    # the per-sequence mean counts every rank's sequences; GSPO's ratio, clip-higher
+    ("grpo", "ddp", ("ppo.loss_type=grpo", "ppo.importance_sampling_level=sequence",
+                     "ppo.clip_range_high=0.28")),
     # fsdp2 generates from sharded weights, and evaluates on every rank
     ("ppo", "fsdp2", ("eval_prompts=prompts.jsonl", "eval_num_prompts=4")),
     # the reference is the policy with its adapter off: a pass that bypasses the root

@@ -424,6 +424,8 @@ def test_an_option_offers_exactly_what_its_registry_holds():
     assert choices(DPOConfig, "dpo.loss") == tuple(dpo.LOSSES)
     assert choices(PPOConfig, "ppo.kl_estimator") == ppo.KL_ESTIMATORS
     assert choices(PPOConfig, "algo") == ("ppo", *ppo.GROUP_METHODS)
+    assert choices(PPOConfig, "ppo.loss_type") == ppo.LOSS_TYPES
+    assert choices(PPOConfig, "ppo.importance_sampling_level") == ppo.IMPORTANCE_SAMPLING_LEVELS
     for cls, key in [(PPOConfig, "rollout.backend"), (SampleConfig, "backend"),
                      (EvalConfig, "backend")]:
         assert choices(cls, key) == backends.BACKENDS

@@ -8,13 +8,15 @@ import statistics
 import pytest
 import torch
 
-from tether.choices import GROUP_METHODS, KL_ESTIMATORS
+from tether.choices import GROUP_METHODS, IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_TYPES
 from tether.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    aggregate,
     explained_variance,
     gae,
     group_advantages,
+    groups_with_spread,
     kl_loss,
     kl_per_token,
     last_token_index,
@@ -22,6 +24,7 @@ from tether.losses.ppo import (
     masked_sum,
     masked_var,
     masked_whiten,
+    overlong_penalty,
     policy_loss,
     shape_rewards,
     value_loss,
@@ -378,17 +381,26 @@ def test_value_loss_clipping_hand_computed():
 
 # ---- microbatches, garbage ----
 
-LOSS_NAMES = ["policy", "value", "kl"]
+# Each loss, and the policy and KL losses under every aggregation (and GSPO, clip-higher).
+LOSS_NAMES = ["policy", "value", "kl", "policy-grpo", "policy-dr_grpo", "kl-grpo",
+              "kl-dr_grpo", "gspo-grpo", "gspo-dapo", "gspo-dr_grpo", "policy-clip_higher"]
 
 
 def _loss(name: str, params: torch.Tensor, aux: list[torch.Tensor], mask: torch.Tensor,
-          num_tokens=None) -> torch.Tensor:
+          num_tokens=None, num_sequences=None) -> torch.Tensor:
     """One of the token-level losses as a function of `params` (log-probs or values)."""
-    if name == "policy":  # aux: old log-probs, advantages
-        return policy_loss(params, aux[0], aux[1], mask, 0.2, num_tokens)[0]
-    if name == "value":  # aux: old values, returns
+    kind, _, loss_type = name.partition("-")
+    counts = {"num_tokens": num_tokens, "num_sequences": num_sequences, "max_length": 9}
+    if loss_type in LOSS_TYPES:
+        counts["loss_type"] = loss_type
+    if kind in ("policy", "gspo"):  # aux: old log-probs, advantages
+        level = "sequence" if kind == "gspo" else "token"
+        high = 0.28 if loss_type == "clip_higher" else None
+        return policy_loss(params, aux[0], aux[1], mask, 0.2, clip_range_high=high,
+                           importance_sampling_level=level, **counts)[0]
+    if kind == "value":  # aux: old values, returns
         return value_loss(params, aux[0], aux[1], mask, 0.2, num_tokens)[0]
-    return kl_loss(params, aux[0], mask, num_tokens)  # aux: reference log-probs
+    return kl_loss(params, aux[0], mask, **counts)  # aux: reference log-probs
 
 
 def _random_batch(seed: int, batch: int = 6, length: int = 9):
@@ -407,14 +419,17 @@ def test_microbatches_with_the_minibatch_token_count_add_up_to_the_minibatch(nam
     whole = _loss(name, params, aux, mask)
     whole_grad, = torch.autograd.grad(whole, params)
     parts = [slice(0, 2), slice(2, 3), slice(3, 6)]
-    split = sum(_loss(name, params[p], [a[p] for a in aux], mask[p], num_tokens=mask.sum())
-                for p in parts)
+    split = sum(_loss(name, params[p], [a[p] for a in aux], mask[p], num_tokens=mask.sum(),
+                      num_sequences=mask.shape[0]) for p in parts)
     split_grad, = torch.autograd.grad(split, params)
     assert split.item() == pytest.approx(whole.item(), rel=1e-12)
     torch.testing.assert_close(split_grad, whole_grad)
-    # a mean of per-microbatch means weights a token by how crowded its microbatch is
-    mean_of_means = sum(_loss(name, params[p], [a[p] for a in aux], mask[p]) for p in parts) / 3
-    assert mean_of_means.item() != pytest.approx(whole.item())
+    # a mean of per-microbatch means weights a token by how crowded its microbatch is (the
+    # per-sequence mean's microbatches would have to be of equal sizes for it to be right)
+    if "grpo" not in name:
+        mean_of_means = sum(_loss(name, params[p], [a[p] for a in aux], mask[p])
+                            for p in parts) / 3
+        assert mean_of_means.item() != pytest.approx(whole.item())
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -579,3 +594,174 @@ def test_kl_loss_gradient_is_the_analytic_k3_derivative():
     assert k1.item() == pytest.approx(masked_mean(logp - ref, mask).item(), rel=1e-12)
     with pytest.raises(ValueError, match="estimator"):
         kl_loss(logp, ref, mask, estimator="k5")
+
+
+# ---- aggregation (loss_type) ----
+
+def test_aggregate_hand_computed():
+    # Row 0: tokens 1, 2, 3; row 1: token 4; row 2: no response (a dropped group).
+    per_token = torch.tensor([[1.0, 2.0, 3.0, NAN], [4.0, NAN, NAN, NAN], [NAN] * 4])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    assert aggregate(per_token, mask).item() == 10 / 4  # dapo: per token
+    assert aggregate(per_token, mask, "dapo", num_tokens=20).item() == 10 / 20
+    assert aggregate(per_token, mask, "grpo").item() == (6 / 3 + 4 / 1) / 2  # per sequence
+    assert aggregate(per_token, mask, "grpo", num_sequences=4).item() == (2 + 4) / 4
+    assert aggregate(per_token, mask, "dr_grpo", max_length=5).item() == 10 / (2 * 5)
+    assert aggregate(per_token, mask, "dr_grpo", num_sequences=4, max_length=5).item() == 0.5
+    for loss_type in LOSS_TYPES:  # nothing kept: 0, not 0 / 0
+        assert aggregate(per_token, torch.zeros_like(mask), loss_type, max_length=5) == 0
+    with pytest.raises(ValueError, match="max_length"):
+        aggregate(per_token, mask, "dr_grpo")
+    with pytest.raises(ValueError, match="loss type"):
+        aggregate(per_token, mask, "bnpo")
+
+
+# ---- clip-higher, GSPO ----
+
+def test_clip_higher_hand_computed():
+    # r = 1.25, A = +1: inside [0.8, 1.28], loss -1.25, gradient -r = -1.25 (symmetric 0.2:
+    # clipped at 1.2, no gradient); r = 0.75, A = -1: below 1 - 0.2, max(0.75, 0.8) = 0.8,
+    # clipped either way.
+    old = torch.full((1, 3), -1.0, dtype=torch.float64)
+    logratio = torch.tensor([[NAN, math.log(1.25), math.log(0.75)]], dtype=torch.float64)
+    adv = torch.tensor([[NAN, 1.0, -1.0]], dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1]])
+    logp = (old + logratio).requires_grad_()
+    loss, stats = policy_loss(logp, old, adv, mask, 0.2, clip_range_high=0.28)
+    assert loss.item() == pytest.approx((-1.25 + 0.8) / 2)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -1.25 / 2, 0.0]],
+                                                       dtype=torch.float64))
+    assert stats["clipfrac"].item() == 0.5
+    logp.grad = None
+    symmetric, stats = policy_loss(logp, old, adv, mask, 0.2)
+    assert symmetric.item() == pytest.approx((-1.2 + 0.8) / 2)
+    symmetric.backward()
+    assert (logp.grad == 0).all() and stats["clipfrac"].item() == 1.0
+    # a lower bound of its own: 0.3 lets r = 0.75 through (gradient -A r / 2 = 0.375)
+    logp.grad = None
+    loose, _ = policy_loss(logp, old, adv, mask, 0.3, clip_range_high=0.2)
+    assert loose.item() == pytest.approx((-1.2 + 0.75) / 2)
+    loose.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 0.0, 0.375]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="clip_range"):
+        policy_loss(logp, old, adv, mask, 0.2, clip_range_high=-0.1)
+
+
+def test_gspo_hand_computed():
+    # One response of 2 tokens, log-ratios ln 2 and 0: s = exp(ln 2 / 2) = sqrt 2 > 1.2.
+    #   A = +1: max(-sqrt 2, -1.2) = -1.2 at both tokens, clipped: no gradient;
+    #   A = -1: max(sqrt 2, 1.2) = sqrt 2, gradient sqrt 2 x (1/2) per token (grpo: the
+    #   sequence's token mean). Token-level ratios 2 and 1 would give other values.
+    old = torch.full((1, 3), -1.0, dtype=torch.float64)
+    logratio = torch.tensor([[NAN, math.log(2), 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1]])
+    for a, value, grad in ((1.0, -1.2, 0.0), (-1.0, math.sqrt(2), math.sqrt(2) / 2)):
+        logp = (old + logratio).requires_grad_()
+        adv = torch.tensor([[NAN, a, a]], dtype=torch.float64)
+        loss, stats = policy_loss(logp, old, adv, mask, 0.2, loss_type="grpo",
+                                  importance_sampling_level="sequence")
+        assert loss.item() == pytest.approx(value)
+        loss.backward()
+        torch.testing.assert_close(logp.grad, torch.tensor([[0.0, grad, grad]],
+                                                           dtype=torch.float64))
+        assert stats["clipfrac"].item() == 1.0  # the sequence's ratio is outside the range
+        assert stats["ratio_mean"].item() == pytest.approx(math.sqrt(2))
+        # approx_kl keeps the tokens' own ratios: k3 of 2 and of 1
+        assert stats["approx_kl"].item() == pytest.approx((1 - math.log(2)) / 2)
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        policy_loss(logp, old, adv, mask, 0.2, importance_sampling_level="batch")
+
+
+def _paper_policy_loss(logp, old, adv, mask, weights, eps_low, eps_high, loss_type, level,
+                       max_length):
+    """The clipped objective, row by row and token by token as the papers write it: PPO's
+    per-token ratio, or GSPO's sequence ratio s_i = exp(mean_t log r_it) (eq. 7, through which
+    autograd differentiates, as in TRL), then the loss_type's normaliser."""
+    rows = [i for i in range(mask.shape[0]) if mask[i].any()]
+    total_tokens = int(mask.sum())
+    loss = torch.zeros((), dtype=logp.dtype)
+    for i in rows:
+        tokens = [t for t in range(mask.shape[1]) if mask[i, t]]
+        seq_logratio = sum(logp[i, t] - old[i, t] for t in tokens) / len(tokens)
+        row = torch.zeros((), dtype=logp.dtype)
+        for t in tokens:
+            r = torch.exp(seq_logratio if level == "sequence" else logp[i, t] - old[i, t])
+            a = adv[i, t]
+            term = torch.maximum(-a * r, -a * torch.clamp(r, 1 - eps_low, 1 + eps_high))
+            row = row + term * weights[i, t]
+        if loss_type == "grpo":
+            loss = loss + row / len(tokens) / len(rows)
+        elif loss_type == "dapo":
+            loss = loss + row / total_tokens
+        else:
+            loss = loss + row / (len(rows) * max_length)
+    return loss
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("level", IMPORTANCE_SAMPLING_LEVELS)
+def test_policy_loss_matches_the_papers_formulas_on_random_inputs(loss_type, level):
+    rng = random.Random(21)
+    torch.manual_seed(21)
+    mask = _padded_mask(rng, 6, 9)
+    mask[5] = 0  # a dropped sample: counts as no sequence
+    logp = torch.randn(6, 9, dtype=torch.float64) - 2
+    old = logp + 0.3 * torch.randn(6, 9, dtype=torch.float64)
+    # one advantage (and one weight) per sequence (GSPO's setting), and per token (GSPO-token's)
+    per_sequence, per_token = (6, 1), (6, 9)
+    for adv_shape, weight_shape in ((per_sequence, per_sequence), (per_sequence, per_token),
+                                    (per_token, per_token)):
+        adv = torch.randn(adv_shape, dtype=torch.float64).expand(6, 9)
+        weights = torch.rand(weight_shape, dtype=torch.float64).expand(6, 9) * 2
+        got_logp = logp.clone().requires_grad_()
+        got, _ = policy_loss(got_logp, old, adv, mask, 0.2, weights=weights,
+                             clip_range_high=0.28, loss_type=loss_type, max_length=9,
+                             importance_sampling_level=level)
+        got_grad, = torch.autograd.grad(got, got_logp)
+        want_logp = logp.clone().requires_grad_()
+        want = _paper_policy_loss(want_logp, old, adv, mask, weights, 0.2, 0.28, loss_type,
+                                  level, 9)
+        want_grad, = torch.autograd.grad(want, want_logp)
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+        if level == "token" or adv.stride(1) == weights.stride(1) == 0:
+            # GSPO-token's gradient equals GSPO's when each response has one advantage (eq. 14)
+            # and one weight; otherwise each token's gradient keeps its own (the values agree)
+            torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_gspo_at_ratio_one_is_the_sequence_mean_reinforce_gradient():
+    torch.manual_seed(22)
+    mask = _padded_mask(random.Random(22), 4, 8)
+    adv = torch.randn(4, 1, dtype=torch.float64).expand(4, 8)
+    logp = (torch.randn(4, 8, dtype=torch.float64) - 2).requires_grad_()
+    loss, stats = policy_loss(logp, logp.detach(), adv, mask, 0.2, loss_type="grpo",
+                              importance_sampling_level="sequence")
+    loss.backward()
+    lengths = mask.sum(-1, keepdim=True)
+    torch.testing.assert_close(logp.grad, -adv * mask / lengths / 4)
+    assert stats["clipfrac"].item() == 0 and stats["ratio_mean"].item() == 1
+
+
+# ---- dynamic sampling, overlong penalty ----
+
+def test_groups_with_spread_hand_computed():
+    scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    assert groups_with_spread(scores, 2).tolist() == [False, False, True, True, False, False]
+    assert groups_with_spread(scores, 3).tolist() == [True] * 6
+    with pytest.raises(ValueError, match="groups of 4"):
+        groups_with_spread(scores, 4)
+
+
+def test_overlong_penalty_hand_computed():
+    # max 100, buffer 20: 0 up to 80, then -(L - 80) / 20, -1 from 100 on (DAPO eq. 13)
+    lengths = torch.tensor([50, 80, 90, 99, 100, 120])
+    want = [0.0, 0.0, -0.5, -0.95, -1.0, -1.0]
+    assert overlong_penalty(lengths, 100, 20).tolist() == pytest.approx(want)
+    assert overlong_penalty(lengths, 100, 20, factor=0.5).tolist() == \
+        pytest.approx([w / 2 for w in want])
+    assert overlong_penalty(lengths, 100, 0).tolist() == [0.0] * 6
+    assert overlong_penalty(lengths.float(), 100, 100).tolist() == \
+        pytest.approx([-0.5, -0.8, -0.9, -0.99, -1.0, -1.0])
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(lengths, 100, 101)

@@ -14,6 +14,7 @@ from tether.config import PPOConfig, load_config
 from tether.data.collate import collate
 from tether.data.tokenize import Encoded
 from tether.errors import ConfigError
+from tether.losses.ppo import overlong_penalty
 from tether.models.reward import RewardModel
 from tether.models.tiny import tiny_tokenizer
 from tether.models.value import ValueModel
@@ -26,6 +27,11 @@ from tether.trainers.ppo import cut_at_stop
 def share_of_e(texts: list[str]) -> list[float]:
     """Toy gold reward: how much of the response is the letter 'e'."""
     return [t.count("e") / max(len(t), 1) for t in texts]
+
+
+def has_e(texts: list[str]) -> list[float]:
+    """A coarse toy reward, 1 or 0: a group's samples often all score alike."""
+    return [float("e" in t) for t in texts]
 
 
 def _prompts(tmp_path, n=16):
@@ -229,6 +235,15 @@ def test_config_errors(capsys):
     assert "group_size" in capsys.readouterr().err
     assert main(["ppo", "rollout.prompts=p.jsonl", "reward.gold="]) == 2
     assert "nothing to optimise" in capsys.readouterr().err
+    for args, message in [(["ppo.importance_sampling_level=sequence"], "GSPO"),
+                          (["ppo.dynamic_sampling=true"], "use algo=grpo or rloo"),
+                          (["algo=grpo", "rollout.group_size=2",
+                            "ppo.dynamic_sampling_rounds=2"], "set ppo.dynamic_sampling=true"),
+                          (["rollout.max_new_tokens=8", "reward.overlong_buffer=9"],
+                           "overlong_buffer"),
+                          (["ppo.loss_type=bnpo"], "dr_grpo")]:
+        assert main(["ppo", "rollout.prompts=p.jsonl", *args]) == 2
+        assert message in capsys.readouterr().err, args
 
 
 def test_the_logged_learning_rate_is_the_one_the_iteration_used(tmp_path):
@@ -357,3 +372,72 @@ def test_correcting_needs_the_sampler_s_log_probs(tmp_path, model, tokenizer):
 
     with pytest.raises(ConfigError, match="is_correction=always needs the log-probs"):
         ppo_trainer.train(cfg, ppo_trainer.Hooks(started))
+
+
+# One iteration of 4 prompts x 4 samples, two epochs of two minibatches of 8: the second epoch
+# has ratios off 1 (clipping), the KL is in the loss (aggregated as the policy loss is).
+GROUPED = ["algo=grpo", "rollout.batch_size=4", "rollout.group_size=4", "ppo.minibatch_size=8",
+           "ppo.epochs=2", "ppo.kl_in=loss", "ppo.kl_estimator=k3", "train.max_steps=1",
+           "optim.lr=3e-3"]
+
+
+@pytest.mark.parametrize("extra", [
+    ["ppo.loss_type=dapo"], ["ppo.loss_type=grpo"], ["ppo.loss_type=dr_grpo"],
+    ["ppo.loss_type=grpo", "ppo.importance_sampling_level=sequence", "ppo.clip_range_high=0.28",
+     "ppo.dynamic_sampling=true", "reward.gold=test_ppo_trainer:has_e"],
+], ids=["dapo", "grpo", "dr_grpo", "gspo-clip_higher-dynamic"])
+def test_each_loss_type_is_the_same_in_one_microbatch_or_eight(tmp_path, extra):
+    """1 x 8 = 8 x 1: each aggregation's normaliser counts the whole minibatch, so the
+    gradient does not depend on how it is split."""
+    runs = {}
+    for micro in (8, 1):
+        out = tmp_path / str(micro)
+        out.mkdir()
+        ppo_trainer.train(_cfg(out, *GROUPED, *extra, f"ppo.micro_batch_size={micro}"))
+        runs[micro] = read_metrics(out / "run" / "metrics.jsonl")[-1]
+    # The losses summed over the microbatches, and the gradient norm: a microbatch normalised
+    # by its own counts would change them. (Not the weights: Adam's update hardly depends on
+    # the gradient's scale, and it magnifies float rounding in tiny gradients.)
+    a, b = runs[8], runs[1]
+    for key in ("loss/policy", "loss/kl", "optim/grad_norm", "ppo/approx_kl", "ppo/clipfrac"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert a["ppo/clipfrac"] > 0  # the second epoch clipped something
+    if "ppo.dynamic_sampling=true" in extra:
+        assert a["ppo/dropped_frac"] > 0  # and the dropped groups were left out alike
+
+
+def test_dynamic_sampling_drops_flat_groups_and_refills_them(tmp_path):
+    """Groups whose scores all agree leave the loss and its normaliser (one update at ratio 1:
+    the policy loss is minus the mean advantage over the kept tokens); with refill rounds more
+    prompts are sampled and their groups take those places, scored as sampled. The overlong
+    penalty is in the optimised score."""
+    common = ["algo=grpo", "rollout.batch_size=4", "rollout.group_size=4",
+              "ppo.minibatch_size=16", "ppo.epochs=1", "reward.gold=test_ppo_trainer:has_e",
+              "reward.penalize_no_eos=false", "ppo.dynamic_sampling=true", "train.max_steps=2",
+              "reward.overlong_buffer=2", "reward.overlong_penalty=0.5"]
+    runs = {}
+    for rounds in (0, 3):
+        kept = []
+        out = tmp_path / str(rounds)
+        out.mkdir()
+        ppo_trainer.train(_cfg(out, *common, f"ppo.dynamic_sampling_rounds={rounds}"),
+                          ppo_trainer.Hooks(iteration=lambda loop, b, m, kept=kept:
+                                            kept.append((b, m))))
+        runs[rounds] = kept
+        for batch, m in kept:
+            rollout, keep = batch.rollout, batch.keep
+            assert m["ppo/dropped_frac"] == pytest.approx(1 - keep.float().mean().item())
+            mask = rollout.mask.bool() & keep[:, None]
+            expected = -batch.advantages[mask].sum() / mask.sum()
+            assert m["loss/policy"] == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+            assert batch.scores["gold"].tolist() == has_e(rollout.texts)
+            penalty = overlong_penalty(rollout.mask.sum(-1), 8, 2, 0.5)
+            torch.testing.assert_close(batch.objective, batch.scores["gold"] + penalty)
+            assert m["reward/overlong_penalty"] == pytest.approx(penalty.mean().item())
+    dropped = [m["ppo/dropped_frac"] for _, m in runs[0]]
+    assert [m["ppo/zero_spread_frac"] for _, m in runs[0]] == pytest.approx(dropped)
+    assert max(dropped) > 0 and "ppo/refill_rounds" not in runs[0][0][1]
+    refilled = runs[3]
+    assert refilled[0][1]["ppo/zero_spread_frac"] == dropped[0]  # the same first rollout
+    assert refilled[0][1]["ppo/refill_rounds"] >= 1
+    assert refilled[0][1]["ppo/dropped_frac"] < dropped[0]

@@ -20,7 +20,9 @@ from tether.choices import (
     DPO_LOSSES,
     GENERATION_DTYPES,
     GROUP_METHODS,
+    IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
+    LOSS_TYPES,
     STRATEGIES,
 )
 from tether.errors import ConfigError
@@ -620,6 +622,13 @@ class PPORewardConfig:
         "always apply it.", min=0, max=1)
     whiten: bool = option(False, "Whiten the scores of each rollout (keep their mean).")
     clip: float = option(0.0, "Clip scores to [-clip, clip] after whitening; 0: off.", min=0)
+    overlong_buffer: int = option(
+        0, "DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): over the last this many "
+        "tokens before rollout.max_new_tokens a response's score loses linearly up to "
+        "overlong_penalty (added after the no-EOS penalty, before whitening). 0: off.", min=0)
+    overlong_penalty: float = option(
+        1.0, "The overlong punishment at rollout.max_new_tokens (DAPO and TRL: 1; verl's "
+        "penalty_factor).", min=0)
 
 
 @dataclass
@@ -629,7 +638,34 @@ class PPOLossConfig:
     micro_batch_size: int = option(8, "Sequences per forward pass (gradient accumulation "
                                       "within a minibatch; changes memory, not the result).",
                                    min=1)
-    clip_range: float = option(0.2, "Policy ratio clip epsilon.", min=0)
+    clip_range: float = option(0.2, "Policy ratio clip epsilon (both sides, unless "
+                                     "clip_range_low / clip_range_high say otherwise).", min=0)
+    clip_range_low: float = option(0.0, "Lower clip epsilon: the ratio is kept above 1 - this. "
+                                        "0: clip_range (TRL's epsilon).", min=0, max=1)
+    clip_range_high: float = option(0.0, "Upper clip epsilon: the ratio is kept below 1 + this. "
+                                         "0: clip_range. DAPO's clip-higher: 0.28 with 0.2 "
+                                         "below (TRL's epsilon_high).", min=0)
+    loss_type: str = option(
+        "dapo", "How the policy loss (and the KL loss) sums its tokens, TRL's loss_type names. "
+        "dapo: token sum / the minibatch's tokens (every token weighs the same; DAPO, TRL's "
+        "default); grpo: mean over sequences of each one's token mean (the GRPO paper; short "
+        "responses' tokens weigh more); dr_grpo: token sum / (sequences x "
+        "rollout.max_new_tokens) (Dr. GRPO, a constant normaliser). Exact under micro-batching "
+        "and across processes.", choices=LOSS_TYPES)
+    importance_sampling_level: str = option(
+        "token", "token: PPO's ratio per token; sequence: GSPO (Zheng et al. 2025), one ratio per "
+        "response, exp of the mean of its tokens' log-ratios, clipped as a whole (with "
+        "loss_type=grpo as in the paper; TRL's importance_sampling_level). grpo and rloo only.",
+        choices=IMPORTANCE_SAMPLING_LEVELS)
+    dynamic_sampling: bool = option(
+        False, "grpo and rloo: drop from the loss (and its normaliser) the groups whose scores "
+               "all agree, which carry no policy gradient (DAPO's dynamic sampling; the "
+               "optimised scores, before any KL in the reward); logged as ppo/dropped_frac.")
+    dynamic_sampling_rounds: int = option(
+        0, "With dynamic_sampling: sample up to this many more batches of prompts "
+           "(rollout.batch_size each) to refill the dropped groups with groups whose scores "
+           "differ, until the rollout is full (DAPO; verl's max_num_gen_batches); logged as "
+           "ppo/refill_rounds. 0: drop only.", min=0)
     clip_range_value: float = option(0.2, "Value clip range around the rollout's values; 0: "
                                           "no value clipping.", min=0)
     vf_coef: float = option(0.1, "Weight of the value loss.", min=0)
@@ -661,6 +697,10 @@ class PPOLossConfig:
         "one.", min=0)
     group_scale: bool = option(True, "grpo: divide group-centred scores by the group std "
                                      "(false: Dr. GRPO, centring only).")
+
+    def clip_bounds(self) -> tuple[float, float]:
+        """(eps_low, eps_high): clip_range_low and clip_range_high, each clip_range if 0."""
+        return self.clip_range_low or self.clip_range, self.clip_range_high or self.clip_range
 
 
 @dataclass
@@ -716,6 +756,21 @@ class PPOConfig:
         if self.algo in ("grpo", "rloo") and self.rollout.group_size < 2:
             raise ConfigError(f"algo={self.algo} compares samples of the same prompt: set "
                               f"rollout.group_size >= 2 (e.g. 4)")
+        if self.algo == "ppo" and self.ppo.importance_sampling_level == "sequence":
+            raise ConfigError("ppo.importance_sampling_level=sequence (GSPO) gives each response "
+                              "one ratio, for one advantage per response: use algo=grpo or "
+                              "rloo (algo=ppo's GAE advantages differ token by token)")
+        if self.algo == "ppo" and self.ppo.dynamic_sampling:
+            raise ConfigError("ppo.dynamic_sampling drops groups whose scores all agree, which "
+                              "grpo and rloo give no gradient: use algo=grpo or rloo (ppo's "
+                              "value baseline learns from every sample)")
+        if self.ppo.dynamic_sampling_rounds and not self.ppo.dynamic_sampling:
+            raise ConfigError("ppo.dynamic_sampling_rounds refills what ppo.dynamic_sampling "
+                              "drops: set ppo.dynamic_sampling=true")
+        if self.reward.overlong_buffer > self.rollout.max_new_tokens:
+            raise ConfigError(f"reward.overlong_buffer ({self.reward.overlong_buffer}) is the "
+                              f"last stretch before rollout.max_new_tokens "
+                              f"({self.rollout.max_new_tokens}): it cannot be longer")
         rollout = self.rollout.batch_size * self.rollout.group_size
         if rollout % self.ppo.minibatch_size or self.ppo.minibatch_size % \
                 self.ppo.micro_batch_size:

@@ -18,7 +18,10 @@ torch.no_grad() cannot backpropagate through a target by accident.
 Losses are summed over masked tokens and divided by `num_tokens` when given, else by this
 call's masked token count. Pass the token count of the whole minibatch when it is split into
 microbatches (or across ranks): the gradients then add up to exactly those of the unsplit
-minibatch (as in tether.losses.sft.masked_nll).
+minibatch (as in tether.losses.sft.masked_nll). The policy and KL losses offer two other
+normalisers (`aggregate`, `loss_type`): a mean over sequences of each one's token mean, exact
+when split given the minibatch's `num_sequences`, and a constant (`num_sequences` x
+`max_length`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 
 import torch
 
-from tether.choices import GROUP_METHODS, KL_ESTIMATORS
+from tether.choices import GROUP_METHODS, IMPORTANCE_SAMPLING_LEVELS, KL_ESTIMATORS, LOSS_TYPES
 
 # ---- masked statistics ----
 
@@ -83,6 +86,43 @@ def _token_count(mask: torch.Tensor, num_tokens: torch.Tensor | float | None,
     return torch.as_tensor(count, dtype=like.dtype, device=like.device).clamp(min=1)
 
 
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "dapo",
+              num_tokens: torch.Tensor | float | None = None,
+              num_sequences: torch.Tensor | float | None = None,
+              max_length: int | None = None) -> torch.Tensor:
+    """A per-token loss [B, T] as one number, by `loss_type` (TRL's GRPOConfig.loss_type names):
+
+      dapo:    sum over masked tokens / num_tokens: every token of the minibatch weighs the
+               same (Yu et al. 2025, "DAPO", eq. 8; verl's token-mean). A long response weighs
+               more than a short one, and no response's tokens are diluted by its length.
+      grpo:    sum over sequences of (the sequence's token sum / its length) / num_sequences:
+               every sequence weighs the same (Shao et al. 2024, "DeepSeekMath", eq. 3). A
+               token of a short response weighs more than one of a long response (the length
+               bias Dr. GRPO points out).
+      dr_grpo: sum over masked tokens / (num_sequences x max_length): a constant normaliser
+               (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 6), no length bias;
+               the loss is a sum of token terms scaled by a number fixed by the configuration.
+
+    Split into microbatches (or across ranks), each part passes the whole minibatch's counts:
+    num_tokens its masked tokens, num_sequences its rows with a masked token; the parts then
+    add up exactly to the unsplit loss and gradient. Defaults: this call's counts. A row with
+    no masked token counts as no sequence (a group dropped by dynamic sampling). dr_grpo needs
+    max_length (the longest response a rollout may hold, rollout.max_new_tokens)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss type {loss_type!r}; expected one of {LOSS_TYPES}")
+    m = mask.bool()
+    if loss_type == "dapo":
+        return masked_sum(per_token, m) / _token_count(m, num_tokens, per_token)
+    count = m.any(dim=-1).sum() if num_sequences is None else num_sequences
+    sequences = torch.as_tensor(count, dtype=per_token.dtype, device=per_token.device)
+    if loss_type == "grpo":
+        lengths = m.sum(dim=-1).clamp(min=1).to(per_token.dtype)
+        return (masked_sum(per_token, m, dim=-1) / lengths).sum() / sequences.clamp(min=1)
+    if max_length is None or max_length < 1:
+        raise ValueError(f"loss_type='dr_grpo' needs max_length >= 1, got {max_length}")
+    return masked_sum(per_token, m) / (sequences * max_length).clamp(min=1)
+
+
 # ---- KL to the reference ----
 
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
@@ -110,17 +150,21 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
 
 def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
             num_tokens: torch.Tensor | float | None = None,
-            estimator: str = "k3") -> torch.Tensor:
+            estimator: str = "k3", *, loss_type: str = "dapo",
+            num_sequences: torch.Tensor | float | None = None,
+            max_length: int | None = None) -> torch.Tensor:
     """The KL to the reference as a loss term (GRPO; Shao et al. 2024, "DeepSeekMath", eq. 3):
-    sum of kl_per_token over masked tokens / num_tokens (the same divisor as policy_loss).
+    kl_per_token over masked tokens, aggregated as the policy loss is (`aggregate`; by default
+    their sum / num_tokens). As in TRL, where beta x KL joins each token's policy term before
+    the aggregation.
 
     The gradient flows through `logprobs` only. For k3 it is (1 - exp(ref_logp - logp)) /
-    num_tokens per token: zero where pi = ref, pushing logp down where pi > ref."""
+    num_tokens per token (dapo): zero where pi = ref, pushing logp down where pi > ref."""
     m = mask.bool()
     logp = torch.where(m, logprobs, 0.0)
     ref = torch.where(m, ref_logprobs.detach(), 0.0)
     per_token = kl_per_token(logp, ref, estimator)  # 0 on masked-out positions (logp = ref)
-    return masked_sum(per_token, m) / _token_count(m, num_tokens, per_token)
+    return aggregate(per_token, m, loss_type, num_tokens, num_sequences, max_length)
 
 
 # ---- rewards and advantages ----
@@ -231,50 +275,126 @@ def group_advantages(scores: torch.Tensor, group_size: int, method: str, eps: fl
     return advantages.reshape(-1)
 
 
+def groups_with_spread(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """BoolTensor [B]: whether each sample's group (consecutive runs of `group_size`) has
+    scores that are not all equal. A group whose scores all agree has advantage 0 for every
+    sample (grpo, rloo, Dr. GRPO) and so no policy gradient: DAPO's dynamic sampling (Yu et
+    al. 2025, section 3.2) drops such groups from the loss and its normaliser."""
+    if scores.ndim != 1 or scores.numel() % group_size:
+        raise ValueError(f"scores [B] must split into groups of {group_size}, got shape "
+                         f"{tuple(scores.shape)}")
+    groups = scores.detach().view(-1, group_size)
+    spread = groups.amax(dim=1) > groups.amin(dim=1)
+    return spread.repeat_interleave(group_size)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int,
+                     factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), scaled by `factor`: a penalty
+    (<= 0) per response, added to its score, for responses that run into the length limit:
+
+        0                                        if L <= max_length - buffer,
+        factor x ((max_length - buffer) - L) / buffer   if max_length - buffer < L <= max_length,
+        -factor                                  if L > max_length,
+
+    so it falls linearly from 0 to -factor over the last `buffer` tokens. factor 1 is the
+    paper's (and TRL's get_soft_overlong_punishment); verl calls it penalty_factor. `lengths`
+    [B]: response tokens. buffer 0: no penalty."""
+    if buffer < 0 or buffer > max_length:
+        raise ValueError(f"buffer must be in [0, max_length={max_length}], got {buffer}")
+    lengths = lengths.detach()
+    if not lengths.is_floating_point():
+        lengths = lengths.to(torch.get_default_dtype())
+    if buffer == 0:
+        return torch.zeros_like(lengths)
+    over = (lengths - (max_length - buffer)).clamp(min=0)
+    return -factor * (over / buffer).clamp(max=1)
+
+
 # ---- losses ----
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_range: float,
                 num_tokens: torch.Tensor | float | None = None,
-                weights: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None, *,
+                clip_range_high: float | None = None,
+                loss_type: str = "dapo",
+                num_sequences: torch.Tensor | float | None = None,
+                max_length: int | None = None,
+                importance_sampling_level: str = "token",
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, as a loss: (loss, stats).
 
     Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7, per token:
-        max(-A r, -A clip(r, 1 - eps, 1 + eps)),    r = exp(logp - old_logp),
-    the pessimistic (larger) of the two losses, summed over masked tokens and divided by
-    `num_tokens` (see the module docstring). Token-level averaging: a long response weighs
-    more than a short one, as in DAPO and Dr. GRPO rather than the per-sequence mean of the
-    original GRPO.
+        max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)),    r = exp(logp - old_logp),
+    the pessimistic (larger) of the two losses, then aggregated over the masked tokens by
+    `loss_type` (`aggregate`): by default their sum / `num_tokens` (see the module docstring),
+    token-level averaging as in DAPO, where a long response weighs more than a short one;
+    grpo: the per-sequence mean of the original GRPO; dr_grpo: a constant normaliser.
+
+    eps_low = clip_range; eps_high = clip_range_high, by default clip_range. A larger eps_high
+    is DAPO's clip-higher (Yu et al. 2025, section 3.1, eps_high 0.28 with eps_low 0.2): a
+    token with A > 0 may gain more probability before its gradient stops, so unlikely tokens
+    can still rise (exploration); the lower bound keeps them from collapsing.
+
+    importance_sampling_level="sequence" is GSPO (Zheng et al. 2025, "Group Sequence Policy
+    Optimization", eq. 7 and its GSPO-token form, eq. 13): the ratio of every token of a
+    response is the response's length-normalised ratio
+        s = exp(mean over its tokens of (logp - old_logp)),
+    clipped as a whole, in the token form s_t = sg[s] * exp(logp_t - sg[logp_t]): its value is
+    s, its gradient s x d logp_t, so with one advantage per sequence and loss_type=grpo this is
+    GSPO exactly (gradient s A (1/|y|) sum_t d logp_t), and with per-token advantages or
+    weights each token keeps its own. TRL's importance_sampling_level="sequence" gives the same
+    values and gradients for every loss_type (it broadcasts s's loss over the tokens).
 
     `weights` ([B, T], detached), when given, multiply each token's term: the truncated
     importance weights that correct for a sampler whose policy differs from the trainer's
-    (tether.losses.mismatch.is_weights; Yao et al. 2025). The stats do not see them.
+    (tether.losses.mismatch.is_weights; Yao et al. 2025), with any aggregation and either
+    level. Under GSPO each token's gradient keeps its own weight (TRL's sequence form gives
+    the same loss, but spreads the mean weight of a response over its tokens' gradients). The
+    stats do not see them.
 
     stats (detached scalars, means over masked tokens):
-      clipfrac:  share of tokens with |r - 1| > eps (cleanrl's definition; it also counts
-                 tokens where the unclipped term is the larger, i.e. still gets a gradient);
-      approx_kl: mean of k3 = (r - 1) - log r, an estimate of KL(old || pi);
-      ratio_mean: mean of r.
+      clipfrac:  share of tokens whose ratio (s under GSPO) is outside [1 - eps_low,
+                 1 + eps_high] (cleanrl's definition; it also counts tokens where the
+                 unclipped term is the larger, i.e. still gets a gradient);
+      approx_kl: mean of k3 = (r - 1) - log r over the tokens' own ratios, an estimate of
+                 KL(old || pi);
+      ratio_mean: mean of the ratio the loss uses (r, or s under GSPO).
     """
-    if clip_range < 0:
-        raise ValueError(f"clip_range must be >= 0, got {clip_range}")
+    clip_high = clip_range if clip_range_high is None else clip_range_high
+    if clip_range < 0 or clip_high < 0:
+        raise ValueError(f"clip_range and clip_range_high must be >= 0, got {clip_range} and "
+                         f"{clip_high}")
+    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+        raise ValueError(f"unknown importance_sampling_level {importance_sampling_level!r}; "
+                         f"expected one of {IMPORTANCE_SAMPLING_LEVELS}")
     m = mask.bool()
     # Sanitise before exp: garbage at masked-out positions becomes ratio 1 and advantage 0,
     # so it cannot turn into inf * 0 = NaN in the loss or its gradient.
+    logp = torch.where(m, logprobs, 0.0)
     logratio = torch.where(m, logprobs - old_logprobs.detach(), 0.0)
     adv = torch.where(m, advantages.detach(), 0.0)
-    ratio = torch.exp(logratio)
+    if importance_sampling_level == "sequence":
+        lengths = m.sum(dim=-1, keepdim=True).clamp(min=1)
+        sequence = logratio.sum(dim=-1, keepdim=True) / lengths  # log s, [B, 1]
+        # GSPO-token: the value of log s at every token, the gradient of the token's own logp
+        used = torch.where(m, sequence.detach() + logp - logp.detach(), 0.0)
+    else:
+        used = logratio
+    ratio = torch.exp(used)
     unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+    clipped = -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
     if weights is not None:
         per_token = per_token * torch.where(m, weights.detach(), 0.0)
-    loss = masked_sum(per_token, m) / _token_count(m, num_tokens, per_token)
+    loss = aggregate(per_token, m, loss_type, num_tokens, num_sequences, max_length)
     with torch.no_grad():
+        token_ratio = torch.exp(logratio)
+        outside = (ratio < 1 - clip_range) | (ratio > 1 + clip_high)
         stats = {
-            "clipfrac": masked_mean(((ratio - 1).abs() > clip_range).to(ratio.dtype), m),
-            "approx_kl": masked_mean((ratio - 1) - logratio, m),
+            "clipfrac": masked_mean(outside.to(ratio.dtype), m),
+            "approx_kl": masked_mean((token_ratio - 1) - logratio, m),
             "ratio_mean": masked_mean(ratio, m),
         }
     return loss, stats

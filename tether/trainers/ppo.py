@@ -3,15 +3,19 @@
 Each iteration (one `step`), top to bottom:
   1. rollout: a batch of prompts, `group_size` responses each, sampled from the policy;
   2. score: the proxy (reward model) and/or the gold scorer; the optimised score (the proxy if
-     there is one) gets the no-EOS penalty, then optional whitening and clipping;
+     there is one) gets the no-EOS and overlong penalties, then optional whitening and
+     clipping; with dynamic sampling (grpo, rloo), groups whose scores all agree are dropped
+     from the loss, or first replaced by groups of more prompts sampled to refill the batch;
   3. log-probs of the policy and the reference (and values, for ppo), without gradients (the
      policy's pass is left to the update when there is one update per rollout, see
      needs_policy_pass);
   4. rewards and advantages: ppo: -kl_coef * KL per token plus the score at the last token,
      GAE, whitening; grpo / rloo: the score (minus the sequence KL when it is in the reward)
      compared within each prompt's group, the same advantage at every token;
-  5. `epochs` passes over shuffled minibatches: clipped policy loss (+ clipped value loss,
-     entropy bonus, KL loss), microbatch gradient accumulation, early stop on approximate KL;
+  5. `epochs` passes over shuffled minibatches: clipped policy loss (token ratios, or GSPO's
+     sequence ratios; aggregated per token, per sequence or by a constant, ppo.loss_type) (+
+     clipped value loss, entropy bonus, KL loss), microbatch gradient accumulation, early stop
+     on approximate KL;
      each token's policy-gradient term weighted by its truncated importance weight when the
      sampler's policy is not the trainer's (rollout.is_correction, tether.losses.mismatch);
   6. KL controller update, log, sample responses, evaluate, checkpoint.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +55,14 @@ from tether.losses.ppo import (
     explained_variance,
     gae,
     group_advantages,
+    groups_with_spread,
     kl_loss,
     kl_per_token,
     masked_mean,
     masked_sum,
     masked_var,
     masked_whiten,
+    overlong_penalty,
     policy_loss,
     shape_rewards,
     value_loss,
@@ -77,6 +83,7 @@ from tether.metric_names import (
     PERF_GENERATE_S,
     PERF_GENERATE_TOKENS_PER_S,
     PERF_PREPARE_S,
+    PERF_REFILL_S,
     PERF_SCORE_S,
     PERF_STEP_S,
     PERF_TOKENS_PER_S,
@@ -86,15 +93,19 @@ from tether.metric_names import (
     PPO_ADVANTAGE_STD,
     PPO_APPROX_KL,
     PPO_CLIPFRAC,
+    PPO_DROPPED_FRAC,
     PPO_EARLY_STOP,
     PPO_EXPLAINED_VARIANCE,
+    PPO_REFILL_ROUNDS,
     PPO_RETURNS_MEAN,
     PPO_UPDATES,
     PPO_VALUE_CLIPFRAC,
+    PPO_ZERO_SPREAD_FRAC,
     RESPONSE_LENGTH,
     RESPONSE_NO_EOS_FRAC,
     REWARD_GOLD,
     REWARD_GOLD_STD,
+    REWARD_OVERLONG_PENALTY,
     REWARD_PROXY,
     REWARD_PROXY_STD,
     REWARD_SCORE,
@@ -107,7 +118,7 @@ from tether.models.shared_prompt import PackedLogits, group_runs, packed_logits
 from tether.models.value import ValueModel, logits_and_values, value_head
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rollout.backends import make_generator
-from tether.rollout.base import Generation, Generator, SamplingParams
+from tether.rollout.base import Generation, Generator, SamplingParams, stream_seed
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
 from tether.tasks.gold import GoldScorer, load_gold_scorer, score_all
 from tether.trainers.common import (
@@ -123,8 +134,8 @@ from tether.trainers.common import (
 
 # The metrics of a score (its mean and spread over a rollout), and of a phase's seconds (Laps).
 SCORE_METRICS = {"gold": (REWARD_GOLD, REWARD_GOLD_STD), "proxy": (REWARD_PROXY, REWARD_PROXY_STD)}
-LAP_METRICS = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S, "prepare": PERF_PREPARE_S,
-               "train": PERF_TRAIN_S, "step": PERF_STEP_S}
+LAP_METRICS = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S, "refill": PERF_REFILL_S,
+               "prepare": PERF_PREPARE_S, "train": PERF_TRAIN_S, "step": PERF_STEP_S}
 MISMATCH_METRICS = {"kl_k1": MISMATCH_KL_K1, "kl_k3": MISMATCH_KL_K3,
                     "weight_mean": MISMATCH_IS_WEIGHT_MEAN,
                     "truncated_frac": MISMATCH_IS_TRUNCATED_FRAC}
@@ -183,6 +194,10 @@ class Rollout:
     # [N, T] the log-probs the generation backend gave the response tokens (0 elsewhere), to
     # compare with the trainer's; None when it gave none
     sampler_logprobs: torch.Tensor | None
+    # what it was built from (build_rollout), by prompt: dynamic sampling rebuilds it with
+    # some prompts' groups replaced
+    prompt_ids: list[list[int]]
+    generations: list[list[Generation]]
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -259,7 +274,8 @@ def build_rollout(tokenizer, prompt_ids: list[list[int]], generations: list[list
             sampler_logprobs[row, start:start + len(lp)] = torch.tensor(lp)
         sampler_logprobs = sampler_logprobs.to(device)
     return Rollout(batch["input_ids"], batch["attention_mask"], batch["loss_mask"].float(),
-                   prompt_index, texts, torch.tensor(finished, device=device), sampler_logprobs)
+                   prompt_index, texts, torch.tensor(finished, device=device), sampler_logprobs,
+                   prompt_ids, generations)
 
 
 @dataclass
@@ -282,6 +298,12 @@ class Batch:
     passes: TokenPasses
     advantages: torch.Tensor  # [N, T]
     returns: torch.Tensor | None  # [N, T], ppo only
+    # [N] bool: the samples the loss sees (ppo.dynamic_sampling drops the groups whose scores
+    # all agree; every sample otherwise)
+    keep: torch.Tensor
+    # grpo, rloo: how the rollout was sampled: its groups without spread, before any refill
+    # (ppo/zero_spread_frac), and the refill rounds (ppo/refill_rounds)
+    sampling: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -460,15 +482,19 @@ def policy_builder(cfg: PPOConfig):
     return build
 
 
-def collect(loop: Loop, prompt_ids: list[list[int]], step: int) -> Rollout:
+def collect(loop: Loop, prompt_ids: list[list[int]], step: int, refill: int = 0) -> Rollout:
     """Phase 1, rollout: each process samples its share of the prompts (under fsdp2 from
-    weights gathered whole for it), then every process holds all of them."""
+    weights gathered whole for it), then every process holds all of them. `refill` > 0: the
+    step's refill-th extra rollout (dynamic sampling), from random streams of its own."""
     d, rcfg = loop.d, loop.cfg.rollout
     mine = d.shard(range(len(prompt_ids) * rcfg.group_size))  # a prompt's are consecutive
+    seed = loop.cfg.train.seed * 100_003 + step
+    if refill:
+        seed = stream_seed(seed, -refill)
     with d.whole(loop.trained):
         generated = loop.generator.generate(
             [prompt_ids[i] for i in d.shard(range(len(prompt_ids)))], rcfg.group_size,
-            loop.params, seed=loop.cfg.train.seed * 100_003 + step, first_sample=mine.start)
+            loop.params, seed=seed, first_sample=mine.start)
     generations = [g for part in d.all_objects(generated) for g in part]
     rollout = build_rollout(loop.tokenizer, prompt_ids, generations, rcfg.stop_string, d.device)
     if rollout.sampler_logprobs is None and rcfg.is_correction == "always":
@@ -499,18 +525,68 @@ def score(loop: Loop, rollout: Rollout, prompts: list[Messages], rows: range,
     return {k: d.all_rows(v) for k, v in scores.items()}
 
 
-def objective_of(scores: dict[str, torch.Tensor], finished: torch.Tensor,
-                 reward: PPORewardConfig, penalize_no_eos: bool) -> torch.Tensor:
+def objective_of(scores: dict[str, torch.Tensor], rollout: Rollout, reward: PPORewardConfig,
+                 penalize_no_eos: bool, max_new_tokens: int) -> torch.Tensor:
     """The score optimised: the proxy when there is a reward model (else gold), with the no-EOS
-    penalty, then optional whitening (mean kept) and clipping."""
+    penalty and the overlong penalty (reward.overlong_buffer), then optional whitening (mean
+    kept) and clipping."""
     objective = scores["proxy" if "proxy" in scores else "gold"].clone()
     if penalize_no_eos:
-        objective[~finished] = reward.no_eos_score
+        objective[~rollout.finished] = reward.no_eos_score
+    if reward.overlong_buffer:
+        objective = objective + overlong_penalty(rollout.mask.sum(-1), max_new_tokens,
+                                                 reward.overlong_buffer, reward.overlong_penalty)
     if reward.whiten:
         objective = (objective - objective.mean()) / (objective.std() + 1e-8) + objective.mean()
     if reward.clip:
         objective = objective.clamp(-reward.clip, reward.clip)
     return objective
+
+
+@dataclass
+class Scored:
+    """A rollout with its scores: what dynamic sampling's refill (phase 2b) works on."""
+
+    rollout: Rollout
+    indices: list[int]  # the prompts (indices into Prompts.rows), one per group
+    scores: dict[str, torch.Tensor]  # [N] by scorer
+    objective: torch.Tensor  # [N]
+    refill_rounds: int = 0  # extra rollouts sampled
+
+
+def refill(loop: Loop, prompts: Prompts, batch: Scored, step: int, rows: range,
+           penalize_no_eos: bool) -> Scored:
+    """Phase 2b, dynamic sampling's refill (ppo.dynamic_sampling_rounds; DAPO, Yu et al. 2025,
+    section 3.2): while some groups' scores all agree (no gradient), sample another
+    rollout.batch_size prompts, drawn at random for (seed, step, round), score them, and put
+    their groups whose scores differ in the place of those, in order. The rollout keeps its
+    size; what is still without spread after the last round is dropped (Batch.keep)."""
+    cfg, rcfg = loop.cfg, loop.cfg.rollout
+    group = rcfg.group_size
+    indices, scores = list(batch.indices), {k: v.clone() for k, v in batch.scores.items()}
+    prompt_ids, generations = list(batch.rollout.prompt_ids), list(batch.rollout.generations)
+    rollout, objective, rounds = batch.rollout, batch.objective, 0
+    for rounds in range(1, cfg.ppo.dynamic_sampling_rounds + 1):
+        extra = torch.randperm(len(prompts.rows), generator=torch.Generator().manual_seed(
+            stream_seed(cfg.train.seed * 1_000_003 + step, rounds)))[:rcfg.batch_size].tolist()
+        more = collect(loop, [prompts.ids[i] for i in extra], step, refill=rounds)
+        more_scores = score(loop, more, [prompts.rows[i][1] for i in extra], rows)
+        more_objective = objective_of(more_scores, more, cfg.reward, penalize_no_eos,
+                                      rcfg.max_new_tokens)
+        flat = (~groups_with_spread(objective, group)[::group]).nonzero().flatten().tolist()
+        useful = groups_with_spread(more_objective, group)[::group].nonzero().flatten().tolist()
+        for a, b in zip(flat, useful, strict=False):  # as many as both have
+            indices[a], prompt_ids[a], generations[a] = extra[b], more.prompt_ids[b], \
+                more.generations[b]
+            for key, values in scores.items():
+                values[a * group:(a + 1) * group] = more_scores[key][b * group:(b + 1) * group]
+        rollout = build_rollout(loop.tokenizer, prompt_ids, generations, rcfg.stop_string,
+                                loop.d.device)
+        objective = objective_of(scores, rollout, cfg.reward, penalize_no_eos,
+                                 rcfg.max_new_tokens)
+        if groups_with_spread(objective, group).all():
+            break
+    return Scored(rollout, indices, scores, objective, rounds)
 
 
 @torch.no_grad()
@@ -567,14 +643,21 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
     of it); their parts summed over the microbatches and the processes."""
     cfg, d, pcfg = loop.cfg, loop.d, loop.cfg.ppo
     rollout, passes, temperature = batch.rollout, batch.passes, cfg.rollout.temperature
-    # Token means over the whole minibatch (every rank counts its tokens), so the ranks'
-    # slices and the microbatches add up to one process's gradient.
-    num_tokens = rollout.mask[minibatch].sum()
+    # The tokens the losses see: the response tokens of the samples kept (dynamic sampling).
+    loss_mask = rollout.mask * batch.keep[:, None]
+    # Normalisers of the whole minibatch (every rank counts its tokens and sequences), so the
+    # ranks' slices and the microbatches add up to one process's gradient.
+    num_tokens = loss_mask[minibatch].sum()
+    aggregation = {"loss_type": pcfg.loss_type, "num_tokens": num_tokens,
+                   "num_sequences": loss_mask[minibatch].bool().any(-1).sum(),
+                   "max_length": cfg.rollout.max_new_tokens}
+    clip_low, clip_high = pcfg.clip_bounds()
     sums: dict[str, float] = {}
     for idx in d.shard(minibatch).split(pcfg.micro_batch_size):
         idx, groups = loop.grouped(rollout, idx)
         ids, am, m = rollout.input_ids[idx], rollout.attention_mask[idx], rollout.mask[idx]
-        logits, values = loop.forward(ids, am, m, groups)
+        logits, values = loop.forward(ids, am, m, groups)  # every response, kept or not
+        m = loss_mask[idx]
         logprobs = logits.logprobs(ids, temperature)
         if not loop.policy_pass:  # this forward is the rollout policy's (needs_policy_pass)
             with torch.no_grad():
@@ -585,12 +668,16 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
             importance = is_weights(passes.logprobs[idx], rollout.sampler_logprobs[idx], m,
                                     cfg.rollout.is_cap)
         loss, s = policy_loss(logprobs, passes.logprobs[idx], batch.advantages[idx], m,
-                              pcfg.clip_range, num_tokens=num_tokens, weights=importance)
-        weight = (m.sum() / num_tokens).item()
-        parts = {LOSS_POLICY: loss.item(), PPO_CLIPFRAC: s["clipfrac"].item() * weight,
-                 PPO_APPROX_KL: s["approx_kl"].item() * weight}
-        if pcfg.entropy_coef:
-            entropy = masked_sum(logits.entropy(temperature), m) / num_tokens
+                              clip_low, weights=importance, clip_range_high=clip_high,
+                              importance_sampling_level=pcfg.importance_sampling_level,
+                              **aggregation)
+        # Token means of the stats, as shares of the minibatch (0 where nothing is kept).
+        weight = (m.sum() / num_tokens.clamp(min=1)).item()
+        parts = {LOSS_POLICY: loss.item(),
+                 PPO_CLIPFRAC: s["clipfrac"].nan_to_num().item() * weight,
+                 PPO_APPROX_KL: s["approx_kl"].nan_to_num().item() * weight}
+        if pcfg.entropy_coef:  # a token mean whatever the loss_type, as in TRL
+            entropy = masked_sum(logits.entropy(temperature), m) / num_tokens.clamp(min=1)
             loss = loss - pcfg.entropy_coef * entropy
         if cfg.algo == "ppo":
             v_loss, vs = value_loss(values, passes.values[idx], batch.returns[idx], m,
@@ -599,8 +686,8 @@ def accumulate(loop: Loop, batch: Batch, minibatch: torch.Tensor, kl_coef: float
             parts |= {LOSS_VALUE: v_loss.item(),
                       PPO_VALUE_CLIPFRAC: vs["clipfrac"].item() * weight}
         if pcfg.kl_in == "loss":
-            k_loss = kl_loss(logprobs, passes.ref_logprobs[idx], m, num_tokens=num_tokens,
-                             estimator=pcfg.kl_estimator)
+            k_loss = kl_loss(logprobs, passes.ref_logprobs[idx], m,
+                             estimator=pcfg.kl_estimator, **aggregation)
             loss = loss + kl_coef * k_loss
             parts[LOSS_KL] = k_loss.item()
         d.backward(loss)
@@ -660,6 +747,13 @@ def iteration_metrics(cfg: PPOConfig, batch: Batch, stats: UpdateStats, seq_kl: 
             stats.updates / (num_samples // cfg.ppo.minibatch_size) *
             rollout.attention_mask.sum().item() / max(laps["train"], 1e-9),
         DATA_EPOCH: epoch}
+    metrics |= batch.sampling
+    if cfg.ppo.dynamic_sampling:
+        metrics[PPO_DROPPED_FRAC] = 1 - batch.keep.float().mean().item()
+    if cfg.reward.overlong_buffer:
+        metrics[REWARD_OVERLONG_PENALTY] = overlong_penalty(
+            lengths, cfg.rollout.max_new_tokens, cfg.reward.overlong_buffer,
+            cfg.reward.overlong_penalty).mean().item()
     if cfg.algo == "ppo":
         metrics[PPO_RETURNS_MEAN] = masked_mean(batch.returns, mask).item()
         metrics[PPO_EXPLAINED_VARIANCE] = explained_variance(batch.passes.values,
@@ -790,15 +884,29 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
             laps.lap("generate")
             scores = score(loop, rollout, [prompts.rows[i][1] for i in indices], mine,
                            empty=watch.wants_empty_scores)
-            empty = scores.pop("empty", None)  # for the health check alone: not logged
+            # for the health check alone, on the first rollout: not logged
+            wins = empty_wins(scores.pop("empty", None), scores)
             if penalize_no_eos is None:
                 penalize_no_eos = eos_penalty_applies(rollout.finished, cfg.reward, rcfg, d.main)
-            objective = objective_of(scores, rollout.finished, cfg.reward, penalize_no_eos)
+            scored = Scored(rollout, indices, scores, objective_of(
+                scores, rollout, cfg.reward, penalize_no_eos, rcfg.max_new_tokens))
             laps.lap("score")
+            sampling = {} if algo == "ppo" else {PPO_ZERO_SPREAD_FRAC: 1 - groups_with_spread(
+                scored.objective, rcfg.group_size).float().mean().item()}
+            if pcfg.dynamic_sampling_rounds:
+                if not groups_with_spread(scored.objective, rcfg.group_size).all():
+                    scored = refill(loop, prompts, scored, step, mine, penalize_no_eos)
+                sampling[PPO_REFILL_ROUNDS] = scored.refill_rounds
+                laps.lap("refill")
+            rollout, indices, scores, objective = \
+                scored.rollout, scored.indices, scored.scores, scored.objective
+            keep = groups_with_spread(objective, rcfg.group_size) if pcfg.dynamic_sampling \
+                else torch.ones_like(rollout.finished)
             passes = per_token(loop, rollout, mine)
             kl_coef = kl_ctl.value
             batch = Batch(rollout, scores, objective, passes,
-                          *advantages(cfg, objective, passes, rollout.mask, kl_coef))
+                          *advantages(cfg, objective, passes, rollout.mask, kl_coef), keep,
+                          sampling)
             laps.lap("prepare")
             stats = update(loop, optimizer, scheduler, batch, kl_coef, step, last_saved)
             laps.lap("train")
@@ -811,7 +919,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
                                         epoch=step / per_epoch, device=d.device)
             metrics |= watch.check(done, rollout.mask.sum(-1).tolist(), rollout.finished.tolist(),
                                    objective.tolist(), penalize_no_eos, cfg.reward.no_eos_score,
-                                   empty_wins(empty, scores))
+                                   wins)
             if evaluated := evaluates and due(done, cfg.train.eval_every, is_last):
                 metrics |= evaluate(loop, prompts)
             if is_last or done % cfg.train.log_every == 0 or evaluated:
