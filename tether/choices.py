@@ -21,10 +21,11 @@ LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
 # ppo.importance_sampling_level: tether.losses.ppo.policy_loss (token: PPO's ratio per token;
 # sequence: GSPO's length-normalised sequence ratio).
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
-# rollout.backend and sample's backend: tether.rollout.backends.make_generator.
-BACKENDS = ("hf", "static", "vllm")
+# rollout.backend and sample's backend: tether.rollout.backends.make_generator (auto:
+# resolve_backend).
+BACKENDS = ("auto", "hf", "static", "vllm")
 # rollout.dtype: the precision of the static backend's copy (make_generator's dtype).
-GENERATION_DTYPES = ("bf16", "fp32")
+GENERATION_DTYPES = ("auto", "bf16", "fp32")
 # model.attention: tether.models.loading.pretrained_options.
 ATTENTION = ("sdpa", "flex_attention", "eager")
 # train.strategy: tether.distributed.setup.

@@ -18,9 +18,8 @@ NEAR_GREEDY = SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=12)
 @pytest.fixture(params=["hf", "static"])
 def backend(request):
     """Builds the backend under test on a model (static: an fp32 copy, the policy's own
-    numerics)."""
-    return lambda model, tokenizer: make_generator(request.param, model, tokenizer,
-                                                   dtype=torch.float32)
+    numerics, which dtype=auto gives an fp32 trainer)."""
+    return lambda model, tokenizer: make_generator(request.param, model, tokenizer)
 
 
 def _prompts(tokenizer):
@@ -266,3 +265,15 @@ def test_ppo_and_sample_refuse_vllm_without_a_gpu_before_loading(tmp_path, capsy
                  "ppo.micro_batch_size=1", f"run_dir={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("backend=vllm needs a CUDA GPU") == 2 and "Traceback" not in err
+
+
+def test_auto_is_static_on_the_cpu_and_hf_on_a_shard(model, tokenizer):
+    from tether.rollout.backends import resolve_backend
+    from tether.rollout.static import StaticGenerator
+
+    assert resolve_backend("auto", model) == "static"
+    assert resolve_backend("auto", model, sharded=True) == "hf"  # static copies whole models
+    assert resolve_backend("hf", model) == "hf"
+    generator = make_generator("auto", model, tokenizer)
+    assert isinstance(generator, StaticGenerator) and generator.matches_trainer  # fp32: hf's
+    assert make_generator("auto", model, tokenizer, bf16=True).dtype == torch.bfloat16

@@ -8,7 +8,7 @@ from conftest import write_jsonl
 from tether.config import SampleConfig, load_config
 from tether.errors import DataError
 from tether.models.tiny import tiny_tokenizer
-from tether.rollout.generate import HFGenerator
+from tether.rollout.static import StaticGenerator
 from tether.sample import run
 
 MESSAGES = [{"role": "system", "content": "Be brief."},
@@ -58,13 +58,13 @@ def test_same_seed_and_batch_size_reproduce_the_samples(tmp_path):
 
 def test_long_prompts_keep_their_last_tokens(tmp_path, monkeypatch):
     seen = []
-    generate = HFGenerator.generate
+    generate = StaticGenerator.generate  # backend=auto's on the CPU
 
     def spy(self, prompts, n, params, seed=None):
         seen.append((list(prompts), seed))
         return generate(self, prompts, n, params, seed)
 
-    monkeypatch.setattr(HFGenerator, "generate", spy)
+    monkeypatch.setattr(StaticGenerator, "generate", spy)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     run(_cfg(tmp_path, prompts, "max_prompt_length=5", "chat_template=never", "seed=10"))
     assert [len(batch) for batch, _ in seen] == [2, 2]

@@ -271,10 +271,11 @@ class SampleConfig:
                              min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
                                 choices=CHAT_TEMPLATE)
-    backend: str = option("hf", "Generation backend: hf (transformers generate with a KV "
-                                "cache; CPU or GPU), static (tether's static-cache decode "
-                                "loop on a copy of the policy; with bf16 about 1.7x hf on 2 "
-                                "CPU cores) or vllm (GPUs only).", choices=BACKENDS)
+    backend: str = option("auto", "Generation backend: static (tether's static-cache decode "
+                                  "loop on a copy of the policy; on 2 CPU cores about 1.5x hf "
+                                  "in fp32, 2.3x with bf16), hf (transformers generate with a "
+                                  "KV cache), vllm (GPUs only) or auto: static on a CPU, hf on "
+                                  "a GPU.", choices=BACKENDS)
     bf16: bool = option(False, "Generate in bf16: hf under autocast, static on a bf16 copy.")
     device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
@@ -575,15 +576,19 @@ class RolloutConfig:
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
                                 choices=CHAT_TEMPLATE)
     backend: str = option(
-        "hf", "Generation backend: hf (transformers generate, the policy itself), static "
-        "(tether's decode loop over a static KV cache, on a copy of the policy in "
-        "rollout.dtype with any LoRA adapter merged in; on 2 CPU cores about 1.7x hf's "
-        "tokens/s in bf16, see BENCHMARKS.md) or vllm (GPUs only).", choices=BACKENDS)
+        "auto", "Generation backend: static (tether's decode loop over a static KV cache, on a "
+        "copy of the policy in rollout.dtype with any LoRA adapter merged in; on 2 CPU cores "
+        "about 1.5x hf's tokens/s in fp32 and 2.3x in bf16, see BENCHMARKS.md), hf "
+        "(transformers generate on the policy itself), vllm (GPUs only) or auto: static on a "
+        "CPU, hf on a GPU (static is not measured there yet) or under train.strategy=fsdp2.",
+        choices=BACKENDS)
     dtype: str = option(
-        "bf16", "Precision of the static backend's copy of the policy. bf16 reads half the "
-        "bytes per decode step; its samples then come from a slightly different policy than "
-        "the one trained, which rollout.is_correction corrects for. fp32 on a CPU without "
-        "bf16 instructions (no avx512_bf16 or AMX), where bf16 matmuls are slow.",
+        "auto", "Precision of the static backend's copy of the policy. auto: the trainer's "
+        "(bf16 with train.bf16, else fp32), in which static draws hf's tokens up to float "
+        "rounding. bf16 with an fp32 trainer reads half the bytes per decode step; its samples "
+        "then come from a slightly different policy than the one trained, which "
+        "rollout.is_correction corrects for (fp32 on a CPU without bf16 instructions, no "
+        "avx512_bf16 or AMX, where bf16 matmuls are slow).",
         choices=GENERATION_DTYPES)
     compile: bool = option(
         False, "static backend: torch.compile its decode step (on a GPU as CUDA graphs). It "
@@ -835,10 +840,11 @@ class EvalConfig:
     output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
                                                 "sample (JSON).")
     bf16: bool = option(False, "Generate and compute log-probs under bf16 autocast.")
-    backend: str = option("hf", "Generation backend: hf (transformers generate), static "
-                                "(tether's static-cache decode loop on a copy of the policy, "
-                                "bf16 if bf16=true; about 1.7x hf on 2 CPU cores) or vllm "
-                                "(GPUs only).", choices=BACKENDS)
+    backend: str = option("auto", "Generation backend: static (tether's static-cache decode "
+                                  "loop on a copy of the policy, bf16 if bf16=true; on 2 CPU "
+                                  "cores about 1.5x hf in fp32, 2.3x in bf16), hf "
+                                  "(transformers generate), vllm (GPUs only) or auto: static "
+                                  "on a CPU, hf on a GPU.", choices=BACKENDS)
     device: str = device_option()
     skip_bad_rows: bool = option(False, "Skip malformed prompt rows instead of stopping.")
     seed: int = option(0, "Seed: every policy is sampled with it, so identical policies give "

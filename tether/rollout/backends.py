@@ -13,18 +13,34 @@ from tether.rollout.static import StaticGenerator
 from tether.rollout.vllm import VLLMGenerator
 
 
+def resolve_backend(backend: str, model: torch.nn.Module, sharded: bool = False) -> str:
+    """The backend 'auto' stands for: static where it was measured to win (the CPU: 1.5x hf's
+    tokens/s in fp32, 2.3x in bf16, BENCHMARKS.md) and can run (not on an FSDP2 shard of the
+    policy); hf elsewhere, until static is measured on a GPU. Other names stand for themselves."""
+    if backend != "auto":
+        return backend
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return "static" if on_cpu and not sharded else "hf"
+
+
 def make_generator(backend: str, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                    model_path: str = "", *, bf16: bool = False,
-                   dtype: torch.dtype | None = None, compile: bool = False, **kw) -> Generator:
+                   dtype: str = "auto", compile: bool = False,
+                   sharded: bool = False, **kw) -> Generator:
     """The generation backend by name: 'hf' (Hugging Face generate, any device), 'static'
-    (tether's static-cache decode loop on a copy of the policy in `dtype`, any device) or
-    'vllm' (a CUDA GPU; built from `model_path`, the policy's starting weights). `bf16`: hf
-    generates under bf16 autocast; static holds a bf16 copy unless `dtype` says otherwise."""
+    (tether's static-cache decode loop on a copy of the policy in `dtype`, any device), 'vllm'
+    (a CUDA GPU; built from `model_path`, the policy's starting weights) or 'auto'
+    (resolve_backend). `bf16`: hf generates under bf16 autocast; static's copy is in `dtype`
+    (a name of choices.GENERATION_DTYPES), where 'auto' is bf16 with `bf16`, else fp32: the
+    trainer's precision, in which static draws hf's tokens."""
+    backend = resolve_backend(backend, model, sharded)
     if backend == "hf":
         return HFGenerator(model, tokenizer, bf16=bf16)
     if backend == "static":
+        if dtype == "auto":
+            dtype = "bf16" if bf16 else "fp32"
         return StaticGenerator(model, tokenizer, compile=compile,
-                               dtype=dtype or (torch.bfloat16 if bf16 else torch.float32))
+                               dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     if backend == "vllm":
         return VLLMGenerator(model, tokenizer, model_path=model_path, bf16=bf16, **kw)
     raise UserError(f"unknown generation backend {backend!r}; choose one of "

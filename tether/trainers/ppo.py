@@ -458,8 +458,8 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
     rcfg = cfg.rollout
     generator = make_generator(rcfg.backend, policy, tokenizer, bf16=cfg.train.bf16,
                                model_path=str(resolve(cfg.model.name)) if rcfg.backend == "vllm"
-                               else "", compile=rcfg.compile,
-                               dtype=torch.bfloat16 if rcfg.dtype == "bf16" else torch.float32)
+                               else "", compile=rcfg.compile, sharded=d.sharded,
+                               dtype=rcfg.dtype)
     params = SamplingParams(temperature=rcfg.temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
     # grpo / rloo: a prompt's samples share one row in every pass, the prompt read once (ppo's
@@ -857,6 +857,9 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
         master_weights=masters, dist=d, config=cfg)
     if checkpoint is not None:
         kl_ctl.load_state_dict(extra["kl_controller"])
+        # A backend with a copy of the policy (static, vllm) copied the weights it was built
+        # from, not the checkpoint's.
+        loop.generator.sync(loop.policy)
     # Whether the no-EOS penalty applies: decided on the run's first rollout, then kept.
     penalize_no_eos: bool | None = extra.get("penalize_no_eos") if cfg.reward.penalize_no_eos \
         else False
