@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--min-new-tokens", type=int, default=0,
                         help="suppress EOS until this many tokens (equal work per backend)")
-    parser.add_argument("--backends", default="hf,static,vllm")
+    parser.add_argument("--backends", default="hf,static:fp32,static:bf16,vllm",
+                        help="comma-separated backends, static as static:DTYPE (fp32: the "
+                             "CPU trainer's precision, static's default there; bf16)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per figure (best)")
 
 
@@ -96,13 +98,14 @@ def run(args: argparse.Namespace) -> None:
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
 
     generators = {}
-    for name in args.backends.split(","):
+    for label in args.backends.split(","):
+        name, _, dtype = label.partition(":")
         try:
-            generators[name] = make_generator(
-                name, model, tokenizer, bf16=gpu or name == "static",
+            generators[label] = make_generator(
+                name, model, tokenizer, bf16=gpu, dtype=dtype or "auto",
                 model_path=str(resolve(args.model)) if name == "vllm" else "")
         except UserError as e:
-            print(f"{name}: not measured: {e}")
+            print(f"{label}: not measured: {e}")
     figures: dict = {"model": args.model, "max_new_tokens": args.max_new_tokens,
                      "min_new_tokens": args.min_new_tokens,
                      "device": "cuda" if gpu else "cpu", "batches": {}}
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
         for name, m in row.items():
             if "hf" in row and name != "hf":
                 m["over_hf"] = round(m["tokens_per_s"] / row["hf"]["tokens_per_s"], 2)
-            print(f"batch {batch:4d}  {name:7s} {m['tokens_per_s']:9.1f} tokens/s  first token "
+            print(f"batch {batch:4d}  {name:11s} {m['tokens_per_s']:9.1f} tokens/s  first token "
                   f"{m['first_token_s']:.3f} s" + (f"  {m['over_hf']}x hf" if "over_hf" in m
                                                    else ""), flush=True)
         figures["batches"][batch] = row

@@ -11,7 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from tether.cli import main
 from tether.labeling.store import Store
-from tether.rollout.generate import HFGenerator
+from tether.rollout.static import StaticGenerator
 
 
 def run(capsys, *argv):
@@ -225,7 +225,7 @@ def test_gold_items_are_checked_as_preferences(capsys, tmp_path, gold, message):
 
 def test_sample_drops_empty_responses(capsys, tmp_path, monkeypatch):
     # Before: written as they came, for label simulate and import to put before a labeler.
-    generate = HFGenerator.generate
+    generate = StaticGenerator.generate  # backend=auto's on the CPU
 
     def ending_at_once(self, prompts, n, params, seed=None, first_sample=0):
         """The first sample of every prompt, and every sample of the second prompt, end at
@@ -237,7 +237,7 @@ def test_sample_drops_empty_responses(capsys, tmp_path, monkeypatch):
                     g.response_ids, g.finished = [self.eos_token_id], True
         return results
 
-    monkeypatch.setattr(HFGenerator, "generate", ending_at_once)
+    monkeypatch.setattr(StaticGenerator, "generate", ending_at_once)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Review {i}:"}
                                                        for i in range(3)])
     output = tmp_path / "sample" / "candidates.jsonl"

@@ -189,3 +189,31 @@ def test_a_model_it_does_not_write_out_decodes_through_its_own_forward(tokenizer
     ours = _samples(static, tokenizer, params)
     theirs = _samples(HFGenerator(gpt2, tokenizer), tokenizer, params)
     assert [g.response_ids for g in ours] == [g.response_ids for g in theirs]
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_sample(model, tokenizer):
+    """Rows that end early are dropped from the decode batch (a quarter at a time): every
+    sample is the one the whole batch would have drawn, and hf's."""
+    _peaky(model, 2.0)
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tokenizer.eos_token_id] = 3.0  # EOS now and then: rows end at different steps
+    model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    params = SamplingParams(max_new_tokens=16)
+    dropping = StaticGenerator(model, tokenizer, dtype=torch.float32)
+    keeping = StaticGenerator(model, tokenizer, dtype=torch.float32)
+    keeping._drops_rows = False
+    kept = []
+    keep = dropping.decode.keep
+    dropping.decode.keep = lambda rows: kept.append(len(rows)) or keep(rows)
+
+    ours = _samples(dropping, tokenizer, params)
+    whole = _samples(keeping, tokenizer, params)
+    theirs = _samples(HFGenerator(model, tokenizer), tokenizer, params)
+    assert kept and kept[-1] < 12  # rows were dropped
+    lengths = {len(g.response_ids) for g in ours}
+    assert len(lengths) > 2 and any(not g.finished for g in ours)
+    assert [g.response_ids for g in ours] == [g.response_ids for g in whole] \
+        == [g.response_ids for g in theirs]
+    for a, b in zip(ours, whole, strict=True):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                   atol=1e-5, rtol=0)

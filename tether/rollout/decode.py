@@ -130,6 +130,12 @@ class LlamaDecode:
         self.bias = torch.full((rows, 1, 1, length), float("-inf"), device=prompt_mask.device)
         self.bias[:, 0, 0, :width].masked_fill_(prompt_mask.bool().repeat_interleave(n, 0), 0.0)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only these rows (indices into the current ones) are decoded from now on."""
+        self.keys = [keys[rows] for keys in self.keys]
+        self.values = [values[rows] for values in self.values]
+        self.bias = self.bias[rows]
+
     def step(self, token: torch.Tensor, position: torch.Tensor, at: torch.Tensor
              ) -> torch.Tensor:
         """Logits [rows, vocab] after token [rows] at rotary position [rows, 1], written to

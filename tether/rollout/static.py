@@ -1,18 +1,23 @@
-"""The `static` generation backend: tether's own decode loop over a static KV cache, on a copy
-of the policy held in the precision generation wants (bf16 by default).
+"""The `static` generation backend: tether's own decode loop over a KV cache of fixed length,
+on a copy of the policy in the precision generation wants (the trainer's by default).
 
 Why it is faster than `hf` (bench/generation.py has the figures):
+- For Llama-family models the decode step is written out (decode.py): fused products, weights
+  laid out for oneDNN on the CPU, no per-step mask or cache objects. Other architectures run
+  their own forward over transformers' `StaticCache`.
 - A decode step reads every weight once for a handful of tokens, so its time is the time to
   read the weights: a bf16 copy reads half the bytes of the fp32 policy. The copy also has any
   LoRA adapter merged in, so generation pays for no adapter.
-- The KV cache is allocated once per call at its final length (transformers' `StaticCache`):
-  no cache grows by concatenation at every step, and the shapes a compiled step sees are fixed
-  (`compile=True`: torch.compile, which on a GPU can capture the step as a CUDA graph).
-- Each prompt is read once; its cache is copied to its n samples.
+- The cache is allocated once per call at its final length: no cache grows by concatenation
+  at every step, and the shapes a compiled step sees are fixed (`compile=True`:
+  torch.compile, which on a GPU can capture the step as a CUDA graph).
+- Each prompt is read once; its cache is copied to its n samples. Rows that have finished
+  leave the batch, a quarter of them at a time (not when compiled: its shapes stay fixed).
 - tether draws the tokens itself (sampling.draw), with no generate() machinery per step.
 
 Numerics differ from the trainer's when the copy's precision does (`matches_trainer`), which
-is why PPO measures the mismatch and corrects for it with truncated importance sampling.
+is why PPO measures the mismatch and corrects for it with truncated importance sampling. In the
+trainer's precision the samples are hf's (tests/unit/test_static_generate.py).
 
 `sync()` marks the copy stale; the next `generate` copies the policy's current weights in, so
 a sync costs nothing until a rollout needs the weights. (fsdp2, whose weights are shards
@@ -86,6 +91,9 @@ class StaticGenerator(Generator):
         self._stale = False
         self.decode = (LlamaDecode if writes_out(self.model) else LayerDecode)(
             self.model, prepack=not self.compile)
+        # Finished rows leave the batch where the cache is tether's own; a compiled step keeps
+        # its shapes.
+        self._drops_rows = isinstance(self.decode, LlamaDecode) and not self.compile
         self._step = self.decode.step
         if self.compile:
             self._step = torch.compile(self.decode.step, dynamic=False, fullgraph=False,
@@ -140,14 +148,23 @@ class StaticGenerator(Generator):
 
         tokens = torch.full((rows, steps), self.pad_token_id, dtype=torch.long, device=device)
         logprobs = torch.zeros(rows, steps, device=device)
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        live = torch.arange(rows, device=device)  # the rows still decoded, in the cache's order
+        done = torch.zeros(rows, dtype=torch.bool, device=device)  # of the live rows
         for step in range(steps):
-            token, logprob = draw(logits, uniforms[:, step], params.temperature, params.top_p)
+            token, logprob = draw(logits, uniforms[live, step], params.temperature, params.top_p)
             token = token.masked_fill(done, self.pad_token_id)
-            tokens[:, step], logprobs[:, step] = token, logprob
+            tokens[live, step], logprobs[live, step] = token, logprob
             done |= token == self.eos_token_id
             if step == steps - 1 or bool(done.all()):
                 break
+            if self._drops_rows and 4 * int(done.sum()) >= len(live):
+                # A quarter of the rows have finished: they leave the batch, so the steps after
+                # this one cost what the rows still going need (copying the cache costs about
+                # a step; at most a few times a call).
+                going = (~done).nonzero()[:, 0]
+                self.decode.keep(going)
+                live, token, position, done = live[going], token[going], position[going], \
+                    done[going]
             logits = self._step(token, position, torch.tensor([width + step], device=device))
             position = position + 1
 
