@@ -237,7 +237,8 @@ def test_load_gold_scorer():
 
 @pytest.mark.parametrize("name, message", [
     ("sentimnet", "unknown gold scorer 'sentimnet' .did you mean 'sentiment'.*sentiment"),
-    ("length", "unknown gold scorer 'length': use a built-in task \\(answers, sentiment\\)"),
+    ("length", "unknown gold scorer 'length': use a built-in task \\(answers, arithmetic, "
+               "sentiment\\)"),
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("tether.tasks.sentiment:nope", "has no 'nope'"),
     ("tether.tasks.sentiment:INSTRUCTION", "not callable"),
