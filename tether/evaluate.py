@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import EvalConfig, to_dict
-from tether.data.prompts import encode_prompts, load_prompts
-from tether.data.tokenize import Messages, wants_chat_template
+from tether.data.prompts import PromptRow, encode_prompts, load_prompts
+from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, UserError
 from tether.eval.policy import evaluate_policy, format_table, kl_caveat, summarize
@@ -87,14 +87,14 @@ def run(cfg: EvalConfig) -> Path:
 
     all_records = []
     for policy, name in zip(policies, names, strict=True):
-        all_records.append(_evaluate_one(cfg, policy, name, [m for _, m in rows], params, gold,
+        all_records.append(_evaluate_one(cfg, policy, name, rows, params, gold,
                                          reward_model, reference, ref_tokenizer))
 
     summaries = {name: summarize(records, all_records[baseline], seed=cfg.seed)
                  for name, records in zip(names, all_records, strict=True)}
     result = {
         "config": to_dict(cfg),
-        "prompts": [prompt for prompt, _ in rows],
+        "prompts": [row.prompt for row in rows],
         "baseline": names[baseline],
         "warnings": warnings,
         "policies": {name: {"policy": policy, "summary": summaries[name], "samples": records}
@@ -106,12 +106,13 @@ def run(cfg: EvalConfig) -> Path:
     return output
 
 
-def _evaluate_one(cfg: EvalConfig, policy: str, name: str, messages: list[Messages],
+def _evaluate_one(cfg: EvalConfig, policy: str, name: str, rows: list[PromptRow],
                   params: SamplingParams, gold: GoldScorer | None,
                   reward_model: RewardModel | None, reference: torch.nn.Module | None,
                   ref_tokenizer: PreTrainedTokenizerBase | None) -> list[dict]:
     """Load one policy (or reuse the reference, if it is the same model), sample and measure
     it, and free it again."""
+    messages = [row.messages for row in rows]
     shared = reference is not None and _same_model(policy, cfg.reference)
     tokenizer = ref_tokenizer if shared else load_tokenizer(policy)
     if reference is not None and not shared:
@@ -128,7 +129,7 @@ def _evaluate_one(cfg: EvalConfig, policy: str, name: str, messages: list[Messag
             return evaluate_policy(
                 model, tokenizer, prompt_ids, n=cfg.n, params=params, seed=cfg.seed,
                 batch_size=cfg.batch_size, messages=messages, reference=reference, gold=gold,
-                reward_model=reward_model, bf16=cfg.bf16, progress=bar.update,
+                reward_model=reward_model, bf16=cfg.bf16, progress=bar.update, prompt_rows=rows,
                 generator=make_generator(
                     cfg.backend, model, tokenizer, bf16=cfg.bf16,
                     model_path=str(resolve(policy)) if cfg.backend == "vllm" else ""))

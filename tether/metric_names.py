@@ -29,6 +29,9 @@ PERF_TOKENS_PER_S = "perf/tokens_per_s"
 PERF_PEAK_MEM_GIB = "perf/peak_mem_gib"  # most GPU memory the allocator has held (CUDA only)
 
 EVAL_PREFIX = "eval/"  # every held-out metric's namespace
+# ppo, grpo, rloo: reward/<label>, the mean score of each reward function (ppo.reward.functions;
+# tether.tasks.rewards.labels) over the rollout's completions it applies to
+REWARD_PREFIX = "reward/"
 
 # Held-out preferences: rm and dpo ---------------------------------------------------------
 # The objective on held-out data (sft: NLL per response token; rm: plain Bradley-Terry).

@@ -67,7 +67,7 @@ from tether.report.collect import write_run_report
 from tether.rollout.base import SamplingParams
 from tether.rundir import read_metrics
 from tether.tasks.gold import load_gold_scorer
-from tether.tasks.registry import TASKS, load_task
+from tether.tasks.registry import TASKS, load_task, prompt_rows
 from tether.trainers import dpo, ppo, rm, sft
 
 STATE = "pipeline.json"
@@ -209,10 +209,9 @@ def execute_data(run: Run, _: dict) -> str:
     task, out = run.cfg.task, run.dir("data")
     out.mkdir(parents=True, exist_ok=True)
     if task.prompts:
-        rows = [{"prompt": p} for p, _ in load_prompts(task.prompts)[0]]
+        rows = [r.record() for r in load_prompts(task.prompts)[0]]
         if task.heldout_prompts:
-            heldout = [{"prompt": p} for p, _ in
-                       load_prompts(task.heldout_prompts, task.num_heldout)[0]]
+            heldout = [r.record() for r in load_prompts(task.heldout_prompts, task.num_heldout)[0]]
         else:
             if len(rows) <= task.num_heldout:
                 raise DataError(f"{task.prompts}: {len(rows)} prompts, not more than "
@@ -220,9 +219,8 @@ def execute_data(run: Run, _: dict) -> str:
             rows, heldout = rows[:-task.num_heldout], rows[-task.num_heldout:]
         train = rows[:task.num_prompts]
     else:
-        prompts = load_task(task.name).make_prompts(task.num_prompts + task.num_heldout, task.seed)
-        train = [{"prompt": p} for p in prompts[:task.num_prompts]]
-        heldout = [{"prompt": p} for p in prompts[task.num_prompts:]]
+        rows = prompt_rows(load_task(task.name), task.num_prompts + task.num_heldout, task.seed)
+        train, heldout = rows[:task.num_prompts], rows[task.num_prompts:]
     atomic_write_jsonl(out / "prompts.jsonl", train)
     atomic_write_jsonl(out / "heldout.jsonl", heldout)
     what = f"{len(train)} training prompts, {len(heldout)} held out"
@@ -425,7 +423,7 @@ def execute_eval(run: Run, cfg: dict) -> str:
 
 def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
     rows = load_prompts(str(run.heldout), ecfg.best_of_n_prompts)[0]
-    messages = [m for _, m in rows]
+    messages = [r.messages for r in rows]
     tokenizer = load_tokenizer(run.policy)
     chat = wants_chat_template(tokenizer, "auto")
     prompt_ids = encode_prompts(tokenizer, messages, chat, 256)[0]
@@ -438,7 +436,8 @@ def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
         return sample_best_of_n(model, tokenizer, prompt_ids, messages, n=ecfg.best_of_n,
                                 params=params, seed=ecfg.seed,
                                 gold=load_gold_scorer(run.gold) if run.gold else None,
-                                reward_model=reward_model, bf16=ecfg.bf16, progress=bar.update)
+                                reward_model=reward_model, bf16=ecfg.bf16, progress=bar.update,
+                                prompt_rows=rows)
 
 
 # report -------------------------------------------------------------------------------------

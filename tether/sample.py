@@ -2,7 +2,8 @@
 
 The candidates are what people (or a simulated labeler) rank next. One row per prompt:
 {"prompt": <as given>, "responses": [k texts], "num_tokens": [k], "finished": [k],
-"sampling": {policy, temperature, top_p, max_new_tokens, seed}}.
+"sampling": {policy, temperature, top_p, max_new_tokens, seed}}, plus the prompt row's other
+fields (say `answer`), which a gold scorer of the keyword form reads (tether.tasks.gold).
 
 A response that is empty or only whitespace (the policy ended at once) is dropped, counted in
 the summary: `tether label simulate` and `tether label import` refuse empty responses, as no one
@@ -36,7 +37,7 @@ def run(cfg: SampleConfig) -> Path:
     tokenizer = load_tokenizer(cfg.policy)
     rows, stats = load_prompts(cfg.prompts, cfg.num_prompts, cfg.skip_bad_rows)
     chat = wants_chat_template(tokenizer, cfg.chat_template)
-    prompt_ids, truncated = encode_prompts(tokenizer, [m for _, m in rows], chat,
+    prompt_ids, truncated = encode_prompts(tokenizer, [r.messages for r in rows], chat,
                                            cfg.max_prompt_length)
     stats.truncated = truncated
     print(f"prompts: {stats.summary()}; using {len(rows)}"
@@ -67,8 +68,8 @@ def run(cfg: SampleConfig) -> Path:
         batch = prompt_ids[start:start + cfg.batch_size]
         # One seed per batch: the same seed and batch_size reproduce every sample.
         results = generator.generate(batch, cfg.k, params, seed=cfg.seed + batch_index)
-        for (prompt, _), generations in zip(rows[start:start + cfg.batch_size], results,
-                                            strict=True):
+        for prompt_row, generations in zip(rows[start:start + cfg.batch_size], results,
+                                           strict=True):
             num_tokens_total += sum(len(g.response_ids) for g in generations)
             num_finished += sum(g.finished for g in generations)
             texts = [tokenizer.decode(g.response_ids, skip_special_tokens=True)
@@ -79,7 +80,8 @@ def run(cfg: SampleConfig) -> Path:
                 prompts_dropped += 1
                 continue
             row = {
-                "prompt": prompt,
+                **prompt_row.columns,  # e.g. the answer a gold scorer checks against
+                "prompt": prompt_row.prompt,
                 "responses": [text for text, _ in kept],
                 "num_tokens": [len(g.response_ids) for _, g in kept],
                 "finished": [g.finished for _, g in kept],

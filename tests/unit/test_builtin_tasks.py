@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.tasks.registry import TASKS, Task, load_task
+from tether.tasks.registry import TASKS, Task, load_task, prompt_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,8 @@ def test_cli_writes_valid_jsonl(task, tmp_path):
     task.main(["sft", str(sft), "--n", "12", "--seed", "5"])
     task.main(["prompts", str(prompts), "--n", "9"])
     assert read_jsonl(sft) == task.make_demonstrations(12, seed=5)
-    assert read_jsonl(prompts) == [{"prompt": p} for p in task.make_prompts(9)]
+    assert read_jsonl(prompts) == prompt_rows(task, 9)
+    assert [r["prompt"] for r in read_jsonl(prompts)] == task.make_prompts(9)
     rest = tmp_path / "rest.jsonl"
     task.main(["prompts", str(rest), "--n", "20", "--exclude", str(prompts)])
     assert len(read_jsonl(rest)) == 20

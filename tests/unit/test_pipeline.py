@@ -257,3 +257,23 @@ def test_people_s_labels_replace_sampling_and_the_simulated_labeler(tmp_path, ca
     assert _ran(out) == ["data", "label", "rm", "ppo", "dpo", "eval", "report"]
     assert (tmp_path / "run" / "label" / "labels.jsonl").read_text() == labels.read_text()
     assert "proxy:" in out  # no gold scorer: the evaluation reports the reward model's score
+
+
+def test_the_arithmetic_task_carries_each_prompt_s_answer_to_every_gold_score(tmp_path):
+    assert main(["run", f"run_dir={tmp_path / 'run'}", "task.name=arithmetic",
+                 "task.num_prompts=16", "task.num_heldout=8", "task.num_demonstrations=16",
+                 "ppo.train.max_steps=2", "ppo.train.eval_every=1", *TINY_OVERRIDES]) == 0
+    run = tmp_path / "run"
+
+    def rows(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    assert all(r["answer"].isdigit() for r in rows(run / "data" / "prompts.jsonl"))
+    answers = {r["prompt"]: r["answer"] for r in rows(run / "data" / "prompts.jsonl")}
+    candidates = rows(run / "sample" / "candidates.jsonl")
+    assert all(c["answer"] == answers[c["prompt"]] for c in candidates)  # copied by sample
+    assert all(set(r["gold_scores"]) <= {0.0, 1.0} for r in rows(run / "label" / "labels.jsonl"))
+    policies = json.loads((run / "eval" / "policies.json").read_text())
+    assert all(s["gold"] in (0.0, 1.0) for p in policies["policies"].values()
+               for s in p["samples"])
+    assert any("eval/gold" in m for m in read_metrics(run / "ppo" / "metrics.jsonl"))

@@ -35,8 +35,11 @@ def test_writes_one_row_per_prompt_with_k_responses(tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["candidates.jsonl"]  # no temp file left
     rows = _read(out)
     assert [r["prompt"] for r in rows] == [p["prompt"] for p in PROMPTS[:4]]  # as given
+    # a prompt row's other fields come along, for a gold scorer that reads them
+    assert [r.get("id") for r in rows] == [None, 7, None, None]
     for row in rows:
-        assert set(row) == {"prompt", "responses", "num_tokens", "finished", "sampling"}
+        assert set(row) - {"id"} == {"prompt", "responses", "num_tokens", "finished",
+                                     "sampling"}
         assert len(row["responses"]) == len(row["num_tokens"]) == len(row["finished"]) == 3
         for text, n, finished in zip(row["responses"], row["num_tokens"], row["finished"],
                                      strict=True):

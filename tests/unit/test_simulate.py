@@ -220,6 +220,20 @@ def test_sentiment_end_to_end(tmp_path, capsys):
     assert set(pairs[0]) == {"prompt", "chosen", "rejected", "gold_chosen", "gold_rejected"}
 
 
+def test_a_keyword_gold_scorer_reads_the_candidates_prompt_and_columns(tmp_path):
+    # as `tether sample` writes them: the prompt row's `answer` beside its own fields
+    rows = [{"prompt": "What is 2 + 2?", "answer": "4", "responses": ["5", "It is 4."],
+             "num_tokens": [1, 3], "finished": [True, True], "sampling": {}},
+            {"prompt": "What is 3 + 3?", "answer": "6", "responses": ["6", "4"]}]
+    assert candidates(rows).rows[0]["columns"] == {"answer": "4"}
+    out = simulate_labels(SimulateLabelsConfig(
+        candidates=str(write_jsonl(tmp_path / "c.jsonl", rows)), gold="arithmetic",
+        output=str(tmp_path / "l.jsonl"), temperature=1e-6))
+    labels = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["gold_scores"] for r in labels] == [[0.0, 1.0], [1.0, 0.0]]
+    assert [r["ranks"] for r in labels] == [[1, 0], [0, 1]]
+
+
 def test_output_must_be_jsonl(tmp_path):
     with pytest.raises(UserError, match=".jsonl"):
         simulate_labels(SimulateLabelsConfig(candidates="c.jsonl",
@@ -237,7 +251,8 @@ def test_load_gold_scorer():
 
 @pytest.mark.parametrize("name, message", [
     ("sentimnet", "unknown gold scorer 'sentimnet' .did you mean 'sentiment'.*sentiment"),
-    ("length", "unknown gold scorer 'length': use a built-in task \\(answers, sentiment\\)"),
+    ("length", "unknown gold scorer 'length': use a built-in task \\(answers, arithmetic, "
+               "sentiment\\)"),
     ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
     ("tether.tasks.sentiment:nope", "has no 'nope'"),
     ("tether.tasks.sentiment:INSTRUCTION", "not callable"),

@@ -26,6 +26,7 @@ from tether.choices import (
     STRATEGIES,
 )
 from tether.errors import ConfigError
+from tether.tasks.rewards import parse_functions
 
 
 def option(default: Any, help: str, *, choices: Sequence | None = None,
@@ -292,8 +293,10 @@ class SimulateLabelsConfig:
 
     candidates: str = option("", "candidates.jsonl from `tether sample`. Required.")
     output: str = option("runs/labels/labels.jsonl", "Where to write the labels.")
-    gold: str = option("sentiment", "Gold scorer: a built-in task name (sentiment) or "
-                                    "'module:function' taking a list of texts.")
+    gold: str = option("sentiment", "Gold scorer: a built-in task name (sentiment, answers, "
+                                    "arithmetic) or 'module:function' taking a list of texts, "
+                                    "or TRL's keyword form f(prompts=, completions=, **columns) "
+                                    "given the candidates' prompts and other fields.")
     format: str = option("rankings", "rankings: one K-way ranking per prompt (Plackett-Luce "
                                      "on gold / temperature); pairs: chosen/rejected pairs.",
                          choices=["rankings", "pairs"])
@@ -612,10 +615,23 @@ class RolloutConfig:
 @dataclass
 class PPORewardConfig:
     model: str = option("", "Reward model directory (a `tether rm` run's final/): the proxy "
-                            "that is optimised. Empty: optimise the gold score.")
-    gold: str = option("sentiment", "Gold scorer (a built-in task or 'module:function' on "
-                                    "response texts): logged next to the proxy, optimised when "
-                                    "there is no reward model. Empty: none.")
+                            "that is optimised. Empty: optimise the functions, else the gold "
+                            "score.")
+    model_weight: float = option(1.0, "Weight of the reward model's score in the score "
+                                      "optimised, when there are reward functions too.")
+    functions: str | list[str] = option(
+        "", "Reward functions optimised (with the reward model's score, if any), as a list or "
+        "one comma-separated string of NAME or WEIGHT*NAME (weight 1 if not given), e.g. "
+        "'arithmetic, 0.2*arithmetic:format_reward'. A NAME is a built-in task (its gold "
+        "scorer), TASK:function, or 'module:function': a function of the response texts, or "
+        "TRL's f(prompts=, completions=, **columns) receiving the prompt rows' other fields "
+        "(e.g. answer=[...]). The score optimised is model_weight * proxy + the weighted sum; "
+        "each function is logged as reward/<its name>. Empty: none.")
+    gold: str = option("sentiment", "Gold scorer (a built-in task or 'module:function', in "
+                                    "either form reward.functions takes): logged next to the "
+                                    "proxy and evaluated on held-out prompts (eval/gold); "
+                                    "optimised when there is neither a reward model nor a "
+                                    "function. Empty: none.")
     no_eos_score: float = option(
         -1.0, "Score given instead to a response that hit max_new_tokens without EOS.")
     penalize_no_eos: bool = option(True, "Apply no_eos_score (InstructGPT-style penalty).")
@@ -755,9 +771,11 @@ class PPOConfig:
     def validate(self) -> None:
         if not self.rollout.prompts:
             raise ConfigError("rollout.prompts is required: the prompts to train on")
-        if not self.reward.model and not self.reward.gold:
-            raise ConfigError("nothing to optimise: set reward.model (a reward model) or "
-                              "reward.gold (a gold scorer)")
+        functions = parse_functions(self.reward.functions)  # a malformed entry: ConfigError
+        if not self.reward.model and not functions and not self.reward.gold:
+            raise ConfigError("nothing to optimise: set reward.model (a reward model), "
+                              "reward.functions (reward functions) or reward.gold (a gold "
+                              "scorer)")
         if self.algo in ("grpo", "rloo") and self.rollout.group_size < 2:
             raise ConfigError(f"algo={self.algo} compares samples of the same prompt: set "
                               f"rollout.group_size >= 2 (e.g. 4)")
@@ -832,9 +850,11 @@ class EvalConfig:
                                 "sequences per forward pass when computing log-probs.", min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
                                 choices=CHAT_TEMPLATE)
-    gold: str = option("sentiment", "Gold scorer of the response text: a built-in task name "
-                                    "(sentiment) or 'module:function' taking a list of texts. "
-                                    "Empty: no gold score.")
+    gold: str = option("sentiment", "Gold scorer of the responses: a built-in task name "
+                                    "(sentiment, answers, arithmetic) or 'module:function' "
+                                    "taking a list of texts, or TRL's keyword form "
+                                    "f(prompts=, completions=, **columns) given the prompt "
+                                    "rows' other fields. Empty: no gold score.")
     reward_model: str = option("", "Reward model directory (a `tether rm` run's final/) whose "
                                    "score is reported as the proxy reward. Empty: none.")
     output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
@@ -919,7 +939,8 @@ class TaskConfig:
     name: str = option(
         "sentiment", "A built-in task that generates its prompts and demonstrations and brings "
         "its gold scorer (sentiment: continue movie reviews; gold = VADER positivity. answers: "
-        "answer short questions; gold = rules for a helpful, polite, concise answer). Empty: "
+        "answer short questions; gold = rules for a helpful, polite, concise answer. "
+        "arithmetic: word problems; gold = 1 if the final number is the answer). Empty: "
         "your own task, from the files below (which also replace a built-in task's).")
     prompts: str = option("", "Your prompts: rows with a 'prompt' (string or messages). The "
                               "policy is sampled on them for labels and trained on them.")
@@ -929,8 +950,10 @@ class TaskConfig:
         "", "Your SFT data ({prompt, completion} or messages rows). Empty with no built-in task: "
         "no SFT stage; the starting model (sft.model.name) is the policy.")
     gold: str = option("", "Gold scorer: 'module:function' taking a list of texts and "
-                           "returning one float each (higher = preferred). Empty: the built-in "
-                           "task's. Without one, give `labels` (people's preferences).")
+                           "returning one float each (higher = preferred), or TRL's keyword "
+                           "form f(prompts=, completions=, **columns) given the prompt rows' "
+                           "other fields. Empty: the built-in task's. Without one, give "
+                           "`labels` (people's preferences).")
     labels: str = option("", "Preferences people gave ({prompt, chosen, rejected} pairs or "
                              "{prompt, responses, ranks} rankings): the reward model and DPO "
                              "train on these, and the sample and label stages do not run. "

@@ -1,8 +1,10 @@
 """Candidates: K responses per prompt, as `tether sample` writes them (candidates.jsonl).
 
 They are what gets labelled next: by the simulated labeler (`tether label simulate`) or by
-people, once imported into a labeling project. Only {"prompt", "responses"} is read; the other
-fields `tether sample` writes (token counts, sampling settings) are left alone.
+people, once imported into a labeling project. {"prompt", "responses"} is read, and any field
+besides those and the others `tether sample` writes (token counts, sampling settings) is a
+column of the prompt's row (`tether sample` copies them, e.g. `answer`), kept as the row's
+"columns" for a gold scorer that reads them (tether.tasks.gold).
 
 A row's prompt and responses are checked as every record's are (tether.data.records: message
 roles, no empty response). A response with the same text as an earlier one of its row is then
@@ -21,10 +23,15 @@ from typing import Any
 from tether.data.readers import BadRow, read_all_rows
 from tether.errors import DataError
 
+# What `tether sample` writes of its own in a candidates row; any other field is a column of the
+# prompt's row.
+SAMPLE_FIELDS = ("prompt", "responses", "num_tokens", "finished", "sampling")
+
 
 @dataclass
 class Candidates:
-    rows: list[dict[str, Any]] = field(default_factory=list)  # {prompt, responses, source}
+    # {prompt, responses, source, columns}
+    rows: list[dict[str, Any]] = field(default_factory=list)
     merged: int = 0  # responses merged into an earlier one of their row with the same text
     left_out: int = 0  # rows whose responses were all the same text
     first_left_out: str = ""  # where the first of them is
@@ -56,7 +63,9 @@ def parse_candidates(rows: Iterable[tuple[str, Any]]) -> Candidates:
             out.left_out += 1
             out.first_left_out = out.first_left_out or where
             continue
-        out.rows.append({"prompt": prompt, "responses": distinct, "source": where})
+        columns = {k: v for k, v in record.items() if k not in SAMPLE_FIELDS}
+        out.rows.append({"prompt": prompt, "responses": distinct, "source": where,
+                         "columns": columns})
     if not out.rows and out.left_out:
         raise DataError(f"no candidate row has two different responses to compare (first: "
                         f"{out.first_left_out})")

@@ -1,11 +1,14 @@
 """Prompt sets ({"prompt": ...} rows): read them, and tokenise them for generation.
 
 `tether sample`, `tether eval`, PPO's rollouts and the DPO and pipeline evaluations all sample
-from prompts read and encoded this way.
+from prompts read and encoded this way. A row's other fields (say `answer`, a reference the
+reward function checks against) are kept as its `columns` and reach every scorer of a response
+to it (tether.tasks.gold), as a dataset's extra columns reach a reward function in TRL.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -14,16 +17,30 @@ from tether.data.records import LoadStats, load_records, parse_prompt
 from tether.data.tokenize import Messages, encode_prompt
 
 
-def _parse(record: Any, where: str) -> tuple[Any, Messages]:
-    """(the prompt exactly as given, the prompt as chat messages)."""
+@dataclass
+class PromptRow:
+    """One prompt: as given (a string or chat messages), as chat messages, and the row's other
+    fields (`columns`, e.g. {"answer": "42"})."""
+
+    prompt: Any
+    messages: Messages
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The row again, as it would be written: {"prompt": ..., **columns}."""
+        return {"prompt": self.prompt, **self.columns}
+
+
+def _parse(record: Any, where: str) -> PromptRow:
     messages = parse_prompt(record, where)  # validates; raises BadRow with file:line
-    return record["prompt"], messages
+    return PromptRow(record["prompt"], messages,
+                     {k: v for k, v in record.items() if k != "prompt"})
 
 
 def load_prompts(source: str, num_prompts: int = 0, skip_bad_rows: bool = False
-                 ) -> tuple[list[tuple[Any, Messages]], LoadStats]:
-    """(prompt as given, prompt as chat messages) for the first `num_prompts` rows (0: all).
-    Used by `tether sample` and `tether eval`, whose configs both call the key skip_bad_rows."""
+                 ) -> tuple[list[PromptRow], LoadStats]:
+    """The first `num_prompts` rows (0: all). Used by `tether sample` and `tether eval`, whose
+    configs both call the key skip_bad_rows."""
     stats = LoadStats()
     rows = load_records(source, _parse, skip_bad_rows, stats, skip_key="skip_bad_rows")
     if num_prompts:

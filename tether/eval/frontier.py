@@ -44,13 +44,15 @@ def trajectory_points(method: str, metrics: Sequence[dict]) -> list[dict]:
 
 def sample_best_of_n(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]],
                      messages: list, *, n: int, params: SamplingParams, seed: int, gold,
-                     reward_model, bf16: bool, progress=None) -> dict:
+                     reward_model, bf16: bool, progress=None, prompt_rows=None) -> dict:
     """n samples per prompt from the starting policy, scored by the proxy (what best-of-n
-    selects by) and by gold; rows are prompts."""
+    selects by) and by gold (`prompt_rows`: the prompts' rows, for its keyword form); rows are
+    prompts."""
     # Prompts per generate call: about 256 sequences at once whatever n is.
     records = evaluate_policy(model, tokenizer, prompt_ids, n=n, params=params, seed=seed,
                               batch_size=max(1, 256 // n), messages=messages, gold=gold,
-                              reward_model=reward_model, bf16=bf16, progress=progress)
+                              reward_model=reward_model, bf16=bf16, progress=progress,
+                              prompt_rows=prompt_rows)
 
     def table(key: str) -> list[list[float]] | None:
         if any(r[key] is None for r in records):

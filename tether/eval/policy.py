@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
 from tether.data.order import chunks
+from tether.data.prompts import PromptRow
 from tether.data.tokenize import Messages
 from tether.device import autocast, model_device
 from tether.eval.stats import bootstrap_ci
@@ -118,17 +119,19 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     reference: torch.nn.Module | None = None, gold: GoldScorer | None = None,
                     reward_model: RewardModel | None = None, bf16: bool = False,
                     progress: Callable[[int], None] | None = None,
-                    chunk: int = DEFAULT_CHUNK, generator: Generator | None = None
-                    ) -> list[dict]:
+                    chunk: int = DEFAULT_CHUNK, generator: Generator | None = None,
+                    prompt_rows: Sequence[PromptRow] | None = None) -> list[dict]:
     """Sample `n` responses per prompt and measure each one; records in (prompt, sample) order.
     `generator`: the backend that samples from `model` (default hf; PPO passes its rollout
-    backend, synced to the policy).
+    backend, synced to the policy). `prompt_rows`: the prompts' rows, one per prompt, whose
+    prompt and columns a gold scorer of the keyword form receives (tether.tasks.gold).
 
     Batch b of `batch_size` prompts is sampled with seed `seed + b` (as `tether sample` does),
     so two identical policies given the same prompts and seed produce identical samples, and
     samples of different policies pair up by (prompt_index, sample_index).
 
-    - gold: the gold scorer on the response text alone (as the simulated labeler sees it);
+    - gold: the gold scorer on the response (with its prompt and columns from `prompt_rows`,
+      for a scorer of the keyword form; as the simulated labeler sees it);
     - proxy: reward_model.score(prompt messages, response), which needs `messages`;
     - kl: sequence_kl of the policy's and the reference's temperature-1 log-probs over the
       sampled response tokens (EOS included). It estimates KL(policy || reference) only when
@@ -141,6 +144,8 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     as in response_logprobs."""
     if reward_model is not None and (messages is None or len(messages) != len(prompt_ids)):
         raise ValueError("a reward model needs the prompts' messages, one per prompt")
+    if prompt_rows is not None and len(prompt_rows) != len(prompt_ids):
+        raise ValueError("prompt_rows: one per prompt")
     generator = generator or HFGenerator(model, tokenizer, bf16=bf16)
     records: list[dict] = []
     for batch_index, start in enumerate(range(0, len(prompt_ids), batch_size)):
@@ -171,7 +176,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
         if progress is not None:
             progress(len(batch))
     if gold is not None and records:
-        _add_gold(records, gold, n)
+        _add_gold(records, gold, n, prompt_rows)
     return records
 
 
@@ -180,8 +185,8 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     params: SamplingParams, seed: int, batch_size: int,
                     reference: torch.nn.Module | None, gold: GoldScorer | None,
                     reward_model: RewardModel | None, bf16: bool,
-                    chunk: int = DEFAULT_CHUNK, generator: Generator | None = None
-                    ) -> dict[str, float]:
+                    chunk: int = DEFAULT_CHUNK, generator: Generator | None = None,
+                    prompt_rows: Sequence[PromptRow] | None = None) -> dict[str, float]:
     """The trainers' periodic check, logged as eval/*: the mean gold, proxy, KL and length of
     one fresh sample per held-out prompt, the share of them that is empty (EVAL_EMPTY), and
     the standard error of the gold mean
@@ -191,7 +196,7 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     records = evaluate_policy(policy, tokenizer, prompt_ids, n=1, params=params, seed=seed,
                               batch_size=batch_size, messages=messages, reference=reference,
                               gold=gold, reward_model=reward_model, bf16=bf16, chunk=chunk,
-                              generator=generator)
+                              generator=generator, prompt_rows=prompt_rows)
     metrics = {EVAL_EMPTY: float(np.mean([not r["response"].strip() for r in records]))} \
         if records else {}
     for key, name in (("gold", EVAL_GOLD), ("proxy", EVAL_PROXY), ("kl", EVAL_KL),
@@ -204,11 +209,15 @@ def heldout_metrics(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     return metrics
 
 
-def _add_gold(records: list[dict], gold: GoldScorer, n: int) -> None:
-    """One scorer call on all distinct responses, checked as the simulated labeler checks it
-    (one finite number per text)."""
+def _add_gold(records: list[dict], gold: GoldScorer, n: int,
+              prompt_rows: Sequence[PromptRow] | None) -> None:
+    """One scorer call on all responses (the distinct ones, for the texts form), checked as the
+    simulated labeler checks it (one finite number per response)."""
     rows = [{"responses": [r["response"] for r in records[i:i + n]]}
             for i in range(0, len(records), n)]
+    if prompt_rows is not None:
+        for row, prompt in zip(rows, prompt_rows, strict=True):
+            row |= {"prompt": prompt.prompt, "columns": prompt.columns}
     scores = np.concatenate(score_all(rows, gold))
     for record, score in zip(records, scores.tolist(), strict=True):
         record["gold"] = score

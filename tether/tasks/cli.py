@@ -16,8 +16,11 @@ from tether.files import atomic_write_jsonl
 def task_main(argv: Sequence[str] | None, *, prog: str, description: str,
               make_prompts: Callable[[int, int], list[str]],
               make_demonstrations: Callable[[int, int], list[dict]],
-              max_prompts: int | None = None) -> None:
-    """`max_prompts`: how many distinct prompts the task can make, where that is finite."""
+              max_prompts: int | None = None,
+              make_prompt_rows: Callable[[int, int], list[dict]] | None = None) -> None:
+    """`max_prompts`: how many distinct prompts the task can make, where that is finite;
+    `make_prompt_rows`: the task's prompts as rows with columns (written whole), if it has
+    them."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("kind", choices=("sft", "prompts"))
     parser.add_argument("out", help="output .jsonl path")
@@ -38,9 +41,10 @@ def task_main(argv: Sequence[str] | None, *, prog: str, description: str,
         wanted = args.n + len(excluded)
         if max_prompts is not None:
             wanted = min(wanted, max_prompts)
-        prompts = [p for p in make_prompts(wanted, args.seed) if p not in excluded][: args.n]
-        if len(prompts) < args.n:
-            parser.error(f"only {len(prompts)} prompts left after --exclude; lower --n")
-        rows = [{"prompt": p} for p in prompts]
+        drawn = make_prompt_rows(wanted, args.seed) if make_prompt_rows else \
+            [{"prompt": p} for p in make_prompts(wanted, args.seed)]
+        rows = [r for r in drawn if r["prompt"] not in excluded][: args.n]
+        if len(rows) < args.n:
+            parser.error(f"only {len(rows)} prompts left after --exclude; lower --n")
     atomic_write_jsonl(args.out, rows)
     print(f"wrote {len(rows)} rows to {args.out}")

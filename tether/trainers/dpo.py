@@ -251,7 +251,7 @@ def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device, chunk: int = 0
     samples) and the reward model load at the first evaluation and stay."""
     ecfg = cfg.sampled_eval
     rows = load_prompts(ecfg.prompts, ecfg.num_prompts)[0]
-    messages = [m for _, m in rows]
+    messages = [r.messages for r in rows]
     prompt_ids = encode_prompts(tokenizer, messages, wants_chat_template(tokenizer, "auto"),
                                 ecfg.max_prompt_length)[0]
     gold = load_gold_scorer(ecfg.gold) if ecfg.gold else None
@@ -277,7 +277,7 @@ def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device, chunk: int = 0
                                seed=cfg.train.seed, batch_size=cfg.train.micro_batch_size * 4,
                                reference=models["reference"], gold=gold,
                                reward_model=models["reward"], bf16=cfg.train.bf16,
-                               chunk=chunk)
+                               chunk=chunk, prompt_rows=rows)
 
     return evaluate
 

@@ -2,10 +2,12 @@
 
 Each iteration (one `step`), top to bottom:
   1. rollout: a batch of prompts, `group_size` responses each, sampled from the policy;
-  2. score: the proxy (reward model) and/or the gold scorer; the optimised score (the proxy if
-     there is one) gets the no-EOS and overlong penalties, then optional whitening and
-     clipping; with dynamic sampling (grpo, rloo), groups whose scores all agree are dropped
-     from the loss, or first replaced by groups of more prompts sampled to refill the batch;
+  2. score: the proxy (reward model), the reward functions and/or the gold scorer, each
+     function given its samples' prompts and prompt-row columns; the optimised score
+     (model_weight * proxy + the weighted functions; else the proxy; else gold) gets the no-EOS
+     and overlong penalties, then optional whitening and clipping; with dynamic sampling
+     (grpo, rloo), groups whose scores all agree are dropped from the loss, or first replaced
+     by groups of more prompts sampled to refill the batch;
   3. log-probs of the policy and the reference (and values, for ppo), without gradients (the
      policy's pass is left to the update when there is one update per rollout, see
      needs_policy_pass);
@@ -41,8 +43,8 @@ from transformers import PreTrainedTokenizerBase
 from tether.config import PPOConfig, PPORewardConfig, RolloutConfig
 from tether.data.collate import collate
 from tether.data.order import batch_indices
-from tether.data.prompts import encode_prompts, load_prompts
-from tether.data.tokenize import Encoded, Messages, wants_chat_template
+from tether.data.prompts import PromptRow, encode_prompts, load_prompts
+from tether.data.tokenize import Encoded, wants_chat_template
 from tether.device import autocast, peak_memory, to_device
 from tether.distributed import Dist, setup
 from tether.errors import ConfigError, DataError
@@ -106,6 +108,7 @@ from tether.metric_names import (
     REWARD_GOLD,
     REWARD_GOLD_STD,
     REWARD_OVERLONG_PENALTY,
+    REWARD_PREFIX,
     REWARD_PROXY,
     REWARD_PROXY_STD,
     REWARD_SCORE,
@@ -120,7 +123,8 @@ from tether.precision import check_settings, master_model, maybe_compile, to_bf1
 from tether.rollout.backends import make_generator
 from tether.rollout.base import Generation, Generator, SamplingParams, stream_seed
 from tether.rundir import MetricsLog, NullLog, prepare_run_dir
-from tether.tasks.gold import GoldScorer, load_gold_scorer, score_all
+from tether.tasks.gold import GoldScorer, call_scorer, column_lists, load_gold_scorer
+from tether.tasks.rewards import RewardFunction, load_reward_functions, weighted_sum
 from tether.trainers.common import (
     StopRequests,
     due,
@@ -134,6 +138,9 @@ from tether.trainers.common import (
 
 # The metrics of a score (its mean and spread over a rollout), and of a phase's seconds (Laps).
 SCORE_METRICS = {"gold": (REWARD_GOLD, REWARD_GOLD_STD), "proxy": (REWARD_PROXY, REWARD_PROXY_STD)}
+# A reward function's score is "fn:<label>" among an iteration's scores, logged as reward/<label>;
+# "combined" is model_weight * proxy + the weighted functions, when there are functions.
+FUNCTION = "fn:"
 LAP_METRICS = {"generate": PERF_GENERATE_S, "score": PERF_SCORE_S, "refill": PERF_REFILL_S,
                "prepare": PERF_PREPARE_S, "train": PERF_TRAIN_S, "step": PERF_STEP_S}
 MISMATCH_METRICS = {"kl_k1": MISMATCH_KL_K1, "kl_k3": MISMATCH_KL_K3,
@@ -318,11 +325,12 @@ class UpdateStats:
 
 @dataclass
 class Prompts:
-    """The training prompts and the held-out ones: (source text, messages) rows and token ids."""
+    """The training prompts and the held-out ones: their rows (prompt, messages, columns) and
+    token ids."""
 
-    rows: list[tuple[str, Messages]]
+    rows: list[PromptRow]
     ids: list[list[int]]
-    eval_rows: list[tuple[str, Messages]]
+    eval_rows: list[PromptRow]
     eval_ids: list[list[int]]
 
 
@@ -339,6 +347,7 @@ class Loop:
     reference: torch.nn.Module | None  # None: the policy with its adapter off
     reward_model: RewardModel | None
     gold: GoldScorer | None
+    functions: list[RewardFunction]  # reward.functions
     generator: Generator  # the rollout backend (rollout.backend)
     params: SamplingParams
     chunk: int  # train.logits_chunk; 0 under fsdp2, whose head weight stays sharded
@@ -407,14 +416,15 @@ def load_prompt_sets(cfg: PPOConfig, tokenizer: PreTrainedTokenizerBase, d: Dist
     if d.main:
         print(f"prompts: {stats.summary()}" + (f"; {len(eval_rows)} held out for evaluation"
                                                if eval_rows else ""))
-    def encode(rows: list[tuple[str, Messages]]) -> list[list[int]]:
-        return encode_prompts(tokenizer, [m for _, m in rows], chat, rcfg.max_prompt_length)[0]
+    def encode(rows: list[PromptRow]) -> list[list[int]]:
+        return encode_prompts(tokenizer, [r.messages for r in rows], chat,
+                              rcfg.max_prompt_length)[0]
 
     return Prompts(rows, encode(rows), eval_rows, encode(eval_rows))
 
 
 def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
-               gold: GoldScorer | None, masters: bool) -> Loop:
+               gold: GoldScorer | None, functions: list[RewardFunction], masters: bool) -> Loop:
     """Load the reward model, the policy, its value model and its reference, on the device."""
     algo, pcfg = cfg.algo, cfg.ppo
     loading = {"hub_kernels": cfg.model.hub_kernels, "attention": cfg.model.attention}
@@ -468,7 +478,7 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
     # The training passes go through DDP when there is one; compiled, generation is not.
     forward = d.wrap(maybe_compile(trained, cfg.train.compile))
     return Loop(cfg, d, tokenizer, policy, trained, forward, reference, reward_model, gold,
-                generator, params, chunk, share, needs_policy_pass(cfg, d.world),
+                functions, generator, params, chunk, share, needs_policy_pass(cfg, d.world),
                 corrects_mismatch(cfg, generator))
 
 
@@ -504,33 +514,48 @@ def collect(loop: Loop, prompt_ids: list[list[int]], step: int, refill: int = 0)
     return rollout
 
 
-def score(loop: Loop, rollout: Rollout, prompts: list[Messages], rows: range,
+def score(loop: Loop, rollout: Rollout, prompts: list[PromptRow], rows: range,
           empty: bool = False) -> dict[str, torch.Tensor]:
     """Phase 2: the scores of the rollout's `rows` (this process's share), gathered: "proxy"
-    from the reward model, "gold" from the gold scorer; with `empty`, also ("empty") the reward
-    model's score of an empty response to each row's prompt."""
+    from the reward model, "gold" from the gold scorer, "fn:<label>" from each reward function
+    (NaN where it returned None), and with functions "combined", the weighted sum; with
+    `empty`, also ("empty") the reward model's score of an empty response to each row's prompt.
+    `prompts`: the rollout's prompt rows, by rollout.prompt_index; every scorer gets each
+    sample's prompt and its row's columns."""
     d, micro = loop.d, loop.cfg.ppo.micro_batch_size
-    sample_prompts = [prompts[rollout.prompt_index[i]] for i in rows]
+    sample_rows = [prompts[rollout.prompt_index[i]] for i in rows]
     texts = rollout.texts[rows.start:rows.stop]
+    given, columns = [r.prompt for r in sample_rows], column_lists(sample_rows)
     scores = {}
     if loop.reward_model is not None:
         answers = {"proxy": texts} | ({"empty": [""] * len(texts)} if empty else {})
         for key, responses in answers.items():
             scores[key] = torch.tensor(loop.reward_model.score(
-                sample_prompts, responses, batch_size=micro, bf16=loop.cfg.train.bf16),
-                device=d.device)
+                [r.messages for r in sample_rows], responses, batch_size=micro,
+                bf16=loop.cfg.train.bf16), device=d.device)
     if loop.gold is not None:
-        scores["gold"] = torch.tensor(score_all([{"responses": texts}], loop.gold)[0],
+        scores["gold"] = torch.tensor(call_scorer(loop.gold, texts, given, columns),
                                       dtype=torch.float32, device=d.device)
-    return {k: d.all_rows(v) for k, v in scores.items()}
+    for f in loop.functions:
+        scores[FUNCTION + f.label] = torch.tensor(f(texts, given, columns), dtype=torch.float32,
+                                                  device=d.device)
+    scores = {k: d.all_rows(v) for k, v in scores.items()}
+    if loop.functions:
+        combined = torch.tensor(weighted_sum(
+            {f.label: scores[FUNCTION + f.label].cpu().numpy() for f in loop.functions},
+            loop.functions), dtype=torch.float32, device=d.device)
+        if "proxy" in scores:
+            combined = combined + loop.cfg.reward.model_weight * scores["proxy"]
+        scores["combined"] = combined
+    return scores
 
 
 def objective_of(scores: dict[str, torch.Tensor], rollout: Rollout, reward: PPORewardConfig,
                  penalize_no_eos: bool, max_new_tokens: int) -> torch.Tensor:
-    """The score optimised: the proxy when there is a reward model (else gold), with the no-EOS
-    penalty and the overlong penalty (reward.overlong_buffer), then optional whitening (mean
-    kept) and clipping."""
-    objective = scores["proxy" if "proxy" in scores else "gold"].clone()
+    """The score optimised: the weighted sum with reward functions, else the proxy when there is
+    a reward model, else gold; with the no-EOS penalty and the overlong penalty
+    (reward.overlong_buffer), then optional whitening (mean kept) and clipping."""
+    objective = scores[next(k for k in ("combined", "proxy", "gold") if k in scores)].clone()
     if penalize_no_eos:
         objective[~rollout.finished] = reward.no_eos_score
     if reward.overlong_buffer:
@@ -570,7 +595,7 @@ def refill(loop: Loop, prompts: Prompts, batch: Scored, step: int, rows: range,
         extra = torch.randperm(len(prompts.rows), generator=torch.Generator().manual_seed(
             stream_seed(cfg.train.seed * 1_000_003 + step, rounds)))[:rcfg.batch_size].tolist()
         more = collect(loop, [prompts.ids[i] for i in extra], step, refill=rounds)
-        more_scores = score(loop, more, [prompts.rows[i][1] for i in extra], rows)
+        more_scores = score(loop, more, [prompts.rows[i] for i in extra], rows)
         more_objective = objective_of(more_scores, more, cfg.reward, penalize_no_eos,
                                       rcfg.max_new_tokens)
         flat = (~groups_with_spread(objective, group)[::group]).nonzero().flatten().tolist()
@@ -729,8 +754,11 @@ def iteration_metrics(cfg: PPOConfig, batch: Batch, stats: UpdateStats, seq_kl: 
     num_samples = len(rollout.texts)
     metrics = dict(stats.metrics)
     for key, values in batch.scores.items():
-        mean, std = SCORE_METRICS[key]
-        metrics[mean], metrics[std] = values.mean().item(), values.std().item()
+        if key in SCORE_METRICS:
+            mean, std = SCORE_METRICS[key]
+            metrics[mean], metrics[std] = values.mean().item(), values.std().item()
+        elif key.startswith(FUNCTION):  # the mean over the completions it applies to
+            metrics[REWARD_PREFIX + key[len(FUNCTION):]] = values.nanmean().item()
     metrics |= {
         REWARD_SCORE: batch.objective.mean().item(),
         KL_SEQ: seq_kl.mean().item(), KL_COEF: kl_coef,
@@ -769,11 +797,12 @@ def evaluate(loop: Loop, prompts: Prompts) -> dict[str, float]:
     """The held-out check (eval/*): one fresh sample per held-out prompt."""
     with loop.d.whole(loop.trained):
         return heldout_metrics(loop.policy, loop.tokenizer, prompts.eval_ids,
-                               [m for _, m in prompts.eval_rows], params=loop.params,
+                               [r.messages for r in prompts.eval_rows], params=loop.params,
                                seed=loop.cfg.train.seed, batch_size=loop.cfg.ppo.micro_batch_size,
                                reference=loop.reference, gold=loop.gold,
                                reward_model=loop.reward_model, bf16=loop.cfg.train.bf16,
-                               chunk=loop.chunk, generator=loop.generator)
+                               chunk=loop.chunk, generator=loop.generator,
+                               prompt_rows=prompts.eval_rows)
 
 
 def empty_wins(empty: torch.Tensor | None, scores: dict[str, torch.Tensor]) -> float | None:
@@ -792,6 +821,16 @@ class Hooks:
     started: Callable[[Loop], None] = lambda loop: None
     iteration: Callable[[Loop, Batch, dict[str, float]], None] = \
         lambda loop, batch, metrics: None
+
+
+def optimised(cfg: PPOConfig, functions: list[RewardFunction]) -> str:
+    """What the run optimises, in words, for its header."""
+    if not functions:
+        return f"reward model {cfg.reward.model}" if cfg.reward.model else \
+            f"gold {cfg.reward.gold}"
+    terms = [f"{cfg.reward.model_weight:g} * reward model"] if cfg.reward.model else []
+    terms += [f"{f.weight:g} * {f.name}" for f in functions]
+    return " + ".join(terms)
 
 
 def postfix(metrics: dict[str, float]) -> dict[str, str]:
@@ -836,14 +875,15 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
     tokenizer = load_tokenizer(cfg.model.name)
     prompts = load_prompt_sets(cfg, tokenizer, d)
     gold = load_gold_scorer(cfg.reward.gold) if cfg.reward.gold else None
+    functions = load_reward_functions(cfg.reward.functions)
     run_dir, checkpoint = prepare_run_dir(cfg.run_dir, cfg.resume, write=d.main)
-    loop = build_loop(cfg, d, tokenizer, gold, masters)
+    loop = build_loop(cfg, d, tokenizer, gold, functions, masters)
 
     per_epoch = len(prompts.rows) // rcfg.batch_size  # iterations per pass over the prompts
     total_steps = cfg.train.max_steps or epochs_for(cfg.train, per_epoch) * per_epoch
     num_samples = rcfg.batch_size * rcfg.group_size
     updates_per_step = pcfg.epochs * num_samples // pcfg.minibatch_size
-    target = f"reward model {cfg.reward.model}" if cfg.reward.model else f"gold {cfg.reward.gold}"
+    target = optimised(cfg, functions)
     print_header(f"{algo} on {cfg.model.name}", loop.trained,
                  f"{total_steps} iterations of {rcfg.batch_size} prompts x {rcfg.group_size} "
                  f"samples; optimising the {target} ({d.processes})", d)
@@ -885,7 +925,7 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
             indices = batch_indices(len(prompts.rows), rcfg.batch_size, step, cfg.train.seed)
             rollout = collect(loop, [prompts.ids[i] for i in indices], step)
             laps.lap("generate")
-            scores = score(loop, rollout, [prompts.rows[i][1] for i in indices], mine,
+            scores = score(loop, rollout, [prompts.rows[i] for i in indices], mine,
                            empty=watch.wants_empty_scores)
             # for the health check alone, on the first rollout: not logged
             wins = empty_wins(scores.pop("empty", None), scores)
@@ -930,8 +970,9 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
             hooks.iteration(loop, batch, metrics)
             if due(done, cfg.sample_every, is_last):
                 samples_log.write(done, {"samples": [
-                    {"prompt": prompts.rows[indices[rollout.prompt_index[i]]][0],
-                     "response": rollout.texts[i], **{k: v[i].item() for k, v in scores.items()}}
+                    {"prompt": prompts.rows[indices[rollout.prompt_index[i]]].prompt,
+                     "response": rollout.texts[i],
+                     **{k: None if v[i].isnan() else v[i].item() for k, v in scores.items()}}
                     for i in range(min(4, num_samples))]})
             progress.set_postfix(postfix(metrics))
             progress.update(1)
