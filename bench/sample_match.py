@@ -5,8 +5,9 @@ Both backends sample the same prompts of the sentiment task with the same seeds 
 seed. Printed per backend: mean gold, mean length and EOS rate with 95 % intervals over the
 (prompt, seed) means. Printed for the pair: the paired differences with their intervals, and
 how the frequencies of the most common response tokens compare (correlation, total
-variation). A backend with other numerics (static in bf16) passes when the differences are
-within their intervals.
+variation), and the share of responses identical to hf's. A backend with hf's numerics (static
+in fp32, --no-bf16) should draw nearly the same responses; one with other numerics (static in
+bf16) passes when the differences are within their intervals.
 
     python -m bench sample-match --backend static      # 48 prompts x 4 x 40 tokens, 3 seeds
 """
@@ -48,8 +49,10 @@ def _sample(generator, tokenizer, gold, prompts, args) -> dict:
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     rows = {"gold": [], "length": [], "eos": []}
     counts: collections.Counter = collections.Counter()
+    responses = []
     for seed in range(args.seeds):
         for samples in generator.generate(prompts, args.n, params, seed=seed):
+            responses += [g.response_ids for g in samples]
             texts = [tokenizer.decode(g.response_ids, skip_special_tokens=True)
                      for g in samples]
             rows["gold"].append(np.mean(gold(texts)))
@@ -57,7 +60,8 @@ def _sample(generator, tokenizer, gold, prompts, args) -> dict:
             rows["eos"].append(np.mean([g.finished for g in samples]))
             for g in samples:
                 counts.update(g.response_ids)
-    return {k: np.array(v) for k, v in rows.items()} | {"counts": counts}
+    return {k: np.array(v) for k, v in rows.items()} | {"counts": counts,
+                                                         "responses": responses}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -83,6 +87,10 @@ def run(args: argparse.Namespace) -> None:
                              for k in ("gold", "length", "eos")}
     print(f"{args.backend} - hf, paired: " + "  ".join(
         f"{k} {m:+.3f} +- {h:.3f}" for k, (m, h) in figures["difference"].items()))
+    same = np.mean([x == y for x, y in zip(sides["hf"]["responses"], ours["responses"],
+                                           strict=True)])
+    figures["identical_share"] = float(same)
+    print(f"responses identical to hf's (same prompt, seed and sample): {same:.3f}")
     a, b = sides["hf"]["counts"], ours["counts"]
     top = [t for t, _ in (a + b).most_common(args.top_tokens)]
     fa, fb = (np.array([c[t] for t in top], dtype=float) for c in (a, b))

@@ -273,8 +273,8 @@ class SampleConfig:
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
                                 choices=CHAT_TEMPLATE)
     backend: str = option("auto", "Generation backend: static (tether's static-cache decode "
-                                  "loop on a copy of the policy; on 2 CPU cores about 1.5x hf "
-                                  "in fp32, 2.3x with bf16), hf (transformers generate with a "
+                                  "loop on a copy of the policy; on 2 CPU cores about 1.9x hf "
+                                  "in fp32, 2.7x with bf16), hf (transformers generate with a "
                                   "KV cache), vllm (GPUs only) or auto: static on a CPU, hf on "
                                   "a GPU.", choices=BACKENDS)
     bf16: bool = option(False, "Generate in bf16: hf under autocast, static on a bf16 copy.")
@@ -581,7 +581,7 @@ class RolloutConfig:
     backend: str = option(
         "auto", "Generation backend: static (tether's decode loop over a static KV cache, on a "
         "copy of the policy in rollout.dtype with any LoRA adapter merged in; on 2 CPU cores "
-        "about 1.5x hf's tokens/s in fp32 and 2.3x in bf16, see BENCHMARKS.md), hf "
+        "about 1.9x hf's tokens/s in fp32 and 2.7x in bf16, see BENCHMARKS.md), hf "
         "(transformers generate on the policy itself), vllm (GPUs only) or auto: static on a "
         "CPU, hf on a GPU (static is not measured there yet) or under train.strategy=fsdp2.",
         choices=BACKENDS)
@@ -862,7 +862,7 @@ class EvalConfig:
     bf16: bool = option(False, "Generate and compute log-probs under bf16 autocast.")
     backend: str = option("auto", "Generation backend: static (tether's static-cache decode "
                                   "loop on a copy of the policy, bf16 if bf16=true; on 2 CPU "
-                                  "cores about 1.5x hf in fp32, 2.3x in bf16), hf "
+                                  "cores about 1.9x hf in fp32, 2.7x in bf16), hf "
                                   "(transformers generate), vllm (GPUs only) or auto: static "
                                   "on a CPU, hf on a GPU.", choices=BACKENDS)
     device: str = device_option()

@@ -36,7 +36,7 @@ from tether.models.head import DEFAULT_CHUNK
 from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
 from tether.rollout.base import Generator, SamplingParams
-from tether.rollout.generate import HFGenerator
+from tether.rollout.backends import make_generator
 from tether.tasks.gold import GoldScorer, score_all
 
 # Per-sample numbers that get a mean and an interval in the summary.
@@ -122,8 +122,9 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                     chunk: int = DEFAULT_CHUNK, generator: Generator | None = None,
                     prompt_rows: Sequence[PromptRow] | None = None) -> list[dict]:
     """Sample `n` responses per prompt and measure each one; records in (prompt, sample) order.
-    `generator`: the backend that samples from `model` (default hf; PPO passes its rollout
-    backend, synced to the policy). `prompt_rows`: the prompts' rows, one per prompt, whose
+    `generator`: the backend that samples from `model` (default backend `auto`: static on a
+    CPU, in the model's precision or bf16 with `bf16`; PPO passes its rollout backend, synced
+    to the policy). `prompt_rows`: the prompts' rows, one per prompt, whose
     prompt and columns a gold scorer of the keyword form receives (tether.tasks.gold).
 
     Batch b of `batch_size` prompts is sampled with seed `seed + b` (as `tether sample` does),
@@ -146,7 +147,7 @@ def evaluate_policy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
         raise ValueError("a reward model needs the prompts' messages, one per prompt")
     if prompt_rows is not None and len(prompt_rows) != len(prompt_ids):
         raise ValueError("prompt_rows: one per prompt")
-    generator = generator or HFGenerator(model, tokenizer, bf16=bf16)
+    generator = generator or make_generator("auto", model, tokenizer, bf16=bf16)
     records: list[dict] = []
     for batch_index, start in enumerate(range(0, len(prompt_ids), batch_size)):
         batch = prompt_ids[start:start + batch_size]

@@ -2,8 +2,8 @@
 
 Trainers, `tether sample` and the evaluations see only this: token ids of prompts and
 `SamplingParams` in, `Generation`s out, and `sync` after each update of the policy. A backend
-(generate.py: Hugging Face `generate`; vllm.py: vLLM on a GPU) implements `Generator`, and
-backends.py picks one by name.
+(generate.py: Hugging Face `generate`; static.py: tether's own decode loop; vllm.py: vLLM on a
+GPU) implements `Generator`, and backends.py picks one by name.
 
 Every sample draws from a random stream of its own, named by (seed, its index in the whole
 batch), so a sample does not depend on which other prompts share its call: a batch split over

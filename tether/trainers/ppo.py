@@ -468,7 +468,7 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
     rcfg = cfg.rollout
     generator = make_generator(rcfg.backend, policy, tokenizer, bf16=cfg.train.bf16,
                                model_path=str(resolve(cfg.model.name)) if rcfg.backend == "vllm"
-                               else "", compile=rcfg.compile, sharded=d.sharded,
+                               else "", compile=rcfg.compile,
                                dtype=rcfg.dtype)
     params = SamplingParams(temperature=rcfg.temperature, top_p=rcfg.top_p,
                             max_new_tokens=rcfg.max_new_tokens)
