@@ -35,8 +35,8 @@ from tether.metric_names import (
 from tether.models.head import DEFAULT_CHUNK
 from tether.models.logprobs import forward_logprobs
 from tether.models.reward import RewardModel
-from tether.rollout.base import Generator, SamplingParams
 from tether.rollout.backends import make_generator
+from tether.rollout.base import Generator, SamplingParams
 from tether.tasks.gold import GoldScorer, score_all
 
 # Per-sample numbers that get a mean and an interval in the summary.
