@@ -179,7 +179,7 @@ class LayerDecode:
     architecture LlamaDecode does not write out."""
 
     def __init__(self, model: torch.nn.Module, prepack: bool = True):
-        self.model = model
+        self.model = model  # `prepack`: LlamaDecode's; the model's forward keeps torch's layout
 
     def pack(self) -> None:
         pass  # the forward reads the model's weights as they are
