@@ -78,17 +78,31 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     newest `keep`."""
     target = checkpoint_path(run_dir, step)
     with atomic_dir(target) as tmp:
-        with open(tmp / _STATE, "wb") as f:
-            writer = _HashingWriter(f)
-            torch.save(state, writer)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp / _STATE, "wb") as f:
+                writer = _HashingWriter(f)
+                torch.save(state, writer)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            # torch reports a failed write (a full disk) as its own RuntimeError, the OSError
+            # underneath; name the checkpoint and what it needed, not torch's internals
+            cause = e if isinstance(e, OSError) else e.__context__
+            if not isinstance(cause, OSError):
+                raise
+            raise UserError(f"cannot write checkpoint {target}: {cause.strerror or cause} "
+                            f"({_free(run_dir)} free; the run keeps train.keep_checkpoints="
+                            f"{keep} of them)") from None
         meta = {"step": step, "files": {_STATE: {"size": writer.size,
                                                  "sha256": writer.sha.hexdigest()}}}
         (tmp / _META).write_text(json.dumps(meta))
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _free(path: Path) -> str:
+    return f"{shutil.disk_usage(path).free / 2**30:.1f} GiB"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

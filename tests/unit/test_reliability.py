@@ -72,6 +72,38 @@ def test_no_intact_checkpoint_is_exit_2_and_leaves_the_run_as_it_was(tmp_path, s
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_a_disk_that_fills_during_a_checkpoint_is_exit_2_naming_it(tmp_path, sft_rows, capsys,
+                                                                     monkeypatch):
+    """torch.save reports a full disk as its own RuntimeError (an enforce failure); the run
+    says which checkpoint could not be written, leaves no half-written one, and resumes from
+    the last that was."""
+    import errno
+
+    from tether import checkpoint
+
+    run = tmp_path / "run"
+    args = _sft(tmp_path, sft_rows, "train.max_steps=4", "train.save_every=2",
+                f"run_dir={run}")
+    write, calls = checkpoint._HashingWriter.write, []
+
+    def fill_on_the_second_checkpoint(self, data):
+        calls.append(self)
+        if len({id(w) for w in calls}) > 1 and self.size > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, data)
+
+    monkeypatch.setattr(checkpoint._HashingWriter, "write", fill_on_the_second_checkpoint)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write checkpoint {run}/checkpoints/step-00000004: No space left on " \
+           "device (" in err and "GiB free" in err
+    assert "Traceback" not in err and "enforce" not in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    monkeypatch.setattr(checkpoint._HashingWriter, "write", write)
+    assert main([*args, "resume=true"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
 def test_a_resume_that_fails_its_data_check_keeps_the_old_config(tmp_path, sft_rows, capsys):
     run = tmp_path / "run"
     args = _sft(tmp_path, sft_rows, "train.max_steps=2", "train.save_every=1",
