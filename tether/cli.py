@@ -26,6 +26,7 @@ from tether.config import (
     LabelStatsConfig,
     PipelineConfig,
     PPOConfig,
+    PushConfig,
     ReportConfig,
     RMConfig,
     SampleConfig,
@@ -47,6 +48,7 @@ class Stage:
     summary: str
     example: str
     bare: str = ""  # metavar of an optional bare argument (not key=value), e.g. RUN_DIR
+    bare_key: str = "run_dir"  # the config key the bare argument sets
 
 
 # A name with a space is a sub-command of a group ("label simulate").
@@ -111,6 +113,11 @@ STAGES = {
                   "win rate",
                   "tether eval policies=runs/sft/final,runs/dpo/final reference=runs/sft/final "
                   "prompts=prompts.jsonl n=4"),
+    "push": Stage(PushConfig, "tether.hub:push",
+                  "upload a final/ directory (weights, tokenizer, model card) to the Hugging "
+                  "Face Hub; needs a network and a token",
+                  "tether push runs/sft/final repo=me/my-sft-model", bare="PATH",
+                  bare_key="path"),
 }
 
 
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             base, path = pipeline_sources(bare[0] if bare else None, args.config)
         elif bare:
-            overrides.insert(0, f"run_dir={bare[0]}")
+            overrides.insert(0, f"{stage.bare_key}={bare[0]}")
         cfg = load_config(stage.config, path, overrides, base=base)
         print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
         if args.print_config:

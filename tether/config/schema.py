@@ -106,7 +106,9 @@ class DataConfig:
         choices=["prompt_left", "drop"])
     chat_template: str = option(
         "auto", "Wrap prompts in the tokenizer's chat template: auto (if it has one), always, "
-        "never (plain text: prompt then response).", choices=CHAT_TEMPLATE)
+        "never (plain text: prompt then response), or a Jinja file (e.g. my_chat.jinja, in "
+        "transformers' chat-template format) that replaces the tokenizer's own: final/ keeps "
+        "it, so later stages that start from this model use it too.")
     skip_bad_rows: bool = option(
         False, "Skip malformed rows (counted and logged) instead of stopping with an error.")
     allow_empty_responses: bool = option(
@@ -1092,3 +1094,20 @@ class ReportConfig:
     def validate(self) -> None:
         if not self.run_dir:
             raise ConfigError("give the run directory: tether report RUN_DIR")
+
+
+@dataclass
+class PushConfig:
+    """Upload a final/ directory to the Hugging Face Hub."""
+
+    path: str = option("", "The directory to upload (the bare argument: tether push PATH), "
+                           "e.g. a run's final/ with its model card. Required.")
+    repo: str = option("", "Hub repository, user/name or org/name; created if it does not "
+                           "exist. Required.")
+    private: bool = option(True, "Create the repository private (an existing one keeps its "
+                                 "visibility).")
+    message: str = option("Upload with tether", "Commit message.")
+
+    def validate(self) -> None:
+        if not self.path or not self.repo:
+            raise ConfigError("give what to push and where: tether push PATH repo=user/name")
