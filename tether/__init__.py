@@ -1,7 +1,8 @@
 """tether: reinforcement learning from human feedback, end to end.
 
-Each command is also a function: tether.sft, rm, dpo, ppo, sample, evaluate and run (see
-tether.api), imported on first use so that `import tether` stays light.
+The trainers and the pipeline are also functions: tether.sft, rm, dpo, ppo and run, imported
+on first use so that `import tether` stays light; tether.api holds them with sample and
+evaluate (here those names are the modules tether.sample and tether.evaluate).
 """
 
 import os
@@ -12,7 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 __version__ = "0.1.0"
 
 
-_COMMANDS = ("sft", "rm", "dpo", "ppo", "sample", "evaluate", "run")  # tether.api's
+_COMMANDS = ("sft", "rm", "dpo", "ppo", "run")  # tether.api's
 
 
 def __getattr__(name: str):
