@@ -52,6 +52,8 @@ CHAT_TEMPLATE = ("auto", "always", "never")
 # Whether PPO reweights its policy gradient for the sampler's mismatch (rollout.is_correction).
 # Not on/off: YAML reads those as booleans.
 IS_CORRECTION = ("auto", "always", "never")
+# Experiment trackers (train.report_to; tether.tracking).
+REPORT_TO = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -174,6 +176,13 @@ class TrainConfig:
         False, "torch.compile the model (sft, rm, dpo and PPO's update). Pays off on a GPU "
         "for long runs of same-shaped batches; the first steps are slower while it compiles.")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
+    report_to: list[str] = option(
+        [], "Experiment trackers that also receive metrics.jsonl's metrics (same names and "
+        "steps; the config as hyperparameters; rank 0 under torchrun), e.g. "
+        "train.report_to=[tensorboard,wandb]. tensorboard: event files in RUN_DIR/tensorboard "
+        "(pip install tensorboard). wandb: a W&B run in RUN_DIR/wandb, offline unless an API "
+        "key is set (pip install wandb). A resumed run continues the same curves.",
+        choices=REPORT_TO)
 
 
 @dataclass
