@@ -1093,10 +1093,11 @@ class PipelineConfig:
 
 @dataclass
 class ReportConfig:
-    """Write report.html for a `tether run` directory, finished or not."""
+    """Write report.html for a `tether run` directory, or one of tether sft, rm, dpo or ppo,
+    finished or not."""
 
-    run_dir: str = option("", "The run directory (the bare argument: tether report RUN_DIR). "
-                              "Required.")
+    run_dir: str = option("", "The run directory (the bare argument: tether report RUN_DIR): "
+                              "a pipeline's, or a single stage's. Required.")
 
     def validate(self) -> None:
         if not self.run_dir:
