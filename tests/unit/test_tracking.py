@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from conftest import ranking_rows, write_jsonl
 
 from tether.cli import main
 from tether.config import SFTConfig, load_config
@@ -210,3 +210,23 @@ def test_flat_config_has_dotted_scalar_values():
     assert flat["optim.lr"] == cfg.optim.lr and flat["data.train"] == "x.jsonl"
     assert flat["train.report_to"] == "['tensorboard']"
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo", "grpo"])
+def test_every_stage_reports_to_tensorboard(tmp_path, stage):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / stage
+    common = ["model.name=tiny", f"run_dir={run}", "train.max_steps=2",
+              "train.report_to=[tensorboard]"]
+    if stage == "grpo":
+        prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                              [{"prompt": f"Write something about item {i}."} for i in range(8)])
+        argv = ["ppo", "algo=grpo", f"rollout.prompts={prompts}", "rollout.batch_size=2",
+                "rollout.group_size=2", "rollout.max_new_tokens=4", "ppo.minibatch_size=4",
+                "ppo.micro_batch_size=4", "eval_num_prompts=2"]
+    else:
+        data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(24))
+        argv = [stage, f"data.train={data}", "train.batch_size=4", "train.micro_batch_size=4",
+                "data.eval_fraction=0.25"]
+    assert main([*argv, *common]) == 0
+    _assert_same(_tensorboard_scalars(run), _jsonl_scalars(run))
