@@ -74,6 +74,13 @@ def test_tensorboard_scalars_equal_metrics_jsonl(tmp_path, sft_rows):
     expected = _jsonl_scalars(run)
     assert {"loss/train", "optim/lr", "eval/loss"} <= set(expected)
     _assert_same(_tensorboard_scalars(run), expected)
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    events = accumulator.EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    hparams = b"".join(events.PluginTagToContent("hparams").values())
+    assert b"optim.lr" in hparams and b"train.report_to" in hparams  # the config, flattened
+    assert "config/text_summary" in events.PluginTagToContent("text")  # and as YAML
 
 
 def test_tensorboard_resumed_run_repeats_no_step(tmp_path, sft_rows):
