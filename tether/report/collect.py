@@ -223,6 +223,15 @@ def _metric_table(series: dict[str, list[list[float]]]) -> list[dict]:
              "max": max(v for _, v in points)} for name, points in series.items()]
 
 
+def _drawn_first(series: dict[str, list], stage: str) -> dict[str, list]:
+    """The metrics a stage report draws: those the pipeline's report shows for the stage
+    first (rewards and KL before PPO's diagnostics), then the others as the log names them."""
+    shown = CURVES.get("ppo" if stage in ("grpo", "rloo") else stage, ())
+    first = [name for name in shown if name in series]
+    rest = [name for name in series if name not in first and not name.startswith(UNDRAWN)]
+    return {name: series[name] for name in first + rest}
+
+
 def collect_stage(root: str | Path) -> dict:
     """The report's data for one stage's run directory (tether sft, rm, dpo or ppo)."""
     root = Path(root)
@@ -246,8 +255,7 @@ def collect_stage(root: str | Path) -> dict:
         "stages": [{"name": stage, "status": "done" if done else "incomplete",
                     "seconds": times[-1] - times[0] if len(times) > 1 else None,
                     "summary": logged + ("" if done else "; no final/ yet")}],
-        "curves": {stage: {name: points for name, points in series.items()
-                           if not name.startswith(UNDRAWN)}},
+        "curves": {stage: _drawn_first(series, stage)},
         "metric_table": _metric_table(series),
         "rm": _reward_model(root, {}, None) if stage == "rm" else None,
         "warnings": warnings,
