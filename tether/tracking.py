@@ -126,12 +126,10 @@ class WandbTracker:
         else:
             run_id, self.skip_until = secrets.token_hex(4), -1
             id_file.write_text(run_id + "\n")  # before init: a run killed at once still resumes
-        mode = None if os.environ.get("WANDB_MODE") else \
-            "online" if _has_api_key() else "offline"
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "tether"), dir=str(run_dir), id=run_id,
             name=f"{run_dir.resolve().parent.name}/{run_dir.name}", config=to_dict(config),
-            resume="allow", mode=mode,
+            resume="allow", mode=wandb_mode(),
             reinit="finish_previous",  # a run left open by an exception in this process
             # tether's own output (and its progress bar) stay as they are
             settings=wandb.Settings(console="off", quiet=True))
@@ -142,6 +140,13 @@ class WandbTracker:
 
     def close(self) -> None:
         self.run.finish()
+
+
+def wandb_mode() -> str | None:
+    """online with an API key, else offline; None (W&B's own choice) where WANDB_MODE says."""
+    if os.environ.get("WANDB_MODE"):
+        return None
+    return "online" if _has_api_key() else "offline"
 
 
 def _has_api_key() -> bool:

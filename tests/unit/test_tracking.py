@@ -14,7 +14,7 @@ from tether.cli import main
 from tether.config import SFTConfig, load_config
 from tether.errors import ConfigError
 from tether.rundir import read_metrics
-from tether.tracking import flat_config
+from tether.tracking import flat_config, wandb_mode
 from tether.trainers.common import Hooks
 from tether.trainers.sft import train
 
@@ -237,3 +237,15 @@ def test_every_stage_reports_to_tensorboard(tmp_path, stage):
                 "data.eval_fraction=0.25"]
     assert main([*argv, *common]) == 0
     _assert_same(_tensorboard_scalars(run), _jsonl_scalars(run))
+
+
+def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode() == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password KEY\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() is None  # W&B reads WANDB_MODE itself
