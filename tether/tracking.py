@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from tether.config import to_dict, to_yaml
 from tether.errors import ConfigError
+from tether.files import atomic_write_text
 
 # train.report_to's values, with the package each needs.
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -125,7 +126,7 @@ class WandbTracker:
             self.skip_until = logged_until if logged_until is not None else resume_step
         else:
             run_id, self.skip_until = secrets.token_hex(4), -1
-            id_file.write_text(run_id + "\n")  # before init: a run killed at once still resumes
+            atomic_write_text(id_file, run_id + "\n")  # before init: a run killed now resumes it
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "tether"), dir=str(run_dir), id=run_id,
             name=f"{run_dir.resolve().parent.name}/{run_dir.name}", config=to_dict(config),
