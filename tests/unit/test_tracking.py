@@ -4,7 +4,10 @@ same names and steps, and a resumed run continues the same curves without repeat
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +252,19 @@ def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch):
     assert wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() is None  # W&B reads WANDB_MODE itself
+
+
+@pytest.mark.distributed
+def test_under_torchrun_only_rank_0_reports(tmp_path, sft_rows):
+    pytest.importorskip("tensorboard")
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node=2", "-m", "tether", "sft", "model.name=tiny",
+                    f"data.train={data}", f"run_dir={run}", "train.max_steps=2",
+                    "train.batch_size=4", "train.micro_batch_size=2", "train.device=cpu",
+                    "train.report_to=[tensorboard]"],
+                   check=True, capture_output=True, timeout=600,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    _assert_same(_tensorboard_scalars(run), _jsonl_scalars(run))
