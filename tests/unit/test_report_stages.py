@@ -104,6 +104,8 @@ def test_an_unfinished_run_and_a_bare_directory(tmp_path, capsys):
     page = _report(run, capsys)
     assert "status-incomplete" in page or "incomplete" in page
     assert "loss/train" in page and page.count("<svg") == 1
+    (run / "metrics.jsonl").write_text("")  # started, nothing logged yet
+    assert "nothing logged yet" in _report(run, capsys)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["report", str(empty)]) == 2
