@@ -30,8 +30,8 @@ from tether.config import to_dict, to_yaml
 from tether.errors import ConfigError
 from tether.files import atomic_write_text
 
-# train.report_to's values, with the package each needs.
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+# train.report_to's values: the module each imports, and the package that brings it.
+LIBRARIES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
 TENSORBOARD_DIR = "tensorboard"
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -60,12 +60,12 @@ def open_trackers(report_to: Sequence[str], run_dir: Path, config: Any,
 
 
 def _library(name: str) -> Any:
-    module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb"}[name]
+    module, package = LIBRARIES[name]
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"train.report_to: {name} needs the {PACKAGES[name]} package, which "
-                          f"is not installed: pip install {PACKAGES[name]}") from None
+        raise ConfigError(f"train.report_to: {name} needs the {package} package, which is not "
+                          f"installed: pip install {package}") from None
 
 
 def flat_config(config: Any) -> dict[str, Any]:
