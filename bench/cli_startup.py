@@ -73,7 +73,8 @@ def make_inputs(where: Path) -> dict[str, list[str]]:
 def help_commands(every: bool) -> dict[str, list[str]]:
     from tether.cli import STAGES
 
-    names = list(STAGES) if every else ["sft", "ppo", "run", "label stats"]
+    groups = sorted({name.split()[0] for name in STAGES if " " in name})  # `tether label`
+    names = [*STAGES, *groups] if every else ["sft", "ppo", "run", "label stats"]
     return {"--help": ["--help"], **{f"{name} --help": [*name.split(), "--help"]
                                      for name in names}}
 
