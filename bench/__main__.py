@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from bench import (
+    cli_startup,
     dpo,
     generation,
     gpu_check,
@@ -28,7 +29,8 @@ from bench import (
 BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "rm-quality": rm_quality, "dpo": dpo,
               "ppo": ppo, "label": label, "precision": precision, "scaling": scaling,
               "generation": generation, "sample-match": sample_match, "vs-trl": vs_trl,
-              "gpu-check": gpu_check, "gpu-train": gpu_train}
+              "gpu-check": gpu_check, "gpu-train": gpu_train,
+              "cli-startup": cli_startup}
 
 
 def main(argv: list[str] | None = None) -> None:

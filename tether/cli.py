@@ -106,7 +106,8 @@ STAGES = {
                  "tether run quick    # or: tether run my_pipeline.yaml ppo.optim.lr=2e-5",
                  bare="PIPELINE"),
     "report": Stage(ReportConfig, "tether.report.collect:run",
-                    "write report.html for a `tether run` directory, finished or not",
+                    "write report.html for a run directory (`tether run`'s, or that of tether "
+                    "sft, rm, dpo or ppo), finished or not",
                     "tether report runs/pipeline", bare="RUN_DIR"),
     "eval": Stage(EvalConfig, "tether.evaluate:run",
                   "evaluate policies by sampling: gold score, proxy reward, KL to a reference, "

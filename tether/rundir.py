@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tether.checkpoint import latest_checkpoint, latest_intact_checkpoint
 from tether.config import to_yaml
 from tether.errors import UserError
 from tether.files import atomic_write_text, check_dir
 from tether.metric_names import current_names
+from tether.tracking import open_trackers
 
 
 def prepare_run_dir(run_dir: str, resume: bool, write: bool = True
@@ -23,6 +24,10 @@ def prepare_run_dir(run_dir: str, resume: bool, write: bool = True
     checked and the checkpoint restored (write_config), so a run that stops on bad input
     leaves no empty directory and a resume that fails leaves the run as it was.
     write=False (ranks other than 0 under torchrun): no messages."""
+    # Imported here: tether.checkpoint needs torch, and reading a run's metrics (tether report)
+    # must not pay seconds for it.
+    from tether.checkpoint import latest_checkpoint, latest_intact_checkpoint
+
     path = Path(run_dir)
     if latest_checkpoint(path) is not None and not resume:
         raise UserError(f"{path} already holds checkpoints of a run; pass resume=true to "
@@ -43,18 +48,26 @@ def write_config(run_dir: Path, cfg: Any) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl.
+    """Appends one JSON object per logged step to metrics.jsonl, and sends the numbers to the
+    experiment trackers of `report_to` (tether.tracking: TensorBoard, W&B) with `config` as
+    their hyperparameters.
 
     On resume the lines after the checkpoint's step are dropped first: those steps are about
     to be run again, and a curve must not show them twice."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None,
+                 report_to: Sequence[str] = (), config: Any = None):
         self.path = Path(path)
+        logged_until = None
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [line for line, row in _rows(self.path) if row.get("step", 0) <= resume_step]
+            rows = _rows(self.path)
+            logged_until = max((row.get("step", 0) for _, row in rows), default=None)
+            kept = [line for line, row in rows if row.get("step", 0) <= resume_step]
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.trackers = open_trackers(report_to, self.path.parent, config, resume_step,
+                                      logged_until) if report_to else []
         self._file = open(self.path, "a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -63,6 +76,9 @@ class MetricsLog:
             value = float(value)
             row[key] = value if math.isfinite(value) else str(value)
         self.write(step, row)
+        numbers = {key: float(value) for key, value in metrics.items()}
+        for tracker in self.trackers:
+            tracker.log(step, numbers)
 
     def write(self, step: int, record: dict) -> None:
         """Any JSON-serialisable record (e.g. sample responses), stamped with step and time."""
@@ -72,6 +88,8 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 class NullLog:

@@ -221,11 +221,13 @@ def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:
         finite = " (finite)" if typ is float else ""
         raise ConfigError(f"{where}{key} must be {_type_name(typ)}{finite}, got {value!r}")
     choices = meta.get("choices")
-    if choices and value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    for item in (value if isinstance(value, list) else [value]) if choices else []:
+        if item in choices:  # a list's choices are those of each of its items
+            continue
+        close = difflib.get_close_matches(str(item), [str(c) for c in choices], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{where}{key} must be one of {', '.join(map(str, choices))}; got "
-                          f"{value!r}{hint}")
+                          f"{item!r}{hint}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
         raise ConfigError(f"{where}{key} must be >= {lo}, got {value!r}")

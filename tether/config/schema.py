@@ -52,6 +52,8 @@ CHAT_TEMPLATE = ("auto", "always", "never")
 # Whether PPO reweights its policy gradient for the sampler's mismatch (rollout.is_correction).
 # Not on/off: YAML reads those as booleans.
 IS_CORRECTION = ("auto", "always", "never")
+# Experiment trackers (train.report_to; tether.tracking).
+REPORT_TO = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -176,6 +178,13 @@ class TrainConfig:
         False, "torch.compile the model (sft, rm, dpo and PPO's update). Pays off on a GPU "
         "for long runs of same-shaped batches; the first steps are slower while it compiles.")
     seed: int = option(0, "Seed for initialisation, data order and sampling.")
+    report_to: list[str] = option(
+        [], "Experiment trackers that also receive metrics.jsonl's metrics (same names and "
+        "steps; the config as hyperparameters; rank 0 under torchrun), e.g. "
+        "train.report_to=[tensorboard,wandb]. tensorboard: event files in RUN_DIR/tensorboard "
+        "(pip install tensorboard). wandb: a W&B run in RUN_DIR/wandb, offline unless an API "
+        "key is set (pip install wandb). A resumed run continues the same curves.",
+        choices=REPORT_TO)
 
 
 @dataclass
@@ -1108,10 +1117,11 @@ class PipelineConfig:
 
 @dataclass
 class ReportConfig:
-    """Write report.html for a `tether run` directory, finished or not."""
+    """Write report.html for a `tether run` directory, or one of tether sft, rm, dpo or ppo,
+    finished or not."""
 
-    run_dir: str = option("", "The run directory (the bare argument: tether report RUN_DIR). "
-                              "Required.")
+    run_dir: str = option("", "The run directory (the bare argument: tether report RUN_DIR): "
+                              "a pipeline's, or a single stage's. Required.")
 
     def validate(self) -> None:
         if not self.run_dir:

@@ -1,7 +1,10 @@
-"""Read a pipeline run directory into the report's data (see tether.report.html.render).
+"""Read a run directory into the report's data (see tether.report.html.render): a pipeline's
+(`tether run`: every stage, the evaluation, the frontier) or one stage's (`tether sft|rm|dpo|
+ppo`: its curves and a table of its metrics).
 
 Everything is read from files the stages wrote, so `tether report RUN_DIR` redraws the report
-of any run, finished or not: a section whose stage has not run yet is left out.
+of any run, finished or not: a section whose stage has not run yet is left out. Nothing here
+imports torch: reading JSON and drawing SVG takes well under a second.
 """
 
 from __future__ import annotations
@@ -112,12 +115,13 @@ def _samples(policies: dict, prompts: list, count: int) -> list[dict]:
     return out
 
 
-def _reward_model(root: Path, frontier: dict | None) -> dict | None:
-    rm = _json(root / "rm" / "eval.json")
+def _reward_model(rm_dir: Path, labels: dict, frontier: dict | None) -> dict | None:
+    """The reward model's held-out evaluation (rm_dir/eval.json); `labels`: the labeler's
+    statistics, where the run has them."""
+    rm = _json(rm_dir / "eval.json")
     if rm is None:
         return None
     m = rm["metrics"]
-    labels = _json(root / "label" / "labels.stats.json") or {}
     out = {
         "accuracy": m[EVAL_ACCURACY],
         "accuracy_ci": [m[EVAL_ACCURACY_CI_LO], m[EVAL_ACCURACY_CI_HI]],
@@ -166,7 +170,8 @@ def collect(root: str | Path) -> dict:
         "stages": [{"name": name, "status": st.get("status"), "seconds": st.get("seconds"),
                     "summary": st.get("summary")} for name, st in state.items()],
         "curves": _curves(root),
-        "rm": _reward_model(root, frontier),
+        "rm": _reward_model(root / "rm", _json(root / "label" / "labels.stats.json") or {},
+                            frontier),
         "warnings": (frontier or {}).get("warnings", []) + _health_warnings(root),
         "notes": [
             "KL is the summed log-ratio log pi(y|x) - log pi_ref(y|x) of a policy's own "
@@ -187,11 +192,90 @@ def collect(root: str | Path) -> dict:
     return data
 
 
+# A stage's run directory: which stage wrote it, told by the config section only it has.
+STAGE_SECTIONS = (("rollout", "ppo"), ("dpo", "dpo"), ("reward", "rm"), ("data", "sft"))
+# Metrics a stage report lists in its table but does not draw: timings, memory, flags.
+UNDRAWN = ("perf/", "health/", "data/")
+
+
+def stage_of(settings: dict) -> str:
+    """sft, rm, dpo, or ppo's algorithm (ppo, grpo, rloo), from a run's config.yaml."""
+    for section, stage in STAGE_SECTIONS:
+        if section in settings:
+            return str(settings.get("algo", stage)) if stage == "ppo" else stage
+    return "run"
+
+
+def _series(metrics: list[dict]) -> dict[str, list[list[float]]]:
+    """Every numeric metric as [[step, value], ...], in the order the log first names them."""
+    series: dict[str, list[list[float]]] = {}
+    for row in metrics:
+        for key, value in row.items():
+            if key not in ("step", "time") and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool):
+                series.setdefault(key, []).append([row["step"], value])
+    return series
+
+
+def _metric_table(series: dict[str, list[list[float]]]) -> list[dict]:
+    return [{"name": name, "points": len(points), "first": points[0][1], "last": points[-1][1],
+             "last_step": points[-1][0], "min": min(v for _, v in points),
+             "max": max(v for _, v in points)} for name, points in series.items()]
+
+
+def _drawn_first(series: dict[str, list], stage: str) -> dict[str, list]:
+    """The metrics a stage report draws: those the pipeline's report shows for the stage
+    first (rewards and KL before PPO's diagnostics), then the others as the log names them."""
+    shown = CURVES.get("ppo" if stage in ("grpo", "rloo") else stage, ())
+    first = [name for name in shown if name in series]
+    rest = [name for name in series if name not in first and not name.startswith(UNDRAWN)]
+    return {name: series[name] for name in first + rest}
+
+
+def collect_stage(root: str | Path) -> dict:
+    """The report's data for one stage's run directory (tether sft, rm, dpo or ppo)."""
+    root = Path(root)
+    config = root / "config.yaml"
+    config_yaml = config.read_text() if config.exists() else None
+    stage = stage_of(yaml.safe_load(config_yaml or "") or {})
+    metrics = read_metrics(root / "metrics.jsonl")
+    series = _series(metrics)
+    steps = sorted({row["step"] for row in metrics if "step" in row})
+    times = [row["time"] for row in metrics if isinstance(row.get("time"), (int, float))]
+    done = (root / "final").exists()
+    logged = (f"{len(steps)} logged steps, the last step {steps[-1]}" if steps
+              else "nothing logged yet")
+    rm = _json(root / "eval.json") if stage == "rm" else None
+    warnings = [] if rm is None else reward_model_warnings(rm["metrics"])
+    warnings += health_findings(metrics) if stage in ("ppo", "grpo", "rloo", "dpo") else []
+    return {
+        "title": f"tether {stage}: {root}",
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "config_yaml": config_yaml,
+        "stages": [{"name": stage, "status": "done" if done else "incomplete",
+                    "seconds": times[-1] - times[0] if len(times) > 1 else None,
+                    "summary": logged + ("" if done else "; no final/ yet")}],
+        "curves": {stage: _drawn_first(series, stage)},
+        "metric_table": _metric_table(series),
+        "rm": _reward_model(root, {}, None) if stage == "rm" else None,
+        "warnings": warnings,
+        "notes": ["Time is from the first logged step to the last (a resumed run's includes "
+                  "the pause)."],
+    }
+
+
 def write_run_report(root: str | Path) -> Path:
-    """Collect the run directory `root` and write its report.html; return the path."""
-    if not (Path(root) / "pipeline.json").exists():
-        raise UserError(f"{root} is not a `tether run` directory (it has no pipeline.json)")
-    return write_report(collect(root), Path(root) / "report.html")
+    """Collect the run directory `root` (a pipeline's or one stage's) and write its
+    report.html; return the path."""
+    root = Path(root)
+    if (root / "pipeline.json").exists():
+        data = collect(root)
+    elif (root / "metrics.jsonl").exists():
+        data = collect_stage(root)
+    else:
+        raise UserError(f"{root} is not a `tether run` directory (it has no pipeline.json), "
+                        f"nor a run directory of tether sft, rm, dpo or ppo (no metrics.jsonl)")
+    return write_report(data, root / "report.html")
 
 
 def run(cfg: ReportConfig) -> Path:

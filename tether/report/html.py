@@ -1,4 +1,4 @@
-"""One self-contained HTML page summarising a pipeline run.
+"""One self-contained HTML page summarising a run: a pipeline's, or one stage's.
 
 The page carries its CSS and its charts (inline SVG) and needs neither JavaScript nor network
 access, so it can be attached to an issue, archived with the run, or opened on an offline
@@ -514,12 +514,26 @@ def _stages(data: dict) -> str:
     return _section("stages", "Stages", _table(head, rows))
 
 
+def _metric_table(data: dict) -> str:
+    """One row per metric of a stage's run: how often it was logged, first, last, min, max."""
+    rows_in = [r for r in _list(data.get("metric_table")) if isinstance(r, dict)]
+    if not rows_in:
+        return ""
+    rows = [f"<tr><td>{esc(r.get('name'))}</td>"
+            + "".join(_num_cell(esc(fmt_number(r.get(k))))
+                      for k in ("points", "last_step", "first", "last", "min", "max"))
+            + "</tr>" for r in rows_in]
+    head = [("Metric", False), ("Times logged", True), ("Last step", True), ("First", True),
+            ("Last", True), ("Min", True), ("Max", True)]
+    return _section("metrics", "Metrics", _table(head, rows))
+
+
 def _config(data: dict) -> str:
     text = data.get("config_yaml")
     if not text:
         return ""
     return _section("config", "Configuration",
-                    "<details><summary>Resolved pipeline configuration (YAML)</summary>"
+                    "<details><summary>Resolved configuration (YAML)</summary>"
                     f'<pre class="config">{esc(text)}</pre></details>')
 
 
@@ -535,6 +549,7 @@ def render(data: dict) -> str:
                 ("frontier", "Reward vs KL", _frontier(data)),
                 ("reward-model", "Reward model", _reward_model(data)),
                 ("curves", "Training curves", _curves(data)),
+                ("metrics", "Metrics", _metric_table(data)),
                 ("samples", "Samples", _samples(data)),
                 ("stages", "Stages", _stages(data)),
                 ("config", "Configuration", _config(data))]

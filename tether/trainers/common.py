@@ -40,6 +40,7 @@ from tether.optim import (
     without_masters,
 )
 from tether.rundir import MetricsLog, NullLog, read_metrics, write_config
+from tether.tracking import check_available
 
 SINGLE = Dist()  # one process: every collective below is a no-op
 
@@ -165,6 +166,8 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
     a MasterAdamW, fp32 masters of a model tether.precision.to_bf16 has cast. `config`: the
     run's configuration, written to config.yaml once the checkpoint has been restored (so a
     resume that fails leaves the run's config as it was)."""
+    report_to = config.train.report_to if config is not None and dist.main else []
+    check_available(report_to)  # a missing tracker package stops the run before any write
     optimizer = make_optimizer(model, optim, lr_by_prefix, master_weights=master_weights)
     if isinstance(optimizer, MasterAdamW):
         optimizer.broadcast_masters()  # DDP gave every process rank 0's weights: ditto masters
@@ -178,8 +181,8 @@ def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Modu
         run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_config(run_dir, config)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None) \
-        if dist.main else NullLog()
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if checkpoint else None,
+                     report_to=report_to, config=config) if dist.main else NullLog()
     return optimizer, scheduler, start_step, log
 
 
