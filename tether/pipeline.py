@@ -201,6 +201,11 @@ class Run:
     # State ------------------------------------------------------------------------------------
     def key(self, stage: Stage, cfg: Any, versions: dict[str, str]) -> str:
         h = hashlib.sha256(stage.name.encode())
+        if dataclasses.is_dataclass(cfg) and hasattr(getattr(cfg, "train", None), "report_to"):
+            # where metrics are also sent changes no output: turning TensorBoard on for a
+            # finished pipeline reruns nothing
+            cfg = copy.deepcopy(cfg)
+            cfg.train.report_to = []
         text = to_yaml(cfg) if dataclasses.is_dataclass(cfg) else json.dumps(cfg)
         # Paths inside the run count relative to it: a moved run directory is still done.
         h.update(text.replace(str(self.root), "<run_dir>").encode())

@@ -114,6 +114,9 @@ def test_a_rerun_skips_every_finished_stage(finished, tmp_path, capsys):
     out = capsys.readouterr().out
     assert _ran(out) == ["report"]  # the report is cheap and always redrawn
     assert out.count("unchanged, skipped") == 8
+    # where metrics also go changes no output
+    assert _run(tmp_path, run_dir, "ppo.train.report_to=[tensorboard]") == 0
+    assert _ran(capsys.readouterr().out) == ["report"]
 
 
 def test_a_changed_option_reruns_its_stage_and_those_reading_it(finished, tmp_path, capsys):
