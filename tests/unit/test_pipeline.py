@@ -317,6 +317,7 @@ def test_two_rounds_sample_the_newest_policy_and_keep_every_label(tmp_path, caps
 
     rounds = json.loads((run / "eval" / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == [1, 2]
+    assert '<section id="rounds">' in (run / "report.html").read_text()
     assert all({"label_agreement", "rm_accuracy", "ppo", "dpo"} <= set(r) for r in rounds)
     assert rounds[1]["ppo"]["gold"] == read_metrics(run / "ppo-2" / "metrics.jsonl")[-1].get(
         metric_names.EVAL_GOLD, rounds[1]["ppo"]["gold"])
@@ -338,3 +339,20 @@ def test_rounds_need_labels_made_afresh(tmp_path, capsys):
     assert "is a fixed file" in capsys.readouterr().err
     assert _run(tmp_path, tmp_path / "run", "rounds=2", "skip=ppo,dpo") == 2
     assert "do not skip both ppo and dpo" in capsys.readouterr().err
+
+
+def test_the_report_plots_each_round(tmp_path):
+    from tether.report.html import render
+
+    rounds = [{"round": 1, "label_agreement": 0.71, "rm_accuracy": 0.62,
+               "ppo": {"gold": 0.4, "proxy": 1.0, "kl": 9.0},
+               "dpo": {"gold": 0.2, "proxy": 0.5, "kl": 3.0}},
+              {"round": 2, "label_agreement": 0.74, "rm_accuracy": 0.65,
+               "ppo": {"gold": 0.5, "proxy": 1.2, "kl": 4.0}}]
+    page = render({"title": "t", "rounds": rounds})
+    section = page[page.index('<section id="rounds">'):]
+    section = section[:section.index("</section>")]
+    assert section.count("<svg") == 2 and "ppo gold" in section and "dpo proxy" in section
+    assert "labels vs gold" in section and "reward model vs labels" in section
+    assert section.count("<tr>") == 3 and "KL here is to that start" in section
+    assert render({"title": "t"}).count('id="rounds"') == 0

@@ -189,6 +189,9 @@ def collect(root: str | Path) -> dict:
         data["samples"] = _samples(evaluation["policies"], evaluation["prompts"], count)
     if frontier is not None:
         data["frontier"] = {"points": frontier["points"], "fits": frontier["fits"]}
+    rounds = _json(root / "eval" / "rounds.json")
+    if rounds:
+        data["rounds"] = rounds
     return data
 
 

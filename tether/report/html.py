@@ -451,6 +451,44 @@ def _stage_charts(metrics: dict) -> list[str]:
     return charts
 
 
+def _rounds(data: dict) -> str:
+    """`tether run rounds=N`: per round, PPO's and DPO's held-out gold and proxy at the end of
+    their training, and the labels' and the reward model's agreement."""
+    rounds = [r for r in _list(data.get("rounds")) if isinstance(r, dict)]
+    if not rounds:
+        return ""
+
+    def value(row: dict, algo: str, key: str) -> Any:
+        return _dict(row.get(algo)).get(key)
+
+    series = [Series(f"{algo} {key}", [(r.get("round"), value(r, algo, key)) for r in rounds],
+                     colour_for(algo), dashed=key == "proxy", hollow=key == "proxy",
+                     markers=True)
+              for algo in ("ppo", "dpo") for key in ("gold", "proxy")
+              if any(finite(value(r, algo, key)) for r in rounds)]
+    quality = [Series(name, [(r.get("round"), r.get(key)) for r in rounds], markers=True)
+               for name, key in (("labels vs gold", "label_agreement"),
+                                 ("reward model vs labels", "rm_accuracy"))
+               if any(finite(r.get(key)) for r in rounds)]
+    charts = [line_chart(s, title=title, x_label="round") for s, title in
+              ((series, "Held-out reward at the end of each round"),
+               (quality, "Agreement per round")) if s]
+    head = [("round", True), ("labels vs gold", True), ("reward model accuracy", True),
+            ("PPO gold", True), ("PPO proxy", True), ("PPO KL", True),
+            ("DPO gold", True), ("DPO proxy", True), ("DPO KL", True)]
+    rows = ["<tr>" + "".join(_num_cell(esc(fmt_number(v))) for v in (
+        r.get("round"), r.get("label_agreement"), r.get("rm_accuracy"),
+        *(value(r, algo, key) for algo in ("ppo", "dpo") for key in ("gold", "proxy", "kl"))))
+        + "</tr>" for r in rounds]
+    body = ['<div class="charts">' + "\n".join(f"<figure>{c}</figure>" for c in charts)
+            + "</div>",
+            _table(head, rows, caption="Each round's PPO and DPO start from their previous "
+                   "round's policy, which is also their reference: KL here is to that start, "
+                   "not to SFT. The reward model of round r is trained on the labels of rounds "
+                   "1..r.")]
+    return _section("rounds", "Rounds", "\n".join(body))
+
+
 def _curves(data: dict) -> str:
     curves = {k: v for k, v in _dict(data.get("curves")).items() if _dict(v)}
     if not curves:
@@ -547,6 +585,7 @@ def render(data: dict) -> str:
     data = _dict(data)
     sections = [("results", "Results", _summary(data)),
                 ("frontier", "Reward vs KL", _frontier(data)),
+                ("rounds", "Rounds", _rounds(data)),
                 ("reward-model", "Reward model", _reward_model(data)),
                 ("curves", "Training curves", _curves(data)),
                 ("metrics", "Metrics", _metric_table(data)),
