@@ -100,7 +100,8 @@ def field_docs(cls: type, prefix: str = "",
             continue
         help = f.metadata.get("help", "")
         if f.metadata.get("choices"):
-            help += f" One of: {', '.join(map(str, f.metadata['choices']))}."
+            what = "Keys" if typing.get_origin(typ) is dict else "One of"
+            help += f" {what}: {', '.join(map(str, f.metadata['choices']))}."
         rows.append((key, _type_name(typ), getattr(defaults, f.name), help))
     return rows
 
@@ -216,12 +217,21 @@ def _build(cls: type, raw: Any, prefix: str, where, root: type, default: Any = N
 def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:
     if isinstance(value, _Override):
         value = value.text if typ is str else value.parsed
+    if isinstance(value, dict):  # a mapping option, perhaps set key by key on the command line
+        value = {k: v.text if isinstance(v, _Override) else v for k, v in value.items()}
     ok, value = _coerce(typ, value)
     if not ok:
         finite = " (finite)" if typ is float else ""
         raise ConfigError(f"{where}{key} must be {_type_name(typ)}{finite}, got {value!r}")
     choices = meta.get("choices")
-    if choices and value not in choices:
+    if choices and isinstance(value, dict):  # a mapping's choices are the keys it may hold
+        for k in value:
+            if k not in choices:
+                close = difflib.get_close_matches(str(k), [str(c) for c in choices], n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{where}{key}: '{k}' is not one of {', '.join(choices)}"
+                                  f"{hint}")
+    elif choices and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{where}{key} must be one of {', '.join(map(str, choices))}; got "
@@ -255,6 +265,17 @@ def _coerce(typ: Any, value: Any) -> tuple[bool, Any]:
                 return False, value
             out.append(v)
         return True, out
+    if origin is dict:  # only dict[str, str]: keys and values are names
+        if not isinstance(value, dict):
+            return False, value
+        out = {}
+        for k, v in value.items():
+            ok_key, k = _coerce(str, k)
+            ok_value, v = _coerce(str, v)
+            if not (ok_key and ok_value):
+                return False, value
+            out[k] = v
+        return True, out
     if typ is bool:
         return isinstance(value, bool), value
     if typ is int:
@@ -282,5 +303,7 @@ def _type_name(typ: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(typ))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(typ)[0])}"
+    if origin is dict:
+        return "a mapping of names to names"
     return {bool: "true or false", int: "an integer", float: "a number",
             str: "a string", type(None): "null"}.get(typ, getattr(typ, "__name__", str(typ)))

@@ -47,6 +47,8 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
 # Sections shared by the stages
 # ---------------------------------------------------------------------------------------------
 
+# The fields of a data row that data.columns may map to a dataset's own column names.
+DATA_FIELDS = ("prompt", "completion", "messages", "chosen", "rejected", "responses", "ranks")
 # Whether prompts are wrapped in the tokenizer's chat template (tether.data.tokenize).
 CHAT_TEMPLATE = ("auto", "always", "never")
 # Whether PPO reweights its policy gradient for the sampler's mismatch (rollout.is_correction).
@@ -113,6 +115,20 @@ class DataConfig:
         False, "Accept responses (completion, chosen, rejected, responses) that are empty or "
         "only whitespace, e.g. samples of a policy that ended at once. Off: such a row is an "
         "error naming its file:line, as a broken export or a misnamed field usually gives them.")
+    split: str = option(
+        "train", "The split of `train` to read, where it has several (a hub dataset, a "
+        "`datasets` directory, a JSON object of lists). A split it lacks is an error naming "
+        "those it has.")
+    eval_split: str = option(
+        "test", "The split of `eval` to read, where it has several (never `split` in its place: "
+        "a split it lacks is an error naming those it has).")
+    subset: str = option(
+        "", "The configuration (subset) of a hub dataset or a directory of data files, e.g. "
+        "'harmless-base' of Anthropic/hh-rlhf. Empty: its default.")
+    columns: dict[str, str] = option(
+        {}, "Which column holds each field tether reads, where a dataset names them otherwise, "
+        "e.g. {prompt: question, chosen: good} or data.columns.prompt=question. A row without "
+        "a mapped column is a bad row naming the columns it has.", choices=DATA_FIELDS)
 
 
 @dataclass
