@@ -100,7 +100,7 @@ STAGES = {
     "run": Stage(PipelineConfig, "tether.pipeline:run",
                  "the whole pipeline, resumable: SFT -> sample -> label -> reward model -> PPO "
                  "and DPO -> evaluation -> report.html. PIPELINE: a YAML file (layered on the "
-                 "default) or a preset (default, quick)",
+                 "default; paths in it are relative to it) or a preset (default, quick)",
                  "tether run quick    # or: tether run my_pipeline.yaml ppo.optim.lr=2e-5",
                  bare="PIPELINE"),
     "report": Stage(ReportConfig, "tether.report.collect:run",
@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_pipeline_help() if stage.config is PipelineConfig
             else _options_help(stage.config))
         sub.add_argument("-c", "--config", metavar="FILE.yaml",
-                         help="YAML config; keys not given keep their defaults")
+                         help="YAML config; keys not given keep their defaults. Paths written "
+                              "in it are relative to its directory (key=value overrides: to "
+                              "the working directory)")
         sub.add_argument("overrides", nargs="*", metavar=f"[{stage.bare}] key=value"
                          if stage.bare else "key=value",
                          help="dotted overrides applied after the file, e.g. optim.lr=1e-5")

@@ -232,11 +232,11 @@ TINY_OVERRIDES = [
 
 def test_a_task_of_your_own_needs_only_prompts_and_a_gold_scorer(tmp_path, monkeypatch,
                                                                  capsys):
-    example = REPO / "examples" / "own_task"
-    monkeypatch.chdir(example)  # as the example says: run from its directory
-    monkeypatch.syspath_prepend(str(example))
-    assert main(["run", "pipeline.yaml", f"run_dir={tmp_path / 'run'}", "task.num_prompts=16",
-                 *TINY_OVERRIDES]) == 0
+    # From the directory above: the paths in the file (prompts.jsonl, scorer:brevity) are
+    # relative to it, not to where tether runs.
+    monkeypatch.chdir(REPO / "examples")
+    assert main(["run", "own_task/pipeline.yaml", f"run_dir={tmp_path / 'run'}",
+                 "task.num_prompts=16", *TINY_OVERRIDES]) == 0
     out = capsys.readouterr().out
     assert _ran(out) == ["data", "sample", "label", "rm", "ppo", "dpo", "eval", "report"]
     assert not (tmp_path / "run" / "sft").exists()

@@ -21,17 +21,22 @@ from typing import Any
 
 import yaml
 
+from tether.config.paths import relative_to
 from tether.errors import ConfigError
 
 
 def load_config(cls: type, path: str | None = None, overrides: list[str] = (),
                 base: list[str | Path] = ()) -> Any:
     """Build `cls` from optional YAML files and `a.b=value` overrides, validated: the `base`
-    files (presets) first, then `path`, then the overrides, each setting what it names."""
+    files (presets) first, then `path`, then the overrides, each setting what it names. Paths
+    written in `path` are relative to its directory (tether.config.paths); the built-in
+    presets' and the overrides' are relative to the working directory."""
     raw: dict = {}
     lines: dict[str, str] = {}  # dotted key -> "file:line" of the file that set it last
     for source in [*base, *([path] if path else [])]:
         file_raw, file_lines = _read_yaml(source)
+        if source is path and not _is_resolved(source):
+            file_raw = relative_to(file_raw, path)
         _merge(raw, file_raw)
         lines |= file_lines
     for item in overrides:
@@ -69,6 +74,11 @@ def _read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
     return _expand_dotted(raw), {key: f"{path}:{line}" for key, line in lines.items()}
 
 
+def _is_resolved(path: str | Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline() == RESOLVED
+
+
 def _merge(into: dict, update: dict) -> None:
     """Deep update: a later file changes the keys it names and keeps the rest of a section."""
     for key, value in update.items():
@@ -83,7 +93,13 @@ def to_dict(cfg: Any) -> dict:
 
 
 def to_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    """The config as YAML, headed by RESOLVED: loaded again, from wherever it was copied, its
+    paths mean what they meant (relative to the directory the command ran in)."""
+    return RESOLVED + yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+# The first line of a resolved config (to_yaml): its paths are not relative to the file.
+RESOLVED = "# resolved: paths are relative to the directory tether ran in\n"
 
 
 def field_docs(cls: type, prefix: str = "",
