@@ -277,3 +277,11 @@ def test_the_arithmetic_task_carries_each_prompt_s_answer_to_every_gold_score(tm
     assert all(s["gold"] in (0.0, 1.0) for p in policies["policies"].values()
                for s in p["samples"])
     assert any("eval/gold" in m for m in read_metrics(run / "ppo" / "metrics.jsonl"))
+
+
+def test_the_smoke_preset_runs_every_stage_on_tiny_models(tmp_path, capsys):
+    assert main(["run", "smoke", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert _ran(capsys.readouterr().out) == STAGES
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert config.count("name: tiny") == 2  # the policy and the reward model's backbone
+    assert (tmp_path / "run" / "report.html").exists()
