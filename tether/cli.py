@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Stage:
     summary: str
     example: str
     bare: str = ""  # metavar of an optional bare argument (not key=value), e.g. RUN_DIR
+    override: str = "optim.lr=1e-5"  # an override valid for this command, for its --help
 
 
 # A name with a space is a sub-command of a group ("label simulate").
@@ -56,33 +58,36 @@ STAGES = {
                  "tether sft --config configs/sft_example.yaml optim.lr=1e-5"),
     "sample": Stage(SampleConfig, "tether.sample:run",
                     "sample K responses per prompt from a policy into candidates.jsonl",
-                    "tether sample policy=runs/sft-example/final prompts=prompts.jsonl k=4"),
+                    "tether sample policy=runs/sft-example/final prompts=prompts.jsonl k=4",
+                    override="k=8"),
     "label simulate": Stage(
         SimulateLabelsConfig, "tether.labeling.commands:simulate_labels",
         "label candidates with a simulated labeler (noisy Bradley-Terry on a gold score)",
-        "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3"),
+        "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3",
+        override="temperature=0.3"),
     "label import": Stage(
         LabelImportConfig, "tether.labeling.commands:import_candidates",
         "import candidates into a new labeling project (with gold items and active sampling)",
         "tether label import project=sentiment candidates=runs/sample/candidates.jsonl "
-        "overlap=3 gold_items=gold.jsonl"),
+        "overlap=3 gold_items=gold.jsonl", override="overlap=3"),
     "label add-annotator": Stage(
         LabelAnnotatorConfig, "tether.labeling.commands:add_annotator",
         "create an annotator (or an admin) and print their access token",
-        "tether label add-annotator name=alice"),
+        "tether label add-annotator name=alice", override="name=alice"),
     "label serve": Stage(
         LabelServeConfig, "tether.labeling.commands:serve",
         "serve the labeling web app: people compare or rank responses in the browser",
-        "tether label serve db=runs/label/labels.db port=8000"),
+        "tether label serve db=runs/label/labels.db port=8000", override="port=8080"),
     "label stats": Stage(
         LabelStatsConfig, "tether.labeling.commands:stats",
         "label quality: gold accuracy per annotator, Cohen's kappa, Krippendorff's alpha, "
         "position bias",
-        "tether label stats project=sentiment"),
+        "tether label stats project=sentiment", override="project=sentiment"),
     "label export": Stage(
         LabelExportConfig, "tether.labeling.commands:export",
         "export labels as preference pairs/rankings for `tether rm` and `tether dpo`",
-        "tether label export output=labels.jsonl min_gold_accuracy=0.7"),
+        "tether label export output=labels.jsonl min_gold_accuracy=0.7",
+        override="min_gold_accuracy=0.7"),
     "rm": Stage(RMConfig, "tether.trainers.rm:train",
                 "train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
                 "tether rm --config configs/rm_example.yaml"),
@@ -96,7 +101,8 @@ STAGES = {
                  "tether ppo --config configs/ppo_example.yaml algo=rloo rollout.group_size=4"),
     "score": Stage(ScoreConfig, "tether.score:run",
                    "score (prompt, response) rows with a trained reward model",
-                   "tether score reward_model=runs/rm/final input=candidates.jsonl"),
+                   "tether score reward_model=runs/rm/final input=candidates.jsonl",
+                   override="batch_size=32"),
     "run": Stage(PipelineConfig, "tether.pipeline:run",
                  "the whole pipeline, resumable: SFT -> sample -> label -> reward model -> PPO "
                  "and DPO -> evaluation -> report.html. PIPELINE: a YAML file (layered on the "
@@ -104,15 +110,16 @@ STAGES = {
                  "smoke (tiny random models, every stage in ~20 s on 2 cores: `tether run "
                  "smoke --config my_pipeline.yaml` checks a task of your own end to end)",
                  "tether run quick    # or: tether run my_pipeline.yaml ppo.optim.lr=2e-5",
-                 bare="PIPELINE"),
+                 bare="PIPELINE", override="ppo.optim.lr=2e-5"),
     "report": Stage(ReportConfig, "tether.report.collect:run",
                     "write report.html for a `tether run` directory, finished or not",
-                    "tether report runs/pipeline", bare="RUN_DIR"),
+                    "tether report runs/pipeline", bare="RUN_DIR",
+                    override="run_dir=runs/pipeline"),
     "eval": Stage(EvalConfig, "tether.evaluate:run",
                   "evaluate policies by sampling: gold score, proxy reward, KL to a reference, "
                   "win rate",
                   "tether eval policies=runs/sft/final,runs/dpo/final reference=runs/sft/final "
-                  "prompts=prompts.jsonl n=4"),
+                  "prompts=prompts.jsonl n=4", override="n=4"),
 }
 
 
@@ -167,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "the working directory)")
         sub.add_argument("overrides", nargs="*", metavar=f"[{stage.bare}] key=value"
                          if stage.bare else "key=value",
-                         help="dotted overrides applied after the file, e.g. optim.lr=1e-5")
+                         help=f"dotted overrides applied after the file, e.g. "
+                              f"{stage.override}")
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config and exit without running")
         sub.set_defaults(stage=name)
@@ -207,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"tether {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # stdout closed early (`tether ... | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+        return 141  # as a shell reports a command ended by SIGPIPE
     except OSError as e:  # a path the user gave that cannot be read or written
         print(f"tether {args.command}: error: {e.filename or ''}: {e.strerror or e}",
               file=sys.stderr)

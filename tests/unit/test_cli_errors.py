@@ -10,6 +10,7 @@ import yaml
 
 from tether import cli
 from tether.config import SFTConfig, field_docs, load_config, to_dict
+from tether.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,3 +240,42 @@ def test_compile_where_it_cannot_run_is_one_line(capsys, tmp_path, monkeypatch):
     code, out, err = run_main(capsys, ["sft", "model.name=tiny", f"data.train={data}",
                                        f"run_dir={tmp_path / 'run'}", "train.compile=true"])
     assert_one_line_error(code, out, err, "train.compile=true", "C++ compiler")
+
+
+@pytest.mark.parametrize("name", list(cli.STAGES))
+def test_each_command_s_help_example_override_is_one_it_takes(capsys, name):
+    stage = cli.STAGES[name]
+    with pytest.raises(SystemExit):
+        cli.main([*name.split(), "--help"])
+    assert f"e.g. {stage.override}" in " ".join(capsys.readouterr().out.split())
+    key = stage.override.split("=")[0]
+    assert key in [row[0] for row in field_docs(stage.config)]
+
+    def error(overrides):
+        try:
+            load_config(stage.config, None, overrides)
+        except UserError as e:
+            return str(e)
+
+    # A command's required keys are missing here: the example adds no error of its own.
+    assert error([stage.override]) in (None, error([]))
+
+
+def test_rm_help_names_every_embedded_model(capsys):
+    from tether.models.loading import EMBEDDED
+
+    with pytest.raises(SystemExit):
+        cli.main(["rm", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    help = out[out.index("model.name ("):out.index("model.lora")]
+    assert all(name in help for name in EMBEDDED), help
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    command = [sys.executable, "-m", "tether", "sft", "data.train=t.jsonl", "--print-config"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path, env=env)
+    process.stdout.close()  # as `| head -0` would, before a line is read
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""

@@ -43,8 +43,8 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] = (),
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value "
-                              f"(e.g. optim.lr=1e-5)")
+            raise ConfigError(f"override {item!r} is not of the form key=value (a dotted "
+                              f"key as `--help` lists them, '=', its value)")
         _set_dotted(raw, key, _Override(value))
         lines.pop(key, None)  # the override, not the file, set this key
     cfg = _build(cls, raw, "", lambda key: f"{lines[key]}: " if key in lines else "", cls)

@@ -72,7 +72,8 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name: str = option(
-        "smollm2-135m", "Model to start from: an embedded name (smollm2-135m, tiny), a local "
+        "smollm2-135m", "Model to start from: an embedded name (smollm2-135m; tiny, a random "
+        "~1M-parameter model for tests; for a reward model also minilm-l6, an encoder), a local "
         "Hugging Face directory (e.g. a previous run's final/), or a hub id (needs a network).")
     lora: LoraConfig = section(LoraConfig, "LoRA adapters.")
     gradient_checkpointing: bool = option(
