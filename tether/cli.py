@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 from tether import __version__
 from tether.config import (
@@ -34,6 +35,7 @@ from tether.config import (
     SFTConfig,
     SimulateLabelsConfig,
     field_docs,
+    given_settings,
     load_config,
     to_yaml,
 )
@@ -146,6 +148,24 @@ def _pipeline_help() -> str:
                             + ", ".join(sorted(wired)) + ".", width=88))
 
 
+def _echo(command: str, cfg: object, path: str | None, overrides: list[str],
+          base: list) -> str:
+    """What a command prints before it runs: the settings given, not the hundreds of lines of
+    defaults around them, and where the whole resolved config is."""
+    given = given_settings(cfg, path, overrides)
+    rest = "the built-in pipeline's" if command == "run" else "their defaults"
+    presets = [Path(p).stem for p in base[1:]]  # base[0]: the built-in default pipeline
+    if presets:
+        rest += f", with the {', '.join(presets)} preset"
+    head = f"# tether {command}: the settings given" + (f" (every other key: {rest})" if given
+                                                         else f": none (every key: {rest})")
+    # Every command with a run directory but report writes its resolved config there.
+    whole = f"{Path(cfg.run_dir) / 'config.yaml'}, or --print-config" \
+        if getattr(cfg, "run_dir", "") and command != "report" else "--print-config"
+    return "\n".join([head, *([given] if given else []),
+                      f"# the whole resolved config: {whole}"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether", description="Reinforcement learning from human feedback, end to end.",
@@ -207,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         elif bare:
             overrides.insert(0, f"run_dir={bare[0]}")
         cfg = load_config(stage.config, path, overrides, base=base)
-        print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
         if args.print_config:
+            print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
             return 0
+        print(_echo(args.command, cfg, path, overrides, base), flush=True)
         module, function = stage.entry.split(":")
         getattr(importlib.import_module(module), function)(cfg)
     except UserError as e:

@@ -279,3 +279,22 @@ def test_a_closed_stdout_ends_quietly(tmp_path):
     process.stdout.close()  # as `| head -0` would, before a line is read
     assert process.wait(timeout=60) == 141
     assert process.stderr.read() == b""
+
+
+def test_a_command_echoes_the_settings_given_not_every_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("data:\n  train: missing.jsonl\noptim:\n  lr: 1e-4\n")
+    code, out, err = run_main(capsys, ["sft", "--config", "c.yaml", "optim.lr=3e-4",
+                                       "model.name=tiny", "run_dir=run"])
+    assert code == 2 and "missing.jsonl" in err  # it got as far as reading the data
+    assert out.splitlines() == [
+        "# tether sft: the settings given (every other key: their defaults)",
+        "data:",
+        f"{'  train: missing.jsonl':<40}  # c.yaml:2",  # where each was set, aligned
+        "optim:",
+        f"{'  lr: 0.0003':<40}  # command line",
+        "model:",
+        f"{'  name: tiny':<40}  # command line",
+        f"{'run_dir: run':<40}  # command line",
+        "# the whole resolved config: run/config.yaml, or --print-config",
+    ]

@@ -74,6 +74,65 @@ def _read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
     return _expand_dotted(raw), {key: f"{path}:{line}" for key, line in lines.items()}
 
 
+def given_settings(cfg: Any, path: str | None, overrides: list[str] = ()) -> str:
+    """The settings a user gave (`path`'s keys, then the overrides), with the values they
+    resolved to, as YAML with where each was set in a comment: the short echo of a command,
+    where the whole resolved config would be hundreds of lines of defaults."""
+    where: dict[str, str] = {}
+    if path:
+        where |= _read_yaml(path)[1]
+    for item in overrides:
+        where[item.partition("=")[0].strip()] = "command line"
+    tree: dict = {}
+    for key, at in where.items():
+        parts = _leaf_parts(cfg, key.split("."))
+        if parts is None:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _Given(_lookup(cfg, parts), at)
+    return "\n".join(_render(tree, 0))
+
+
+class _Given:
+    def __init__(self, value: Any, where: str):
+        self.value, self.where = value, where
+
+
+def _lookup(cfg: Any, parts: list[str]) -> Any:
+    for part in parts:
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _leaf_parts(cfg: Any, parts: list[str]) -> list[str] | None:
+    """The parts of the leaf option a dotted key sets (a key inside a mapping option sets that
+    option); None for a section, or a key the config does not have."""
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cfg) or not hasattr(cfg, part):
+            return None
+        cfg = getattr(cfg, part)
+        if isinstance(cfg, dict):
+            return parts[:i + 1]
+    return None if dataclasses.is_dataclass(cfg) else parts
+
+
+def _render(tree: dict, depth: int) -> list[str]:
+    lines = []
+    for key, node in tree.items():
+        indent = "  " * depth
+        if isinstance(node, _Given):
+            # A list or mapping value on its one line: {prompt: question}.
+            flow = None if isinstance(node.value, (list, dict)) else False
+            text = yaml.safe_dump({key: node.value}, default_flow_style=flow, sort_keys=False,
+                                  width=math.inf).rstrip("\n")
+            lines.append(f"{indent}{text}".ljust(40) + f"  # {node.where}")
+        else:
+            lines += [f"{indent}{key}:", *_render(node, depth + 1)]
+    return lines
+
+
 def _is_resolved(path: str | Path) -> bool:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.readline() == RESOLVED
