@@ -298,3 +298,38 @@ def test_a_command_echoes_the_settings_given_not_every_default(capsys, tmp_path,
         f"{'run_dir: run':<40}  # command line",
         "# the whole resolved config: run/config.yaml, or --print-config",
     ]
+
+
+def test_eval_asks_for_gold_unless_the_policies_runs_name_the_task(capsys, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n')
+    code, out, err = run_main(capsys, ["eval", "policies=tiny", f"prompts={prompts}",
+                                       f"output={tmp_path / 'e.json'}"])
+    assert code == 2 and err.startswith("tether eval: error: gold is required"), err
+    assert "or gold= for no gold score" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_takes_gold_from_the_runs_that_trained_its_policies(tmp_path):
+    from tether.eval.task_gold import AUTO, choose_gold
+
+    def run(path, config):
+        (tmp_path / path / "final").mkdir(parents=True)
+        (tmp_path / path / "config.yaml").write_text(yaml.safe_dump(config))
+        return str(tmp_path / path / "final")
+
+    pipeline = tmp_path / "pipe"
+    sft = run("pipe/sft", {"data": {"train": "d.jsonl"}})
+    (pipeline / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "answers",
+                                                                   "gold": ""}}))
+    assert choose_gold(AUTO, [sft]) == ("answers", f"gold: answers (the task of "
+                                                   f"{pipeline / 'config.yaml'})")
+    ppo = run("ppo", {"reward": {"gold": "my_scorers:score"}})
+    dpo = run("dpo", {"sampled_eval": {"gold": "my_scorers:score"}})
+    assert choose_gold(AUTO, ["tiny", ppo, dpo])[0] == "my_scorers:score"
+    assert choose_gold("sentiment", [ppo]) == ("sentiment", "")  # given: used as it is
+    assert choose_gold("", [ppo]) == ("", "")  # none
+    with pytest.raises(UserError, match="different gold scorers.*answers.*my_scorers:score"):
+        choose_gold(AUTO, [sft, ppo])
+    (pipeline / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "", "gold": ""}}))
+    assert choose_gold(AUTO, [sft]) == ("", f"gold: none (the task of "
+                                            f"{pipeline / 'config.yaml'})")  # people's labels

@@ -867,11 +867,14 @@ class EvalConfig:
                                 "sequences per forward pass when computing log-probs.", min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
                                 choices=CHAT_TEMPLATE)
-    gold: str = option("sentiment", "Gold scorer of the responses: a built-in task name "
-                                    "(sentiment, answers, arithmetic) or 'module:function' "
-                                    "taking a list of texts, or TRL's keyword form "
-                                    "f(prompts=, completions=, **columns) given the prompt "
-                                    "rows' other fields. Empty: no gold score.")
+    gold: str = option("auto", "Gold scorer of the responses: a built-in task name "
+                               "(sentiment, answers, arithmetic) or 'module:function' "
+                               "taking a list of texts, or TRL's keyword form "
+                               "f(prompts=, completions=, **columns) given the prompt "
+                               "rows' other fields. auto: the task's, as the policies' run "
+                               "directories record it (a `tether run` pipeline's task, a PPO "
+                               "run's reward.gold, a DPO run's sampled_eval.gold); where they "
+                               "name none, an error asking for it. Empty: no gold score.")
     reward_model: str = option("", "Reward model directory (a `tether rm` run's final/) whose "
                                    "score is reported as the proxy reward. Empty: none.")
     output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
