@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides.insert(0, f"run_dir={bare[0]}")
         cfg = load_config(stage.config, path, overrides, base=base)
         if args.print_config:
+            if args.stage == "run":  # as the stages will run: the values the pipeline sets
+                cfg = importlib.import_module("tether.pipeline").effective_config(cfg)
             print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
             return 0
         print(_echo(args.command, cfg, path, overrides, base), flush=True)

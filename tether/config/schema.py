@@ -1011,8 +1011,9 @@ class HumanLabelsConfig:
 
 @dataclass
 class PipelineEvalConfig:
-    num_prompts: int = option(64, "Held-out prompts every policy is compared on (at most "
-                                  "task.num_heldout).", min=1)
+    num_prompts: int = option(64, "Held-out prompts every policy is compared on; more than "
+                                  "task.num_heldout: all of them (as for ppo.eval_num_prompts "
+                                  "and dpo.sampled_eval.num_prompts).", min=1)
     n: int = option(2, "Samples per prompt and policy.", min=1)
     max_new_tokens: int = option(40, "Longest response, in tokens.", min=1)
     batch_size: int = option(16, "Prompts per generate call.", min=1)
@@ -1097,9 +1098,6 @@ class PipelineConfig:
         if not (self.task.name or self.task.gold or self.task.labels):
             raise ConfigError("the pipeline needs a preference: task.gold (a scorer) for "
                               "simulated labels, or task.labels (people's)")
-        if self.eval.num_prompts > self.task.num_heldout:
-            raise ConfigError(f"eval.num_prompts ({self.eval.num_prompts}) is more than "
-                              f"task.num_heldout ({self.task.num_heldout})")
 
 
 @dataclass
