@@ -37,6 +37,7 @@ from tether.config import (
     to_yaml,
 )
 from tether.data.prompts import encode_prompts, load_prompts
+from tether.data.readers import split_source
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, WeakRewardModel
@@ -84,7 +85,7 @@ class Stage:
 
 
 def _digest(path: str) -> str:
-    p = Path(path)
+    p = Path(split_source(path)[0])  # a file, without its reader options (?prompt=question)
     if p.is_file():
         return hashlib.sha256(p.read_bytes()).hexdigest()
     return f"{path} (not a file)"  # a directory or hub name: its name stands for it

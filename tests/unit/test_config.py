@@ -449,7 +449,7 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
     (own / "ppo.yaml").write_text(
         "run_dir: runs/x\n"                      # an output: relative to the file
         "model:\n  name: base_model\n"           # a directory next to it
-        "rollout:\n  prompts: prompts.jsonl\n"   # not there yet: still the file's
+        "rollout:\n  prompts: prompts.jsonl?prompt=q\n"  # not there yet: still the file's
         "reward:\n  model: org/model\n"          # a hub id: as written
         "  gold: scorer:fn\n"                     # module:function next to it: its file
         "  functions: 0.5*scorer:fn, arithmetic:format_reward, sentiment\n"
@@ -459,7 +459,7 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
     assert cfg.run_dir == "own/runs/x"
     assert cfg.model.name == "own/base_model"
     assert cfg.reward.model == "org/model"
-    assert cfg.rollout.prompts == "own/prompts.jsonl"
+    assert cfg.rollout.prompts == "own/prompts.jsonl?prompt=q"
     assert cfg.reward.gold == "own/scorer.py:fn"
     assert cfg.reward.functions == "0.5*own/scorer.py:fn, arithmetic:format_reward, sentiment"
     assert load_config(PPOConfig, "own/ppo.yaml").eval_prompts == str(tmp_path / "abs.jsonl")

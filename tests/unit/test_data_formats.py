@@ -89,7 +89,7 @@ def test_column_mapping_renames_and_names_a_missing_column(tmp_path, tokenizer):
     got = list(read_rows(str(path), columns={"prompt": "question", "completion": "answer"}))
     assert got[0].record == {"prompt": "x question 0", "completion": "x answer 0"}
     assert isinstance(got[3].record, BadRow)
-    assert str(got[3].record) == (f"{path}:4: no column 'answer' (data.columns.completion); "
+    assert str(got[3].record) == (f"{path}:4: no column 'answer' (mapped to 'completion'); "
                                   f"the row's columns: question")
     cfg = DataConfig(train=str(path), columns={"prompt": "question", "completion": "answer"},
                      skip_bad_rows=True)
@@ -172,3 +172,18 @@ def test_hh_dataset_with_a_test_split_trains_a_reward_model_on_its_pairs(tmp_pat
     assert (len(data.train), len(data.eval)) == (4, 2)
     assert data.train[0].source.prompt == [{"role": "user", "content": "\n\nHuman: q0\n\n"
                                                                        "Assistant:"}]
+
+
+def test_a_source_carries_its_split_subset_and_columns_as_a_query(dataset_dict, tmp_path):
+    """The form every prompts setting takes (sample, eval, ppo, the pipeline's task)."""
+    from tether.data.prompts import load_prompts
+
+    rows, _ = load_prompts(f"{dataset_dict}?split=test&prompt=question")
+    assert [r.prompt for r in rows] == ["test question 0", "test question 1"]
+    assert rows[0].columns == {"answer": "test answer 0"}  # reaches the scorers, as in TRL
+    rows, _ = load_prompts(f"{dataset_dict}?prompt=question&reference=answer")
+    assert len(rows) == 4 and rows[0].columns == {"reference": "train answer 0"}
+    with pytest.raises(DataError, match="'prompt' is not key=value"):
+        load_prompts(f"{dataset_dict}?prompt")
+    with pytest.raises(DataError, match="no split 'dev'"):
+        load_prompts(f"{dataset_dict}?split=dev&prompt=question")

@@ -72,8 +72,8 @@ def _resolve(value: str, base: Path, output: bool) -> str:
     if not text or Path(text).is_absolute() or text.startswith("~") or "://" in text:
         return value
     path, sep, rest = text, "", ""
-    if "#" in text:  # labels.db#project
-        path, sep, rest = text.partition("#")
+    if "#" in text or "?" in text:  # labels.db#project, data.jsonl?prompt=question
+        path, sep, rest = text.partition("#" if "#" in text else "?")
     elif ":" in text:  # module:function, or file.py:function
         module, sep, rest = text.partition(":")
         if module.endswith(".py"):

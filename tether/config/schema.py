@@ -275,7 +275,8 @@ class SampleConfig:
     policy: str = option("smollm2-135m", "Model to sample from: an embedded name, a local HF "
                                          "directory (e.g. an SFT run's final/), or a hub id.")
     prompts: str = option("", "Prompts: rows with a 'prompt' (string or messages), in any "
-                              "supported data format. Required.")
+                              "supported data format. A dataset of several splits or other "
+                              "column names: SOURCE?split=test&prompt=question. Required.")
     num_prompts: int = option(0, "Use only the first N prompts; 0: all.", min=0)
     output: str = option("runs/sample/candidates.jsonl", "Where to write candidates.jsonl.")
     k: int = option(4, "Responses per prompt.", min=1)
@@ -580,7 +581,8 @@ class DPOConfig:
 @dataclass
 class RolloutConfig:
     prompts: str = option("", "Prompts to train on: rows with a 'prompt', in any supported data "
-                              "format. Required.")
+                              "format. A dataset of several splits or other column names: "
+                              "SOURCE?split=test&prompt=question. Required.")
     batch_size: int = option(16, "Prompts per iteration (each sampled group_size times).", min=1)
     group_size: int = option(1, "Samples per prompt. grpo and rloo compare the samples of a "
                                 "prompt with each other, so need at least 2.", min=1)
@@ -852,7 +854,8 @@ class EvalConfig:
     baseline: str = option("", "The policy (a name, or a policy as listed) that win rates are "
                                "computed against. Empty: the first policy.")
     prompts: str = option("", "Prompts: rows with a 'prompt' (string or messages), in any "
-                              "supported data format. Required.")
+                              "supported data format. A dataset of several splits or other "
+                              "column names: SOURCE?split=test&prompt=question. Required.")
     num_prompts: int = option(0, "Use only the first N prompts; 0: all.", min=0)
     n: int = option(4, "Samples per prompt and policy.", min=1)
     temperature: float = option(1.0, "Sampling temperature. The KL estimate is of the "
@@ -963,7 +966,9 @@ class TaskConfig:
         "arithmetic: word problems; gold = 1 if the final number is the answer). Empty: "
         "your own task, from the files below (which also replace a built-in task's).")
     prompts: str = option("", "Your prompts: rows with a 'prompt' (string or messages). The "
-                              "policy is sampled on them for labels and trained on them.")
+                              "policy is sampled on them for labels and trained on them. "
+                              "A dataset of several splits or other column names: "
+                              "SOURCE?split=test&prompt=question.")
     heldout_prompts: str = option("", "Your evaluation prompts. Empty: the last num_heldout "
                                       "of `prompts` are held out.")
     demonstrations: str = option(

@@ -34,7 +34,12 @@ def read_rows(source: str, split: str = "train", subset: str = "",
     """The rows of `source`. `split` picks one split of a source that has several (a missing
     one is an error naming those there are); `subset` is the configuration of a hub dataset
     or a directory of data files (files have none); `columns` maps a field tether reads to the
-    column holding it ({"prompt": "question"})."""
+    column holding it ({"prompt": "question"}). The source may carry these itself, as a query
+    (split_source): openai/gsm8k?subset=main&split=test&prompt=question."""
+    source, options = split_source(source)
+    split = options.pop("split", split)
+    subset = options.pop("subset", subset)
+    columns = {**(columns or {}), **options}
     rows = _read_source(source, split, subset)
     if columns:
         rows = (Row(row.where, rename_columns(row.record, columns, row.where)) for row in rows)
@@ -66,6 +71,24 @@ def _read_source(source: str, split: str, subset: str) -> Iterator[Row]:
                         f"(use .jsonl, .json, .parquet or a `datasets` directory)")
 
 
+def split_source(source: str) -> tuple[str, dict[str, str]]:
+    """(the source, its reader options) of `SOURCE?key=value&...`: split, subset, and any
+    other key a field name mapped to the column holding it (prompt=question). Every setting
+    that names data (prompts of sample, eval, ppo, the pipeline's task) takes this form, where
+    sft, rm and dpo also have data.split, data.subset and data.columns."""
+    path, sep, query = source.partition("?")
+    if not sep:
+        return source, {}
+    options = {}
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        if not (eq and key.strip() and value.strip()):
+            raise DataError(f"{source}: '{item}' is not key=value (after '?': split=NAME, "
+                            f"subset=NAME, or FIELD=COLUMN such as prompt=question)")
+        options[key.strip()] = value.strip()
+    return path, options
+
+
 def rename_columns(record: Any, columns: dict[str, str], where: str) -> Any:
     """The record with each mapped column under the name of the field it holds. A column the
     row lacks is a bad row naming the columns it has: the usual cause is a misspelt mapping."""
@@ -74,7 +97,7 @@ def rename_columns(record: Any, columns: dict[str, str], where: str) -> Any:
     out = dict(record)
     for field, column in columns.items():
         if column not in record:
-            return BadRow(f"{where}: no column '{column}' (data.columns.{field}); the row's "
+            return BadRow(f"{where}: no column '{column}' (mapped to '{field}'); the row's "
                           f"columns: {', '.join(map(str, record)) or 'none'}")
         out.pop(column)
     for field, column in columns.items():
