@@ -52,8 +52,9 @@ def test_eval_reads_its_own_split_never_train(dataset_dict, tokenizer):
         load_sft_data(cfg, tokenizer, seed=0)
 
 
-def test_split_and_subset_of_a_directory_of_data_files(tmp_path, tokenizer):
+def test_split_and_subset_of_a_directory_of_data_files(tmp_path, monkeypatch):
     """A hub dataset's files, cloned: one folder per subset, one file per split."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     repo = tmp_path / "repo"
@@ -88,6 +89,9 @@ def test_column_mapping_renames_and_names_a_missing_column(tmp_path, tokenizer):
     path.write_text("\n".join(json.dumps(r) for r in rows(3, "x") + [{"question": "q"}]) + "\n")
     got = list(read_rows(str(path), columns={"prompt": "question", "completion": "answer"}))
     assert got[0].record == {"prompt": "x question 0", "completion": "x answer 0"}
+    both = next(read_rows(str(path), columns={"prompt": "question", "completion": "question"}))
+    assert both.record == {"prompt": "x question 0", "completion": "x question 0",
+                           "answer": "x answer 0"}
     assert isinstance(got[3].record, BadRow)
     assert str(got[3].record) == (f"{path}:4: no column 'answer' (mapped to 'completion'); "
                                   f"the row's columns: question")

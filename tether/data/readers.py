@@ -99,7 +99,7 @@ def rename_columns(record: Any, columns: dict[str, str], where: str) -> Any:
         if column not in record:
             return BadRow(f"{where}: no column '{column}' (mapped to '{field}'); the row's "
                           f"columns: {', '.join(map(str, record)) or 'none'}")
-        out.pop(column)
+        out.pop(column, None)  # two fields may read one column
     for field, column in columns.items():
         out[field] = record[column]
     return out
