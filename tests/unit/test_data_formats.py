@@ -82,6 +82,13 @@ def test_json_object_of_lists_gives_the_split_asked_for(tmp_path):
         ["test question 0"]
     with pytest.raises(DataError, match="'dev' list.*train, test"):
         list(read_rows(str(path), split="dev"))
+    only_train = tmp_path / "t.json"
+    only_train.write_text(json.dumps({"train": rows(2, "train")}))
+    with pytest.raises(DataError, match="'test' list.*found: train"):
+        list(read_rows(str(only_train), split="test"))  # as data.eval: never train instead
+    one_list = tmp_path / "o.json"
+    one_list.write_text(json.dumps({"data": rows(2, "x")}))
+    assert len(list(read_rows(str(one_list), split="test"))) == 2  # the file's one set of rows
 
 
 def test_column_mapping_renames_and_names_a_missing_column(tmp_path, tokenizer):

@@ -150,8 +150,8 @@ def _read_json(path: Path, split: str) -> Iterator[Row]:
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
         if split in lists:
             data = lists[split]
-        elif len(lists) == 1:  # one list of records, whatever its name
-            data = next(iter(lists.values()))
+        elif len(lists) == 1 and next(iter(lists)) not in SPLIT_NAMES:
+            data = next(iter(lists.values()))  # {"data": [...]}: the file's one set of rows
         else:
             raise DataError(f"{path}: expected a list of records, or an object holding a "
                             f"'{split}' list (found: {', '.join(lists) or 'no lists'})")
@@ -159,6 +159,10 @@ def _read_json(path: Path, split: str) -> Iterator[Row]:
         raise DataError(f"{path}: expected a list of records")
     for i, record in enumerate(data):
         yield Row(f"{path}: record {i}", record)
+
+
+# Names of splits: a JSON object's one list under another split's name is not the one asked for.
+SPLIT_NAMES = frozenset({"train", "test", "validation", "valid", "dev", "eval"})
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
