@@ -169,11 +169,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(Path(path) / _STATE, map_location="cpu", weights_only=True)
 
 
-def save_final(model: torch.nn.Module, tokenizer, out_dir: Path, merge_lora: bool = True) -> Path:
-    """Write a directory that plain `transformers` (or peft, for an unmerged adapter) loads."""
+def save_final(model: torch.nn.Module, tokenizer, out_dir: Path, merge_lora: bool = True,
+               texts: dict[str, str] | None = None) -> Path:
+    """Write a directory that plain `transformers` (or peft, for an unmerged adapter) loads,
+    with `texts` (file name -> content, e.g. the model card) written inside it at once."""
     if is_lora(model) and merge_lora:
         model = model.merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(out_dir)

@@ -28,6 +28,7 @@ from tether.config import (
     LabelStatsConfig,
     PipelineConfig,
     PPOConfig,
+    PushConfig,
     ReportConfig,
     RMConfig,
     SampleConfig,
@@ -50,6 +51,7 @@ class Stage:
     summary: str
     example: str
     bare: str = ""  # metavar of an optional bare argument (not key=value), e.g. RUN_DIR
+    bare_key: str = "run_dir"  # the config key the bare argument sets
     override: str = "optim.lr=1e-5"  # an override valid for this command, for its --help
 
 
@@ -122,6 +124,11 @@ STAGES = {
                   "win rate",
                   "tether eval policies=runs/sft/final,runs/dpo/final reference=runs/sft/final "
                   "prompts=prompts.jsonl n=4", override="n=4"),
+    "push": Stage(PushConfig, "tether.hub:push",
+                  "upload a final/ directory (weights, tokenizer, model card) to the Hugging "
+                  "Face Hub; needs a network and a token",
+                  "tether push runs/sft/final repo=me/my-sft-model", bare="PATH",
+                  bare_key="path", override="private=false"),
 }
 
 
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             base, path = pipeline_sources(bare[0] if bare else None, args.config)
         elif bare:
-            overrides.insert(0, f"run_dir={bare[0]}")
+            overrides.insert(0, f"{stage.bare_key}={bare[0]}")
         cfg = load_config(stage.config, path, overrides, base=base)
         if args.print_config:
             if args.stage == "run":  # as the stages will run: the values the pipeline sets

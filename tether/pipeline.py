@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -82,6 +83,15 @@ class Stage:
     configure: Callable[[Run], Any]  # its resolved config: what its key hashes
     execute: Callable[[Run, Any], str]  # runs it; returns a one-line summary
     inputs: Callable[[Run], list[str]] = lambda run: []  # files it reads from outside the run
+    base: str = ""  # the stage it repeats in a later round (sample-2: sample); else its name
+
+    def __post_init__(self):
+        self.base = self.base or self.name
+
+
+def in_round(name: str, r: int) -> str:
+    """A stage's name in round r: round 1 keeps the plain names (a one-round run is today's)."""
+    return name if r == 1 else f"{name}-{r}"
 
 
 def _digest(path: str) -> str:
@@ -123,6 +133,42 @@ class Run:
         return self.root / stage
 
     @property
+    def rounds(self) -> int:
+        return self.cfg.rounds
+
+    @property
+    def lead(self) -> str:
+        """The algorithm whose policy is sampled for the next round's labels."""
+        if self.cfg.rounds_from != "auto":
+            return self.cfg.rounds_from
+        return "ppo" if "ppo" not in self.skipped else "dpo"
+
+    def label_prompts(self, r: int) -> Path:
+        """The prompts sampled and labelled in round r: with several rounds, each labels its
+        own share of the training prompts, so the label budget is the same however many."""
+        return self.prompts if self.rounds == 1 else self.dir("data") / f"prompts-round{r}.jsonl"
+
+    def sampler(self, r: int) -> str:
+        """The policy sampled for round r's labels: the SFT policy, then the newest one."""
+        return self.policy if r == 1 else str(self.dir(in_round(self.lead, r - 1)) / "final")
+
+    def start(self, algo: str, r: int) -> str:
+        """Where round r's PPO or DPO starts, and its reference: the previous round's."""
+        return self.policy if r == 1 else str(self.dir(in_round(algo, r - 1)) / "final")
+
+    def labels_of(self, r: int) -> Path:
+        return self.dir(in_round("label", r)) / "labels.jsonl"
+
+    def rm_data(self, r: int) -> Path:
+        """What round r's reward model trains on: every label so far."""
+        return self.labels_of(1) if r == 1 else \
+            self.dir(in_round("label", r)) / "labels_so_far.jsonl"
+
+    def final_of(self, stage: str) -> str:
+        """The last round's output of rm, ppo or dpo."""
+        return str(self.dir(in_round(stage, self.rounds)) / "final")
+
+    @property
     def prompts(self) -> Path:
         return self.dir("data") / "prompts.jsonl"
 
@@ -147,12 +193,18 @@ class Run:
 
     @property
     def reward_model(self) -> str:
-        return str(self.dir("rm") / "final")
+        return self.final_of("rm")
 
     def stages(self) -> list[Stage]:
-        """The stages this run has: people's labels need no samples to label."""
-        return [s for s in STAGES if s.name not in self.skipped
-                and not (self.cfg.task.labels not in ("", HUMAN) and s.name == "sample")]
+        """The stages this run has: people's labels need no samples to label; later rounds
+        repeat sample, label, rm, ppo and dpo before the evaluation, which reads the last."""
+        later = [stage for r in range(2, self.rounds + 1) for stage in round_stages(r, self.lead)]
+        evaluation, report = STAGES[-2:]
+        last = tuple(in_round(name, self.rounds) for name in ("ppo", "dpo", "rm"))
+        every = STAGES[:-2] + later + [dataclasses.replace(evaluation,
+                                                           reads=(*last, "sft", "data")), report]
+        return [s for s in every if s.base not in self.skipped
+                and not (self.cfg.task.labels not in ("", HUMAN) and s.base == "sample")]
 
     # State ------------------------------------------------------------------------------------
     def key(self, stage: Stage, cfg: Any, versions: dict[str, str]) -> str:
@@ -268,6 +320,14 @@ def execute_data(run: Run, _: dict) -> str:
     atomic_write_jsonl(out / "prompts.jsonl", train)
     atomic_write_jsonl(out / "heldout.jsonl", heldout)
     what = f"{len(train)} training prompts, {len(heldout)} held out"
+    if run.rounds > 1:
+        if len(train) < run.rounds:
+            raise DataError(f"{len(train)} training prompts cannot be shared among "
+                            f"rounds={run.rounds}")
+        for r in range(1, run.rounds + 1):  # consecutive shares, as even as they come
+            share = train[(r - 1) * len(train) // run.rounds: r * len(train) // run.rounds]
+            atomic_write_jsonl(run.label_prompts(r), share)
+        what += f", labelled in {run.rounds} rounds"
     if "sft" not in run.skipped and not task.demonstrations:
         n = task.num_demonstrations
         demos = load_task(task.name).make_demonstrations(n + max(n // 10, 1), task.seed + 1)
@@ -294,9 +354,9 @@ def execute_sft(run: Run, cfg: Any) -> str:
 
 
 # sample -------------------------------------------------------------------------------------
-def configure_sample(run: Run) -> Any:
-    return _wired(run, "sample", policy=run.policy,
-                  prompts=str(run.prompts), output=str(run.dir("sample") / "candidates.jsonl"))
+def configure_sample(run: Run, r: int = 1) -> Any:
+    return _wired(run, "sample", policy=run.sampler(r), prompts=str(run.label_prompts(r)),
+                  output=str(run.dir(in_round("sample", r)) / "candidates.jsonl"))
 
 
 def execute_sample(run: Run, cfg: Any) -> str:
@@ -307,54 +367,61 @@ def execute_sample(run: Run, cfg: Any) -> str:
 
 
 # label --------------------------------------------------------------------------------------
-def configure_label(run: Run) -> Any:
+def configure_label(run: Run, r: int = 1) -> Any:
+    candidates = str(run.dir(in_round("sample", r)) / "candidates.jsonl")
     if run.cfg.task.labels == HUMAN:
         # the database lives outside label/, which a changed config would wipe: people's
-        # labels are never thrown away
+        # labels are never thrown away (each round's candidates are a project of their own)
         return {"human": dataclasses.asdict(run.cfg.human),
                 "db": run.cfg.human.db or str(run.root / "labels.db"),
-                "candidates": str(run.dir("sample") / "candidates.jsonl")}
+                "candidates": candidates, "output": str(run.labels_of(r))}
     if run.cfg.task.labels:
         return {"labels": run.cfg.task.labels}
-    return _wired(run, "label", candidates=str(run.dir("sample") / "candidates.jsonl"),
-                  output=str(run.labels), gold=run.gold)
+    return _wired(run, "label", candidates=candidates, output=str(run.labels_of(r)),
+                  gold=run.gold)
 
 
 def label_inputs(run: Run) -> list[str]:
     return [run.cfg.task.labels] if run.cfg.task.labels not in ("", HUMAN) else []
 
 
-def execute_label(run: Run, cfg: Any) -> str:
+def execute_label(run: Run, cfg: Any, r: int = 1) -> str:
     if isinstance(cfg, dict) and "human" in cfg:
         from tether.labeling.collect import collect
 
-        return collect(Path(cfg["candidates"]), run.labels, HumanLabelsConfig(**cfg["human"]),
-                       cfg["db"])
-    if isinstance(cfg, dict):  # people's labels: copied, so the run directory is complete
+        summary = collect(Path(cfg["candidates"]), Path(cfg["output"]),
+                          HumanLabelsConfig(**cfg["human"]), cfg["db"])
+    elif isinstance(cfg, dict):  # people's labels: copied, so the run directory is complete
         run.labels.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cfg["labels"], run.labels)
         rows = sum(1 for line in run.labels.open() if line.strip())
         return f"{rows} rows of people's labels from {cfg['labels']}"
-
-    simulate_labels(cfg)
-    stats = json.loads(stats_path_for(run.labels).read_text())
-    agreement = stats["agreement_with_gold"]
-    return (f"{stats['rows']} {stats['format']} from a simulated labeler; agreement with gold "
-            + ("n/a" if agreement is None else f"{agreement:.3f}"))
+    else:
+        simulate_labels(cfg)
+        stats = json.loads(stats_path_for(run.labels_of(r)).read_text())
+        agreement = stats["agreement_with_gold"]
+        summary = (f"{stats['rows']} {stats['format']} from a simulated labeler; agreement "
+                   f"with gold " + ("n/a" if agreement is None else f"{agreement:.3f}"))
+    if r > 1:  # the reward model of round r learns from every round's labels
+        rows = [line for k in range(1, r + 1) for line in
+                run.labels_of(k).read_text(encoding="utf-8").splitlines() if line.strip()]
+        atomic_write_text(run.rm_data(r), "".join(line + "\n" for line in rows))
+        summary += f"; {len(rows)} rows in all rounds so far"
+    return summary
 
 
 # rm -----------------------------------------------------------------------------------------
-def configure_rm(run: Run) -> Any:
+def configure_rm(run: Run, r: int = 1) -> Any:
     backbone = run.cfg.rm.model.name
     values = {"model__name": run.policy} if backbone == "sft" else {}
-    return _wired(run, "rm", run_dir=str(run.dir("rm")),
-                  data__train=str(run.labels), **values)
+    return _wired(run, "rm", run_dir=str(run.dir(in_round("rm", r))),
+                  data__train=str(run.rm_data(r)), **values)
 
 
-def check_rm(run: Run) -> None:
+def check_rm(run: Run, rm_stage: str = "rm") -> None:
     """Before the first stage that optimises the reward model (PPO, else best-of-n): stop
     (rm_check=stop) or warn when its held-out accuracy cannot be told from chance."""
-    path = run.dir("rm") / "eval.json"
+    path = run.dir(rm_stage) / "eval.json"
     warning = path.exists() and at_chance(json.loads(path.read_text())["metrics"])
     if not warning:
         return
@@ -366,7 +433,7 @@ def check_rm(run: Run) -> None:
 
 def execute_rm(run: Run, cfg: Any) -> str:
     rm.train(cfg)
-    path = run.dir("rm") / "eval.json"
+    path = Path(cfg.run_dir) / "eval.json"
     if not path.exists():
         return "trained (no held-out labels)"
     m = json.loads(path.read_text())["metrics"]
@@ -378,16 +445,21 @@ def execute_rm(run: Run, cfg: Any) -> str:
 
 
 # ppo, dpo -----------------------------------------------------------------------------------
-def configure_ppo(run: Run) -> Any:
-    return _wired(run, "ppo", run_dir=str(run.dir("ppo")), model__name=run.policy,
-                  reward__model=run.reward_model, reward__gold=run.gold,
+# In round r both start from their own previous round's policy, which is also their reference
+# (iterated DPO and PPO: each round moves a bounded KL from the last); PPO trains on every
+# training prompt against round r's reward model, DPO on round r's labels.
+def configure_ppo(run: Run, r: int = 1) -> Any:
+    return _wired(run, "ppo", run_dir=str(run.dir(in_round("ppo", r))),
+                  model__name=run.start("ppo", r),
+                  reward__model=str(run.dir(in_round("rm", r)) / "final"), reward__gold=run.gold,
                   rollout__prompts=str(run.prompts), eval_prompts=str(run.heldout))
 
 
-def configure_dpo(run: Run) -> Any:
-    return _wired(run, "dpo", run_dir=str(run.dir("dpo")), model__name=run.policy,
-                  data__train=str(run.labels), sampled_eval__prompts=str(run.heldout),
-                  sampled_eval__gold=run.gold, sampled_eval__reward_model=run.reward_model)
+def configure_dpo(run: Run, r: int = 1) -> Any:
+    return _wired(run, "dpo", run_dir=str(run.dir(in_round("dpo", r))),
+                  model__name=run.start("dpo", r), data__train=str(run.labels_of(r)),
+                  sampled_eval__prompts=str(run.heldout), sampled_eval__gold=run.gold,
+                  sampled_eval__reward_model=str(run.dir(in_round("rm", r)) / "final"))
 
 
 def _trajectory_summary(run_dir: Path) -> str:
@@ -403,12 +475,12 @@ def _trajectory_summary(run_dir: Path) -> str:
 
 def execute_ppo(run: Run, cfg: Any) -> str:
     ppo.train(cfg)
-    return _trajectory_summary(run.dir("ppo"))
+    return _trajectory_summary(Path(cfg.run_dir))
 
 
 def execute_dpo(run: Run, cfg: Any) -> str:
     dpo.train(cfg)
-    return _trajectory_summary(run.dir("dpo"))
+    return _trajectory_summary(Path(cfg.run_dir))
 
 
 # eval ---------------------------------------------------------------------------------------
@@ -417,14 +489,37 @@ def configure_eval(run: Run) -> dict:
             "policies": [name for name in ("ppo", "dpo") if name not in run.skipped]}
 
 
+def rounds_summary(run: Run) -> list[dict]:
+    """Per round: the labels' agreement with gold, the reward model's held-out accuracy, and
+    where PPO's and DPO's held-out samples ended (gold, proxy; KL to that round's start)."""
+    rows = []
+    for r in range(1, run.rounds + 1):
+        row: dict = {"round": r}
+        stats = stats_path_for(run.labels_of(r))
+        if stats.exists():
+            row["label_agreement"] = json.loads(stats.read_text())["agreement_with_gold"]
+        rm_eval = run.dir(in_round("rm", r)) / "eval.json"
+        if rm_eval.exists():
+            row["rm_accuracy"] = json.loads(rm_eval.read_text())["metrics"][EVAL_ACCURACY]
+        for algo in ("ppo", "dpo"):
+            path = run.dir(in_round(algo, r)) / "metrics.jsonl"
+            evals = [m for m in read_metrics(path) if EVAL_GOLD in m or EVAL_PROXY in m] \
+                if path.exists() else []
+            if evals:
+                row[algo] = {key: evals[-1].get(name) for key, name in
+                             (("gold", EVAL_GOLD), ("proxy", EVAL_PROXY), ("kl", EVAL_KL))}
+        rows.append(row)
+    return rows
+
+
 def execute_eval(run: Run, cfg: dict) -> str:
     """Every policy on the same held-out prompts (tether eval), best-of-n from the SFT policy,
     and the reward-KL frontier of PPO's and DPO's evaluations during training."""
     ecfg, out = run.cfg.eval, run.dir("eval")
     start = run.policy_name
     names = [start, *cfg["policies"]]
-    policies = [run.policy] + [str(run.dir(name) / "final") for name in cfg["policies"]]
-    has_rm = (run.dir("rm") / "final").exists()
+    policies = [run.policy] + [run.final_of(name) for name in cfg["policies"]]
+    has_rm = Path(run.reward_model).exists()
     eval_cfg = EvalConfig(
         policies=",".join(policies), names=",".join(names), reference=run.policy,
         baseline=start, prompts=str(run.heldout), num_prompts=ecfg.num_prompts, n=ecfg.n,
@@ -438,8 +533,9 @@ def execute_eval(run: Run, cfg: dict) -> str:
 
     points, causes = [], {}
     for name in cfg["policies"]:
-        metrics = read_metrics(run.dir(name) / "metrics.jsonl")
-        points += trajectory_points(name, metrics)
+        metrics = read_metrics(run.dir(in_round(name, run.rounds)) / "metrics.jsonl")
+        if run.rounds == 1:  # later rounds measure KL to their own start, not to SFT
+            points += trajectory_points(name, metrics)
         found = health_findings(metrics)  # a likelier cause than the reward model, if any
         causes[name] = "; its own checks flagged: " + "; ".join(found) if found else ""
     bon = None
@@ -454,6 +550,8 @@ def execute_eval(run: Run, cfg: dict) -> str:
     frontier = {"points": points, "fits": fit_points(points), "best_of_n": bon,
                 "warnings": hacking_warnings(points, summaries, causes), "length_bias": bias}
     atomic_write_text(out / "frontier.json", json.dumps(frontier, indent=1) + "\n")
+    if run.rounds > 1:
+        atomic_write_text(out / "rounds.json", json.dumps(rounds_summary(run), indent=1) + "\n")
     for warning in frontier["warnings"]:
         print(f"warning: {warning}")
 
@@ -505,6 +603,29 @@ STAGES = [
 assert tuple(s.name for s in STAGES) == PIPELINE_STAGES
 
 
+def round_stages(r: int, lead: str) -> list[Stage]:
+    """Round r (from 2): sample the newest policy (lead's), label, retrain the reward model on
+    every label so far, and continue PPO and DPO from their previous round."""
+    def name(stage: str, k: int = r) -> str:
+        return in_round(stage, k)
+
+    def configured(fn):
+        return functools.partial(fn, r=r)
+
+    return [
+        Stage(name("sample"), (name(lead, r - 1), "data"),
+              configured(configure_sample), execute_sample, base="sample"),
+        Stage(name("label"), (name("sample"), name("label", r - 1)), configured(configure_label),
+              functools.partial(execute_label, r=r), base="label"),
+        Stage(name("rm"), (name("label"), "sft"), configured(configure_rm), execute_rm,
+              base="rm"),
+        Stage(name("ppo"), (name("rm"), name("ppo", r - 1), "data"), configured(configure_ppo),
+              execute_ppo, base="ppo"),
+        Stage(name("dpo"), (name("label"), name("rm"), name("dpo", r - 1), "data"),
+              configured(configure_dpo), execute_dpo, base="dpo"),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
@@ -535,20 +656,22 @@ def run(cfg: PipelineConfig) -> Path:
     pipeline.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pipeline.root / "config.yaml", to_yaml(pipeline.cfg))
 
-    # the first stage to optimise the reward model: PPO, else the evaluation's best-of-n
-    optimiser = "ppo" if "ppo" not in pipeline.skipped else \
-        "eval" if cfg.eval.best_of_n else None
+    # the stages that first optimise each round's reward model: PPO, else the evaluation's
+    # best-of-n (the last round's)
+    optimiser = {in_round("ppo", r): in_round("rm", r) for r in range(1, pipeline.rounds + 1)} \
+        if "ppo" not in pipeline.skipped else \
+        {"eval": in_round("rm", pipeline.rounds)} if cfg.eval.best_of_n else {}
     versions: dict[str, str] = {}  # what each stage's outputs are, for the stages reading them
     started_all = time.perf_counter()
     for index, stage in enumerate(stages, 1):
-        if stage.name == optimiser:
-            check_rm(pipeline)
+        if stage.name in optimiser:
+            check_rm(pipeline, optimiser[stage.name])
         key = pipeline.key(stage, configs[stage.name], versions)
         state = pipeline.state["stages"].get(stage.name, {})
         tag = f"[{index}/{len(stages)}] {stage.name}"
         same = state.get("key") == key
         outputs = stage.name == "report" or pipeline.dir(stage.name).is_dir()
-        if same and state.get("status") == "done" and outputs and stage.name not in forced \
+        if same and state.get("status") == "done" and outputs and stage.base not in forced \
                 and stage.name != "report":
             versions[stage.name] = state.get("version", key)
             print(f"{tag}: unchanged, skipped. {state['summary']}", flush=True)

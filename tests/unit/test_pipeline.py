@@ -283,6 +283,64 @@ def test_the_arithmetic_task_carries_each_prompt_s_answer_to_every_gold_score(tm
     assert any("eval/gold" in m for m in read_metrics(run / "ppo" / "metrics.jsonl"))
 
 
+def test_two_rounds_sample_the_newest_policy_and_keep_every_label(tmp_path, capsys):
+    """rounds=2: each round labels its own half of the training prompts; round 2 samples
+    round 1's PPO policy, its reward model learns from both rounds' labels, PPO and DPO go on
+    from their round-1 policies; eval compares the last round's with SFT, per round too."""
+    run, two = tmp_path / "run", ["rounds=2", "task.num_prompts=32"]
+    assert _run(tmp_path, run, *two) == 0
+    out = capsys.readouterr().out
+    ran = [line.split("] ")[1].split(":")[0] for line in out.splitlines()
+           if ": running" in line and line.startswith("[")]
+    assert ran == ["data", "sft", "sample", "label", "rm", "ppo", "dpo", "sample-2",
+                   "label-2", "rm-2", "ppo-2", "dpo-2", "eval", "report"]
+    shares = [[json.loads(line)["prompt"] for line in
+               (run / "data" / f"prompts-round{r}.jsonl").read_text().splitlines()]
+              for r in (1, 2)]
+    everything = [json.loads(line)["prompt"] for line in
+                  (run / "data" / "prompts.jsonl").read_text().splitlines()]
+    assert shares[0] + shares[1] == everything and len(shares[0]) == len(shares[1]) == 16
+
+    def config(stage):
+        return (run / stage / "config.yaml").read_text() if (run / stage / "config.yaml") \
+            .exists() else ""
+
+    sample2 = json.loads((run / "sample-2" / "candidates.jsonl").read_text().splitlines()[0])
+    assert sample2["prompt"] in shares[1]
+    labels = [(run / d / "labels.jsonl").read_text().splitlines() for d in ("label", "label-2")]
+    assert (run / "label-2" / "labels_so_far.jsonl").read_text().splitlines() == \
+        labels[0] + labels[1]
+    assert f"train: {run / 'label-2' / 'labels_so_far.jsonl'}" in config("rm-2")
+    assert f"name: {run / 'ppo' / 'final'}" in config("ppo-2")
+    assert f"model: {run / 'rm-2' / 'final'}" in config("ppo-2")
+    assert f"name: {run / 'dpo' / 'final'}" in config("dpo-2")
+    assert f"train: {run / 'label-2' / 'labels.jsonl'}" in config("dpo-2")
+
+    rounds = json.loads((run / "eval" / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all({"label_agreement", "rm_accuracy", "ppo", "dpo"} <= set(r) for r in rounds)
+    assert rounds[1]["ppo"]["gold"] == read_metrics(run / "ppo-2" / "metrics.jsonl")[-1].get(
+        metric_names.EVAL_GOLD, rounds[1]["ppo"]["gold"])
+
+    # a rerun skips every round; rerun=dpo reruns DPO in both rounds and what reads them
+    # (round 2 samples PPO's policy, so its samples and labels stay)
+    assert _run(tmp_path, run, *two) == 0
+    assert out.count("unchanged, skipped") == 0 and \
+        capsys.readouterr().out.count("unchanged, skipped") == 13
+    assert _run(tmp_path, run, *two, "rerun=dpo") == 0
+    ran = [line.split("] ")[1].split(":")[0] for line in capsys.readouterr().out.splitlines()
+           if ": running" in line and line.startswith("[")]
+    assert ran == ["dpo", "dpo-2", "eval", "report"]
+
+
+def test_rounds_need_labels_made_afresh(tmp_path, capsys):
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", ranking_rows(8))
+    assert _run(tmp_path, tmp_path / "run", "rounds=2", f"task.labels={prefs}") == 2
+    assert "is a fixed file" in capsys.readouterr().err
+    assert _run(tmp_path, tmp_path / "run", "rounds=2", "skip=ppo,dpo") == 2
+    assert "do not skip both ppo and dpo" in capsys.readouterr().err
+
+
 def test_the_smoke_preset_runs_every_stage_on_tiny_models(tmp_path, capsys):
     assert main(["run", "smoke", f"run_dir={tmp_path / 'run'}"]) == 0
     assert _ran(capsys.readouterr().out) == STAGES

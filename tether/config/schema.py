@@ -109,7 +109,9 @@ class DataConfig:
         choices=["prompt_left", "drop"])
     chat_template: str = option(
         "auto", "Wrap prompts in the tokenizer's chat template: auto (if it has one), always, "
-        "never (plain text: prompt then response).", choices=CHAT_TEMPLATE)
+        "never (plain text: prompt then response), or a Jinja file (e.g. my_chat.jinja, in "
+        "transformers' chat-template format) that replaces the tokenizer's own: final/ keeps "
+        "it, so later stages that start from this model use it too.")
     skip_bad_rows: bool = option(
         False, "Skip malformed rows (counted and logged) instead of stopping with an error.")
     allow_empty_responses: bool = option(
@@ -1063,6 +1065,17 @@ class PipelineConfig:
         "interval reaches 0.5): stop before PPO and best-of-n, which would optimise noise "
         "(exit code 1; rerun with rm_check=warn to go on, every finished stage kept), or warn "
         "and go on.", choices=["stop", "warn"])
+    rounds: int = option(
+        1, "Rounds of sample -> label -> reward model -> PPO/DPO, InstructGPT's way: round r "
+        "samples the newest policy (see rounds_from) on its own share of the training prompts "
+        "(so the label budget is the same for any number of rounds), labels the samples "
+        "(simulated, or people in the app with task.labels=human), retrains the reward model "
+        "on every label so far, and continues PPO and DPO from their previous round's policy, "
+        "which is also their reference. Stages of round r >= 2 are named sample-r, label-r, "
+        "rm-r, ppo-r, dpo-r; eval compares the last round's policies with SFT.", min=1)
+    rounds_from: str = option(
+        "auto", "Whose policy the next round samples: ppo, dpo, or auto (ppo unless skipped).",
+        choices=["auto", "ppo", "dpo"])
     task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
                                            "preference (a gold scorer or people's labels).")
     # The stages. Paths between them (run_dir, data, models) are set by the pipeline.
@@ -1103,6 +1116,17 @@ class PipelineConfig:
         if not (self.task.name or self.task.gold or self.task.labels):
             raise ConfigError("the pipeline needs a preference: task.gold (a scorer) for "
                               "simulated labels, or task.labels (people's)")
+        if self.rounds > 1:
+            if self.task.labels not in ("", "human"):
+                raise ConfigError(f"rounds={self.rounds} labels each round's samples afresh; "
+                                  f"task.labels={self.task.labels} is a fixed file (use "
+                                  f"task.labels=human, or simulated labels from task.gold)")
+            if {"ppo", "dpo"} <= set(skipped):
+                raise ConfigError("rounds > 1 needs a policy to sample the next round from: "
+                                  "do not skip both ppo and dpo")
+            if self.rounds_from in skipped:
+                raise ConfigError(f"rounds_from={self.rounds_from}, but {self.rounds_from} is "
+                                  f"skipped")
 
 
 @dataclass
@@ -1115,3 +1139,20 @@ class ReportConfig:
     def validate(self) -> None:
         if not self.run_dir:
             raise ConfigError("give the run directory: tether report RUN_DIR")
+
+
+@dataclass
+class PushConfig:
+    """Upload a final/ directory to the Hugging Face Hub."""
+
+    path: str = option("", "The directory to upload (the bare argument: tether push PATH), "
+                           "e.g. a run's final/ with its model card. Required.")
+    repo: str = option("", "Hub repository, user/name or org/name; created if it does not "
+                           "exist. Required.")
+    private: bool = option(True, "Create the repository private (an existing one keeps its "
+                                 "visibility).")
+    message: str = option("Upload with tether", "Commit message.")
+
+    def validate(self) -> None:
+        if not self.path or not self.repo:
+            raise ConfigError("give what to push and where: tether push PATH repo=user/name")

@@ -13,6 +13,7 @@ ever tokenised (`tokenize_capped`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -32,7 +33,24 @@ class Encoded:
         return self.loss_mask.index(1) if 1 in self.loss_mask else len(self.loss_mask)
 
 
+def chat_setting(tokenizer: PreTrainedTokenizerBase, setting: str) -> str:
+    """auto, always or never as given. Anything else is a Jinja file (data.chat_template=
+    my_template.jinja): it becomes the tokenizer's chat template, which final/ then keeps
+    for every later stage, and it means always."""
+    if setting in ("auto", "always", "never"):
+        return setting
+    path = Path(setting).expanduser()
+    try:
+        tokenizer.chat_template = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"data.chat_template: '{setting}' is neither auto, always, never nor "
+                          f"a readable Jinja file ({getattr(e, 'strerror', None) or e})"
+                          ) from None
+    return "always"
+
+
 def wants_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str) -> bool:
+    setting = chat_setting(tokenizer, setting)
     if setting == "always":
         if not tokenizer.chat_template:
             raise ConfigError("data.chat_template=always, but the tokenizer has no chat "

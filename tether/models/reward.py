@@ -30,7 +30,13 @@ from transformers import (
 from tether.checkpoint import save_final
 from tether.data.collate import collate
 from tether.data.order import chunks
-from tether.data.tokenize import Encoded, Messages, encode_example, tokenize_capped
+from tether.data.tokenize import (
+    Encoded,
+    Messages,
+    chat_setting,
+    encode_example,
+    tokenize_capped,
+)
 from tether.device import autocast, model_device, to_device
 from tether.errors import UserError
 from tether.models.loading import (
@@ -182,6 +188,7 @@ class RewardModel:
         model.config.tether_backbone = kind
         model.config.tether_pooling = pooling
         model.config.pad_token_id = tokenizer.pad_token_id
+        chat_template = chat_setting(tokenizer, chat_template)
         use_template = kind == "policy" and chat_template != "never" and bool(
             tokenizer.chat_template)
         if chat_template == "always" and not use_template:
@@ -308,10 +315,11 @@ class RewardModel:
         self.gain = 1.0 / std if mode == "mean_std" and std > 0 else 1.0
         self.bias = -raw.mean().item() * self.gain
 
-    def save(self, out_dir: Path, merge_lora: bool = True) -> Path:
+    def save(self, out_dir: Path, merge_lora: bool = True,
+             texts: dict[str, str] | None = None) -> Path:
         config = _unwrap(self.model).config
         config.tether_reward_norm = {"gain": self.gain, "bias": self.bias}
         config.tether_chat_template = self.chat_template
         config.tether_max_length = self.max_length
         config.tether_truncation = self.truncation
-        return save_final(self.model, self.tokenizer, out_dir, merge_lora)
+        return save_final(self.model, self.tokenizer, out_dir, merge_lora, texts)

@@ -25,10 +25,11 @@ from tether.checkpoint import (
     save_checkpoint,
     save_final,
 )
-from tether.config import BatchTrainConfig, LoraConfig, OptimConfig, TrainConfig
+from tether.config import BatchTrainConfig, OptimConfig, TrainConfig, to_yaml
 from tether.data.order import steps_per_epoch
 from tether.distributed import Dist
 from tether.errors import DataError, Interrupted, TrainingDiverged
+from tether.model_card import model_card
 from tether.models.lora import count_parameters, is_lora
 from tether.optim import (
     MasterAdamW,
@@ -38,7 +39,7 @@ from tether.optim import (
     with_masters,
     without_masters,
 )
-from tether.rundir import MetricsLog, NullLog, write_config
+from tether.rundir import MetricsLog, NullLog, read_metrics, write_config
 
 SINGLE = Dist()  # one process: every collective below is a no-op
 
@@ -237,13 +238,25 @@ def due(step: int, every: int, is_last: bool) -> bool:
     return is_last or (every > 0 and step % every == 0)
 
 
-def export_policy(run_dir: Path, whole: torch.nn.Module, tokenizer: Any, lora: LoraConfig,
+def final_texts(stage: str, cfg: Any, run_dir: Path, adapter: bool) -> dict[str, str]:
+    """What final/ holds besides the weights: the model card (README.md) and the resolved
+    config it was trained with. adapter: final/ holds an unmerged LoRA adapter."""
+    metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() \
+        else []
+    return {"README.md": model_card(stage, cfg, metrics, adapter),
+            "tether_config.yaml": to_yaml(cfg)}
+
+
+def export_policy(run_dir: Path, whole: torch.nn.Module, tokenizer: Any, cfg: Any, stage: str,
                   what: str = "policy", dist: Dist = SINGLE) -> Path:
-    """Write final/ from the whole model (tether.precision.master_model's) on rank 0, the
-    others waiting so no one reads it half-written; then close the process group."""
-    final = run_dir / "final"
+    """Write final/ from the whole model (tether.precision.master_model's), with its model
+    card, on rank 0, the others waiting so no one reads it half-written; then close the
+    process group."""
+    final, lora = run_dir / "final", cfg.model.lora
     if dist.main:
-        save_final(whole, tokenizer, final, lora.merge_on_save)
+        adapter = is_lora(whole) and not lora.merge_on_save
+        save_final(whole, tokenizer, final, lora.merge_on_save,
+                   final_texts(stage, cfg, run_dir, adapter))
         merged = is_lora(whole) and lora.merge_on_save
         print(f"final {what}: {final}" + (" (LoRA merged)" if merged else ""))
     dist.barrier()

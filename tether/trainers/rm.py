@@ -42,7 +42,7 @@ from tether.metric_names import (
     REWARD_NORM_GAIN,
     REWARD_STD,
 )
-from tether.models.lora import apply_lora
+from tether.models.lora import apply_lora, is_lora
 from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
@@ -50,6 +50,7 @@ from tether.trainers.common import (
     Hooks,
     StopRequests,
     due,
+    final_texts,
     optimizer_step,
     plan_steps,
     print_data_stats,
@@ -236,7 +237,8 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
     if d.main:
         rm.model = whole.model if rm.parallel is not None else whole
         rm.parallel = None
-        rm.save(final, cfg.model.lora.merge_on_save)
+        adapter = is_lora(rm.model) and not cfg.model.lora.merge_on_save
+        rm.save(final, cfg.model.lora.merge_on_save, final_texts("rm", cfg, run_dir, adapter))
         print(f"final reward model: {final}")
     d.barrier()
     d.close()

@@ -160,4 +160,4 @@ def train(cfg: SFTConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     # 4. Export (rank 0; the others wait, so no one reads final/ half-written).
     whole = master_model(model, optimizer, build, dist=d)
-    return export_policy(run_dir, whole, tokenizer, cfg.model.lora, what="model", dist=d)
+    return export_policy(run_dir, whole, tokenizer, cfg, "sft", what="model", dist=d)
