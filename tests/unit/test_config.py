@@ -449,7 +449,7 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
     (own / "ppo.yaml").write_text(
         "run_dir: runs/x\n"                      # an output: relative to the file
         "model:\n  name: base_model\n"           # a directory next to it
-        "rollout:\n  prompts: prompts.jsonl?prompt=q\n"  # not there yet: still the file's
+        "rollout.prompts: prompts.jsonl?prompt=q\n"  # not there yet: still the file's
         "reward:\n  model: org/model\n"          # a hub id: as written
         "  gold: scorer:fn\n"                     # module:function next to it: its file
         "  functions: 0.5*scorer:fn, arithmetic:format_reward, sentiment\n"
@@ -469,6 +469,11 @@ def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
     (own / "runs").mkdir()
     (own / "runs" / "config.yaml").write_text(to_yaml(cfg))
     assert load_config(PPOConfig, "own/runs/config.yaml") == cfg
+
+    (own / "sft.yaml").write_text("data:\n  train: d.jsonl\n  chat_template: chat.jinja\n")
+    cfg = load_config(SFTConfig, "own/sft.yaml", ["data.eval=e.jsonl"])
+    assert (cfg.data.train, cfg.data.chat_template, cfg.data.eval) == \
+        ("own/d.jsonl", "own/chat.jinja", "e.jsonl")
 
     monkeypatch.chdir(own)  # run from the file's own directory: every value as written
     cfg = load_config(PPOConfig, "ppo.yaml")

@@ -22,14 +22,14 @@ from typing import Any
 INPUT_KEYS = frozenset({
     "train", "eval", "prompts", "eval_prompts", "heldout_prompts", "demonstrations", "labels",
     "gold_items", "candidates", "input", "reference", "name", "model", "policy", "policies",
-    "reward_model", "gold", "functions",
+    "reward_model", "gold", "functions", "chat_template",
 })
 # Keys holding a path to write: relative to the file whether or not it exists yet.
 OUTPUT_KEYS = frozenset({"run_dir", "output", "db"})
 # Keys holding several, comma-separated (reward functions also as a YAML list).
 LIST_KEYS = frozenset({"policies", "functions"})
 FILE_SUFFIXES = frozenset({".jsonl", ".json", ".parquet", ".csv", ".db", ".py", ".yaml",
-                           ".yml", ".txt"})
+                           ".yml", ".txt", ".jinja"})
 _WEIGHT = re.compile(r"^(\s*[^*\s]+\s*\*\s*)(.*)$")  # "0.2*scorer:fn" in reward.functions
 
 
