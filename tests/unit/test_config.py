@@ -316,10 +316,11 @@ def test_choices_with_suggestion():
 
 
 def test_choices_in_file_names_line(tmp_path):
-    path = write(tmp_path, "data:\n  train: a.jsonl\n  chat_template: alway\n")
+    # (not data.chat_template: it also takes a Jinja file, so any name is a path to one)
+    path = write(tmp_path, "data:\n  train: a.jsonl\n  truncation: dorp\n")
     message = error(path)
-    assert message.startswith(f"{path}:3: data.chat_template must be one of")
-    assert "did you mean 'always'" in message
+    assert message.startswith(f"{path}:3: data.truncation must be one of")
+    assert "did you mean 'drop'" in message
 
 
 @pytest.mark.parametrize("override, expected", [
