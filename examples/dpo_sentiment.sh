@@ -39,5 +39,5 @@ for beta in "${betas[@]}"; do
     run_dir="$run" dpo.beta="$beta" resume=true
   policies="$policies,$run/final"
 done
-$tether eval policies="$policies" reference="$sft" prompts="$out/heldout_prompts.jsonl" \
+$tether eval policies="$policies" reference="$sft" prompts="$out/heldout_prompts.jsonl" gold=sentiment \
   n=2 max_new_tokens=40 batch_size=16 bf16=true output="$out/eval.json"

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 from tether import __version__
 from tether.config import (
@@ -34,6 +36,7 @@ from tether.config import (
     SFTConfig,
     SimulateLabelsConfig,
     field_docs,
+    given_settings,
     load_config,
     to_yaml,
 )
@@ -49,6 +52,7 @@ class Stage:
     example: str
     bare: str = ""  # metavar of an optional bare argument (not key=value), e.g. RUN_DIR
     bare_key: str = "run_dir"  # the config key the bare argument sets
+    override: str = "optim.lr=1e-5"  # an override valid for this command, for its --help
 
 
 # A name with a space is a sub-command of a group ("label simulate").
@@ -58,33 +62,36 @@ STAGES = {
                  "tether sft --config configs/sft_example.yaml optim.lr=1e-5"),
     "sample": Stage(SampleConfig, "tether.sample:run",
                     "sample K responses per prompt from a policy into candidates.jsonl",
-                    "tether sample policy=runs/sft-example/final prompts=prompts.jsonl k=4"),
+                    "tether sample policy=runs/sft-example/final prompts=prompts.jsonl k=4",
+                    override="k=8"),
     "label simulate": Stage(
         SimulateLabelsConfig, "tether.labeling.commands:simulate_labels",
         "label candidates with a simulated labeler (noisy Bradley-Terry on a gold score)",
-        "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3"),
+        "tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.3",
+        override="temperature=0.3"),
     "label import": Stage(
         LabelImportConfig, "tether.labeling.commands:import_candidates",
         "import candidates into a new labeling project (with gold items and active sampling)",
         "tether label import project=sentiment candidates=runs/sample/candidates.jsonl "
-        "overlap=3 gold_items=gold.jsonl"),
+        "overlap=3 gold_items=gold.jsonl", override="overlap=3"),
     "label add-annotator": Stage(
         LabelAnnotatorConfig, "tether.labeling.commands:add_annotator",
         "create an annotator (or an admin) and print their access token",
-        "tether label add-annotator name=alice"),
+        "tether label add-annotator name=alice", override="name=alice"),
     "label serve": Stage(
         LabelServeConfig, "tether.labeling.commands:serve",
         "serve the labeling web app: people compare or rank responses in the browser",
-        "tether label serve db=runs/label/labels.db port=8000"),
+        "tether label serve db=runs/label/labels.db port=8000", override="port=8080"),
     "label stats": Stage(
         LabelStatsConfig, "tether.labeling.commands:stats",
         "label quality: gold accuracy per annotator, Cohen's kappa, Krippendorff's alpha, "
         "position bias",
-        "tether label stats project=sentiment"),
+        "tether label stats project=sentiment", override="project=sentiment"),
     "label export": Stage(
         LabelExportConfig, "tether.labeling.commands:export",
         "export labels as preference pairs/rankings for `tether rm` and `tether dpo`",
-        "tether label export output=labels.jsonl min_gold_accuracy=0.7"),
+        "tether label export output=labels.jsonl min_gold_accuracy=0.7",
+        override="min_gold_accuracy=0.7"),
     "rm": Stage(RMConfig, "tether.trainers.rm:train",
                 "train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
                 "tether rm --config configs/rm_example.yaml"),
@@ -98,27 +105,31 @@ STAGES = {
                  "tether ppo --config configs/ppo_example.yaml algo=rloo rollout.group_size=4"),
     "score": Stage(ScoreConfig, "tether.score:run",
                    "score (prompt, response) rows with a trained reward model",
-                   "tether score reward_model=runs/rm/final input=candidates.jsonl"),
+                   "tether score reward_model=runs/rm/final input=candidates.jsonl",
+                   override="batch_size=32"),
     "run": Stage(PipelineConfig, "tether.pipeline:run",
                  "the whole pipeline, resumable: SFT -> sample -> label -> reward model -> PPO "
                  "and DPO -> evaluation -> report.html. PIPELINE: a YAML file (layered on the "
-                 "default) or a preset (default, quick)",
+                 "default; paths in it are relative to it) or a preset: default, quick, "
+                 "smoke (tiny random models, every stage in ~20 s on 2 cores: `tether run "
+                 "smoke --config my_pipeline.yaml` checks a task of your own end to end)",
                  "tether run quick    # or: tether run my_pipeline.yaml ppo.optim.lr=2e-5",
-                 bare="PIPELINE"),
+                 bare="PIPELINE", override="ppo.optim.lr=2e-5"),
     "report": Stage(ReportConfig, "tether.report.collect:run",
                     "write report.html for a run directory (`tether run`'s, or that of tether "
                     "sft, rm, dpo or ppo), finished or not",
-                    "tether report runs/pipeline", bare="RUN_DIR"),
+                    "tether report runs/pipeline", bare="RUN_DIR",
+                    override="run_dir=runs/pipeline"),
     "eval": Stage(EvalConfig, "tether.evaluate:run",
                   "evaluate policies by sampling: gold score, proxy reward, KL to a reference, "
                   "win rate",
                   "tether eval policies=runs/sft/final,runs/dpo/final reference=runs/sft/final "
-                  "prompts=prompts.jsonl n=4"),
+                  "prompts=prompts.jsonl n=4", override="n=4"),
     "push": Stage(PushConfig, "tether.hub:push",
                   "upload a final/ directory (weights, tokenizer, model card) to the Hugging "
                   "Face Hub; needs a network and a token",
                   "tether push runs/sft/final repo=me/my-sft-model", bare="PATH",
-                  bare_key="path"),
+                  bare_key="path", override="private=false"),
 }
 
 
@@ -145,6 +156,24 @@ def _pipeline_help() -> str:
                             + ", ".join(sorted(wired)) + ".", width=88))
 
 
+def _echo(command: str, cfg: object, path: str | None, overrides: list[str],
+          base: list) -> str:
+    """What a command prints before it runs: the settings given, not the hundreds of lines of
+    defaults around them, and where the whole resolved config is."""
+    given = given_settings(cfg, path, overrides)
+    rest = "the built-in pipeline's" if command == "run" else "their defaults"
+    presets = [Path(p).stem for p in base[1:]]  # base[0]: the built-in default pipeline
+    if presets:
+        rest += f", with the {', '.join(presets)} preset"
+    head = f"# tether {command}: the settings given" + (f" (every other key: {rest})" if given
+                                                         else f": none (every key: {rest})")
+    # Every command with a run directory but report writes its resolved config there.
+    whole = f"{Path(cfg.run_dir) / 'config.yaml'}, or --print-config" \
+        if getattr(cfg, "run_dir", "") and command != "report" else "--print-config"
+    return "\n".join([head, *([given] if given else []),
+                      f"# the whole resolved config: {whole}"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether", description="Reinforcement learning from human feedback, end to end.",
@@ -168,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_pipeline_help() if stage.config is PipelineConfig
             else _options_help(stage.config))
         sub.add_argument("-c", "--config", metavar="FILE.yaml",
-                         help="YAML config; keys not given keep their defaults")
+                         help="YAML config; keys not given keep their defaults. Paths written "
+                              "in it are relative to its directory (key=value overrides: to "
+                              "the working directory)")
         sub.add_argument("overrides", nargs="*", metavar=f"[{stage.bare}] key=value"
                          if stage.bare else "key=value",
-                         help="dotted overrides applied after the file, e.g. optim.lr=1e-5")
+                         help=f"dotted overrides applied after the file, e.g. "
+                              f"{stage.override}")
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config and exit without running")
         sub.set_defaults(stage=name)
@@ -203,14 +235,20 @@ def main(argv: list[str] | None = None) -> int:
         elif bare:
             overrides.insert(0, f"{stage.bare_key}={bare[0]}")
         cfg = load_config(stage.config, path, overrides, base=base)
-        print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
         if args.print_config:
+            if args.stage == "run":  # as the stages will run: the values the pipeline sets
+                cfg = importlib.import_module("tether.pipeline").effective_config(cfg)
+            print(f"# tether {args.command}: resolved config\n{to_yaml(cfg)}", flush=True)
             return 0
+        print(_echo(args.command, cfg, path, overrides, base), flush=True)
         module, function = stage.entry.split(":")
         getattr(importlib.import_module(module), function)(cfg)
     except UserError as e:
         print(f"tether {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # stdout closed early (`tether ... | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+        return 141  # as a shell reports a command ended by SIGPIPE
     except OSError as e:  # a path the user gave that cannot be read or written
         print(f"tether {args.command}: error: {e.filename or ''}: {e.strerror or e}",
               file=sys.stderr)

@@ -29,6 +29,7 @@ from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, UserError
 from tether.eval.policy import evaluate_policy, format_table, kl_caveat, summarize
+from tether.eval.task_gold import choose_gold
 from tether.files import atomic_write_text, check_output
 from tether.models.loading import load_causal_lm, load_tokenizer, resolve
 from tether.models.reward import RewardModel
@@ -63,7 +64,10 @@ def run(cfg: EvalConfig) -> Path:
         raise ConfigError(f"output '{cfg.output}' would overwrite the prompts")
 
     # Everything the user can get wrong is checked before the first model loads.
-    gold = load_gold_scorer(cfg.gold) if cfg.gold else None
+    gold_name, note = choose_gold(cfg.gold, policies)
+    if note:
+        print(note, flush=True)
+    gold = load_gold_scorer(gold_name) if gold_name else None
     rows, stats = load_prompts(cfg.prompts, cfg.num_prompts, cfg.skip_bad_rows)
     if not rows:
         raise DataError(f"{cfg.prompts}: no prompts to evaluate on")

@@ -38,6 +38,7 @@ from tether.config import (
     to_yaml,
 )
 from tether.data.prompts import encode_prompts, load_prompts
+from tether.data.readers import split_source
 from tether.data.tokenize import wants_chat_template
 from tether.device import pick_device
 from tether.errors import ConfigError, DataError, WeakRewardModel
@@ -94,7 +95,7 @@ def in_round(name: str, r: int) -> str:
 
 
 def _digest(path: str) -> str:
-    p = Path(path)
+    p = Path(split_source(path)[0])  # a file, without its reader options (?prompt=question)
     if p.is_file():
         return hashlib.sha256(p.read_bytes()).hexdigest()
     return f"{path} (not a file)"  # a directory or hub name: its name stands for it
@@ -109,7 +110,8 @@ class Run:
     state of each stage (pipeline.json)."""
 
     def __init__(self, cfg: PipelineConfig):
-        self.cfg = cfg
+        self.cfg = cfg = copy.deepcopy(cfg)
+        self.heldout_note = _fit_to_heldout(cfg)
         self.root = Path(cfg.run_dir)
         self.skipped = set(cfg.stage_list("skip"))
         task = cfg.task
@@ -180,6 +182,12 @@ class Run:
         return self.cfg.sft.model.name if "sft" in self.skipped else str(self.dir("sft") / "final")
 
     @property
+    def policy_name(self) -> str:
+        """What the starting policy is called in the evaluation and the report: `sft`, or
+        `base` when no SFT stage ran (it is then the model as given, sft.model.name)."""
+        return "base" if "sft" in self.skipped else "sft"
+
+    @property
     def labels(self) -> Path:
         return self.dir("label") / "labels.jsonl"
 
@@ -217,6 +225,42 @@ class Run:
 
     def save_state(self) -> None:
         atomic_write_text(self.state_path, json.dumps(self.state, indent=2) + "\n")
+
+
+# The held-out evaluations, each on the first N of the task's held-out prompts.
+HELDOUT_EVALUATIONS = ("eval.num_prompts", "ppo.eval_num_prompts", "dpo.sampled_eval.num_prompts")
+
+
+def _fit_to_heldout(cfg: PipelineConfig) -> str:
+    """Cut each held-out evaluation asking for more prompts than the task holds out
+    (task.num_heldout) to all of them, in place; say so, once ("" if none was cut). A task
+    of one's own with 30 held-out prompts should not need three options changed to run."""
+    cut = []
+    for key in HELDOUT_EVALUATIONS:
+        *parents, leaf = key.split(".")
+        section = cfg
+        for part in parents:
+            section = getattr(section, part)
+        if getattr(section, leaf) > cfg.task.num_heldout:
+            cut.append(f"{key} {getattr(section, leaf)}")
+            setattr(section, leaf, cfg.task.num_heldout)
+    if not cut:
+        return ""
+    return (f"the task holds out {cfg.task.num_heldout} prompts: {', '.join(cut)} -> "
+            f"{cfg.task.num_heldout} (all of them)")
+
+
+def effective_config(cfg: PipelineConfig) -> PipelineConfig:
+    """The config as the pipeline runs it, for --print-config: each stage's section with what
+    the pipeline sets in it (the paths between stages, the task's gold scorer) and the
+    held-out evaluations fitted to the task."""
+    run = Run(cfg)
+    out = copy.deepcopy(run.cfg)
+    for stage in run.stages():
+        section = stage.configure(run)
+        if dataclasses.is_dataclass(section) and hasattr(out, stage.name):
+            setattr(out, stage.name, section)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,12 +521,13 @@ def execute_eval(run: Run, cfg: dict) -> str:
     """Every policy on the same held-out prompts (tether eval), best-of-n from the SFT policy,
     and the reward-KL frontier of PPO's and DPO's evaluations during training."""
     ecfg, out = run.cfg.eval, run.dir("eval")
-    names = ["sft", *cfg["policies"]]
+    start = run.policy_name
+    names = [start, *cfg["policies"]]
     policies = [run.policy] + [run.final_of(name) for name in cfg["policies"]]
     has_rm = Path(run.reward_model).exists()
     eval_cfg = EvalConfig(
         policies=",".join(policies), names=",".join(names), reference=run.policy,
-        baseline="sft", prompts=str(run.heldout), num_prompts=ecfg.num_prompts, n=ecfg.n,
+        baseline=start, prompts=str(run.heldout), num_prompts=ecfg.num_prompts, n=ecfg.n,
         max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size, gold=run.gold,
         reward_model=run.reward_model if has_rm else "", output=str(out / "policies.json"),
         bf16=ecfg.bf16, device=ecfg.device, seed=ecfg.seed)
@@ -515,13 +560,13 @@ def execute_eval(run: Run, cfg: dict) -> str:
     for warning in frontier["warnings"]:
         print(f"warning: {warning}")
 
-    if summaries["sft"]["gold"] is None:  # people's labels and no gold scorer
+    if summaries[start]["gold"] is None:  # people's labels and no gold scorer
         return "proxy: " + ", ".join(f"{n} {summaries[n]['proxy']['mean']:.2f}" for n in names)
-    base = summaries["sft"]["gold"]["mean"]
+    base = summaries[start]["gold"]["mean"]
     gains = [f"{n} {summaries[n]['gold']['mean']:.2f}"
-             + ("" if n == "sft" else f" ({summaries[n]['gold']['mean'] - base:+.2f})")
+             + ("" if n == start else f" ({summaries[n]['gold']['mean'] - base:+.2f})")
              for n in names]
-    return f"gold on {summaries['sft']['prompts']} held-out prompts: " + ", ".join(gains)
+    return f"gold on {summaries[start]['prompts']} held-out prompts: " + ", ".join(gains)
 
 
 def _sample_best_of_n(run: Run, ecfg: Any) -> dict:
@@ -606,13 +651,15 @@ def _resumable(stage_dir: Path, tag: str) -> bool:
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not already done; return the report's path."""
     pipeline = Run(cfg)
+    if pipeline.heldout_note:
+        print(f"note: {pipeline.heldout_note}", flush=True)
     stages = pipeline.stages()
     # Every stage's config is built (and checked) before the first one runs: a mistake in
     # the DPO options should not surface after twenty minutes of SFT and PPO.
     configs = {s.name: s.configure(pipeline) for s in stages}
     forced = set(cfg.stage_list("rerun"))
     pipeline.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(pipeline.root / "config.yaml", to_yaml(cfg))
+    atomic_write_text(pipeline.root / "config.yaml", to_yaml(pipeline.cfg))
 
     # the stages that first optimise each round's reward model: PPO, else the evaluation's
     # best-of-n (the last round's)

@@ -2,7 +2,7 @@
 
 A gold scorer is any function taking a list of response texts and returning one float per
 text, higher meaning better. `tether run` imports it by the name given as task.gold
-('scorer:brevity', run from this directory).
+('scorer:brevity': scorer.py beside the pipeline file).
 """
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from tether import cli
 from tether.config import SFTConfig, field_docs, load_config, to_dict
+from tether.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,3 +240,96 @@ def test_compile_where_it_cannot_run_is_one_line(capsys, tmp_path, monkeypatch):
     code, out, err = run_main(capsys, ["sft", "model.name=tiny", f"data.train={data}",
                                        f"run_dir={tmp_path / 'run'}", "train.compile=true"])
     assert_one_line_error(code, out, err, "train.compile=true", "C++ compiler")
+
+
+@pytest.mark.parametrize("name", list(cli.STAGES))
+def test_each_command_s_help_example_override_is_one_it_takes(capsys, name):
+    stage = cli.STAGES[name]
+    with pytest.raises(SystemExit):
+        cli.main([*name.split(), "--help"])
+    assert f"e.g. {stage.override}" in " ".join(capsys.readouterr().out.split())
+    key = stage.override.split("=")[0]
+    assert key in [row[0] for row in field_docs(stage.config)]
+
+    def error(overrides):
+        try:
+            load_config(stage.config, None, overrides)
+        except UserError as e:
+            return str(e)
+
+    # A command's required keys are missing here: the example adds no error of its own.
+    assert error([stage.override]) in (None, error([]))
+
+
+def test_rm_help_names_every_embedded_model(capsys):
+    from tether.models.loading import EMBEDDED
+
+    with pytest.raises(SystemExit):
+        cli.main(["rm", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    help = out[out.index("model.name ("):out.index("model.lora")]
+    assert all(name in help for name in EMBEDDED), help
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    command = [sys.executable, "-m", "tether", "sft", "data.train=t.jsonl", "--print-config"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               cwd=tmp_path, env=env)
+    process.stdout.close()  # as `| head -0` would, before a line is read
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
+
+
+def test_a_command_echoes_the_settings_given_not_every_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("data:\n  train: missing.jsonl\noptim:\n  lr: 1e-4\n")
+    code, out, err = run_main(capsys, ["sft", "--config", "c.yaml", "optim.lr=3e-4",
+                                       "model.name=tiny", "run_dir=run"])
+    assert code == 2 and "missing.jsonl" in err  # it got as far as reading the data
+    assert out.splitlines() == [
+        "# tether sft: the settings given (every other key: their defaults)",
+        "data:",
+        f"{'  train: missing.jsonl':<40}  # c.yaml:2",  # where each was set, aligned
+        "optim:",
+        f"{'  lr: 0.0003':<40}  # command line",
+        "model:",
+        f"{'  name: tiny':<40}  # command line",
+        f"{'run_dir: run':<40}  # command line",
+        "# the whole resolved config: run/config.yaml, or --print-config",
+    ]
+
+
+def test_eval_asks_for_gold_unless_the_policies_runs_name_the_task(capsys, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n')
+    code, out, err = run_main(capsys, ["eval", "policies=tiny", f"prompts={prompts}",
+                                       f"output={tmp_path / 'e.json'}"])
+    assert code == 2 and err.startswith("tether eval: error: gold is required"), err
+    assert "or gold= for no gold score" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_takes_gold_from_the_runs_that_trained_its_policies(tmp_path):
+    from tether.eval.task_gold import AUTO, choose_gold
+
+    def run(path, config):
+        (tmp_path / path / "final").mkdir(parents=True)
+        (tmp_path / path / "config.yaml").write_text(yaml.safe_dump(config))
+        return str(tmp_path / path / "final")
+
+    pipeline = tmp_path / "pipe"
+    sft = run("pipe/sft", {"data": {"train": "d.jsonl"}})
+    (pipeline / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "answers",
+                                                                   "gold": ""}}))
+    assert choose_gold(AUTO, [sft]) == ("answers", f"gold: answers (the task of "
+                                                   f"{pipeline / 'config.yaml'})")
+    ppo = run("ppo", {"reward": {"gold": "my_scorers:score"}})
+    dpo = run("dpo", {"sampled_eval": {"gold": "my_scorers:score"}})
+    assert choose_gold(AUTO, ["tiny", ppo, dpo])[0] == "my_scorers:score"
+    assert choose_gold("sentiment", [ppo]) == ("sentiment", "")  # given: used as it is
+    assert choose_gold("", [ppo]) == ("", "")  # none
+    with pytest.raises(UserError, match="different gold scorers.*answers.*my_scorers:score"):
+        choose_gold(AUTO, [sft, ppo])
+    (pipeline / "config.yaml").write_text(yaml.safe_dump({"task": {"name": "", "gold": ""}}))
+    assert choose_gold(AUTO, [sft]) == ("", f"gold: none (the task of "
+                                            f"{pipeline / 'config.yaml'})")  # people's labels

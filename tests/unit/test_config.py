@@ -71,7 +71,8 @@ def test_config_error_is_a_user_error():
     assert ConfigError.exit_code == 2
 
 
-def test_yaml_file_then_nested_overrides(tmp_path):
+def test_yaml_file_then_nested_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the file's paths are relative to it: here, as written
     path = write(tmp_path, """\
 run_dir: runs/x
 data:
@@ -289,7 +290,8 @@ def test_non_finite_numbers_are_rejected():
         assert "(finite)" in error(None, [TRAIN, f"optim.lr={value}"])
 
 
-def test_dotted_keys_and_duplicates_in_yaml(tmp_path):
+def test_dotted_keys_and_duplicates_in_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = write(tmp_path, "data.train: a.jsonl\noptim.lr: 0.5\n")
     cfg = load_config(SFTConfig, str(path))
     assert cfg.data.train == "a.jsonl" and cfg.optim.lr == 0.5
@@ -314,10 +316,11 @@ def test_choices_with_suggestion():
 
 
 def test_choices_in_file_names_line(tmp_path):
-    path = write(tmp_path, "data:\n  train: a.jsonl\n  chat_template: alway\n")
+    # (not data.chat_template: it also takes a Jinja file, so any name is a path to one)
+    path = write(tmp_path, "data:\n  train: a.jsonl\n  truncation: dorp\n")
     message = error(path)
-    assert message.startswith(f"{path}:3: data.chat_template must be one of")
-    assert "did you mean 'always'" in message
+    assert message.startswith(f"{path}:3: data.truncation must be one of")
+    assert "did you mean 'drop'" in message
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -435,3 +438,58 @@ def test_an_option_offers_exactly_what_its_registry_holds():
                      (ScoreConfig, "device"), (EvalConfig, "device"),
                      (PipelineConfig, "eval.device")]:
         assert choices(cls, key) == device.DEVICES
+
+
+# --- paths in a config file are relative to the file ------------------------------------------
+
+
+def test_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    own = tmp_path / "own"
+    (own / "base_model").mkdir(parents=True)
+    (own / "scorer.py").write_text("def fn(texts):\n    return [0.0 for _ in texts]\n")
+    (own / "ppo.yaml").write_text(
+        "run_dir: runs/x\n"                      # an output: relative to the file
+        "model:\n  name: base_model\n"           # a directory next to it
+        "rollout.prompts: prompts.jsonl?prompt=q\n"  # not there yet: still the file's
+        "reward:\n  model: org/model\n"          # a hub id: as written
+        "  gold: scorer:fn\n"                     # module:function next to it: its file
+        "  functions: 0.5*scorer:fn, arithmetic:format_reward, sentiment\n"
+        f"eval_prompts: {tmp_path / 'abs.jsonl'}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PPOConfig, "own/ppo.yaml", ["eval_prompts=held/out.jsonl"])
+    assert cfg.run_dir == "own/runs/x"
+    assert cfg.model.name == "own/base_model"
+    assert cfg.reward.model == "org/model"
+    assert cfg.rollout.prompts == "own/prompts.jsonl?prompt=q"
+    assert cfg.reward.gold == "own/scorer.py:fn"
+    assert cfg.reward.functions == "0.5*own/scorer.py:fn, arithmetic:format_reward, sentiment"
+    assert load_config(PPOConfig, "own/ppo.yaml").eval_prompts == str(tmp_path / "abs.jsonl")
+    assert cfg.eval_prompts == "held/out.jsonl"  # an override: relative to the working directory
+
+    # A run's config.yaml is resolved already: read again, its paths stay as they are.
+    (own / "runs").mkdir()
+    (own / "runs" / "config.yaml").write_text(to_yaml(cfg))
+    assert load_config(PPOConfig, "own/runs/config.yaml") == cfg
+
+    (own / "sft.yaml").write_text("data:\n  train: d.jsonl\n  chat_template: chat.jinja\n")
+    cfg = load_config(SFTConfig, "own/sft.yaml", ["data.eval=e.jsonl"])
+    assert (cfg.data.train, cfg.data.chat_template, cfg.data.eval) == \
+        ("own/d.jsonl", "own/chat.jinja", "e.jsonl")
+
+    monkeypatch.chdir(own)  # run from the file's own directory: every value as written
+    cfg = load_config(PPOConfig, "ppo.yaml")
+    assert (cfg.run_dir, cfg.model.name, cfg.reward.gold) == ("runs/x", "base_model", "scorer:fn")
+
+
+def test_a_scorer_next_to_the_config_imports_by_its_path(tmp_path, monkeypatch):
+    from tether.tasks.gold import load_gold_scorer
+
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "brevity_scorer.py").write_text(
+        "def fn(texts):\n    return [float(len(t)) for t in texts]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    monkeypatch.delitem(__import__("sys").modules, "brevity_scorer", raising=False)
+    assert load_gold_scorer("own/brevity_scorer.py:fn")(["ab", "c"]) == [2.0, 1.0]
+    with pytest.raises(UserError, match="cannot import module 'own/missing.py': no such file"):
+        load_gold_scorer("own/missing.py:fn")

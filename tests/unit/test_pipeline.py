@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from conftest import REPO, ranking_rows, write_jsonl
 
 from tether import metric_names
@@ -235,16 +236,19 @@ TINY_OVERRIDES = [
 
 def test_a_task_of_your_own_needs_only_prompts_and_a_gold_scorer(tmp_path, monkeypatch,
                                                                  capsys):
-    example = REPO / "examples" / "own_task"
-    monkeypatch.chdir(example)  # as the example says: run from its directory
-    monkeypatch.syspath_prepend(str(example))
-    assert main(["run", "pipeline.yaml", f"run_dir={tmp_path / 'run'}", "task.num_prompts=16",
-                 *TINY_OVERRIDES]) == 0
+    # From the directory above: the paths in the file (prompts.jsonl, scorer:brevity) are
+    # relative to it, not to where tether runs.
+    monkeypatch.chdir(REPO / "examples")
+    assert main(["run", "own_task/pipeline.yaml", f"run_dir={tmp_path / 'run'}",
+                 "task.num_prompts=16", *TINY_OVERRIDES]) == 0
     out = capsys.readouterr().out
     assert _ran(out) == ["data", "sample", "label", "rm", "ppo", "dpo", "eval", "report"]
     assert not (tmp_path / "run" / "sft").exists()
     policies = json.loads((tmp_path / "run" / "eval" / "policies.json").read_text())
     assert policies["config"]["reference"] == "tiny"  # the starting model is the SFT policy
+    # ... and called what it is: no SFT ran
+    assert list(policies["policies"]) == ["base", "ppo", "dpo"] and policies["baseline"] == "base"
+    assert "held-out prompts: base " in out
     assert all(r["gold"] <= 1 for p in policies["policies"].values() for r in p["samples"])
 
 
@@ -356,3 +360,39 @@ def test_the_report_plots_each_round(tmp_path):
     assert "labels vs gold" in section and "reward model vs labels" in section
     assert section.count("<tr>") == 3 and "KL here is to that start" in section
     assert render({"title": "t"}).count('id="rounds"') == 0
+
+
+def test_the_smoke_preset_runs_every_stage_on_tiny_models(tmp_path, capsys):
+    assert main(["run", "smoke", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert _ran(capsys.readouterr().out) == STAGES
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert config.count("name: tiny") == 2  # the policy and the reward model's backbone
+    assert (tmp_path / "run" / "report.html").exists()
+
+
+def test_held_out_evaluations_default_to_what_the_task_holds_out(tmp_path, capsys):
+    from tether.config import PipelineConfig, load_config
+    from tether.pipeline import Run
+    from tether.presets import pipeline_sources
+
+    cfg = load_config(PipelineConfig, base=pipeline_sources(None, None)[0],
+                      overrides=[f"run_dir={tmp_path}", "task.num_heldout=30"])
+    run = Run(cfg)
+    assert (run.cfg.eval.num_prompts, run.cfg.ppo.eval_num_prompts,
+            run.cfg.dpo.sampled_eval.num_prompts) == (30, 30, 30)
+    assert run.heldout_note == ("the task holds out 30 prompts: eval.num_prompts 64, "
+                                "ppo.eval_num_prompts 32, dpo.sampled_eval.num_prompts 32 -> "
+                                "30 (all of them)")
+    assert Run(load_config(PipelineConfig, base=pipeline_sources(None, None)[0])).heldout_note \
+        == ""  # the default holds out enough for every evaluation
+
+
+def test_print_config_shows_what_the_stages_will_use(capsys, tmp_path):
+    assert main(["run", str(REPO / "examples" / "own_task" / "pipeline.yaml"),
+                 f"run_dir={tmp_path}", "task.num_heldout=30", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    gold = str(REPO / "examples" / "own_task" / "scorer.py") + ":brevity"
+    assert printed["ppo"]["reward"]["gold"] == gold  # not the sentiment default
+    assert printed["dpo"]["sampled_eval"]["gold"] == gold and printed["label"]["gold"] == gold
+    assert printed["ppo"]["run_dir"] == str(tmp_path / "ppo")
+    assert printed["ppo"]["eval_num_prompts"] == 30 and printed["eval"]["num_prompts"] == 30

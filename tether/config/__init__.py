@@ -11,7 +11,7 @@ script wants a config and the way to load it, not which of the two modules defin
 this package is the one public place for both.
 """
 
-from tether.config.loader import field_docs, load_config, to_dict, to_yaml
+from tether.config.loader import field_docs, given_settings, load_config, to_dict, to_yaml
 from tether.config.schema import (
     PIPELINE_STAGES,
     PIPELINE_WIRED,
@@ -62,5 +62,5 @@ __all__ = [
     "PushConfig", "RMTrainConfig", "ReferenceConfig", "ReportConfig", "RewardConfig",
     "RolloutConfig", "SFTConfig", "SFTTrainConfig", "SampleConfig", "SampledEvalConfig",
     "ScoreConfig", "SimulateLabelsConfig", "TaskConfig", "TrainConfig",
-    "field_docs", "load_config", "to_dict", "to_yaml",
+    "field_docs", "given_settings", "load_config", "to_dict", "to_yaml",
 ]

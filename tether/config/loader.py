@@ -21,25 +21,30 @@ from typing import Any
 
 import yaml
 
+from tether.config.paths import relative_to
 from tether.errors import ConfigError
 
 
 def load_config(cls: type, path: str | None = None, overrides: list[str] = (),
                 base: list[str | Path] = ()) -> Any:
     """Build `cls` from optional YAML files and `a.b=value` overrides, validated: the `base`
-    files (presets) first, then `path`, then the overrides, each setting what it names."""
+    files (presets) first, then `path`, then the overrides, each setting what it names. Paths
+    written in `path` are relative to its directory (tether.config.paths); the built-in
+    presets' and the overrides' are relative to the working directory."""
     raw: dict = {}
     lines: dict[str, str] = {}  # dotted key -> "file:line" of the file that set it last
     for source in [*base, *([path] if path else [])]:
         file_raw, file_lines = _read_yaml(source)
+        if source is path and not _is_resolved(source):
+            file_raw = relative_to(file_raw, path)
         _merge(raw, file_raw)
         lines |= file_lines
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value "
-                              f"(e.g. optim.lr=1e-5)")
+            raise ConfigError(f"override {item!r} is not of the form key=value (a dotted "
+                              f"key as `--help` lists them, '=', its value)")
         _set_dotted(raw, key, _Override(value))
         lines.pop(key, None)  # the override, not the file, set this key
     cfg = _build(cls, raw, "", lambda key: f"{lines[key]}: " if key in lines else "", cls)
@@ -69,6 +74,70 @@ def _read_yaml(path: str | Path) -> tuple[dict, dict[str, str]]:
     return _expand_dotted(raw), {key: f"{path}:{line}" for key, line in lines.items()}
 
 
+def given_settings(cfg: Any, path: str | None, overrides: list[str] = ()) -> str:
+    """The settings a user gave (`path`'s keys, then the overrides), with the values they
+    resolved to, as YAML with where each was set in a comment: the short echo of a command,
+    where the whole resolved config would be hundreds of lines of defaults."""
+    where: dict[str, str] = {}
+    if path:
+        where |= _read_yaml(path)[1]
+    for item in overrides:
+        where[item.partition("=")[0].strip()] = "command line"
+    tree: dict = {}
+    for key, at in where.items():
+        parts = _leaf_parts(cfg, key.split("."))
+        if parts is None:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _Given(_lookup(cfg, parts), at)
+    return "\n".join(_render(tree, 0))
+
+
+class _Given:
+    def __init__(self, value: Any, where: str):
+        self.value, self.where = value, where
+
+
+def _lookup(cfg: Any, parts: list[str]) -> Any:
+    for part in parts:
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _leaf_parts(cfg: Any, parts: list[str]) -> list[str] | None:
+    """The parts of the leaf option a dotted key sets (a key inside a mapping option sets that
+    option); None for a section, or a key the config does not have."""
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cfg) or not hasattr(cfg, part):
+            return None
+        cfg = getattr(cfg, part)
+        if isinstance(cfg, dict):
+            return parts[:i + 1]
+    return None if dataclasses.is_dataclass(cfg) else parts
+
+
+def _render(tree: dict, depth: int) -> list[str]:
+    lines = []
+    for key, node in tree.items():
+        indent = "  " * depth
+        if isinstance(node, _Given):
+            # A list or mapping value on its one line: {prompt: question}.
+            flow = None if isinstance(node.value, (list, dict)) else False
+            text = yaml.safe_dump({key: node.value}, default_flow_style=flow, sort_keys=False,
+                                  width=math.inf).rstrip("\n")
+            lines.append(f"{indent}{text}".ljust(40) + f"  # {node.where}")
+        else:
+            lines += [f"{indent}{key}:", *_render(node, depth + 1)]
+    return lines
+
+
+def _is_resolved(path: str | Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline() == RESOLVED
+
+
 def _merge(into: dict, update: dict) -> None:
     """Deep update: a later file changes the keys it names and keeps the rest of a section."""
     for key, value in update.items():
@@ -83,7 +152,13 @@ def to_dict(cfg: Any) -> dict:
 
 
 def to_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    """The config as YAML, headed by RESOLVED: loaded again, from wherever it was copied, its
+    paths mean what they meant (relative to the directory the command ran in)."""
+    return RESOLVED + yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+# The first line of a resolved config (to_yaml): its paths are not relative to the file.
+RESOLVED = "# resolved: paths are relative to the directory tether ran in\n"
 
 
 def field_docs(cls: type, prefix: str = "",
@@ -100,7 +175,8 @@ def field_docs(cls: type, prefix: str = "",
             continue
         help = f.metadata.get("help", "")
         if f.metadata.get("choices"):
-            help += f" One of: {', '.join(map(str, f.metadata['choices']))}."
+            what = "Keys" if typing.get_origin(typ) is dict else "One of"
+            help += f" {what}: {', '.join(map(str, f.metadata['choices']))}."
         rows.append((key, _type_name(typ), getattr(defaults, f.name), help))
     return rows
 
@@ -216,12 +292,23 @@ def _build(cls: type, raw: Any, prefix: str, where, root: type, default: Any = N
 def _check_value(key: str, typ: Any, value: Any, meta: dict, where: str) -> Any:
     if isinstance(value, _Override):
         value = value.text if typ is str else value.parsed
+    if isinstance(value, dict):  # a mapping option, perhaps set key by key on the command line
+        value = {k: v.text if isinstance(v, _Override) else v for k, v in value.items()}
     ok, value = _coerce(typ, value)
     if not ok:
         finite = " (finite)" if typ is float else ""
         raise ConfigError(f"{where}{key} must be {_type_name(typ)}{finite}, got {value!r}")
     choices = meta.get("choices")
-    for item in (value if isinstance(value, list) else [value]) if choices else []:
+    if choices and isinstance(value, dict):  # a mapping's choices are the keys it may hold
+        for k in value:
+            if k not in choices:
+                close = difflib.get_close_matches(str(k), [str(c) for c in choices], n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{where}{key}: '{k}' is not one of {', '.join(choices)}"
+                                  f"{hint}")
+    items = [] if not choices or isinstance(value, dict) else \
+        value if isinstance(value, list) else [value]
+    for item in items:
         if item in choices:  # a list's choices are those of each of its items
             continue
         close = difflib.get_close_matches(str(item), [str(c) for c in choices], n=1)
@@ -257,6 +344,17 @@ def _coerce(typ: Any, value: Any) -> tuple[bool, Any]:
                 return False, value
             out.append(v)
         return True, out
+    if origin is dict:  # only dict[str, str]: keys and values are names
+        if not isinstance(value, dict):
+            return False, value
+        out = {}
+        for k, v in value.items():
+            ok_key, k = _coerce(str, k)
+            ok_value, v = _coerce(str, v)
+            if not (ok_key and ok_value):
+                return False, value
+            out[k] = v
+        return True, out
     if typ is bool:
         return isinstance(value, bool), value
     if typ is int:
@@ -284,5 +382,7 @@ def _type_name(typ: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(typ))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(typ)[0])}"
+    if origin is dict:
+        return "a mapping of names to names"
     return {bool: "true or false", int: "an integer", float: "a number",
             str: "a string", type(None): "null"}.get(typ, getattr(typ, "__name__", str(typ)))

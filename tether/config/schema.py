@@ -47,6 +47,8 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
 # Sections shared by the stages
 # ---------------------------------------------------------------------------------------------
 
+# The fields of a data row that data.columns may map to a dataset's own column names.
+DATA_FIELDS = ("prompt", "completion", "messages", "chosen", "rejected", "responses", "ranks")
 # Whether prompts are wrapped in the tokenizer's chat template (tether.data.tokenize).
 CHAT_TEMPLATE = ("auto", "always", "never")
 # Whether PPO reweights its policy gradient for the sampler's mismatch (rollout.is_correction).
@@ -72,7 +74,8 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name: str = option(
-        "smollm2-135m", "Model to start from: an embedded name (smollm2-135m, tiny), a local "
+        "smollm2-135m", "Model to start from: an embedded name (smollm2-135m; tiny, a random "
+        "~1M-parameter model for tests; for a reward model also minilm-l6, an encoder), a local "
         "Hugging Face directory (e.g. a previous run's final/), or a hub id (needs a network).")
     lora: LoraConfig = section(LoraConfig, "LoRA adapters.")
     gradient_checkpointing: bool = option(
@@ -117,6 +120,20 @@ class DataConfig:
         False, "Accept responses (completion, chosen, rejected, responses) that are empty or "
         "only whitespace, e.g. samples of a policy that ended at once. Off: such a row is an "
         "error naming its file:line, as a broken export or a misnamed field usually gives them.")
+    split: str = option(
+        "train", "The split of `train` to read, where it has several (a hub dataset, a "
+        "`datasets` directory, a JSON object of lists). A split it lacks is an error naming "
+        "those it has.")
+    eval_split: str = option(
+        "test", "The split of `eval` to read, where it has several (never `split` in its place: "
+        "a split it lacks is an error naming those it has).")
+    subset: str = option(
+        "", "The configuration (subset) of a hub dataset or a directory of data files, e.g. "
+        "'harmless-base' of Anthropic/hh-rlhf. Empty: its default.")
+    columns: dict[str, str] = option(
+        {}, "Which column holds each field tether reads, where a dataset names them otherwise, "
+        "e.g. {prompt: question, chosen: good} or data.columns.prompt=question. A row without "
+        "a mapped column is a bad row naming the columns it has.", choices=DATA_FIELDS)
 
 
 @dataclass
@@ -269,7 +286,8 @@ class SampleConfig:
     policy: str = option("smollm2-135m", "Model to sample from: an embedded name, a local HF "
                                          "directory (e.g. an SFT run's final/), or a hub id.")
     prompts: str = option("", "Prompts: rows with a 'prompt' (string or messages), in any "
-                              "supported data format. Required.")
+                              "supported data format. A dataset of several splits or other "
+                              "column names: SOURCE?split=test&prompt=question. Required.")
     num_prompts: int = option(0, "Use only the first N prompts; 0: all.", min=0)
     output: str = option("runs/sample/candidates.jsonl", "Where to write candidates.jsonl.")
     k: int = option(4, "Responses per prompt.", min=1)
@@ -574,7 +592,8 @@ class DPOConfig:
 @dataclass
 class RolloutConfig:
     prompts: str = option("", "Prompts to train on: rows with a 'prompt', in any supported data "
-                              "format. Required.")
+                              "format. A dataset of several splits or other column names: "
+                              "SOURCE?split=test&prompt=question. Required.")
     batch_size: int = option(16, "Prompts per iteration (each sampled group_size times).", min=1)
     group_size: int = option(1, "Samples per prompt. grpo and rloo compare the samples of a "
                                 "prompt with each other, so need at least 2.", min=1)
@@ -846,7 +865,8 @@ class EvalConfig:
     baseline: str = option("", "The policy (a name, or a policy as listed) that win rates are "
                                "computed against. Empty: the first policy.")
     prompts: str = option("", "Prompts: rows with a 'prompt' (string or messages), in any "
-                              "supported data format. Required.")
+                              "supported data format. A dataset of several splits or other "
+                              "column names: SOURCE?split=test&prompt=question. Required.")
     num_prompts: int = option(0, "Use only the first N prompts; 0: all.", min=0)
     n: int = option(4, "Samples per prompt and policy.", min=1)
     temperature: float = option(1.0, "Sampling temperature. The KL estimate is of the "
@@ -861,11 +881,14 @@ class EvalConfig:
                                 "sequences per forward pass when computing log-probs.", min=1)
     chat_template: str = option("auto", "Wrap prompts in the tokenizer's chat template.",
                                 choices=CHAT_TEMPLATE)
-    gold: str = option("sentiment", "Gold scorer of the responses: a built-in task name "
-                                    "(sentiment, answers, arithmetic) or 'module:function' "
-                                    "taking a list of texts, or TRL's keyword form "
-                                    "f(prompts=, completions=, **columns) given the prompt "
-                                    "rows' other fields. Empty: no gold score.")
+    gold: str = option("auto", "Gold scorer of the responses: a built-in task name "
+                               "(sentiment, answers, arithmetic) or 'module:function' "
+                               "taking a list of texts, or TRL's keyword form "
+                               "f(prompts=, completions=, **columns) given the prompt "
+                               "rows' other fields. auto: the task's, as the policies' run "
+                               "directories record it (a `tether run` pipeline's task, a PPO "
+                               "run's reward.gold, a DPO run's sampled_eval.gold); where they "
+                               "name none, an error asking for it. Empty: no gold score.")
     reward_model: str = option("", "Reward model directory (a `tether rm` run's final/) whose "
                                    "score is reported as the proxy reward. Empty: none.")
     output: str = option("runs/eval/eval.json", "Where to write the summaries and every "
@@ -954,7 +977,9 @@ class TaskConfig:
         "arithmetic: word problems; gold = 1 if the final number is the answer). Empty: "
         "your own task, from the files below (which also replace a built-in task's).")
     prompts: str = option("", "Your prompts: rows with a 'prompt' (string or messages). The "
-                              "policy is sampled on them for labels and trained on them.")
+                              "policy is sampled on them for labels and trained on them. "
+                              "A dataset of several splits or other column names: "
+                              "SOURCE?split=test&prompt=question.")
     heldout_prompts: str = option("", "Your evaluation prompts. Empty: the last num_heldout "
                                       "of `prompts` are held out.")
     demonstrations: str = option(
@@ -1002,8 +1027,9 @@ class HumanLabelsConfig:
 
 @dataclass
 class PipelineEvalConfig:
-    num_prompts: int = option(64, "Held-out prompts every policy is compared on (at most "
-                                  "task.num_heldout).", min=1)
+    num_prompts: int = option(64, "Held-out prompts every policy is compared on; more than "
+                                  "task.num_heldout: all of them (as for ppo.eval_num_prompts "
+                                  "and dpo.sampled_eval.num_prompts).", min=1)
     n: int = option(2, "Samples per prompt and policy.", min=1)
     max_new_tokens: int = option(40, "Longest response, in tokens.", min=1)
     batch_size: int = option(16, "Prompts per generate call.", min=1)
@@ -1110,9 +1136,6 @@ class PipelineConfig:
             if self.rounds_from in skipped:
                 raise ConfigError(f"rounds_from={self.rounds_from}, but {self.rounds_from} is "
                                   f"skipped")
-        if self.eval.num_prompts > self.task.num_heldout:
-            raise ConfigError(f"eval.num_prompts ({self.eval.num_prompts}) is more than "
-                              f"task.num_heldout ({self.task.num_heldout})")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
+from tether.data.implicit_prompt import has_implicit_prompt, split_implicit_prompt
 from tether.data.readers import BadRow
 from tether.data.records import (
     LoadStats,
@@ -48,7 +49,10 @@ class Preference:
 def parse_preference(record: Any, where: str, allow_empty: bool = False) -> Preference:
     """A pair or a ranking, checked the same wherever preferences come in (rm, dpo, gold items,
     the labeling database): prompt, responses (empty ones only if `allow_empty`), ranks, and
-    that no text is preferred to itself."""
+    that no text is preferred to itself. A pair without a prompt is split into one
+    (tether.data.implicit_prompt)."""
+    if has_implicit_prompt(record):
+        record = split_implicit_prompt(record, where)
     prompt = parse_prompt(record, where)
     if "chosen" in record or "rejected" in record:
         for name in ("chosen", "rejected"):
@@ -123,12 +127,13 @@ def load_preference_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, se
             return encode_example(tokenizer, messages, response, chat_template=chat,
                                   max_length=cfg.max_length, truncation=cfg.truncation)
 
-    def encode_all(source: str) -> tuple[list[EncodedPreference], LoadStats]:
+    def encode_all(source: str, split: str) -> tuple[list[EncodedPreference], LoadStats]:
         stats = LoadStats()
         out = []
         parse = partial(parse_preference, allow_empty=cfg.allow_empty_responses)
         for pref in load_records(source, parse, cfg.skip_bad_rows, stats,
-                                 allow_empty_key="data.allow_empty_responses"):
+                                 allow_empty_key="data.allow_empty_responses", split=split,
+                                 subset=cfg.subset, columns=cfg.columns):
             if not pref.pairs():  # all ties: nothing to learn from
                 stats.no_pairs += 1
                 stats.first_no_pairs = stats.first_no_pairs or pref.where
@@ -149,6 +154,8 @@ def load_preference_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, se
 def parse_responses(record: Any, where: str) -> tuple[Messages, list[str]]:
     """(prompt, responses) from {prompt, response}, {prompt, responses} (candidates) or a
     preference row: the texts to score or to normalise rewards against."""
+    if has_implicit_prompt(record):
+        record = split_implicit_prompt(record, where)
     prompt = parse_prompt(record, where)
     # Any text a policy may write is scored, the empty one included (it ended at once).
     if "response" in record:

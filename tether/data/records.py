@@ -100,12 +100,15 @@ class LoadStats:
 
 
 def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
-                 skip_key: str = "data.skip_bad_rows", allow_empty_key: str = "") -> list:
+                 skip_key: str = "data.skip_bad_rows", allow_empty_key: str = "",
+                 split: str = "train", subset: str = "",
+                 columns: dict[str, str] | None = None) -> list:
     """Parse every row with `parse(record, where)`; bad rows stop the run or are counted.
     `skip_key` is the config key that skips them, and `allow_empty_key` the one that accepts
-    empty responses, for the error message."""
+    empty responses, for the error message. `split`, `subset`, `columns`: as data.readers
+    reads them."""
     out = []
-    for row in read_all_rows(source, "rows"):
+    for row in read_all_rows(source, "rows", split, subset, columns):
         try:
             if isinstance(row.record, BadRow):
                 raise row.record
@@ -125,12 +128,13 @@ def load_records(source: str, parse, skip_bad_rows: bool, stats: LoadStats,
 
 
 def load_splits(cfg: DataConfig, encode_all, seed: int) -> tuple[list, list, dict]:
-    """(train, eval, stats): `encode_all(source) -> (items, LoadStats)` on data.train, and on
-    data.eval if given, else a seeded data.eval_fraction of train held out."""
-    train, train_stats = encode_all(cfg.train)
+    """(train, eval, stats): `encode_all(source, split) -> (items, LoadStats)` on data.train
+    (its data.split), and on data.eval (its data.eval_split) if given, else a seeded
+    data.eval_fraction of train held out."""
+    train, train_stats = encode_all(cfg.train, cfg.split)
     stats = {"train": train_stats}
     if cfg.eval:
-        eval_set, stats["eval"] = encode_all(cfg.eval)
+        eval_set, stats["eval"] = encode_all(cfg.eval, cfg.eval_split)
     else:
         train, eval_set = split_holdout(train, cfg.eval_fraction, seed)
         train_stats.held_out = len(eval_set)

@@ -50,12 +50,14 @@ class SFTData:
 def load_sft_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> SFTData:
     chat = wants_chat_template(tokenizer, cfg.chat_template)
 
-    def encode_all(source: str) -> tuple[list[Encoded], LoadStats]:
+    def encode_all(source: str, split: str) -> tuple[list[Encoded], LoadStats]:
         stats = LoadStats()
         encoded = []
         parse = partial(parse_sft, allow_empty=cfg.allow_empty_responses)
         for messages, response in load_records(source, parse, cfg.skip_bad_rows, stats,
-                                               allow_empty_key="data.allow_empty_responses"):
+                                               allow_empty_key="data.allow_empty_responses",
+                                               split=split, subset=cfg.subset,
+                                               columns=cfg.columns):
             e = encode_example(tokenizer, messages, response, chat_template=chat,
                                max_length=cfg.max_length, truncation=cfg.truncation)
             if e is None:

@@ -1,5 +1,6 @@
 """Built-in pipelines for `tether run`: default.yaml (the sentiment task, ~20 minutes on 2
-CPU cores) and presets layered on top of it (quick.yaml: a first look in ~5 minutes)."""
+CPU cores) and presets layered on top of it (quick.yaml: a first look in ~5 minutes;
+smoke.yaml: every stage on tiny random models in seconds, a check that a pipeline runs)."""
 
 from __future__ import annotations
 

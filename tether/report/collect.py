@@ -175,8 +175,9 @@ def collect(root: str | Path) -> dict:
         "warnings": (frontier or {}).get("warnings", []) + _health_warnings(root),
         "notes": [
             "KL is the summed log-ratio log pi(y|x) - log pi_ref(y|x) of a policy's own "
-            "samples (temperature 1), averaged over held-out prompts; the reference is the SFT "
-            "policy. Best-of-n's KL is the analytic log n - (n - 1)/n.",
+            "samples (temperature 1), averaged over held-out prompts; the reference is the "
+            "starting policy (sft, or base: the model as given, when no SFT stage ran). "
+            "Best-of-n's KL is the analytic log n - (n - 1)/n.",
             "Gold is the task's scorer (the hidden preference the labels were drawn from); "
             "proxy is the reward model trained on those labels.",
         ],

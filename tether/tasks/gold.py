@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,8 +63,11 @@ def load_gold_scorer(name: str, what: str = "gold scorer") -> GoldScorer:
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
-        obj = load_task(module_name) if module_name in TASKS else \
-            importlib.import_module(module_name)
+        if module_name.endswith(".py"):  # a file, as a config file's `module:function` becomes
+            obj = _import_file(module_name)
+        else:
+            obj = load_task(module_name) if module_name in TASKS else \
+                importlib.import_module(module_name)
     except ImportError as e:
         raise UserError(f"{what} '{name}': cannot import module '{module_name}': {e}") \
             from None
@@ -75,6 +80,26 @@ def load_gold_scorer(name: str, what: str = "gold scorer") -> GoldScorer:
     if not callable(obj):
         raise UserError(f"{what} '{name}': '{attr}' is not callable")
     return obj
+
+
+def _import_file(path: str) -> types.ModuleType:
+    """The module in a .py file, imported as `python path` would run it: under its file name,
+    with its directory on the path for its own imports."""
+    if not os.path.isfile(path):
+        raise ImportError(f"no such file: {path}")
+    folder, filename = os.path.split(os.path.abspath(path))
+    name = filename.removesuffix(".py")
+    loaded = sys.modules.get(name)
+    if getattr(loaded, "__file__", None) == os.path.join(folder, filename):
+        return loaded
+    if folder not in sys.path:
+        sys.path.append(folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if loaded is None:  # registered, its functions pickle as an imported module's do
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def takes_keywords(scorer: Callable) -> bool:
