@@ -35,7 +35,7 @@ def prioritize(store: Store, project: Project, reward_models: Sequence[str],
     from tether.device import pick_device
     from tether.models.reward import RewardModel
 
-    items = [i for i in store.items(project.name) if i.gold_ranks is None]
+    items = [i for i in store.items(project.name) if i.gold is None and len(i.responses) > 1]
     prompts, responses = [], []
     for item in items:
         messages = parse_prompt({"prompt": item.prompt}, item.source)

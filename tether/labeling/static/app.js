@@ -16,6 +16,8 @@
   // Pair mode: what each choice sends. Ranks are in display order, lower is better.
   const PAIR_RANKS = { "a-better": [0, 1], "b-better": [1, 0], "tie": [0, 0] };
   const NO_RANK_CHOICES = { "both-bad": "both_bad", "cant-tell": "cant_tell" };
+  // Rate mode (one response, "thumbs"): what each choice sends.
+  const RATE_CHOICES = { good: "good", bad: "bad", "cant-tell": "cant_tell" };
   const ROLE_NAMES = { system: "System", user: "User", assistant: "Assistant" };
 
   // ------------------------------------------------------------------ helpers
@@ -140,6 +142,10 @@
     return !!state.item && state.item.responses.length > 2;
   }
 
+  function isRateMode() {
+    return !!state.item && state.item.responses.length === 1;
+  }
+
   function apiPath(suffix) {
     return "/api/projects/" + encodeURIComponent(state.project) + suffix;
   }
@@ -229,6 +235,7 @@
   function renderItem(item) {
     const k = item.responses.length;
     const rankMode = k > 2;
+    const rateMode = k === 1;
     state.item = item;
     state.choice = null;
     state.ranks = new Array(k).fill(null);
@@ -254,7 +261,7 @@
       });
       const head = h("header", { className: "card-head" }, [
         h("h3", { className: "card-title", id: "card-title-" + slot }, [
-          h("span", { className: "card-letter", text: slot }),
+          rateMode ? "Response" : h("span", { className: "card-letter", text: slot }),
           rankMode ? kbd(CARD_KEYS[i] ? CARD_KEYS[i].toUpperCase() : "") : null,
         ]),
         h("span", { className: "card-badge", "data-badge": "" }),
@@ -264,7 +271,7 @@
       body.classList.add("card-body");
       body.setAttribute("tabindex", "0");
       body.setAttribute("role", "region");
-      body.setAttribute("aria-label", "Response " + slot);
+      body.setAttribute("aria-label", rateMode ? "Response" : "Response " + slot);
       card.append(head, body);
       if (rankMode) {
         const ranks = h("div", { className: "card-ranks", role: "group", "aria-label": "Rank for " + slot }, [
@@ -299,20 +306,22 @@
     ]);
   }
 
+  // "Can't tell" is on T in every mode (in rank mode A..H select cards).
   function renderChoices(k) {
     const buttons = [];
-    if (k === 2) {
+    if (k === 1) {
+      buttons.push(choiceButton("good", "Good", "G"), choiceButton("bad", "Bad", "B"));
+    } else if (k === 2) {
       buttons.push(
         choiceButton("a-better", "A is better", "1"),
         choiceButton("b-better", "B is better", "2"),
         choiceButton("tie", "Equally good", "3"),
-        choiceButton("both-bad", "Both bad", "X"),
-        choiceButton("cant-tell", "Can't tell", "C")
+        choiceButton("both-bad", "Both bad", "X")
       );
     } else {
-      // In rank mode "c" selects card C, so "can't tell" is on "t".
-      buttons.push(choiceButton("both-bad", "All bad", "X"), choiceButton("cant-tell", "Can't tell", "T"));
+      buttons.push(choiceButton("both-bad", "All bad", "X"));
     }
+    buttons.push(choiceButton("cant-tell", k === 1 ? "Can't tell / skip" : "Can't tell", "T"));
     dom.choices.replaceChildren(...buttons);
   }
 
@@ -328,18 +337,20 @@
       span.append(" " + what);
       parts.push(span);
     };
-    if (k === 2) {
+    if (k === 1) {
+      add(["G"], "good");
+      add(["B"], "bad");
+    } else if (k === 2) {
       add(["1"], "A better");
       add(["2"], "B better");
       add(["3", "="], "equally good");
       add(["X"], "both bad");
-      add(["C"], "can't tell");
     } else {
       add(["A", LETTERS[Math.min(k, CARD_KEYS.length) - 1]], "select card", true);
       add(["1", String(Math.min(k, 9))], "rank it (1 = best)", true);
       add(["X"], "all bad");
-      add(["T"], "can't tell");
     }
+    add(["T"], "can't tell");
     add(["R"], "rationale");
     add(["Enter"], "submit");
     add(["M"], "my answers");
@@ -351,7 +362,10 @@
     const item = state.item;
     if (!item) return null;
     let body;
-    if (NO_RANK_CHOICES[state.choice]) {
+    if (isRateMode()) {
+      if (!RATE_CHOICES[state.choice]) return null;
+      body = { choice: RATE_CHOICES[state.choice] };
+    } else if (NO_RANK_CHOICES[state.choice]) {
       body = { choice: NO_RANK_CHOICES[state.choice] };
     } else if (!isRankMode() && PAIR_RANKS[state.choice]) {
       body = { choice: "rank", ranks: PAIR_RANKS[state.choice].slice() };
@@ -392,7 +406,13 @@
       } else {
         const c = state.choice;
         let label = "";
-        if ((c === "a-better" && i === 0) || (c === "b-better" && i === 1)) {
+        if (c === "good") {
+          card.classList.add("is-preferred");
+          label = "Good";
+        } else if (c === "bad") {
+          card.classList.add("is-bad");
+          label = "Bad";
+        } else if ((c === "a-better" && i === 0) || (c === "b-better" && i === 1)) {
           card.classList.add("is-preferred");
           label = "Better";
         } else if (c === "tie") {
@@ -486,7 +506,7 @@
     if (state.busy || !state.item || state.view !== "label") return;
     const payload = buildPayload();
     if (!payload) {
-      showError(isRankMode() ? "Give every response a rank (or choose All bad / Can't tell) before submitting." : "Choose an answer before submitting.");
+      showError(isRankMode() ? "Give every response a rank (or choose All bad / Can't tell) before submitting." : isRateMode() ? "Choose Good, Bad or Can't tell before submitting." : "Choose an answer before submitting.");
       return;
     }
     clearError();
@@ -507,7 +527,8 @@
 
   function choose(action) {
     if (state.busy || !state.item) return;
-    if (isRankMode() && !NO_RANK_CHOICES[action]) return;
+    const allowed = isRateMode() ? RATE_CHOICES : isRankMode() ? NO_RANK_CHOICES : { ...PAIR_RANKS, ...NO_RANK_CHOICES };
+    if (!Object.prototype.hasOwnProperty.call(allowed, action)) return;
     state.choice = action;
     clearError();
     updateSelection();
@@ -562,6 +583,8 @@
     const k = Array.isArray(label.responses) ? label.responses.length : 2;
     if (label.choice === "both_bad") return { badge: k > 2 ? "All bad" : "Both bad", detail: "" };
     if (label.choice === "cant_tell") return { badge: "Can't tell", detail: "" };
+    if (label.choice === "good") return { badge: "Good", detail: "" };
+    if (label.choice === "bad") return { badge: "Bad", detail: "" };
     const ranks = Array.isArray(label.ranks) ? label.ranks : [];
     if (!ranks.length) return { badge: label.choice || "?", detail: "" };
     const best = Math.min(...ranks);
@@ -683,6 +706,20 @@
       dom.rationale.focus();
       return;
     }
+    if (key === "t") {
+      e.preventDefault();
+      choose("cant-tell");
+      return;
+    }
+
+    if (isRateMode()) {
+      const rateKeys = { g: "good", b: "bad" };
+      if (rateKeys[key]) {
+        e.preventDefault();
+        choose(rateKeys[key]);
+      }
+      return;
+    }
     if (key === "x") {
       e.preventDefault();
       choose("both-bad");
@@ -690,7 +727,7 @@
     }
 
     if (!isRankMode()) {
-      const pairKeys = { 1: "a-better", 2: "b-better", 3: "tie", "=": "tie", c: "cant-tell", t: "cant-tell" };
+      const pairKeys = { 1: "a-better", 2: "b-better", 3: "tie", "=": "tie" };
       if (pairKeys[key]) {
         e.preventDefault();
         choose(pairKeys[key]);
@@ -700,11 +737,6 @@
 
     // Rank mode.
     const k = state.ranks.length;
-    if (key === "t") {
-      e.preventDefault();
-      choose("cant-tell");
-      return;
-    }
     const cardIndex = CARD_KEYS.indexOf(key);
     if (key.length === 1 && cardIndex !== -1) {
       if (cardIndex < k) {
