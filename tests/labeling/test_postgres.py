@@ -60,7 +60,7 @@ def test_overlap_gold_and_export_on_postgres(postgres_url):
             if item is not None:
                 ranks = [0 if t in ("good", f"a{t[1:]}") else 1 for t in item.responses]
                 store.submit(project, who, item.assignment, "rank", ranks)
-    assert store.progress(project) == {"done": 12, "total": 12}
+    assert store.progress(project) == {"done": 12, "total": 12, "in_progress": 0}
     labels = store.labels("team")
     assert max(sum(lab["item"] == i for lab in labels) for i in {lab["item"] for lab in labels
                                                                   if lab["gold"] is None}) == 2

@@ -46,6 +46,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     func,
     inspect,
     select,
@@ -54,6 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import CreateColumn
 
 from tether.errors import ConfigError
 
@@ -115,7 +117,7 @@ class Annotator(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(DateTime, default=now)
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("0"))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Assignment(Base):
@@ -168,10 +170,8 @@ def add_missing_columns(engine: Engine) -> None:
             for column in table.columns:
                 if column.name in have:
                     continue
-                default = column.server_default.arg
-                default = default.text if hasattr(default, "text") else f"'{default}'"
-                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
-                                  f"{column.type.compile(engine.dialect)} DEFAULT {default}"))
+                spec = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {spec}"))
 
 
 def engine_for(db: str) -> Engine:
