@@ -108,3 +108,137 @@ def test_thumbs_by_mouse_and_keyboard_then_kto_export(browser, serve, tmp_path):
     assert {r["completion"].strip(): r["label"] for r in rows} == \
         {t: g for t, g in judged.items() if g is not None}
     store.close()
+
+
+TABLE = ("| Film | Stars |\n| :--- | --: |\n| *Heat* | 5 |\n"
+         "| <script>window.__pwned = 'table'</script> | a \\| b |")
+GUIDE = f"# How to rank\n\nPrefer the **accurate** answer.\n\n{TABLE}\n"
+
+
+def rgb(css: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two computed CSS colours."""
+    def luminance(c):
+        lin = [v / 255 / 12.92 if v / 255 <= 0.03928 else ((v / 255 + 0.055) / 1.055) ** 2.4
+               for v in rgb(c)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted([luminance(fg), luminance(bg)], reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def colours(page, selector: str) -> tuple[str, str]:
+    return page.eval_on_selector(selector, "e => [getComputedStyle(e).color, "
+                                           "getComputedStyle(e).backgroundColor]")
+
+
+def test_guidelines_tables_readable_selection_and_undo(browser, serve, tmp_path):
+    store = Store(str(tmp_path / "labels.db"))
+    create_project(store, "rank", [("c.jsonl:1", {"prompt": "Rank these.", "responses": [
+        f"one\n\n{TABLE}", "two", "three"]})], guidelines=GUIDE)
+    url = serve(store)
+    errors = []
+    page = log_in(browser, url, store.add_annotator("bob"), errors)
+    page.wait_for_selector(".response-card")
+    # Guidelines open for someone who has not started; Markdown tables render as tables
+    expect(page.locator("#guidelines")).to_be_visible()
+    guide = page.locator("#guidelines")
+    assert guide.locator("h1").inner_text() == "How to rank"
+    assert guide.locator("thead th").all_inner_texts() == ["Film", "Stars"]
+    assert guide.locator("tbody tr").count() == 2
+    assert guide.locator("tbody td em").inner_text() == "Heat"
+    assert guide.locator("th.align-right").count() == 1
+    assert guide.locator("tbody tr").nth(1).locator("td").nth(1).inner_text() == "a | b"
+    assert "<script>" in guide.locator("tbody tr").nth(1).inner_text()
+    assert page.locator("script:not([src])").count() == 0
+    assert page.locator(".response-card table").count() == 1
+    page.keyboard.press("?")
+    expect(page.locator("#guidelines")).to_be_hidden()
+    assert "Ctrl+Enter" in page.locator(".rationale-label").inner_text()
+    assert page.locator("[data-action='cant-tell'] kbd").inner_text() == "T"
+
+    # A clicked rank stays readable under the mouse
+    button = ".response-card[data-slot='A'] [data-rank='1']"
+    page.click(button)
+    page.hover(button)
+    fg, bg = colours(page, button)
+    assert rgb(fg) == (255, 255, 255) and contrast(fg, bg) >= 4.5, (fg, bg)
+    # and so does "My answers" once pressed
+    page.keyboard.press("m")
+    page.hover("#toggle-answers")
+    fg, bg = colours(page, "#toggle-answers")
+    assert page.get_attribute("#toggle-answers", "aria-pressed") == "true"
+    assert contrast(fg, bg) >= 4.5, (fg, bg)
+    page.keyboard.press("m")
+
+    texts = [c.inner_text().strip().split("\n")[0] for c in
+             page.locator(".response-card .card-body").all()]
+    page.keyboard.press("a")
+    for text in texts:
+        page.keyboard.press({"one": "1", "two": "2", "three": "3"}[text])
+    page.fill("#rationale", "one is right")
+    page.keyboard.press("Control+Enter")  # from the rationale box
+    page.wait_for_selector("#done", state="visible")
+    assert store.labels("rank")[0]["ranks"] == [0, 1, 2]
+
+    # Undo: the item comes back with the answer given, to change
+    page.keyboard.press("u")
+    page.wait_for_selector(".response-card")
+    pressed = [page.locator(".response-card").nth(i).locator("[aria-pressed='true']")
+               .inner_text() for i in range(3)]
+    assert pressed == [{"one": "1", "two": "2", "three": "3"}[t] for t in texts]
+    assert page.input_value("#rationale") == "one is right"
+    assert store.labels("rank") == []
+    three = texts.index("three")
+    page.click(f".response-card[data-index='{three}'] [data-rank='1']")
+    page.click("[data-action='submit']")
+    page.wait_for_selector("#done", state="visible")
+    [label] = store.labels("rank")
+    assert label["ranks"] == [0, 1, 0] and label["rationale"] == "one is right"
+    assert page.evaluate("window.__pwned") is None
+    assert not errors, errors
+    store.close()
+
+
+def test_admin_page_lists_reissues_and_revokes(browser, serve, tmp_path):
+    store = Store(str(tmp_path / "labels.db"))
+    create_project(store, "p", [(f"c.jsonl:{i}", {"prompt": f"p{i}", "responses": ["x", "y"]})
+                                for i in range(2)])
+    boss, alice = store.add_annotator("boss", admin=True), store.add_annotator("alice")
+    url = serve(store)
+    errors = []
+    page = log_in(browser, url, boss, errors)
+    page.click("#admin-link")
+    page.wait_for_url(url + "/admin")
+    row = page.locator("tr[data-annotator='alice']")
+    expect(row).to_contain_text("p: 0 of 2 labelled, no gold yet")
+    expect(page.locator("#projects-table")).to_contain_text("0 of 2")
+    assert page.locator("tr[data-annotator='boss'] [data-admin]").count() == 0  # not yourself
+    row.locator("[data-admin='token']").click()
+    token = page.locator("#new-token .token")
+    expect(token).to_be_visible()
+    new = token.inner_text().strip()
+    assert store.annotator_for_token(alice) is None
+    assert store.annotator_for_token(new).name == "alice"
+    page.on("dialog", lambda d: d.accept())
+    row.locator("[data-admin='revoke']").click()
+    expect(row).to_contain_text("revoked")
+    assert store.annotator_for_token(new) is None
+    assert not errors, errors
+    store.close()
+
+
+def test_done_page_says_the_last_item_is_held_by_someone_else(browser, serve, tmp_path):
+    store = Store(str(tmp_path / "labels.db"))
+    project = create_project(store, "p", [("c.jsonl:1", {"prompt": "p", "responses": ["x", "y"]})])
+    store.next_item(project, store.annotator_for_token(store.add_annotator("bob")))
+    url = serve(store)
+    errors = []
+    page = log_in(browser, url, store.add_annotator("alice"), errors)
+    page.wait_for_selector("#done", state="visible")
+    assert page.locator("#progress").inner_text() == "0 of 1 labelled · 1 in progress by others"
+    assert "being labelled by someone else" in page.locator("#done").inner_text()
+    assert not errors, errors
+    store.close()

@@ -55,8 +55,7 @@ from tether.labeling.store import Annotator, NextItem, Project, Store
 SESSION_COOKIE = "tether_session"
 CSRF_COOKIE = "tether_csrf"
 CSRF_HEADER = "x-csrf-token"
-STATIC_FILES = ("index.html", "label.html", "admin.html", "app.js", "admin.js", "markdown.js",
-                "style.css")
+STATIC_FILES = ("index.html", "label.html", "admin.html", "app.js", "markdown.js", "style.css")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; object-src 'none'; base-uri 'none'; "

@@ -134,6 +134,7 @@
     active: 0, // rank mode: the card that digit keys rank
     busy: false, // a submit or load is in flight: actions are ignored, submit disabled
     view: "label", // "label" | "answers"
+    heldByOthers: 0, // items not labelled by me that others hold (shown, not answered yet)
   };
 
   let dom = {};
@@ -352,7 +353,8 @@
     }
     add(["T"], "can't tell");
     add(["R"], "rationale");
-    add(["Enter"], "submit");
+    add(["Enter"], "submit (Ctrl+Enter from the rationale)");
+    add(["U"], "undo last");
     add(["M"], "my answers");
     dom.help.replaceChildren(...parts);
   }
@@ -432,7 +434,10 @@
   function renderProgress() {
     dom.progress.hidden = false;
     const total = state.total;
-    dom.progressText.textContent = total ? state.done + " of " + total + " labelled" : state.done + " labelled";
+    let progressText = total ? state.done + " of " + total + " labelled" : state.done + " labelled";
+    // Items others hold count in the total until they answer: say so rather than "0 of 1".
+    if (state.heldByOthers) progressText += " · " + state.heldByOthers + " in progress by others";
+    dom.progressText.textContent = progressText;
     dom.progressBar.max = Math.max(total, 1);
     dom.progressBar.value = total ? Math.min(state.done, total) : 0;
   }
@@ -452,8 +457,14 @@
     dom.loading.hidden = true;
     dom.done.hidden = false;
     const others = (state.me ? state.me.projects : []).filter((p) => p.name !== state.project && p.done < p.assigned_total);
+    const p = state.me && state.me.projects.find((x) => x.name === state.project);
+    const held = state.heldByOthers
+      ? " " + state.heldByOthers + (state.heldByOthers === 1 ? " item is" : " items are") + " being labelled by someone else; if not answered within " +
+        (p ? p.lease_minutes : 30) + " minutes, " + (state.heldByOthers === 1 ? "it comes" : "they come") + " back: reload then."
+      : "";
     dom.doneDetail.textContent =
-      "You have labelled " + state.done + (state.done === 1 ? " item" : " items") + " in " + state.project + ". Nothing is left for you here." +
+      "You have labelled " + state.done + (state.done === 1 ? " item" : " items") + " in " + state.project + ". Nothing is left for you here now." +
+      held +
       (others.length ? " Other projects still have items: pick one above." : "");
     showView();
   }
@@ -470,10 +481,7 @@
     setBusy(true);
     try {
       const data = await api("GET", apiPath("/next"));
-      state.done = Number(data.done) || 0;
-      if (data.assigned_total != null) state.total = Number(data.assigned_total) || 0;
-      syncProjectCounts();
-      renderProgress();
+      takeCounts(data);
       if (!data.item) {
         state.busy = false;
         showDone();
@@ -492,6 +500,55 @@
     } finally {
       setBusy(false);
     }
+  }
+
+  /* The annotator's counts from /next or /labels/undo. */
+  function takeCounts(data) {
+    state.done = Number(data.done) || 0;
+    if (data.assigned_total != null) state.total = Number(data.assigned_total) || 0;
+    state.heldByOthers = Number(data.held_by_others) || 0;
+    syncProjectCounts();
+    renderProgress();
+  }
+
+  /* Takes back the last answer: its item comes back with that answer selected, to change. */
+  async function undo() {
+    if (state.busy || state.view !== "label") return;
+    clearError();
+    setBusy(true);
+    try {
+      const data = await api("POST", apiPath("/labels/undo"));
+      takeCounts(data);
+      state.item = null;
+      renderItem(data.item);
+      restoreAnswer(data.item.previous);
+      dom.loading.hidden = true;
+      dom.done.hidden = true;
+      dom.item.hidden = false;
+      showView();
+      setStatus("Your last answer is back: change it and submit again.");
+    } catch (e) {
+      if (e.status === 404) showError("There is no answer of yours here to undo.");
+      else if (e.status !== 401) showError(e.message);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  /* Selects a previous answer (ranks in display order, 0 = best) on the item just rendered. */
+  function restoreAnswer(previous) {
+    if (!previous) return;
+    const byChoice = { both_bad: "both-bad", cant_tell: "cant-tell", good: "good", bad: "bad" };
+    const ranks = previous.ranks;
+    if (byChoice[previous.choice]) {
+      state.choice = byChoice[previous.choice];
+    } else if (Array.isArray(ranks) && isRankMode()) {
+      state.ranks = ranks.map((r) => r + 1);
+    } else if (Array.isArray(ranks)) {
+      state.choice = ranks[0] === ranks[1] ? "tie" : ranks[0] < ranks[1] ? "a-better" : "b-better";
+    }
+    dom.rationale.value = previous.rationale || "";
+    updateSelection();
   }
 
   function syncProjectCounts() {
@@ -686,6 +743,16 @@
       toggleAnswers();
       return;
     }
+    if (key === "?" && !dom.toggleGuidelines.hidden) {
+      e.preventDefault();
+      toggleGuidelines();
+      return;
+    }
+    if (key === "u" && state.view === "label") {
+      e.preventDefault();
+      undo();
+      return;
+    }
     if (state.view !== "label" || !state.item) return;
 
     if (key === "Enter") {
@@ -772,6 +839,8 @@
     if (actionBtn) {
       const action = actionBtn.dataset.action;
       if (action === "submit") submit();
+      else if (action === "undo") undo();
+      else if (action === "toggle-guidelines") toggleGuidelines();
       else if (action === "toggle-answers") toggleAnswers();
       else if (action === "logout") logout();
       else if (action !== "retry") choose(action);
@@ -780,6 +849,20 @@
     // Clicking a card (not a link in it) makes it the one digit keys rank.
     const card = target.closest(".response-card");
     if (card && !target.closest("a") && isRankMode()) setActive(Number(card.dataset.index));
+  }
+
+  function toggleGuidelines(open) {
+    const show = open === undefined ? dom.guidelines.hidden : open;
+    dom.guidelines.hidden = !show;
+    dom.toggleGuidelines.setAttribute("aria-pressed", String(show));
+  }
+
+  /* The project's guidelines (Markdown), opened at first for someone who has not started. */
+  function renderGuidelines(p) {
+    const text = p && typeof p.guidelines === "string" ? p.guidelines.trim() : "";
+    dom.guidelinesBody.replaceChildren(...(text ? [renderMarkdown(text)] : []));
+    dom.toggleGuidelines.hidden = !text;
+    toggleGuidelines(!!text && p.done === 0);
   }
 
   function pickProject(projects) {
@@ -795,6 +878,8 @@
     const p = state.me.projects.find((x) => x.name === name);
     state.done = p ? p.done : 0;
     state.total = p ? p.assigned_total : 0;
+    state.heldByOthers = p ? p.held_by_others || 0 : 0;
+    renderGuidelines(p);
     dom.projectName.textContent = name;
     dom.projectSelect.value = name;
     // Keep the project in the URL so a reload stays on it.
@@ -837,6 +922,10 @@
       projectName: document.getElementById("project-name"),
       annotator: document.getElementById("annotator"),
       toggleAnswers: document.getElementById("toggle-answers"),
+      toggleGuidelines: document.getElementById("toggle-guidelines"),
+      guidelines: document.getElementById("guidelines"),
+      guidelinesBody: document.getElementById("guidelines-body"),
+      adminLink: document.getElementById("admin-link"),
     };
     document.addEventListener("keydown", onKeyDown);
     document.addEventListener("click", onClick);
@@ -854,6 +943,7 @@
     const me = state.me;
     me.projects = Array.isArray(me.projects) ? me.projects : [];
     dom.annotator.textContent = me.annotator + (me.admin ? " (admin)" : "");
+    dom.adminLink.hidden = !me.admin;
     if (!me.projects.length) {
       dom.loading.textContent = "You have no projects to label yet. Ask an administrator to assign you one.";
       return;
@@ -866,10 +956,86 @@
     selectProject(pickProject(me.projects));
   }
 
+  // ------------------------------------------------------------------ admin page
+
+  function percent(x) {
+    return x == null ? "no gold yet" : Math.round(x * 100) + "% on gold";
+  }
+
+  function adminButton(action, name, label) {
+    return h("button", { type: "button", className: "btn btn-small", "data-admin": action, "data-name": name, text: label });
+  }
+
+  async function loadAdmin() {
+    const [projects, people] = await Promise.all([api("GET", "/api/admin/projects"), api("GET", "/api/admin/annotators")]);
+    const projectRows = projects.projects.map((p) =>
+      h("tr", {}, [
+        h("th", { scope: "row", text: p.name }),
+        h("td", { text: p.done + " of " + p.total }),
+        h("td", { text: String(p.in_progress) }),
+        h("td", { text: String(p.overlap) }),
+        h("td", { text: String(p.gold_rate) }),
+      ])
+    );
+    document.querySelector("#projects-table tbody").replaceChildren(...projectRows);
+    const rows = people.annotators.map((a) => {
+      const progress = h("ul", { className: "admin-progress" }, a.projects.map((p) => h("li", { text: p.project + ": " + p.done + " of " + p.assigned_total + " labelled, " + percent(p.gold_accuracy) })));
+      const self = state.me && a.name === state.me.annotator;
+      const actions = self
+        ? [h("span", { className: "muted small", text: "you" })]
+        : [a.revoked ? null : adminButton("revoke", a.name, "Revoke"), adminButton("token", a.name, a.revoked ? "Reissue token" : "New token")];
+      return h("tr", { "data-annotator": a.name, className: a.revoked ? "is-revoked" : null }, [
+        h("th", { scope: "row", text: a.name + (a.admin ? " (admin)" : "") }),
+        h("td", { text: a.revoked ? "revoked" : "active" }),
+        h("td", {}, [progress]),
+        h("td", { className: "admin-actions" }, actions),
+      ]);
+    });
+    document.querySelector("#annotators-table tbody").replaceChildren(...rows);
+  }
+
+  async function adminAction(action, name) {
+    clearError();
+    const box = document.getElementById("new-token");
+    try {
+      if (action === "revoke") {
+        if (!window.confirm("Revoke " + name + "'s token? They are logged out at once.")) return;
+        await api("POST", "/api/admin/annotators/" + encodeURIComponent(name) + "/revoke");
+        box.hidden = true;
+        setStatus(name + " revoked.");
+      } else {
+        const data = await api("POST", "/api/admin/annotators/" + encodeURIComponent(name) + "/token");
+        box.replaceChildren(h("span", { text: "New token for " + name + " (shown only now; their old one no longer works): " }), h("code", { className: "token", text: data.token }));
+        box.hidden = false;
+      }
+      await loadAdmin();
+    } catch (e) {
+      if (e.status !== 401) showError(e.message);
+    }
+  }
+
+  async function initAdmin() {
+    dom = { error: document.getElementById("error"), status: document.getElementById("status") };
+    document.addEventListener("click", (e) => {
+      const target = e.target instanceof Element ? e.target : null;
+      const btn = target && target.closest("[data-admin]");
+      if (btn) adminAction(btn.dataset.admin, btn.dataset.name);
+      else if (target && target.closest("[data-action='logout']")) logout();
+    });
+    try {
+      state.me = await api("GET", "/api/me");
+      document.getElementById("annotator").textContent = state.me.annotator + " (admin)";
+      await loadAdmin();
+    } catch (e) {
+      if (e.status !== 401) showError(e.message, initAdmin);
+    }
+  }
+
   function init() {
     const page = document.body.dataset.page;
     if (page === "login") initLogin();
     else if (page === "label") initLabel();
+    else if (page === "admin") initAdmin();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
