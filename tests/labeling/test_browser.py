@@ -242,3 +242,37 @@ def test_done_page_says_the_last_item_is_held_by_someone_else(browser, serve, tm
     assert "being labelled by someone else" in page.locator("#done").inner_text()
     assert not errors, errors
     store.close()
+
+
+def test_markdown_tables_edge_cases(browser, serve, tmp_path):
+    """TetherMarkdown.render on tables, in the page's own browser: what is a table and what
+    stays text, and a cell can neither run script nor carry a javascript: link."""
+    store = Store(str(tmp_path / "labels.db"))
+    create_project(store, "p", [("c.jsonl:1", {"prompt": "p", "responses": ["x", "y"]})])
+    url = serve(store)
+    errors = []
+    page = log_in(browser, url, store.add_annotator("a"), errors)
+    page.wait_for_selector(".response-card")
+    render = """src => { const d = document.createElement('div');
+        d.append(window.TetherMarkdown.render(src)); return d.innerHTML; }"""
+    cases = {
+        # header and delimiter cell counts differ: not a table
+        "| a | b |\n| --- |\n| 1 | 2 |": "<p>| a | b |<br>| --- |<br>| 1 | 2 |</p>",
+        # no pipe in the header line: a paragraph, then a rule-like line stays text
+        "a b\n--- | ---": "<p>a b<br>--- | ---</p>",
+        # a paragraph interrupted by a table; short rows padded, long rows cut
+        "Intro\na | b\n--|--\n1\n1 | 2 | 3": (
+            '<p>Intro</p><div class="table-wrap"><table><thead><tr><th>a</th><th>b</th></tr>'
+            "</thead><tbody><tr><td>1</td><td></td></tr><tr><td>1</td><td>2</td></tr></tbody>"
+            "</table></div>"),
+        "| x |\n|:-:|\n| [go](javascript:alert(1)) <img src=x onerror=alert(1)> |": (
+            '<div class="table-wrap"><table><thead><tr><th class="align-center">x</th></tr>'
+            '</thead><tbody><tr><td class="align-center">[go](javascript:alert(1)) '
+            "&lt;img src=x onerror=alert(1)&gt;</td></tr></tbody></table></div>"),
+    }
+    for src, html in cases.items():
+        assert page.evaluate(render, src) == html, src
+    wide = page.evaluate(render, "|" * 5000 + "\n" + "|-" * 2500)
+    assert wide.count("<th>") <= 64
+    assert not errors, errors
+    store.close()

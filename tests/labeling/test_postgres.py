@@ -85,3 +85,20 @@ def test_live_server_on_postgres(postgres_url, tmp_path):
     assert not result.errors and not [c for c in result.statuses if c >= 500]
     assert len(result.stored) == 200 == len(store.labels("live"))
     store.close()
+
+
+def test_a_database_from_an_older_tether_gains_the_new_columns_on_postgres(postgres_url):
+    from sqlalchemy import text
+
+    store = Store(postgres_url)
+    token = store.add_annotator("old_timer")
+    with store.engine.begin() as conn:  # as it was before guidelines and revoking
+        conn.execute(text("ALTER TABLE projects DROP COLUMN guidelines"))
+        conn.execute(text("ALTER TABLE annotators DROP COLUMN revoked"))
+    store.close()
+    store = Store(postgres_url)
+    assert store.annotator_for_token(token).name == "old_timer"
+    assert all(p.guidelines == "" for p in store.projects())
+    store.revoke("old_timer")
+    assert store.annotator_for_token(token) is None
+    store.close()

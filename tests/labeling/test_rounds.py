@@ -220,3 +220,34 @@ def test_guidelines_file_that_cannot_be_read_is_exit_2(tmp_path, capsys):
     assert not (tmp_path / "l.db").exists()
     with pytest.raises(ConfigError):
         Store(str(tmp_path / "l.db"), must_exist=True)
+
+
+def test_every_new_route_needs_a_token_and_admin_ones_an_admin(store):
+    create_project(store, "p", rows(candidates(1)))
+    alice = store.add_annotator("alice")
+    store.add_annotator("bob")
+    client = TestClient(create_app(store))
+    posts = ["/api/projects/p/labels/undo", "/api/admin/projects/p/items",
+             "/api/admin/annotators/bob/revoke", "/api/admin/annotators/bob/token"]
+    for path in posts:
+        assert client.post(path, json={"items": []}).status_code == 401, path
+    assert client.get("/api/admin/annotators").status_code == 401
+    assert client.get("/admin", follow_redirects=False).headers["location"] == "/"
+    for path in posts[1:]:
+        assert client.post(path, headers=bearer(alice), json={"items": []}).status_code == 403
+    assert client.get("/api/admin/annotators", headers=bearer(alice)).status_code == 403
+    assert store.annotator_for_token(alice) is not None
+
+
+def test_admin_actions_from_a_cookie_session_need_the_csrf_token(store):
+    store.add_annotator("bob")
+    boss = store.add_annotator("boss", admin=True)
+    client = TestClient(create_app(store))
+    client.post("/login", data={"token": boss}, follow_redirects=False)
+    assert client.post("/api/admin/annotators/bob/token").status_code == 403
+    assert client.post("/api/admin/annotators/bob/revoke",
+                       headers={"X-CSRF-Token": client.cookies["tether_csrf"],
+                                "Origin": "http://evil.example"}).status_code == 403
+    assert client.post("/api/admin/annotators/bob/revoke",
+                       headers={"X-CSRF-Token": client.cookies["tether_csrf"]}).status_code \
+        == 200

@@ -337,7 +337,7 @@ class LabelServeConfig:
 
 @dataclass
 class LabelImportConfig:
-    """Import candidates into a new labeling project."""
+    """Import candidates (to compare or rate) into a new labeling project, or add them to one."""
 
     db: str = option("runs/label/labels.db", LABEL_DB_HELP)
     project: str = option("", "Name of the new project. Required.")

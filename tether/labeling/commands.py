@@ -50,8 +50,9 @@ def format_stats(s: dict) -> str:
              "", f"{'annotator':<20} {'labels':>7} {'gold items':>10} {'gold accuracy':>14}"]
     for name, a in s["annotators"].items():
         acc = num(a["gold_accuracy"])
-        if a["gold_pairs"]:
-            acc += f" ({a['gold_agreeing']}/{a['gold_pairs']})"
+        judged = a["gold_pairs"] + a["gold_ratings"]  # comparisons' pairs and ratings
+        if judged:
+            acc += f" ({a['gold_agreeing'] + a['gold_ratings_agreeing']}/{judged})"
         lines.append(f"{name:<20} {a['labels']:>7} {a['gold_items']:>10} {acc:>14}")
     lines.append("")
     if s["kappa"]:

@@ -679,7 +679,7 @@
         (label.responses || []).forEach((resp, i) => {
           const rank = Array.isArray(label.ranks) ? label.ranks[i] : null;
           // the server returns them in the order this annotator saw them: A, B, ...
-          const title = LETTERS[i] + (rank != null ? " · rank " + (rank + 1) : "");
+          const title = label.responses.length === 1 ? "Response" : LETTERS[i] + (rank != null ? " · rank " + (rank + 1) : "");
           const body = renderMarkdown(resp);
           body.classList.add("card-body");
           grid.append(h("div", { className: "answer-response" }, [h("div", { className: "answer-response-title", text: title }), body]));
