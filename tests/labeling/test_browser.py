@@ -226,6 +226,10 @@ def test_admin_page_lists_reissues_and_revokes(browser, serve, tmp_path):
     row.locator("[data-admin='revoke']").click()
     expect(row).to_contain_text("revoked")
     assert store.annotator_for_token(new) is None
+    page.fill("#new-name", "carol")
+    page.click("#add-annotator button[type=submit]")
+    expect(page.locator("tr[data-annotator='carol']")).to_contain_text("active")
+    assert store.annotator_for_token(token.inner_text().strip()).name == "carol"
     assert not errors, errors
     store.close()
 

@@ -251,3 +251,21 @@ def test_admin_actions_from_a_cookie_session_need_the_csrf_token(store):
     assert client.post("/api/admin/annotators/bob/revoke",
                        headers={"X-CSRF-Token": client.cookies["tether_csrf"]}).status_code \
         == 200
+
+
+def test_admin_api_adds_annotators(store):
+    boss = store.add_annotator("boss", admin=True)
+    alice = store.add_annotator("alice")
+    client = TestClient(create_app(store))
+    assert client.post("/api/admin/annotators", headers=bearer(alice),
+                       json={"name": "eve", "admin": True}).status_code == 403
+    r = client.post("/api/admin/annotators", headers=bearer(boss), json={"name": "carol"})
+    assert r.status_code == 201
+    assert store.annotator_for_token(r.json()["token"]).name == "carol"
+    for body, message in [({"name": "carol"}, "already exists"),
+                          ({"name": "no spaces"}, "annotator name"),
+                          ({"name": "dan", "admin": "yes"}, "admin must be"),
+                          ({"admin": True}, "expected")]:
+        r = client.post("/api/admin/annotators", headers=bearer(boss), json=body)
+        assert r.status_code == 422 and message in r.text, body
+    assert [a.name for a in store.annotators()] == ["boss", "alice", "carol"]

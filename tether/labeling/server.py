@@ -27,6 +27,8 @@ Admin tokens only:
     POST /api/admin/projects/{p}/items        {"items", "gold", "mode", "ratings",
                                                "guidelines"}: the next round, added
     GET  /api/admin/annotators                every annotator, revoked or not, with progress
+    POST /api/admin/annotators                {"name", "admin": false}: a new annotator and
+                                              their token (shown once)
     POST /api/admin/annotators/{a}/revoke     their token stops working, held items go back
     POST /api/admin/annotators/{a}/token      a new token (shown once), the old one dead
 
@@ -364,6 +366,20 @@ def create_app(store: Store) -> FastAPI:
             out.append({"name": a.name, "admin": a.admin, "revoked": a.revoked,
                         "created": a.created.isoformat() + "Z", "projects": progress})
         return {"annotators": out}
+
+    @app.post("/api/admin/annotators")
+    async def add_annotator(request: Request) -> Response:
+        from tether.errors import UserError
+
+        admin(request)
+        body = await json_object(request, "name", str, '{"name": "...", "admin": false}')
+        if not isinstance(body.get("admin", False), bool):
+            raise HTTPException(422, "admin must be true or false")
+        try:
+            token = store.add_annotator(body["name"], admin=body.get("admin", False))
+        except UserError as e:
+            raise HTTPException(422, str(e)) from None
+        return JSONResponse({"annotator": body["name"], "token": token}, 201)
 
     def annotator_action(request: Request, name: str, action):
         who = admin(request)

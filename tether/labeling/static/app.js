@@ -994,6 +994,28 @@
     document.querySelector("#annotators-table tbody").replaceChildren(...rows);
   }
 
+  function showToken(name, token, what) {
+    const box = document.getElementById("new-token");
+    box.replaceChildren(h("span", { text: what + " " + name + " (shown only now): " }), h("code", { className: "token", text: token }));
+    box.hidden = false;
+  }
+
+  async function addAnnotator(e) {
+    e.preventDefault();
+    clearError();
+    const name = document.getElementById("new-name");
+    const isAdmin = document.getElementById("new-admin");
+    try {
+      const data = await api("POST", "/api/admin/annotators", { name: name.value.trim(), admin: isAdmin.checked });
+      showToken(data.annotator, data.token, "Token for the new " + (isAdmin.checked ? "admin" : "annotator"));
+      name.value = "";
+      isAdmin.checked = false;
+      await loadAdmin();
+    } catch (err) {
+      if (err.status !== 401) showError(err.message);
+    }
+  }
+
   async function adminAction(action, name) {
     clearError();
     const box = document.getElementById("new-token");
@@ -1005,8 +1027,7 @@
         setStatus(name + " revoked.");
       } else {
         const data = await api("POST", "/api/admin/annotators/" + encodeURIComponent(name) + "/token");
-        box.replaceChildren(h("span", { text: "New token for " + name + " (shown only now; their old one no longer works): " }), h("code", { className: "token", text: data.token }));
-        box.hidden = false;
+        showToken(name, data.token, "New token (the old one no longer works) for");
       }
       await loadAdmin();
     } catch (e) {
@@ -1022,6 +1043,7 @@
       if (btn) adminAction(btn.dataset.admin, btn.dataset.name);
       else if (target && target.closest("[data-action='logout']")) logout();
     });
+    document.getElementById("add-annotator").addEventListener("submit", addAnnotator);
     try {
       state.me = await api("GET", "/api/me");
       document.getElementById("annotator").textContent = state.me.annotator + " (admin)";
