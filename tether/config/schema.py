@@ -359,7 +359,8 @@ class LabelImportConfig:
     batch_size: int = option(16, "Sequences per reward-model forward pass.", min=1)
     mode: str = option("compare", "What the candidates become. compare: each row's responses "
                                   "are ranked side by side; rate: each response is shown alone "
-                                  "and rated good or bad (thumbs, exported as KTO rows); both.",
+                                  "and rated good or bad (thumbs, exported as KTO rows); both: "
+                                  "each row compared, and each of its responses rated.",
                        choices=["compare", "rate", "both"])
     ratings: str = option("", "Responses to rate, as {prompt, completion} rows; a row with "
                               "label: true|false is a gold rating (a known good or bad one).")

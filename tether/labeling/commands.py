@@ -155,7 +155,9 @@ def import_candidates(cfg: LabelImportConfig) -> Project:
         before = len(store.items(cfg.project)) if store.project(cfg.project) else 0
         project = store.add_items(cfg.project, items, gold_items, guidelines=guidelines)
         print(f"added {len(items)} items (+{len(gold_items)} gold) to project {project.name} "
-              f"of {cfg.db}: {before + len(items) + len(gold_items)} items in all")
+              f"of {cfg.db}: {before + len(items) + len(gold_items)} items in all; its overlap "
+              f"{project.overlap}, gold rate {project.gold_rate} and lease of "
+              f"{project.lease_minutes:g} minutes are kept")
     else:
         project = store.create_project(cfg.project, items, gold_items, overlap=cfg.overlap,
                                        gold_rate=cfg.gold_items_rate,

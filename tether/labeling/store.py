@@ -525,8 +525,8 @@ class Store:
         """Labels done, the most there can be (non-gold items x overlap), and the items shown
         but not answered yet ("in_progress"), for the project; for one annotator (who may
         label each non-gold item once), their labels, the most they can give, and how many of
-        the items they have not labelled are held by others (answered, or given back when the
-        lease runs out)."""
+        those left to them others hold ("held_by_others": shown to them, not answered yet;
+        each is answered, or comes back when its lease runs out)."""
         with self.session() as s:
             items = s.scalar(select(func.count(Item.id)).where(
                 Item.project_id == project.id, Item.gold.is_(None)))
