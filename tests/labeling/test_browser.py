@@ -280,3 +280,50 @@ def test_markdown_tables_edge_cases(browser, serve, tmp_path):
     assert wide.count("<th>") <= 64
     assert not errors, errors
     store.close()
+
+
+def test_mode_both_switches_between_ratings_and_comparisons(browser, serve, tmp_path):
+    """One candidate row, mode=both: a comparison and two ratings, served in any order; the
+    page shows the right buttons and keys for each, and undo brings a rating back."""
+    store = Store(str(tmp_path / "labels.db"))
+    create_project(store, "both", [("c.jsonl:1", {"prompt": "Say hi.",
+                                                  "responses": ["Hello!", "Go away."]})],
+                   mode="both")
+    url = serve(store)
+    errors = []
+    page = log_in(browser, url, store.add_annotator("a"), errors)
+    for _ in range(3):
+        page.wait_for_selector(".response-card")
+        before = page.locator("#progress").inner_text()
+        actions = page.locator("#choices [data-action]").evaluate_all(
+            "bs => bs.map(b => b.dataset.action)")
+        if page.locator(".response-card").count() == 1:
+            assert actions == ["good", "bad", "cant-tell"]
+            text = page.locator(".card-body").inner_text().strip()
+            page.keyboard.press("g" if text == "Hello!" else "b")
+        else:
+            assert actions == ["a-better", "b-better", "tie", "both-bad", "cant-tell"]
+            page.keyboard.press("1" if shown_first(page) == "Hello!" else "2")
+        page.keyboard.press("Enter")
+        next_shown(page, before)
+    page.wait_for_selector("#done", state="visible")
+    labels = store.labels("both")
+    assert sorted(lab["choice"] for lab in labels) == ["bad", "good", "rank"]
+    judged = {(tuple(lab["responses"]), lab["choice"], str(lab["ranks"])) for lab in labels}
+    assert judged == {(("Hello!",), "good", "None"), (("Go away.",), "bad", "None"),
+                      (("Hello!", "Go away."), "rank", "[0, 1]")}  # canonical order
+    last = labels[-1]
+    page.keyboard.press("u")
+    page.wait_for_selector(".response-card")
+    pressed = page.locator("#choices [aria-pressed='true']")
+    if len(last["responses"]) == 1:
+        expect(pressed).to_have_attribute("data-action", last["choice"])
+    else:
+        expect(pressed).to_have_count(1)
+    assert len(store.labels("both")) == 2
+    assert not errors, errors
+    store.close()
+
+
+def shown_first(page) -> str:
+    return page.locator(".response-card .card-body").first.inner_text().strip()
