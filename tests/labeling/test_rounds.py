@@ -269,3 +269,14 @@ def test_admin_api_adds_annotators(store):
         r = client.post("/api/admin/annotators", headers=bearer(boss), json=body)
         assert r.status_code == 422 and message in r.text, body
     assert [a.name for a in store.annotators()] == ["boss", "alice", "carol"]
+
+
+def test_api_refuses_an_unknown_mode(store):
+    create_project(store, "p", rows(candidates(1)))
+    boss = store.add_annotator("boss", admin=True)
+    client = TestClient(create_app(store))
+    for path in ("/api/admin/projects/q/import", "/api/admin/projects/p/items"):
+        r = client.post(path, headers=bearer(boss), json={"items": candidates(1),
+                                                          "mode": "thumbs"})
+        assert r.status_code == 422 and "mode must be one of compare, rate, both" in r.text
+    assert [p.name for p in store.projects()] == ["p"] and len(store.items("p")) == 1

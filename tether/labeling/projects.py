@@ -28,19 +28,19 @@ MODES = ("compare", "rate", "both")
 Rows = Iterable[tuple[str, Any]]
 
 
-def check_settings(overlap: Any, gold_rate: Any, mode: Any) -> None:
+def check_settings(overlap: Any, gold_rate: Any) -> None:
     if not isinstance(overlap, int) or isinstance(overlap, bool) or overlap < 1:
         raise ConfigError(f"overlap must be an integer >= 1, got {overlap!r}")
     if not isinstance(gold_rate, (int, float)) or not 0 <= gold_rate <= 1:
         raise ConfigError(f"gold_rate must be in [0, 1], got {gold_rate!r}")
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def project_items(candidates: Sequence[dict], ratings: Sequence[dict],
                   mode: str = "compare") -> list[dict]:
     """The items to label: parsed candidate rows as comparisons (mode compare), as one rating
     per response (rate), or both; then the responses to rate given on their own."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     items = list(candidates) if mode in ("compare", "both") else []
     if mode in ("rate", "both"):
         items += [{"prompt": row["prompt"], "responses": [response],
@@ -58,7 +58,7 @@ def create_project(store: Store, name: str, rows: Rows = (), gold: Rows = (),
     """A project from (where, record) rows, as the app's admin API receives them: every row
     validated first (identical responses merged), then the project created in one
     transaction, so a bad row imports nothing."""
-    check_settings(overlap, gold_rate, mode)
+    check_settings(overlap, gold_rate)
     items, gold_items = parse_rows(rows, ratings, gold, mode)
     return store.create_project(name, items, gold_items, overlap=overlap,
                                 gold_rate=float(gold_rate), lease_minutes=lease_minutes,
@@ -68,7 +68,6 @@ def create_project(store: Store, name: str, rows: Rows = (), gold: Rows = (),
 def add_items(store: Store, name: str, rows: Rows = (), gold: Rows = (), mode: str = "compare",
               ratings: Rows = (), guidelines: str | None = None) -> Project:
     """The next round: more items for an existing project, validated as create_project's."""
-    check_settings(1, 0.0, mode)
     items, gold_items = parse_rows(rows, ratings, gold, mode)
     return store.add_items(name, items, gold_items, guidelines=guidelines)
 
