@@ -243,6 +243,7 @@ def test_done_page_says_the_last_item_is_held_by_someone_else(browser, serve, tm
     page = log_in(browser, url, store.add_annotator("alice"), errors)
     page.wait_for_selector("#done", state="visible")
     assert page.locator("#progress").inner_text() == "0 of 1 labelled · 1 in progress by others"
+    assert page.locator("#done-title").inner_text() == "Nothing to label right now"
     assert "being labelled by someone else" in page.locator("#done").inner_text()
     assert not errors, errors
     store.close()

@@ -462,6 +462,8 @@
       ? " " + state.heldByOthers + (state.heldByOthers === 1 ? " item is" : " items are") + " being labelled by someone else; if not answered within " +
         (p ? p.lease_minutes : 30) + " minutes, " + (state.heldByOthers === 1 ? "it comes" : "they come") + " back: reload then."
       : "";
+    // not "all done" while others may still give items back
+    dom.doneTitle.textContent = state.heldByOthers ? "Nothing to label right now" : "All done, thank you";
     dom.doneDetail.textContent =
       "You have labelled " + state.done + (state.done === 1 ? " item" : " items") + " in " + state.project + ". Nothing is left for you here now." +
       held +
@@ -907,6 +909,7 @@
       responses: document.getElementById("responses"),
       done: document.getElementById("done"),
       doneDetail: document.getElementById("done-detail"),
+      doneTitle: document.getElementById("done-title"),
       myAnswers: document.getElementById("my-answers"),
       answersList: document.getElementById("answers-list"),
       answersStatus: document.getElementById("answers-status"),
