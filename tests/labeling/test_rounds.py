@@ -69,6 +69,11 @@ def test_import_add_extends_a_project_for_the_next_round(tmp_path, capsys):
     assert main(["label", "import", f"db={db}", "project=q", f"candidates={second}",
                  "add=true"]) == 2
     assert "no project 'q' to add items to" in capsys.readouterr().err
+    elsewhere = tmp_path / "other.db"
+    assert main(["label", "import", f"db={elsewhere}", "project=p", f"candidates={second}",
+                 "add=true"]) == 2
+    assert "no labeling database there" in capsys.readouterr().err
+    assert not elsewhere.exists()
 
 
 def test_adding_bad_rows_adds_nothing(store):

@@ -150,7 +150,8 @@ def import_candidates(cfg: LabelImportConfig) -> Project:
     items = project_items(candidates.rows if candidates else [], to_rate, cfg.mode)
     gold_items = [*gold_ratings, *(read_gold_items(cfg.gold_items) if cfg.gold_items else [])]
     guidelines = read_guidelines(cfg.guidelines) if cfg.guidelines else None
-    store = Store(cfg.db)  # opened once the data is valid: bad data leaves no new database
+    # opened once the data is valid: bad data leaves no new database (nor does add=true)
+    store = Store(cfg.db, must_exist=cfg.add)
     if cfg.add:
         before = len(store.items(cfg.project)) if store.project(cfg.project) else 0
         project = store.add_items(cfg.project, items, gold_items, guidelines=guidelines)
