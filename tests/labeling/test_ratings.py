@@ -230,3 +230,24 @@ def test_admin_api_imports_ratings_and_exports_kto(store):
     r = client.get("/api/admin/projects/t/export?format=kto", headers=boss)
     assert sorted((x["completion"], x["label"]) for x in r.json()["rows"]) == [
         ("r0-0", True), ("r0-1", False)]
+
+
+def test_rate_mode_takes_rows_of_one_response_and_rates_a_repeated_text_once(tmp_path, capsys):
+    """`tether sample k=1` gives one response per prompt: nothing to compare, but each can be
+    rated; a text sampled twice for one prompt is one response to rate."""
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"prompt": "p1", "responses": ["only"]},
+        {"prompt": "p2", "responses": ["same", "same", "other"]}])
+    db = tmp_path / "l.db"
+    assert main(["label", "import", f"db={db}", "project=c", f"candidates={path}"]) == 2
+    assert "c.jsonl:1: 'responses' is a single response" in capsys.readouterr().err
+    assert main(["label", "import", f"db={db}", "project=r", f"candidates={path}",
+                 "mode=rate"]) == 0
+    items = Store(str(db)).items("r")
+    assert [(i.prompt, i.responses, i.source.rsplit(" ", 1)[1]) for i in items] == [
+        ("p1", ["only"], "responses[0]"), ("p2", ["same"], "responses[0]"),
+        ("p2", ["other"], "responses[2]")]
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "p", "responses": []}])
+    assert main(["label", "import", f"db={db}", "project=b", f"candidates={bad}",
+                 "mode=rate"]) == 2
+    assert "b.jsonl:1: 'responses' must be a non-empty list" in capsys.readouterr().err

@@ -141,13 +141,15 @@ def serve(cfg: LabelServeConfig) -> None:
 def import_candidates(cfg: LabelImportConfig) -> Project:
     """`tether label import`: a new project, or (add=true) the next round of an existing one.
     Every file is read and checked before the database is opened."""
+    from tether.data.readers import read_all_rows
     from tether.labeling.projects import project_items, read_ratings
 
-    candidates = read_candidates(cfg.candidates) if cfg.candidates else None
+    rows = ([(row.where, row.record) for row in read_all_rows(cfg.candidates, "candidate rows")]
+            if cfg.candidates else [])
+    to_rate, gold_ratings = read_ratings(cfg.ratings) if cfg.ratings else ([], [])
+    items, candidates = project_items(rows, to_rate, cfg.mode)
     if candidates is not None:
         print(f"{cfg.candidates}: {candidates.summary()}")
-    to_rate, gold_ratings = read_ratings(cfg.ratings) if cfg.ratings else ([], [])
-    items = project_items(candidates.rows if candidates else [], to_rate, cfg.mode)
     gold_items = [*gold_ratings, *(read_gold_items(cfg.gold_items) if cfg.gold_items else [])]
     guidelines = read_guidelines(cfg.guidelines) if cfg.guidelines else None
     # opened once the data is valid: bad data leaves no new database (nor does add=true)

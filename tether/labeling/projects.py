@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tether.data.candidates import parse_candidates
+from tether.data.candidates import Candidates, parse_candidates
 from tether.data.readers import BadRow, read_all_rows
 from tether.errors import ConfigError, DataError
 from tether.labeling.agreement import agreement_stats
@@ -35,20 +35,48 @@ def check_settings(overlap: Any, gold_rate: Any) -> None:
         raise ConfigError(f"gold_rate must be in [0, 1], got {gold_rate!r}")
 
 
-def project_items(candidates: Sequence[dict], ratings: Sequence[dict],
-                  mode: str = "compare") -> list[dict]:
-    """The items to label: parsed candidate rows as comparisons (mode compare), as one rating
-    per response (rate), or both; then the responses to rate given on their own."""
+def project_items(rows: Rows, ratings: Sequence[dict],
+                  mode: str = "compare") -> tuple[list[dict], Candidates | None]:
+    """The items to label: candidate rows (where, record) as comparisons (mode compare), as
+    one rating per distinct response (rate: a row of one response will do), or both; then the
+    responses to rate given on their own (parsed by parse_ratings). With the comparisons'
+    Candidates, whose summary says what was merged or left out."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    items = list(candidates) if mode in ("compare", "both") else []
+    rows = list(rows)
+    items, candidates = [], None
+    if rows and mode in ("compare", "both"):
+        candidates = parse_candidates(rows)
+        items += candidates.rows
     if mode in ("rate", "both"):
-        items += [{"prompt": row["prompt"], "responses": [response],
-                   "source": f"{row['source']} responses[{i}]"}
-                  for row in candidates for i, response in enumerate(row["responses"])]
+        items += rating_items(rows)
     items += ratings
     if not items:
         raise DataError("nothing to label: give candidate rows or responses to rate")
+    return items, candidates
+
+
+def rating_items(rows: Rows) -> list[dict]:
+    """One item to rate per distinct response of each {"prompt", "responses"} record."""
+    # imported here: it pulls in transformers (seconds), which the labeling app's other
+    # commands never need
+    from tether.data.records import parse_prompt, parse_response
+
+    items = []
+    for where, record in rows:
+        if isinstance(record, Exception):
+            raise record
+        parse_prompt(record, where)
+        responses = record.get("responses")
+        if not isinstance(responses, list) or not responses:
+            raise BadRow(f"{where}: 'responses' must be a non-empty list of responses to rate")
+        seen = set()
+        for i, response in enumerate(responses):
+            text = parse_response(response, f"responses[{i}]", where)
+            if text not in seen:  # the same text twice is one response to rate
+                seen.add(text)
+                items.append({"prompt": record["prompt"], "responses": [text],
+                              "source": f"{where} responses[{i}]"})
     return items
 
 
@@ -73,10 +101,9 @@ def add_items(store: Store, name: str, rows: Rows = (), gold: Rows = (), mode: s
 
 
 def parse_rows(rows: Rows, ratings: Rows, gold: Rows, mode: str) -> tuple[list, list]:
-    rows = list(rows)
-    candidates = parse_candidates(rows).rows if rows else []
     to_rate, gold_ratings = parse_ratings(ratings)
-    return project_items(candidates, to_rate, mode), [*gold_ratings, *parse_gold_items(gold)]
+    items, _ = project_items(rows, to_rate, mode)
+    return items, [*gold_ratings, *parse_gold_items(gold)]
 
 
 def read_ratings(source: str) -> tuple[list[dict], list[dict]]:
