@@ -331,7 +331,7 @@ def create_app(store: Store) -> FastAPI:
         return JSONResponse({"project": project.name, **store.progress(project)}, 201)
 
     @app.post("/api/admin/projects/{name}/items")
-    async def add_items(name: str, request: Request) -> Response:
+    async def add_round(name: str, request: Request) -> Response:
         from tether.errors import UserError
         from tether.labeling.projects import add_items
 
