@@ -71,7 +71,8 @@ STAGES = {
         override="temperature=0.3"),
     "label import": Stage(
         LabelImportConfig, "tether.labeling.commands:import_candidates",
-        "import candidates into a new labeling project (with gold items and active sampling)",
+        "import candidates (to compare or rate) into a labeling project, new or (add=true) "
+        "existing, with gold items, guidelines and active sampling",
         "tether label import project=sentiment candidates=runs/sample/candidates.jsonl "
         "overlap=3 gold_items=gold.jsonl", override="overlap=3"),
     "label add-annotator": Stage(
@@ -80,7 +81,7 @@ STAGES = {
         "tether label add-annotator name=alice", override="name=alice"),
     "label serve": Stage(
         LabelServeConfig, "tether.labeling.commands:serve",
-        "serve the labeling web app: people compare or rank responses in the browser",
+        "serve the labeling web app: people compare, rank or rate responses in the browser",
         "tether label serve db=runs/label/labels.db port=8000", override="port=8080"),
     "label stats": Stage(
         LabelStatsConfig, "tether.labeling.commands:stats",
@@ -89,7 +90,8 @@ STAGES = {
         "tether label stats project=sentiment", override="project=sentiment"),
     "label export": Stage(
         LabelExportConfig, "tether.labeling.commands:export",
-        "export labels as preference pairs/rankings for `tether rm` and `tether dpo`",
+        "export labels as preference pairs/rankings for `tether rm` and `tether dpo`, or as "
+        "KTO rows (format=kto)",
         "tether label export output=labels.jsonl min_gold_accuracy=0.7",
         override="min_gold_accuracy=0.7"),
     "rm": Stage(RMConfig, "tether.trainers.rm:train",

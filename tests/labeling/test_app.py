@@ -97,7 +97,7 @@ def test_import_command_takes_gold_items_and_points_the_old_key_to_them(tmp_path
     assert main([*common, f"gold_items={gold}", "gold_items_rate=0.5"]) == 0
     project = Store(str(db)).project("p")
     assert project.gold_rate == 0.5
-    assert sum(i.gold_ranks is not None for i in Store(str(db)).items("p")) == 1
+    assert sum(i.gold is not None for i in Store(str(db)).items("p")) == 1
 
 
 def test_projects_are_separate_and_names_unique(store):
@@ -336,15 +336,17 @@ def test_bad_label_bodies_are_rejected(app_setup):
 # -- export -----------------------------------------------------------------------------------
 
 
-def lab(item, who, ranks, k=2, gold=None, choice="rank"):
+def lab(item, who, ranks, k=2, gold=None, choice="rank", rationale="", rating=None):
     return {"item": item, "annotator": who, "prompt": f"p{item}",
             "responses": [f"r{item}-{j}" for j in range(k)], "ranks": ranks,
-            "order": list(range(k)), "gold": gold, "choice": choice}
+            "order": list(range(k)), "gold": gold, "choice": choice, "rationale": rationale,
+            "rating": rating}
 
 
 def test_export_majority_all_gold_and_threshold():
     labels = [
-        lab(1, "a", [0, 1]), lab(1, "b", [0, 1]), lab(1, "c", [1, 0]),  # 2:1 for r1-0
+        lab(1, "a", [0, 1]), lab(1, "b", [0, 1], rationale="crisper"),
+        lab(1, "c", [1, 0]),  # 2:1 for r1-0
         lab(2, "a", [1, 0]), lab(2, "b", [0, 1]),  # split evenly: no majority
         lab(3, "a", [0, 0]), lab(3, "b", [0, 1]),  # tie counts half: r3-0 wins
         lab(4, "a", None, choice="cant_tell"),  # no preference
@@ -353,10 +355,11 @@ def test_export_majority_all_gold_and_threshold():
     ]
     rows, counts = export_rows(labels)
     assert rows == [
-        {"prompt": "p1", "chosen": "r1-0", "rejected": "r1-1", "labels": 3},
-        {"prompt": "p3", "chosen": "r3-0", "rejected": "r3-1", "labels": 2},
+        {"prompt": "p1", "chosen": "r1-0", "rejected": "r1-1", "labels": 3,
+         "rationales": ["crisper"]},
+        {"prompt": "p3", "chosen": "r3-0", "rejected": "r3-1", "labels": 2, "rationales": []},
         {"prompt": "p5", "responses": ["r5-0", "r5-1", "r5-2"], "ranks": [1, 0, 0],
-         "labels": 2}]
+         "labels": 2, "rationales": []}]
     assert counts["no_majority"] == 1 and counts["no_preference"] == 1
     assert counts["gold_labels"] == 2
     # c got its gold item wrong: with a threshold, c's vote on item 1 goes, a 2:0 majority
@@ -364,6 +367,7 @@ def test_export_majority_all_gold_and_threshold():
     assert counts["excluded_annotators"] == ["c"] and rows[0]["labels"] == 2
     rows, counts = export_rows(labels, aggregate="all")
     assert len(rows) == 8 and {r["annotator"] for r in rows} == {"a", "b", "c"}
+    assert [r["rationale"] for r in rows if r["rationale"]] == ["crisper"]
     assert counts["no_preference"] == 2  # the tie [0, 0] and the can't tell  (10 non-gold labels)
 
 
@@ -371,7 +375,7 @@ def test_export_command_and_rm_reads_the_database(tmp_path, store, capsys):
     project = create_project(store, "p", rows(candidates(5)), overlap=2)
     for name in ("a", "b"):
         label_all(TestClient(create_app(store)), "p", store.add_annotator(name))
-    assert store.progress(project) == {"done": 10, "total": 10}
+    assert store.progress(project) == {"done": 10, "total": 10, "in_progress": 0}
     out = tmp_path / "labels.jsonl"
     assert main(["label", "export", f"db={store.db}", f"output={out}"]) == 0
     exported = [json.loads(line) for line in out.read_text().splitlines()]

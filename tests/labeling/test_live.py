@@ -92,3 +92,25 @@ def _assignments_of(store: Store, name: str) -> set[str]:
     with store.session() as s:
         return set(s.scalars(select(Assignment.id).join(
             Annotator, Assignment.annotator_id == Annotator.id).where(Annotator.name == name)))
+
+
+def test_ratings_and_comparisons_under_load_each_stored_once(tmp_path, server):
+    """mode=both against a real server: 20 annotators at once, every acknowledged label on
+    disk exactly once, overlap held for ratings as for comparisons."""
+    store = Store(str(tmp_path / "labels.db"))
+    create_project(store, "p", [(f"c.jsonl:{i}", {"prompt": f"prompt {i}",
+                                                  "responses": [f"a{i}", f"b{i}"]})
+                                for i in range(60)], overlap=2, mode="both")
+    tokens = [store.add_annotator(f"a{i}") for i in range(20)]
+    live = server(tmp_path / "labels.db")
+    result = run_load(live.url, tokens, "p", total=300, resend_every=7)
+    assert not result.errors and not [c for c in result.statuses if c >= 500]
+    labels = store.labels("p")
+    assert len(result.stored) == 300 == len(labels)
+    assert sorted(lab["label"] for lab in labels) == sorted(result.stored.values())
+    assert all(result.stored[a] == label for a, label in result.duplicates.items())
+    assert {lab["choice"] for lab in labels} == {"good", "rank"}
+    per_item = {}
+    for lab in labels:
+        per_item.setdefault(lab["item"], set()).add(lab["annotator"])
+    assert max(len(v) for v in per_item.values()) <= 2

@@ -60,7 +60,7 @@ def test_overlap_gold_and_export_on_postgres(postgres_url):
             if item is not None:
                 ranks = [0 if t in ("good", f"a{t[1:]}") else 1 for t in item.responses]
                 store.submit(project, who, item.assignment, "rank", ranks)
-    assert store.progress(project) == {"done": 12, "total": 12}
+    assert store.progress(project) == {"done": 12, "total": 12, "in_progress": 0}
     labels = store.labels("team")
     assert max(sum(lab["item"] == i for lab in labels) for i in {lab["item"] for lab in labels
                                                                   if lab["gold"] is None}) == 2
@@ -84,4 +84,21 @@ def test_live_server_on_postgres(postgres_url, tmp_path):
         server.stop()
     assert not result.errors and not [c for c in result.statuses if c >= 500]
     assert len(result.stored) == 200 == len(store.labels("live"))
+    store.close()
+
+
+def test_a_database_from_an_older_tether_gains_the_new_columns_on_postgres(postgres_url):
+    from sqlalchemy import text
+
+    store = Store(postgres_url)
+    token = store.add_annotator("old_timer")
+    with store.engine.begin() as conn:  # as it was before guidelines and revoking
+        conn.execute(text("ALTER TABLE projects DROP COLUMN guidelines"))
+        conn.execute(text("ALTER TABLE annotators DROP COLUMN revoked"))
+    store.close()
+    store = Store(postgres_url)
+    assert store.annotator_for_token(token).name == "old_timer"
+    assert all(p.guidelines == "" for p in store.projects())
+    store.revoke("old_timer")
+    assert store.annotator_for_token(token) is None
     store.close()

@@ -304,6 +304,8 @@ def test_agreement_stats_hand_computed():
             "gold_items": 1,
             "gold_agreeing": 3,
             "gold_pairs": 3,
+            "gold_ratings_agreeing": 0,
+            "gold_ratings": 0,
             "gold_accuracy": 1.0,
         },
         "bob": {
@@ -311,6 +313,8 @@ def test_agreement_stats_hand_computed():
             "gold_items": 1,
             "gold_agreeing": 2,
             "gold_pairs": 3,
+            "gold_ratings_agreeing": 0,
+            "gold_ratings": 0,
             "gold_accuracy": pytest.approx(2 / 3),
         },
         "carol": {
@@ -318,6 +322,8 @@ def test_agreement_stats_hand_computed():
             "gold_items": 1,
             "gold_agreeing": 0,
             "gold_pairs": 0,
+            "gold_ratings_agreeing": 0,
+            "gold_ratings": 0,
             "gold_accuracy": None,
         },
     }
@@ -363,6 +369,8 @@ def test_agreement_stats_cant_tell_counts_but_adds_no_units():
         "gold_items": 0,
         "gold_agreeing": 0,
         "gold_pairs": 0,
+        "gold_ratings_agreeing": 0,
+        "gold_ratings": 0,
         "gold_accuracy": None,
     }
     assert extra["kappa"] == base["kappa"]  # dave shares no unit with anyone
@@ -389,3 +397,65 @@ def test_agreement_stats_empty_and_invalid():
         agreement_stats([*DATASET, _label("x", "alice", [1, 0], [0, 1])])
     with pytest.raises(ValueError, match="responses"):
         agreement_stats([*DATASET, _label("x", "dave", [0, 1, 2], [0, 1, 2])])
+
+
+def _rating(item, annotator, rating, gold=None):
+    label = {"item": item, "annotator": annotator, "ranks": None, "order": [0],
+             "rating": rating}
+    if gold is not None:
+        label["gold"] = gold
+    return label
+
+
+# Thumbs: four responses rated good (G) / bad (B) by alice and bob, one "can't tell" (-):
+#   r1: alice G, bob G;  r2: alice G, bob B;  r3: alice B, bob B;  r4: alice G, bob -
+#   plus the gold response gg (known good): alice G (right), bob B (wrong).
+RATINGS = [
+    _rating("r1", "alice", True), _rating("r1", "bob", True),
+    _rating("r2", "alice", True), _rating("r2", "bob", False),
+    _rating("r3", "alice", False), _rating("r3", "bob", False),
+    _rating("r4", "alice", True), _rating("r4", "bob", None),
+    _rating("gg", "alice", True, gold=True), _rating("gg", "bob", False, gold=True),
+]
+
+
+def test_ratings_agreement_hand_computed():
+    stats = agreement_stats(RATINGS)
+    assert (stats["labels"], stats["cant_tell"], stats["items"]) == (10, 1, 5)
+    assert stats["kappa"] == [] and stats["alpha"]["value"] is None  # no comparison
+    r = stats["ratings"]
+    assert (r["good"], r["bad"]) == (5, 4)
+    # shared units r1, r2, r3, gg: alice G G B G, bob G B B B; agreeing r1, r3 = 2 of 4.
+    #   alice: G 3, B 1; bob: G 1, B 3; n^2 p_e = 3*1 + 1*3 = 6
+    #   kappa = (4*2 - 6) / (16 - 6) = 0.2
+    assert r["kappa"] == [{"annotators": ["alice", "bob"], "units": 4,
+                           "kappa": pytest.approx(0.2)}]
+    # alpha: 4 pairable units, 8 values (r4 has one value). Disagreeing units r2 and gg, each
+    #   (4 - 1 - 1) / 1 = 2: sum o_ck = 4. n_G = 4, n_B = 4, n = 8;
+    #   sum_{c!=k} n_c n_k = 64 - 16 - 16 = 32; alpha = 1 - 7 * 4 / 32 = 0.125
+    assert r["alpha"] == {"value": pytest.approx(0.125), "units": 4, "values": 8}
+    alice, bob = stats["annotators"]["alice"], stats["annotators"]["bob"]
+    assert (alice["gold_ratings_agreeing"], alice["gold_ratings"]) == (1, 1)
+    assert (bob["gold_ratings_agreeing"], bob["gold_ratings"]) == (0, 1)
+    assert (alice["gold_accuracy"], bob["gold_accuracy"]) == (1.0, 0.0)
+    assert stats["position_bias"]["decisive"] == 0  # a lone response has no side
+
+
+def test_gold_accuracy_pools_pairs_and_ratings_and_cant_tell_scores_nothing():
+    # alice: gold ranking [0,1,2] answered [0,2,1]: 2 of 3 pairs; a gold bad response rated
+    # good: 0 of 1; a gold good one "can't tell": not judged. (2 + 0) / (3 + 1) = 0.5
+    labels = [_label("g", "alice", [0, 2, 1], [0, 1, 2], gold=[0, 1, 2]),
+              _rating("b", "alice", True, gold=False), _rating("c", "alice", None, gold=True)]
+    a = agreement_stats(labels)["annotators"]["alice"]
+    assert (a["gold_agreeing"], a["gold_pairs"], a["gold_ratings_agreeing"],
+            a["gold_ratings"], a["gold_items"]) == (2, 3, 0, 1, 3)
+    assert a["gold_accuracy"] == 0.5
+
+
+def test_ratings_and_pairs_are_separate_units():
+    """The same annotators' ratings leave the comparisons' kappa and alpha as they were."""
+    base = agreement_stats(DATASET)
+    mixed = agreement_stats([*DATASET, *RATINGS])
+    assert mixed["kappa"] == base["kappa"] and mixed["alpha"] == base["alpha"]
+    assert mixed["ratings"] == agreement_stats(RATINGS)["ratings"]
+    assert mixed["position_bias"] == base["position_bias"]

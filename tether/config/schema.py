@@ -366,14 +366,16 @@ class LabelServeConfig:
 
 @dataclass
 class LabelImportConfig:
-    """Import candidates into a new labeling project."""
+    """Import candidates (to compare or rate) into a new labeling project, or add them to one."""
 
     db: str = option("runs/label/labels.db", LABEL_DB_HELP)
     project: str = option("", "Name of the new project. Required.")
     candidates: str = option("", "candidates.jsonl from `tether sample`: {prompt, responses} "
-                                 "rows with K >= 2. Required.")
+                                 "rows with K >= 2. Required unless ratings are given.")
     gold_items: str = option("", "Gold items: preference rows with a known answer (pairs or "
-                                 "rankings), mixed in to measure each annotator's accuracy.")
+                                 "rankings), or responses known good or bad ({prompt, "
+                                 "completion, label: true|false}), mixed in to measure each "
+                                 "annotator's accuracy.")
     overlap: int = option(1, "How many different annotators label each item.", min=1)
     gold_items_rate: float = option(0.1, "Share of the items served that are gold items (when "
                                          "there are any).", min=0, max=1)
@@ -384,12 +386,23 @@ class LabelImportConfig:
         "responses it scores closest are served first; several: items whose margins they "
         "disagree on most.")
     batch_size: int = option(16, "Sequences per reward-model forward pass.", min=1)
+    mode: str = option("compare", "What the candidates become. compare: each row's responses "
+                                  "are ranked side by side; rate: each response is shown alone "
+                                  "and rated good or bad (thumbs, exported as KTO rows); both: "
+                                  "each row compared, and each of its responses rated.",
+                       choices=["compare", "rate", "both"])
+    ratings: str = option("", "Responses to rate, as {prompt, completion} rows; a row with "
+                              "label: true|false is a gold rating (a known good or bad one).")
+    guidelines: str = option("", "A Markdown file of labeling guidelines, shown to annotators "
+                                 "on the labeling page (with add=true: replaces the old ones).")
+    add: bool = option(False, "Add the items to the existing project (the next round of "
+                              "labeling); its overlap, gold rate and lease stay as they were.")
 
     instead: ClassVar[dict[str, str]] = GOLD_ITEMS_RENAMED
 
     def validate(self) -> None:
-        if not self.project or not self.candidates:
-            raise ConfigError("project and candidates are required")
+        if not self.project or not (self.candidates or self.ratings):
+            raise ConfigError("project is required, and candidates or ratings (or both)")
 
 
 @dataclass
@@ -427,6 +440,12 @@ class LabelExportConfig:
                             choices=["majority", "all"])
     min_gold_accuracy: float = option(0.0, "Leave out annotators whose accuracy on gold items "
                                            "is below this.", min=0, max=1)
+    format: str = option(
+        "preferences", "preferences: pairs and rankings, for `tether rm` and `tether dpo` (a "
+        "project of ratings alone is an error); kto: {prompt, completion, label: true|false} "
+        "rows, one per judged response: ratings as given, a pair's chosen true and rejected "
+        "false (as TRL's unpairing), a K-way ranking's best response(s) true and worst false "
+        "(the middle ones left out).", choices=["preferences", "kto"])
 
 
 @dataclass

@@ -5,6 +5,7 @@ two of its responses: a near tie is where a human label moves the model most. Wi
 (several reward models), it is the largest disagreement: the standard deviation across models
 of a pair's margin r_a - r_b, maximised over the item's pairs. Rewards are compared as the
 models output them; a pipeline's reward models share a scale (normalised on SFT samples).
+Only comparisons are ordered: a response to rate alone has no margin, and keeps priority 0.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def prioritize(store: Store, project: Project, reward_models: Sequence[str],
     from tether.device import pick_device
     from tether.models.reward import RewardModel
 
-    items = [i for i in store.items(project.name) if i.gold_ranks is None]
+    everything = [i for i in store.items(project.name) if i.gold is None]
+    items = [i for i in everything if len(i.responses) > 1]
     prompts, responses = [], []
     for item in items:
         messages = parse_prompt({"prompt": item.prompt}, item.source)
@@ -55,5 +57,7 @@ def prioritize(store: Store, project: Project, reward_models: Sequence[str],
     store.set_priorities(project.name, priorities)
     kind = "smallest margin" if len(reward_models) == 1 else "largest ensemble disagreement"
     print(f"active sampling: {len(items)} items ordered by {kind} "
-          f"({len(reward_models)} reward model{'s' if len(reward_models) > 1 else ''})")
+          f"({len(reward_models)} reward model{'s' if len(reward_models) > 1 else ''})"
+          + (f"; {len(everything) - len(items)} responses to rate left unordered"
+             if len(everything) > len(items) else ""))
     return priorities

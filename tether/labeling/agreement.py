@@ -6,6 +6,10 @@ ranks equal, i.e. all tied) or "can't tell" (`ranks` is None: missing, it contri
 statistic but the label counts). `order` is the display order: order[p] is the canonical index
 of the response shown at position p, position 0 being the leftmost.
 
+A rating judges one response: "rating" is True (good) or False (bad), or None for "can't tell";
+its `order` is [0]. Ratings are units of their own, valued good / bad, with their own kappa and
+alpha (a good/bad judgement and a pair judgement are different scales).
+
 Every ranking is reduced to its canonical pairs i < j, each judged +1 (i better), -1 (j better)
 or 0 (tie). Rankings of different lengths and with ties thus become comparable units, and a
 pair means the same thing whichever side of the screen each response was shown on.
@@ -14,6 +18,7 @@ pair means the same thing whichever side of the screen each response was shown o
 - `cohen_kappa`, `krippendorff_alpha`: chance-corrected agreement, nominal categories.
 - `position_bias`: how often the response shown further left wins, with a Wilson interval.
 - `gold_accuracy`: agreement of one label with a known gold ranking.
+- `nominal_agreement`: kappa per pair of annotators and alpha over all, of nominal units.
 - `agreement_stats`: all of the above over a set of labels, as a JSON-serialisable dict.
 
 Everything here is pure: no I/O, no randomness, deterministic output for a given input.
@@ -177,26 +182,46 @@ def gold_accuracy(ranks: Sequence[int] | None, gold_ranks: Sequence[int]) -> tup
     return agreeing, counted
 
 
+def nominal_agreement(units: Mapping[Hashable, Mapping[str, Hashable]]) -> dict:
+    """Agreement over units, each {annotator: value}: Cohen's kappa for every pair of
+    annotators sharing a unit (sorted by names, {"annotators": [a, b], "units": n, "kappa"}),
+    and nominal Krippendorff's alpha over all units and annotators, with the number of
+    pairable units and values."""
+    names = sorted({name for unit in units.values() for name in unit})
+    kappas = []
+    for a, b in combinations(names, 2):
+        shared = [(unit[a], unit[b]) for unit in units.values() if a in unit and b in unit]
+        if shared:
+            kappas.append({"annotators": [a, b], "units": len(shared),
+                           "kappa": cohen_kappa([x for x, _ in shared], [y for _, y in shared])})
+    pairable = [list(unit.values()) for unit in units.values() if len(unit) >= 2]
+    return {"kappa": kappas,
+            "alpha": {"value": krippendorff_alpha(pairable), "units": len(pairable),
+                      "values": sum(len(values) for values in pairable)}}
+
+
 def agreement_stats(labels: Sequence[Mapping]) -> dict:
     """Quality statistics of a set of labels, as a JSON-serialisable dict.
 
     Each label has "item" (hashable), "annotator" (str), "ranks" (list or None for "can't
-    tell"), "order" (display order) and optionally "gold" (the gold ranks of a gold item).
+    tell"), "order" (display order) and optionally "gold" (the gold ranks of a gold item); a
+    rating has "rating" (True good, False bad, None can't tell) and "gold" True/False.
 
     Agreement units are (item, i, j) for the canonical pairs i < j, valued by the pair's
-    judgement (+1 / -1 / 0, nominal). Gold items are included in agreement like any other
-    item: annotators see them unmarked, so their labels are ordinary labels. "Can't tell"
-    labels count in "labels" and "cant_tell" but give no units.
+    judgement (+1 / -1 / 0, nominal), and, for ratings, the item, valued good or bad. Gold
+    items are included in agreement like any other item: annotators see them unmarked, so
+    their labels are ordinary labels. "Can't tell" labels count in "labels" and "cant_tell"
+    but give no units.
 
     Returns:
     - "labels", "cant_tell", "items": counts.
     - "annotators": per name (sorted), "labels", "gold_items" (labels of gold items, "can't
-      tell" included), "gold_agreeing" / "gold_pairs" (summed `gold_accuracy`) and
-      "gold_accuracy" (their ratio, None without gold pairs).
-    - "kappa": Cohen's kappa for every pair of annotators sharing a unit, sorted by names,
-      each {"annotators": [a, b], "units": n, "kappa": value}.
-    - "alpha": nominal Krippendorff's alpha over all units and annotators, with the number of
-      pairable units and values.
+      tell" included), "gold_agreeing" / "gold_pairs" (summed `gold_accuracy`),
+      "gold_ratings_agreeing" / "gold_ratings" (gold ratings answered alike / answered good or
+      bad) and "gold_accuracy": the share of all those gold judgements (pairs and ratings)
+      they got right, None without any.
+    - "kappa", "alpha": `nominal_agreement` of the comparisons' pair units.
+    - "ratings": {"good", "bad", "kappa", "alpha"}: the ratings' counts and agreement.
     - "position_bias": `position_bias` over all labels.
 
     One annotator may label an item once (a second label would be a second coder in alpha and
@@ -208,11 +233,12 @@ def agreement_stats(labels: Sequence[Mapping]) -> dict:
     # unit -> {annotator: judgement}; dicts keep first-appearance order, so iteration is
     # deterministic without needing the items to be sortable.
     units: dict[tuple[Hashable, int, int], dict[str, int]] = {}
+    rated: dict[Hashable, dict[str, bool]] = {}
     annotators: dict[str, dict] = {}
     cant_tell = 0
     for label in labels:
         item, name, ranks, order = label["item"], label["annotator"], label["ranks"], label["order"]
-        gold = label.get("gold")
+        gold, rating = label.get("gold"), label.get("rating")
         if (item, name) in seen:
             raise ValueError(f"annotator {name!r} labelled item {item!r} more than once")
         seen.add((item, name))
@@ -224,14 +250,22 @@ def agreement_stats(labels: Sequence[Mapping]) -> dict:
             _check_label(ranks, order)
 
         stats = annotators.setdefault(
-            name, {"labels": 0, "gold_items": 0, "gold_agreeing": 0, "gold_pairs": 0}
+            name, {"labels": 0, "gold_items": 0, "gold_agreeing": 0, "gold_pairs": 0,
+                   "gold_ratings_agreeing": 0, "gold_ratings": 0}
         )
         stats["labels"] += 1
         if gold is not None:
             stats["gold_items"] += 1
-            agreeing, counted = gold_accuracy(ranks, gold)
-            stats["gold_agreeing"] += agreeing
-            stats["gold_pairs"] += counted
+            if isinstance(gold, bool):
+                stats["gold_ratings"] += rating is not None
+                stats["gold_ratings_agreeing"] += rating is gold
+            else:
+                agreeing, counted = gold_accuracy(ranks, gold)
+                stats["gold_agreeing"] += agreeing
+                stats["gold_pairs"] += counted
+        if rating is not None:
+            rated.setdefault(item, {})[name] = rating
+            continue
         if ranks is None:
             cant_tell += 1
             continue
@@ -239,32 +273,18 @@ def agreement_stats(labels: Sequence[Mapping]) -> dict:
             units.setdefault((item, i, j), {})[name] = judgement
 
     for stats in annotators.values():
-        pairs = stats["gold_pairs"]
-        stats["gold_accuracy"] = stats["gold_agreeing"] / pairs if pairs else None
+        judged = stats["gold_pairs"] + stats["gold_ratings"]
+        right = stats["gold_agreeing"] + stats["gold_ratings_agreeing"]
+        stats["gold_accuracy"] = right / judged if judged else None
 
-    kappas = []
-    for a, b in combinations(sorted(annotators), 2):
-        shared = [(unit[a], unit[b]) for unit in units.values() if a in unit and b in unit]
-        if shared:
-            kappas.append(
-                {
-                    "annotators": [a, b],
-                    "units": len(shared),
-                    "kappa": cohen_kappa([x for x, _ in shared], [y for _, y in shared]),
-                }
-            )
-
-    pairable = [list(unit.values()) for unit in units.values() if len(unit) >= 2]
+    ratings = [r for unit in rated.values() for r in unit.values()]
     return {
         "labels": len(labels),
         "cant_tell": cant_tell,
         "items": len(sizes),
         "annotators": {name: annotators[name] for name in sorted(annotators)},
-        "kappa": kappas,
-        "alpha": {
-            "value": krippendorff_alpha(pairable),
-            "units": len(pairable),
-            "values": sum(len(values) for values in pairable),
-        },
+        **nominal_agreement(units),
+        "ratings": {"good": sum(ratings), "bad": len(ratings) - sum(ratings),
+                    **nominal_agreement(rated)},
         "position_bias": position_bias((label["ranks"], label["order"]) for label in labels),
     }

@@ -99,8 +99,10 @@ def run_load(url: str, tokens: Sequence[str], project: str, total: int,
                     item = r.json()["item"] if r.status_code == 200 else None
                     if item is None:
                         return
-                    body = {"assignment": item["assignment"], "choice": "rank",
-                            "ranks": choose(item)}
+                    # a response to rate alone is rated good; a comparison ranked by `choose`
+                    body = ({"choice": "good"} if len(item["responses"]) == 1
+                            else {"choice": "rank", "ranks": choose(item)})
+                    body["assignment"] = item["assignment"]
                     for attempt in range(2 if n % resend_every == 0 else 1):
                         t0 = time.perf_counter()
                         r = http.post(f"/api/projects/{project}/labels", json=body)

@@ -5,11 +5,14 @@ prints what it did.
 
     tether label simulate candidates=runs/sample/candidates.jsonl temperature=0.5
     tether label import project=sentiment candidates=runs/sample/candidates.jsonl overlap=3
+    tether label import project=sentiment candidates=round2.jsonl add=true   # the next round
+    tether label import project=thumbs candidates=c.jsonl mode=rate guidelines=guide.md
     tether label add-annotator name=alice            # prints alice's access token, once
     tether label add-annotator name=lead admin=true
     tether label serve                               # http://127.0.0.1:8000
     tether label stats                               # gold accuracy, kappa, alpha, left bias
     tether label export output=labels.jsonl min_gold_accuracy=0.7
+    tether label export output=kto.jsonl format=kto  # {prompt, completion, label} rows
     tether rm data.train=runs/label/labels.db        # or train on the database directly
 """
 
@@ -41,13 +44,15 @@ def format_stats(s: dict) -> str:
         return "n/a" if x is None else format(x, fmt)
 
     lines = [f"project {s['project']}: {s['items']} items (+{s['gold_items']} gold), overlap "
-             f"{s['overlap']}; {s['labels_done']} of {s['labels_target']} labels done",
+             f"{s['overlap']}; {s['labels_done']} of {s['labels_target']} labels done, "
+             f"{s['labels_in_progress']} in progress",
              "choices: " + (", ".join(f"{k} {v}" for k, v in s["choices"].items()) or "none"),
              "", f"{'annotator':<20} {'labels':>7} {'gold items':>10} {'gold accuracy':>14}"]
     for name, a in s["annotators"].items():
         acc = num(a["gold_accuracy"])
-        if a["gold_pairs"]:
-            acc += f" ({a['gold_agreeing']}/{a['gold_pairs']})"
+        judged = a["gold_pairs"] + a["gold_ratings"]  # comparisons' pairs and ratings
+        if judged:
+            acc += f" ({a['gold_agreeing'] + a['gold_ratings_agreeing']}/{judged})"
         lines.append(f"{name:<20} {a['labels']:>7} {a['gold_items']:>10} {acc:>14}")
     lines.append("")
     if s["kappa"]:
@@ -60,6 +65,14 @@ def format_stats(s: dict) -> str:
     alpha = s["alpha"]
     lines.append(f"Krippendorff's alpha (nominal, all annotators): {num(alpha['value'])} "
                  f"({alpha['units']} units, {alpha['values']} values)")
+    r = s["ratings"]
+    if r["good"] + r["bad"]:
+        lines.append(f"ratings: {r['good']} good, {r['bad']} bad")
+        for k in r["kappa"]:
+            lines.append(f"  Cohen's kappa {k['annotators'][0]} / {k['annotators'][1]}: "
+                         f"{num(k['kappa'])} ({k['units']} responses both rated)")
+        lines.append(f"  Krippendorff's alpha (nominal): {num(r['alpha']['value'])} "
+                     f"({r['alpha']['units']} responses, {r['alpha']['values']} ratings)")
     pb = s["position_bias"]
     interval = "" if pb["rate"] is None else f", 95% interval {pb['low']:.3f}-{pb['high']:.3f}"
     lines.append(f"position bias: the response shown further left won {num(pb['rate'])} of "
@@ -116,7 +129,8 @@ def serve(cfg: LabelServeConfig) -> None:
     print(f"labeling app for {cfg.db}: http://{cfg.host}:{cfg.port}/  (Ctrl+C stops it)")
     for p in projects:
         progress = store.progress(p)
-        print(f"  project {p.name}: {progress['done']} of {progress['total']} labels")
+        print(f"  project {p.name}: {progress['done']} of {progress['total']} labels, "
+              f"{progress['in_progress']} in progress")
     if not projects:
         print("  no projects yet: tether label import project=NAME candidates=FILE")
     if not store.annotators():
@@ -125,24 +139,51 @@ def serve(cfg: LabelServeConfig) -> None:
 
 
 def import_candidates(cfg: LabelImportConfig) -> Project:
-    candidates = read_candidates(cfg.candidates)
-    gold_items = read_gold_items(cfg.gold_items) if cfg.gold_items else []
-    print(f"{cfg.candidates}: {candidates.summary()}")
-    store = Store(cfg.db)  # opened once the data is valid: bad data leaves no new database
-    project = store.create_project(cfg.project, candidates.rows, gold_items,
-                                   overlap=cfg.overlap, gold_rate=cfg.gold_items_rate,
-                                   lease_minutes=cfg.lease_minutes)
-    progress = store.progress(project)
-    gold = sum(i.gold_ranks is not None for i in store.items(project.name))
-    print(f"imported {progress['total'] // project.overlap} items (+{gold} gold) into project "
-          f"{project.name} of {cfg.db}; {progress['total']} labels wanted at overlap "
-          f"{project.overlap}")
+    """`tether label import`: a new project, or (add=true) the next round of an existing one.
+    Every file is read and checked before the database is opened."""
+    from tether.data.readers import read_all_rows
+    from tether.labeling.projects import project_items, read_ratings
+
+    rows = ([(row.where, row.record) for row in read_all_rows(cfg.candidates, "candidate rows")]
+            if cfg.candidates else [])
+    to_rate, gold_ratings = read_ratings(cfg.ratings) if cfg.ratings else ([], [])
+    items, candidates = project_items(rows, to_rate, cfg.mode)
+    if candidates is not None:
+        print(f"{cfg.candidates}: {candidates.summary()}")
+    gold_items = [*gold_ratings, *(read_gold_items(cfg.gold_items) if cfg.gold_items else [])]
+    guidelines = read_guidelines(cfg.guidelines) if cfg.guidelines else None
+    # opened once the data is valid: bad data leaves no new database (nor does add=true)
+    store = Store(cfg.db, must_exist=cfg.add)
+    if cfg.add:
+        before = len(store.items(cfg.project)) if store.project(cfg.project) else 0
+        project = store.add_items(cfg.project, items, gold_items, guidelines=guidelines)
+        print(f"added {len(items)} items (+{len(gold_items)} gold) to project {project.name} "
+              f"of {cfg.db}: {before + len(items) + len(gold_items)} items in all; its overlap "
+              f"{project.overlap}, gold rate {project.gold_rate} and lease of "
+              f"{project.lease_minutes:g} minutes are kept")
+    else:
+        project = store.create_project(cfg.project, items, gold_items, overlap=cfg.overlap,
+                                       gold_rate=cfg.gold_items_rate,
+                                       lease_minutes=cfg.lease_minutes,
+                                       guidelines=guidelines or "")
+        rated = sum(len(item["responses"]) == 1 for item in items)
+        kinds = f" ({rated} to rate)" if rated else ""
+        print(f"imported {len(items)} items{kinds} (+{len(gold_items)} gold) into project "
+              f"{project.name} of {cfg.db}; {len(items) * project.overlap} labels wanted at "
+              f"overlap {project.overlap}")
     if cfg.reward_model:
         from tether.labeling.active import prioritize
 
         paths = [p.strip() for p in cfg.reward_model.split(",") if p.strip()]
         prioritize(store, project, paths, batch_size=cfg.batch_size)
     return project
+
+
+def read_guidelines(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"guidelines: cannot read '{path}': {e}") from None
 
 
 def add_annotator(cfg: LabelAnnotatorConfig) -> str:
@@ -172,13 +213,17 @@ def export(cfg: LabelExportConfig) -> Path:
         raise ConfigError(f"output must be a .jsonl file, got '{cfg.output}'")
     store = Store(cfg.db, must_exist=True)
     project = resolve_project(store, cfg.project)
-    rows, counts = export_project(store, project, cfg.aggregate, cfg.min_gold_accuracy)
+    rows, counts = export_project(store, project, cfg.aggregate, cfg.min_gold_accuracy,
+                                 cfg.format)
     atomic_write_jsonl(out, rows)
     left = [f"{counts['gold_labels']} on gold items",
             f"{counts['no_preference']} {'labels' if cfg.aggregate == 'all' else 'items'} "
             f"with no preference (both bad, can't tell, all tied)"]
     if cfg.aggregate == "majority":
         left.append(f"{counts['no_majority']} items with no majority")
+    if counts["ratings_left_out"]:
+        left.append(f"{counts['ratings_left_out']} ratings (good / bad: format=kto exports "
+                    f"them)")
     if counts["excluded_annotators"]:
         left.append(f"{counts['untrusted_labels']} labels of annotators below "
                     f"min_gold_accuracy ({', '.join(counts['excluded_annotators'])})")

@@ -1,16 +1,25 @@
-"""People's labels -> preference rows a reward model or DPO trains on (shared/DESIGN.md formats).
+"""People's labels -> rows to train on (shared/DESIGN.md formats).
 
-An item with two responses becomes a pair {"prompt", "chosen", "rejected"}; one with K > 2 a
-ranking {"prompt", "responses", "ranks"}. Gold items are left out (they measure annotators, and
-their answer was known before anyone labelled them), and so are the labels of annotators whose
-accuracy on gold items is below `min_gold_accuracy`.
+format=preferences: an item with two responses becomes a pair {"prompt", "chosen", "rejected"};
+one with K > 2 a ranking {"prompt", "responses", "ranks"}. Ratings (one response judged good or
+bad) make no pair: a project with only ratings is an error there, and a mixed one leaves them
+out. format=kto: one row per judged response, {"prompt", "completion", "label": true|false},
+as KTO trains on: a rating as it was given; a pair unpaired as TRL's unpair_preference_dataset
+does (chosen -> true, rejected -> false); a ranking's best response(s) true and worst false, its
+middle ones left out (they are neither, and a K-way ranking does not say where "good" ends).
+
+Gold items are left out (they measure annotators, and their answer was known before anyone
+labelled them), and so are the labels of annotators whose accuracy on gold items is below
+`min_gold_accuracy`.
 
 aggregate=majority gives one row per item: the responses ordered by their mean rank across the
-annotators who ranked them (Borda). For a pair that is the side more annotators preferred, a tie
-counting half to each; an item whose annotators split evenly has no majority and is left out.
-aggregate=all gives one row per label, with the annotator's name, for training with per-labeler
-noise models or for auditing. "Both bad" and "can't tell" labels express no preference between
-the responses, so neither gives a row (they still count in the statistics).
+annotators who ranked them (Borda); a rating by the majority of good / bad. For a pair that is
+the side more annotators preferred, a tie counting half to each; an item whose annotators split
+evenly has no majority and is left out. Its rows carry "labels" (how many) and "rationales"
+(the non-empty ones). aggregate=all gives one row per label, with the annotator's name and
+rationale, for training with per-labeler noise models or for auditing. "Both bad" and "can't
+tell" labels express no preference between the responses, so neither gives a row (they still
+count in the statistics).
 
 `read_database` gives the same rows straight from a labeling database, so a reward model or DPO
 can train on `labels.db` with no export step (tether.data.readers reads such a source with it).
@@ -28,6 +37,7 @@ from tether.labeling.agreement import agreement_stats
 from tether.labeling.store import Project, Store, dense_ranks, resolve_project
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+FORMATS = ("preferences", "kto")
 
 
 def preference_row(prompt: Any, responses: Sequence[str], ranks: Sequence[int],
@@ -43,6 +53,21 @@ def preference_row(prompt: Any, responses: Sequence[str], ranks: Sequence[int],
     return {"prompt": prompt, "responses": list(responses), "ranks": ranks, **extra}
 
 
+def kto_rows(row: dict) -> list[dict]:
+    """A pair or ranking row unpaired into KTO rows: chosen / best true, rejected / worst
+    false (a ranking's middle responses give none); other fields are copied to each."""
+    if "chosen" in row:
+        judged = [(row["chosen"], True), (row["rejected"], False)]
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+    else:
+        best, worst = min(row["ranks"]), max(row["ranks"])
+        judged = [(r, rank == best) for r, rank in zip(row["responses"], row["ranks"],
+                                                        strict=True) if rank in (best, worst)]
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "responses", "ranks")}
+    return [{"prompt": row["prompt"], "completion": completion, "label": label, **extra}
+            for completion, label in judged]
+
+
 def trusted_annotators(labels: Sequence[dict], min_gold_accuracy: float) -> tuple[set, dict]:
     """(names whose labels count, per-annotator stats). An annotator who has answered no gold
     item is trusted: there is nothing to judge them by (the stats show it)."""
@@ -52,37 +77,60 @@ def trusted_annotators(labels: Sequence[dict], min_gold_accuracy: float) -> tupl
     return trusted, per
 
 
+def is_rating_label(lab: dict) -> bool:
+    return len(lab["responses"]) == 1
+
+
 def export_rows(labels: Sequence[dict], aggregate: str = "majority",
-                min_gold_accuracy: float = 0.0) -> tuple[list[dict], dict]:
-    """Rows to train on from a project's labels (Store.labels), and what was left out."""
+                min_gold_accuracy: float = 0.0,
+                format: str = "preferences") -> tuple[list[dict], dict]:
+    """Rows to train on from a project's labels (Store.labels), and what was left out.
+    DataError for ratings alone exported as preferences."""
     if aggregate not in ("majority", "all"):
         raise ValueError(f"aggregate must be majority or all, got '{aggregate}'")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got '{format}'")
     trusted, _ = trusted_annotators(labels, min_gold_accuracy)
     kept = [lab for lab in labels
             if lab["gold"] is None and lab["annotator"] in trusted]
+    ratings = [lab for lab in kept if is_rating_label(lab)]
+    compared = [lab for lab in kept if not is_rating_label(lab)]
+    if format == "preferences" and ratings and not compared:
+        raise DataError("these labels are ratings (good / bad), which make no preference "
+                        "pairs: export them as KTO rows with format=kto")
     counts = {"labels": len(labels),
               "gold_labels": sum(lab["gold"] is not None for lab in labels),
               "untrusted_labels": sum(lab["gold"] is None and lab["annotator"] not in trusted
                                       for lab in labels),
               "excluded_annotators": sorted({lab["annotator"] for lab in labels}
                                             - trusted),
-              "no_preference": 0, "no_majority": 0}
-    rows: list[dict] = []
-    if aggregate == "all":
-        for lab in kept:
-            row = None if lab["ranks"] is None else preference_row(
-                lab["prompt"], lab["responses"], lab["ranks"], annotator=lab["annotator"])
-            if row is None:
-                counts["no_preference"] += 1
-            else:
-                rows.append(row)
-        counts["rows"] = len(rows)
-        return rows, counts
+              "no_preference": 0, "no_majority": 0,
+              "ratings_left_out": len(ratings) if format == "preferences" else 0}
+    rows = (comparison_rows if aggregate == "majority" else comparison_rows_all)(compared,
+                                                                               counts)
+    if format == "kto":
+        rows = [kto for row in rows for kto in kto_rows(row)]
+        rows += (rating_rows if aggregate == "majority" else rating_rows_all)(ratings, counts)
+    counts["rows"] = len(rows)
+    return rows, counts
 
-    by_item: dict[int, list[dict]] = defaultdict(list)
-    for lab in kept:
-        by_item[lab["item"]].append(lab)
-    for group in by_item.values():
+
+def comparison_rows_all(labels: Sequence[dict], counts: dict) -> list[dict]:
+    rows = []
+    for lab in labels:
+        row = None if lab["ranks"] is None else preference_row(
+            lab["prompt"], lab["responses"], lab["ranks"], annotator=lab["annotator"],
+            rationale=lab["rationale"])
+        if row is None:
+            counts["no_preference"] += 1
+        else:
+            rows.append(row)
+    return rows
+
+
+def comparison_rows(labels: Sequence[dict], counts: dict) -> list[dict]:
+    rows = []
+    for group in by_item(labels):
         ranked = [lab["ranks"] for lab in group if lab["ranks"] is not None]
         if not ranked or all(len(set(r)) < 2 for r in ranked):
             counts["no_preference"] += 1
@@ -91,18 +139,59 @@ def export_rows(labels: Sequence[dict], aggregate: str = "majority",
         # the sum of ranks orders the responses as their mean rank does, in exact integers
         total = [sum(dense_ranks(r)[i] for r in ranked) for i in range(k)]
         row = preference_row(group[0]["prompt"], group[0]["responses"], total,
-                             labels=len(group))
+                             labels=len(group), rationales=rationales(group))
         if row is None:
             counts["no_majority"] += 1
         else:
             rows.append(row)
-    counts["rows"] = len(rows)
-    return rows, counts
+    return rows
+
+
+def rating_rows_all(labels: Sequence[dict], counts: dict) -> list[dict]:
+    rows = []
+    for lab in labels:
+        if lab["rating"] is None:
+            counts["no_preference"] += 1
+        else:
+            rows.append({"prompt": lab["prompt"], "completion": lab["responses"][0],
+                         "label": lab["rating"], "annotator": lab["annotator"],
+                         "rationale": lab["rationale"]})
+    return rows
+
+
+def rating_rows(labels: Sequence[dict], counts: dict) -> list[dict]:
+    rows = []
+    for group in by_item(labels):
+        votes = [lab["rating"] for lab in group if lab["rating"] is not None]
+        if not votes:
+            counts["no_preference"] += 1
+        elif 2 * sum(votes) == len(votes):
+            counts["no_majority"] += 1
+        else:
+            rows.append({"prompt": group[0]["prompt"], "completion": group[0]["responses"][0],
+                         "label": 2 * sum(votes) > len(votes), "labels": len(group),
+                         "rationales": rationales(group)})
+    return rows
+
+
+def by_item(labels: Sequence[dict]) -> list[list[dict]]:
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for lab in labels:
+        groups[lab["item"]].append(lab)
+    return list(groups.values())
+
+
+def rationales(group: Sequence[dict]) -> list[str]:
+    return [lab["rationale"] for lab in group if lab["rationale"]]
 
 
 def export_project(store: Store, project: Project, aggregate: str = "majority",
-                   min_gold_accuracy: float = 0.0) -> tuple[list[dict], dict]:
-    return export_rows(store.labels(project.name), aggregate, min_gold_accuracy)
+                   min_gold_accuracy: float = 0.0,
+                   format: str = "preferences") -> tuple[list[dict], dict]:
+    try:
+        return export_rows(store.labels(project.name), aggregate, min_gold_accuracy, format)
+    except DataError as e:
+        raise DataError(f"{store.db}: project '{project.name}': {e}") from None
 
 
 def read_database(source: str) -> list[tuple[str, dict]]:

@@ -4,19 +4,33 @@ Pages (plain HTML and JS from static/, no build step):
     GET  /                  log in with an access token
     POST /login             form field `token` -> session cookie, then 303 to /label
     GET  /label             the labeling page
+    GET  /admin             the admin page: annotators, their progress, tokens (admins only)
     POST /logout
 
 JSON API (an annotator's session cookie, or `Authorization: Bearer <token>` for scripts):
     GET  /api/me                              who am I, my projects and progress
     GET  /api/projects/{p}/next               the next item, responses in display order
-    POST /api/projects/{p}/labels             {assignment, choice, ranks, rationale}
+    POST /api/projects/{p}/labels             {assignment, choice, ranks, rationale};
+                                              choice good|bad|cant_tell for a rating
+    POST /api/projects/{p}/labels/undo        take back my latest label: its item comes
+                                              next, with the label as "previous"
     GET  /api/projects/{p}/labels             my own labels (never anyone else's), newest
                                               first, responses in the order I saw them
 Admin tokens only:
     GET  /api/admin/projects                  every project with its progress
     GET  /api/admin/projects/{p}/stats        agreement, gold accuracy, position bias
     GET  /api/admin/projects/{p}/export       ?aggregate=majority|all&min_gold_accuracy=0.8
-    POST /api/admin/projects/{p}/import       {"items": [...], "gold": [...], "overlap": 2}
+                                              &format=preferences|kto
+    POST /api/admin/projects/{p}/import       {"items": [...], "gold": [...], "overlap": 2,
+                                               "mode": "rate", "ratings": [...],
+                                               "guidelines": "..."}: a new project
+    POST /api/admin/projects/{p}/items        {"items", "gold", "mode", "ratings",
+                                               "guidelines"}: the next round, added
+    GET  /api/admin/annotators                every annotator, revoked or not, with progress
+    POST /api/admin/annotators                {"name", "admin": false}: a new annotator and
+                                              their token (shown once)
+    POST /api/admin/annotators/{a}/revoke     their token stops working, held items go back
+    POST /api/admin/annotators/{a}/token      a new token (shown once), the old one dead
 
 Security: tokens are compared by hash; the session cookie is HttpOnly and SameSite=Strict. A
 POST authenticated by the cookie must also carry X-CSRF-Token, an HMAC of the session under the
@@ -38,12 +52,12 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from tether.labeling.store import Annotator, Project, Store
+from tether.labeling.store import Annotator, NextItem, Project, Store
 
 SESSION_COOKIE = "tether_session"
 CSRF_COOKIE = "tether_csrf"
 CSRF_HEADER = "x-csrf-token"
-STATIC_FILES = ("index.html", "label.html", "app.js", "markdown.js", "style.css")
+STATIC_FILES = ("index.html", "label.html", "admin.html", "app.js", "markdown.js", "style.css")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -140,6 +154,16 @@ def create_app(store: Store) -> FastAPI:
             return RedirectResponse("/", 303)
         return page("label.html")
 
+    @app.get("/admin")
+    def admin_page(request: Request) -> Response:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        who = store.annotator_for_token(token) if token else None
+        if who is None:
+            return RedirectResponse("/", 303)
+        if not who.admin:
+            return RedirectResponse("/label", 303)
+        return page("admin.html")
+
     @app.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in STATIC_FILES:
@@ -178,7 +202,9 @@ def create_app(store: Store) -> FastAPI:
         for p in store.projects():
             mine = store.progress(p, who)
             projects.append({"name": p.name, "k": p.k, "done": mine["done"],
-                             "assigned_total": mine["total"]})
+                             "assigned_total": mine["total"],
+                             "held_by_others": mine["held_by_others"],
+                             "lease_minutes": p.lease_minutes, "guidelines": p.guidelines})
         return {"annotator": who.name, "admin": who.admin, "projects": projects}
 
     @app.get("/api/projects/{name}/next")
@@ -187,10 +213,24 @@ def create_app(store: Store) -> FastAPI:
         project = project_named(name)
         item = store.next_item(project, who)
         mine = store.progress(project, who)
-        body: dict[str, Any] = {"done": mine["done"], "assigned_total": mine["total"]}
-        body["item"] = None if item is None else {
-            "assignment": item.assignment, "prompt": item.prompt, "responses": item.responses}
-        return body
+        return {"done": mine["done"], "assigned_total": mine["total"],
+                "held_by_others": mine["held_by_others"], "item": shown(item)}
+
+    def shown(item: NextItem | None) -> dict | None:
+        return None if item is None else {
+            "assignment": item.assignment, "prompt": item.prompt, "responses": item.responses,
+            "previous": item.previous}
+
+    @app.post("/api/projects/{name}/labels/undo")
+    def undo(name: str, request: Request) -> dict:
+        who = authenticate(request)
+        project = project_named(name)
+        item = store.undo_last(project, who)
+        if item is None:
+            raise HTTPException(404, "you have no label in this project to undo")
+        mine = store.progress(project, who)
+        return {"done": mine["done"], "assigned_total": mine["total"],
+                "held_by_others": mine["held_by_others"], "item": shown(item)}
 
     @app.post("/api/projects/{name}/labels")
     async def submit(name: str, request: Request) -> Response:
@@ -246,16 +286,30 @@ def create_app(store: Store) -> FastAPI:
 
     @app.get("/api/admin/projects/{name}/export")
     def export(name: str, request: Request, aggregate: str = "majority",
-               min_gold_accuracy: float = 0.0) -> dict:
+               min_gold_accuracy: float = 0.0, format: str = "preferences") -> dict:
+        from tether.errors import UserError
         from tether.labeling.export import export_rows
 
         admin(request)
         project_named(name)
         try:
-            rows, counts = export_rows(store.labels(name), aggregate, min_gold_accuracy)
-        except ValueError as e:
+            rows, counts = export_rows(store.labels(name), aggregate, min_gold_accuracy,
+                                       format)
+        except (ValueError, UserError) as e:
             raise HTTPException(422, str(e)) from None
         return {"rows": rows, "counts": counts}
+
+    def rows(body: dict, key: str) -> list[tuple[str, Any]]:
+        value = body.get(key) or []
+        if not isinstance(value, list):
+            raise HTTPException(422, f"{key} must be a list of rows")
+        return [(f"{key}[{i}]", r) for i, r in enumerate(value)]
+
+    def guidelines_in(body: dict) -> str | None:
+        text = body.get("guidelines")
+        if text is not None and not isinstance(text, str):
+            raise HTTPException(422, "guidelines must be Markdown text")
+        return text
 
     @app.post("/api/admin/projects/{name}/import")
     async def import_items(name: str, request: Request) -> Response:
@@ -264,15 +318,87 @@ def create_app(store: Store) -> FastAPI:
 
         admin(request)
         body = await json_object(request, "items", list, '{"items": [candidate rows], "gold": '
-                                 '[...], "overlap": N, "gold_rate": x}')
+                                 '[...], "overlap": N, "gold_rate": x, "mode": "compare", '
+                                 '"ratings": [...], "guidelines": "..."}')
         try:
             project = create_project(
-                store, name, [(f"items[{i}]", r) for i, r in enumerate(body["items"])],
-                [(f"gold[{i}]", r) for i, r in enumerate(body.get("gold") or [])],
-                overlap=body.get("overlap", 1), gold_rate=body.get("gold_rate", 0.0))
+                store, name, rows(body, "items"), rows(body, "gold"),
+                overlap=body.get("overlap", 1), gold_rate=body.get("gold_rate", 0.0),
+                mode=body.get("mode", "compare"), ratings=rows(body, "ratings"),
+                guidelines=guidelines_in(body) or "")
         except UserError as e:
             raise HTTPException(422, str(e)) from None
         return JSONResponse({"project": project.name, **store.progress(project)}, 201)
+
+    @app.post("/api/admin/projects/{name}/items")
+    async def add_round(name: str, request: Request) -> Response:
+        from tether.errors import UserError
+        from tether.labeling.projects import add_items
+
+        admin(request)
+        project_named(name)
+        body = await json_object(request, "items", list, '{"items": [candidate rows], "gold": '
+                                 '[...], "mode": "compare", "ratings": [...]}')
+        try:
+            project = add_items(store, name, rows(body, "items"), rows(body, "gold"),
+                                mode=body.get("mode", "compare"),
+                                ratings=rows(body, "ratings"), guidelines=guidelines_in(body))
+        except UserError as e:
+            raise HTTPException(422, str(e)) from None
+        return JSONResponse({"project": project.name, **store.progress(project)}, 201)
+
+    @app.get("/api/admin/annotators")
+    def annotators(request: Request) -> dict:
+        from tether.labeling.agreement import agreement_stats
+
+        admin(request)
+        projects = store.projects()
+        per_project = {p.name: agreement_stats(store.labels(p.name))["annotators"]
+                       for p in projects}
+        out = []
+        for a in store.annotators():
+            progress = []
+            for p in projects:
+                mine, stats = store.progress(p, a), per_project[p.name].get(a.name, {})
+                progress.append({"project": p.name, "done": mine["done"],
+                                 "assigned_total": mine["total"],
+                                 "gold_accuracy": stats.get("gold_accuracy")})
+            out.append({"name": a.name, "admin": a.admin, "revoked": a.revoked,
+                        "created": a.created.isoformat() + "Z", "projects": progress})
+        return {"annotators": out}
+
+    @app.post("/api/admin/annotators")
+    async def add_annotator(request: Request) -> Response:
+        from tether.errors import UserError
+
+        admin(request)
+        body = await json_object(request, "name", str, '{"name": "...", "admin": false}')
+        if not isinstance(body.get("admin", False), bool):
+            raise HTTPException(422, "admin must be true or false")
+        try:
+            token = store.add_annotator(body["name"], admin=body.get("admin", False))
+        except UserError as e:
+            raise HTTPException(422, str(e)) from None
+        return JSONResponse({"annotator": body["name"], "token": token}, 201)
+
+    def annotator_action(request: Request, name: str, action):
+        who = admin(request)
+        if name == who.name:
+            raise HTTPException(409, "you cannot revoke or replace your own token here (use "
+                                     "`tether label add-annotator` for a new admin)")
+        try:
+            return action(name)
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+
+    @app.post("/api/admin/annotators/{name}/revoke")
+    def revoke(name: str, request: Request) -> dict:
+        annotator_action(request, name, store.revoke)
+        return {"annotator": name, "revoked": True}
+
+    @app.post("/api/admin/annotators/{name}/token")
+    def reissue(name: str, request: Request) -> dict:
+        return {"annotator": name, "token": annotator_action(request, name, store.reissue)}
 
     return app
 

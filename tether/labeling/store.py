@@ -5,14 +5,20 @@ synchronous=FULL, so a label is on disk before it is acknowledged and a killed s
 none), and any SQLAlchemy URL (postgresql://...) serves a team. One database holds several
 projects.
 
-An item is one prompt with its K responses (canonical order, as imported). Each item is shown
+An item is one prompt with its K responses (canonical order, as imported): K >= 2 responses
+are compared (ranked), a single response is rated (good / bad, "thumbs"). Each item is shown
 to `overlap` annotators, never twice to the same one; gold items (known answer) are mixed in at
-`gold_rate` and every annotator may see each once. Showing an item to an annotator creates an
+`gold_rate` and every annotator may see each once; a gold comparison knows its ranks, a gold
+rating whether the response is good. Showing an item to an annotator creates an
 assignment, which records the display order (randomised per annotator); the label submitted for
 it is stored in canonical order. An assignment not answered within `lease_minutes` is given
 back, so a closed browser tab does not hold an item forever.
 
-Tokens are stored as SHA-256 hashes: the database alone does not let anyone log in.
+Tokens are stored as SHA-256 hashes: the database alone does not let anyone log in. A revoked
+annotator's token no longer logs in; reissuing gives them a new one (the old one stays dead).
+
+A database made by an older tether lacks the newer columns: they are added on opening
+(`add_missing_columns`), with their defaults, so old projects keep working.
 """
 
 from __future__ import annotations
@@ -40,16 +46,24 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import CreateColumn
 
 from tether.errors import ConfigError
 
-CHOICES = ("rank", "both_bad", "cant_tell")
+# a comparison is answered with ranks, "both bad" or "can't tell"; a rating with good, bad or
+# "can't tell"
+COMPARE_CHOICES = ("rank", "both_bad", "cant_tell")
+RATE_CHOICES = ("good", "bad", "cant_tell")
+RATINGS = {"good": True, "bad": False}  # a rating's choice -> its label in a KTO row
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -76,6 +90,8 @@ class Project(Base):
     gold_rate: Mapped[float] = mapped_column(Float, default=0.0)
     lease_minutes: Mapped[float] = mapped_column(Float, default=30.0)
     created: Mapped[datetime] = mapped_column(DateTime, default=now)
+    # Markdown shown to annotators on the labeling page
+    guidelines: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class Item(Base):
@@ -84,8 +100,11 @@ class Item(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     prompt: Mapped[Any] = mapped_column(JSON)  # a string or a list of messages
     responses: Mapped[list] = mapped_column(JSON)
-    # none_as_null: None is SQL NULL (not JSON null), so `IS NULL` finds the non-gold items
-    gold_ranks: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # The known answer of a gold item: its ranks (a comparison) or true/false (a rating, good or
+    # bad). none_as_null: None is SQL NULL (not JSON null), so `IS NULL` finds the non-gold
+    # items. The column keeps its first name, so older databases open unchanged.
+    gold: Mapped[list | bool | None] = mapped_column("gold_ranks", JSON(none_as_null=True),
+                                                     nullable=True)
     # Active sampling: higher is served first (e.g. minus the reward model's smallest margin).
     priority: Mapped[float] = mapped_column(Float, default=0.0)
     source: Mapped[str] = mapped_column(String(512), default="")  # file:line it came from
@@ -98,6 +117,7 @@ class Annotator(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(DateTime, default=now)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Assignment(Base):
@@ -132,6 +152,26 @@ def dense_ranks(ranks: Sequence[int]) -> list[int]:
     """[3, 1, 3] -> [1, 0, 1]: the same order and ties, ranks 0, 1, 2, ..."""
     levels = sorted(set(ranks))
     return [levels.index(r) for r in ranks]
+
+
+def is_rating(item: Item) -> bool:
+    return len(item.responses) == 1
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for every model column an existing table lacks (a database
+    made by an older tether); each such column has a server default, so old rows get it."""
+    tables = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if not tables.has_table(table.name):
+                continue
+            have = {c["name"] for c in tables.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                spec = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {spec}"))
 
 
 def engine_for(db: str) -> Engine:
@@ -169,6 +209,8 @@ class NextItem:
     prompt: Any
     responses: list[str]  # display order
     gold: bool
+    # after an undo: the label taken back, in display order, for the page to show again
+    previous: dict | None = None
 
 
 class Store:
@@ -187,6 +229,7 @@ class Store:
         self.db = self.engine.url.render_as_string(hide_password=True) if "://" in db else db
         try:
             Base.metadata.create_all(self.engine)
+            add_missing_columns(self.engine)
         except OperationalError as e:
             raise ConfigError(f"db: cannot open '{db}': {e.orig}") from None
         self.write_lock = threading.Lock()
@@ -225,7 +268,35 @@ class Store:
 
     def annotator_for_token(self, token: str) -> Annotator | None:
         with self.session() as s:
-            return s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token)))
+            return s.scalar(select(Annotator).where(Annotator.token_hash == hash_token(token),
+                                                    Annotator.revoked.is_(False)))
+
+    def revoke(self, name: str) -> None:
+        """The annotator's token stops working at once, and the items they hold unanswered go
+        back to the others; their labels stay."""
+        with self.write_lock, self.session() as s:
+            who = self._annotator_named(s, name)
+            who.revoked = True
+            for a in s.scalars(select(Assignment).outerjoin(
+                    Label, Label.assignment_id == Assignment.id).where(
+                    Assignment.annotator_id == who.id, Label.id.is_(None))):
+                s.delete(a)
+            s.commit()
+
+    def reissue(self, name: str) -> str:
+        """A new token for the annotator (revoked or not); the old one stops working."""
+        token = "tt_" + secrets.token_urlsafe(24)
+        with self.write_lock, self.session() as s:
+            who = self._annotator_named(s, name)
+            who.token_hash, who.revoked = hash_token(token), False
+            s.commit()
+        return token
+
+    def _annotator_named(self, s: Session, name: str) -> Annotator:
+        who = s.scalar(select(Annotator).where(Annotator.name == name))
+        if who is None:
+            raise LookupError(f"no annotator '{name}' in {self.db}")
+        return who
 
     def annotators(self) -> list[Annotator]:
         with self.session() as s:
@@ -242,31 +313,51 @@ class Store:
             return list(s.scalars(select(Project).order_by(Project.id)))
 
     def create_project(self, name: str, items: Sequence[dict], gold: Sequence[dict] = (),
-                       overlap: int = 1, gold_rate: float = 0.0,
-                       lease_minutes: float = 30.0) -> Project:
+                       overlap: int = 1, gold_rate: float = 0.0, lease_minutes: float = 30.0,
+                       guidelines: str = "") -> Project:
         """A new project with its items, all in one transaction: a failed import leaves
-        nothing behind. Items are {"prompt", "responses", "source"} (+ "ranks" for gold)."""
+        nothing behind. Items are {"prompt", "responses", "source"}; gold items also have
+        "gold": their ranks, or true/false for a single response rated good/bad."""
         if not PROJECT_NAME.match(name):
             raise ConfigError(f"project name '{name}': use letters, digits, '_', '.', '-' "
                               f"(at most 64, starting with a letter or digit)")
         with self.write_lock, self.session() as s:
             if s.scalar(select(Project).where(Project.name == name)) is not None:
                 raise ConfigError(f"project '{name}' already exists in {self.db}; choose "
-                                  f"another name (items are never merged into a project)")
-            k = max(len(row["responses"]) for row in [*items, *gold])
-            project = Project(name=name, k=k, overlap=overlap, gold_rate=gold_rate,
-                              lease_minutes=lease_minutes)
+                                  f"another name, or add the items to it (add=true)")
+            project = Project(name=name, k=0, overlap=overlap, gold_rate=gold_rate,
+                              lease_minutes=lease_minutes, guidelines=guidelines)
             s.add(project)
             s.flush()
-            for row in items:
-                s.add(Item(project_id=project.id, prompt=row["prompt"],
-                           responses=row["responses"], source=row.get("source", "")[:512]))
-            for row in gold:
-                s.add(Item(project_id=project.id, prompt=row["prompt"],
-                           responses=row["responses"], gold_ranks=dense_ranks(row["ranks"]),
-                           source=row.get("source", "")[:512]))
+            self._add_items(s, project, items, gold)
             s.commit()
             return project
+
+    def add_items(self, name: str, items: Sequence[dict], gold: Sequence[dict] = (),
+                  guidelines: str | None = None) -> Project:
+        """More items (and gold items) for an existing project, the next round of labeling,
+        in one transaction; its settings stay. `guidelines`, when given, replace the old."""
+        with self.write_lock, self.session() as s:
+            project = s.scalar(select(Project).where(Project.name == name))
+            if project is None:
+                raise ConfigError(f"{self.db}: no project '{name}' to add items to (leave out "
+                                  f"add=true to create it)")
+            self._add_items(s, project, items, gold)
+            if guidelines is not None:
+                project.guidelines = guidelines
+            s.commit()
+            return project
+
+    @staticmethod
+    def _add_items(s: Session, project: Project, items: Sequence[dict],
+                   gold: Sequence[dict]) -> None:
+        project.k = max([project.k, *(len(row["responses"]) for row in [*items, *gold])])
+        for row in [*items, *gold]:
+            answer = row.get("gold")
+            if isinstance(answer, list):
+                answer = dense_ranks(answer)
+            s.add(Item(project_id=project.id, prompt=row["prompt"], responses=row["responses"],
+                       gold=answer, source=row.get("source", "")[:512]))
 
     def set_priorities(self, project: str, priorities: dict[int, float]) -> None:
         with self.write_lock, self.session() as s:
@@ -301,14 +392,14 @@ class Store:
             item = None
             if project.gold_rate > 0 and self.rng.random() < project.gold_rate:
                 item = s.scalar(select(Item).where(
-                    Item.project_id == project.id, Item.gold_ranks.is_not(None),
+                    Item.project_id == project.id, Item.gold.is_not(None),
                     Item.id.not_in(seen)).order_by(func.random()).limit(1))
             if item is None:
                 taken = (select(func.count(Assignment.id)).where(Assignment.item_id == Item.id)
                          .correlate(Item).scalar_subquery())
                 item = s.scalar(
                     select(Item).where(Item.project_id == project.id,
-                                       Item.gold_ranks.is_(None), Item.id.not_in(seen),
+                                       Item.gold.is_(None), Item.id.not_in(seen),
                                        taken < project.overlap)
                     .order_by(Item.priority.desc(), taken.desc(), func.random()).limit(1))
             if item is None:
@@ -324,7 +415,7 @@ class Store:
     @staticmethod
     def _shown(a: Assignment, item: Item) -> NextItem:
         return NextItem(a.id, item.prompt, [item.responses[i] for i in a.order],
-                        item.gold_ranks is not None)
+                        item.gold is not None)
 
     @staticmethod
     def _expire_leases(s: Session, project: Project) -> None:
@@ -344,8 +435,6 @@ class Store:
         of the same assignment returns the first label, unchanged. Raises LookupError if the
         assignment does not exist (or has expired), PermissionError if it is someone else's,
         ValueError for a bad label."""
-        if choice not in CHOICES:
-            raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got '{choice}'")
         with self.write_lock, self.session() as s:
             a = s.get(Assignment, assignment_id)
             item = None if a is None else s.get(Item, a.item_id)
@@ -357,6 +446,11 @@ class Store:
             done = s.scalar(select(Label).where(Label.assignment_id == a.id))
             if done is not None:
                 return done.id, True
+            allowed = RATE_CHOICES if is_rating(item) else COMPARE_CHOICES
+            if choice not in allowed:
+                what = "a rating" if is_rating(item) else "a comparison"
+                raise ValueError(f"choice for {what} must be one of {', '.join(allowed)}, got "
+                                 f"'{choice}'")
             canonical = None
             if choice == "rank":
                 k = len(a.order)
@@ -379,6 +473,33 @@ class Store:
                 return done.id, True
             return label.id, False
 
+    def undo_last(self, project: Project, annotator: Annotator) -> NextItem | None:
+        """Take back this annotator's latest label in the project: the label is deleted and its
+        item served to them again (first, with the label as `previous`, to edit or answer
+        anew); an item they were shown but had not answered goes back to the pool. None when
+        they have no label here."""
+        with self.write_lock, self.session() as s:
+            last = s.scalar(select(Label).join(Item, Label.item_id == Item.id).where(
+                Item.project_id == project.id, Label.annotator_id == annotator.id)
+                .order_by(Label.id.desc()).limit(1))
+            if last is None:
+                return None
+            for a in s.scalars(select(Assignment).join(Item, Assignment.item_id == Item.id)
+                               .outerjoin(Label, Label.assignment_id == Assignment.id)
+                               .where(Item.project_id == project.id,
+                                      Assignment.annotator_id == annotator.id,
+                                      Label.id.is_(None))):
+                s.delete(a)
+            a, item = s.get(Assignment, last.assignment_id), s.get(Item, last.item_id)
+            a.created = now()  # a fresh lease
+            previous = {"choice": last.choice, "rationale": last.rationale,
+                        "ranks": None if last.ranks is None else [last.ranks[i] for i in a.order]}
+            s.delete(last)
+            s.commit()
+            shown = self._shown(a, item)
+            shown.previous = previous
+            return shown
+
     # -- reading labels -----------------------------------------------------------------------
 
     def labels(self, project: str, annotator: Annotator | None = None) -> list[dict]:
@@ -395,28 +516,45 @@ class Store:
             return [{"label": label.id, "item": item.id, "annotator": who.name,
                      "prompt": item.prompt, "responses": item.responses,
                      "choice": label.choice, "ranks": label.ranks, "order": a.order,
-                     "gold": item.gold_ranks, "rationale": label.rationale,
+                     "rating": RATINGS.get(label.choice),
+                     "gold": item.gold, "rationale": label.rationale,
                      "created": label.created.isoformat() + "Z"}
                     for label, item, a, who in s.execute(q)]
 
     def progress(self, project: Project, annotator: Annotator | None = None) -> dict[str, int]:
-        """Labels done, and the most there can be (non-gold items x overlap), for the project
-        or for one annotator (who may label each non-gold item once)."""
+        """Labels done, the most there can be (non-gold items x overlap), and the items shown
+        but not answered yet ("in_progress"), for the project; for one annotator (who may
+        label each non-gold item once), their labels, the most they can give, and how many of
+        those left to them others hold ("held_by_others": shown to them, not answered yet;
+        each is answered, or comes back when its lease runs out)."""
         with self.session() as s:
             items = s.scalar(select(func.count(Item.id)).where(
-                Item.project_id == project.id, Item.gold_ranks.is_(None)))
+                Item.project_id == project.id, Item.gold.is_(None)))
             q = (select(func.count(Label.id)).join(Item, Label.item_id == Item.id)
-                 .where(Item.project_id == project.id, Item.gold_ranks.is_(None)))
+                 .where(Item.project_id == project.id, Item.gold.is_(None)))
+            labels = (select(func.count(Label.id)).where(Label.item_id == Item.id)
+                      .correlate(Item).scalar_subquery())
             if annotator is None:
-                return {"done": s.scalar(q), "total": items * project.overlap}
+                pending = s.scalar(
+                    select(func.count(Assignment.id)).join(Item, Assignment.item_id == Item.id)
+                    .outerjoin(Label, Label.assignment_id == Assignment.id)
+                    .where(Item.project_id == project.id, Item.gold.is_(None),
+                           Label.id.is_(None)))
+                return {"done": s.scalar(q), "total": items * project.overlap,
+                        "in_progress": pending}
             mine = s.scalar(q.where(Label.annotator_id == annotator.id))
+            not_mine = Item.id.not_in(select(Assignment.item_id).where(
+                Assignment.annotator_id == annotator.id))
             full = s.scalar(select(func.count(Item.id)).where(
-                Item.project_id == project.id, Item.gold_ranks.is_(None),
-                select(func.count(Label.id)).where(Label.item_id == Item.id)
-                .correlate(Item).scalar_subquery() >= project.overlap,
+                Item.project_id == project.id, Item.gold.is_(None), labels >= project.overlap,
                 Item.id.not_in(select(Label.item_id).where(
                     Label.annotator_id == annotator.id))))
-            return {"done": mine, "total": items - full}
+            taken = (select(func.count(Assignment.id)).where(Assignment.item_id == Item.id)
+                     .correlate(Item).scalar_subquery())
+            held = s.scalar(select(func.count(Item.id)).where(
+                Item.project_id == project.id, Item.gold.is_(None), not_mine,
+                labels < project.overlap, taken >= project.overlap))
+            return {"done": mine, "total": items - full, "held_by_others": held}
 
 
 def resolve_project(store: Store, name: str) -> Project:

@@ -16,6 +16,8 @@
   // Pair mode: what each choice sends. Ranks are in display order, lower is better.
   const PAIR_RANKS = { "a-better": [0, 1], "b-better": [1, 0], "tie": [0, 0] };
   const NO_RANK_CHOICES = { "both-bad": "both_bad", "cant-tell": "cant_tell" };
+  // Rate mode (one response, "thumbs"): what each choice sends.
+  const RATE_CHOICES = { good: "good", bad: "bad", "cant-tell": "cant_tell" };
   const ROLE_NAMES = { system: "System", user: "User", assistant: "Assistant" };
 
   // ------------------------------------------------------------------ helpers
@@ -132,12 +134,17 @@
     active: 0, // rank mode: the card that digit keys rank
     busy: false, // a submit or load is in flight: actions are ignored, submit disabled
     view: "label", // "label" | "answers"
+    heldByOthers: 0, // items not labelled by me that others hold (shown, not answered yet)
   };
 
   let dom = {};
 
   function isRankMode() {
     return !!state.item && state.item.responses.length > 2;
+  }
+
+  function isRateMode() {
+    return !!state.item && state.item.responses.length === 1;
   }
 
   function apiPath(suffix) {
@@ -229,6 +236,7 @@
   function renderItem(item) {
     const k = item.responses.length;
     const rankMode = k > 2;
+    const rateMode = k === 1;
     state.item = item;
     state.choice = null;
     state.ranks = new Array(k).fill(null);
@@ -254,7 +262,7 @@
       });
       const head = h("header", { className: "card-head" }, [
         h("h3", { className: "card-title", id: "card-title-" + slot }, [
-          h("span", { className: "card-letter", text: slot }),
+          rateMode ? "Response" : h("span", { className: "card-letter", text: slot }),
           rankMode ? kbd(CARD_KEYS[i] ? CARD_KEYS[i].toUpperCase() : "") : null,
         ]),
         h("span", { className: "card-badge", "data-badge": "" }),
@@ -264,7 +272,7 @@
       body.classList.add("card-body");
       body.setAttribute("tabindex", "0");
       body.setAttribute("role", "region");
-      body.setAttribute("aria-label", "Response " + slot);
+      body.setAttribute("aria-label", rateMode ? "Response" : "Response " + slot);
       card.append(head, body);
       if (rankMode) {
         const ranks = h("div", { className: "card-ranks", role: "group", "aria-label": "Rank for " + slot }, [
@@ -299,20 +307,22 @@
     ]);
   }
 
+  // "Can't tell" is on T in every mode (in rank mode A..H select cards).
   function renderChoices(k) {
     const buttons = [];
-    if (k === 2) {
+    if (k === 1) {
+      buttons.push(choiceButton("good", "Good", "G"), choiceButton("bad", "Bad", "B"));
+    } else if (k === 2) {
       buttons.push(
         choiceButton("a-better", "A is better", "1"),
         choiceButton("b-better", "B is better", "2"),
         choiceButton("tie", "Equally good", "3"),
-        choiceButton("both-bad", "Both bad", "X"),
-        choiceButton("cant-tell", "Can't tell", "C")
+        choiceButton("both-bad", "Both bad", "X")
       );
     } else {
-      // In rank mode "c" selects card C, so "can't tell" is on "t".
-      buttons.push(choiceButton("both-bad", "All bad", "X"), choiceButton("cant-tell", "Can't tell", "T"));
+      buttons.push(choiceButton("both-bad", "All bad", "X"));
     }
+    buttons.push(choiceButton("cant-tell", k === 1 ? "Can't tell / skip" : "Can't tell", "T"));
     dom.choices.replaceChildren(...buttons);
   }
 
@@ -328,20 +338,23 @@
       span.append(" " + what);
       parts.push(span);
     };
-    if (k === 2) {
+    if (k === 1) {
+      add(["G"], "good");
+      add(["B"], "bad");
+    } else if (k === 2) {
       add(["1"], "A better");
       add(["2"], "B better");
       add(["3", "="], "equally good");
       add(["X"], "both bad");
-      add(["C"], "can't tell");
     } else {
       add(["A", LETTERS[Math.min(k, CARD_KEYS.length) - 1]], "select card", true);
       add(["1", String(Math.min(k, 9))], "rank it (1 = best)", true);
       add(["X"], "all bad");
-      add(["T"], "can't tell");
     }
+    add(["T"], "can't tell");
     add(["R"], "rationale");
-    add(["Enter"], "submit");
+    add(["Enter"], "submit (Ctrl+Enter from the rationale)");
+    add(["U"], "undo last");
     add(["M"], "my answers");
     dom.help.replaceChildren(...parts);
   }
@@ -351,7 +364,10 @@
     const item = state.item;
     if (!item) return null;
     let body;
-    if (NO_RANK_CHOICES[state.choice]) {
+    if (isRateMode()) {
+      if (!RATE_CHOICES[state.choice]) return null;
+      body = { choice: RATE_CHOICES[state.choice] };
+    } else if (NO_RANK_CHOICES[state.choice]) {
       body = { choice: NO_RANK_CHOICES[state.choice] };
     } else if (!isRankMode() && PAIR_RANKS[state.choice]) {
       body = { choice: "rank", ranks: PAIR_RANKS[state.choice].slice() };
@@ -392,7 +408,13 @@
       } else {
         const c = state.choice;
         let label = "";
-        if ((c === "a-better" && i === 0) || (c === "b-better" && i === 1)) {
+        if (c === "good") {
+          card.classList.add("is-preferred");
+          label = "Good";
+        } else if (c === "bad") {
+          card.classList.add("is-bad");
+          label = "Bad";
+        } else if ((c === "a-better" && i === 0) || (c === "b-better" && i === 1)) {
           card.classList.add("is-preferred");
           label = "Better";
         } else if (c === "tie") {
@@ -412,7 +434,10 @@
   function renderProgress() {
     dom.progress.hidden = false;
     const total = state.total;
-    dom.progressText.textContent = total ? state.done + " of " + total + " labelled" : state.done + " labelled";
+    let progressText = total ? state.done + " of " + total + " labelled" : state.done + " labelled";
+    // Items others hold count in the total until they answer: say so rather than "0 of 1".
+    if (state.heldByOthers) progressText += " · " + state.heldByOthers + " in progress by others";
+    dom.progressText.textContent = progressText;
     dom.progressBar.max = Math.max(total, 1);
     dom.progressBar.value = total ? Math.min(state.done, total) : 0;
   }
@@ -432,8 +457,16 @@
     dom.loading.hidden = true;
     dom.done.hidden = false;
     const others = (state.me ? state.me.projects : []).filter((p) => p.name !== state.project && p.done < p.assigned_total);
+    const p = state.me && state.me.projects.find((x) => x.name === state.project);
+    const held = state.heldByOthers
+      ? " " + state.heldByOthers + (state.heldByOthers === 1 ? " item is" : " items are") + " being labelled by someone else; if not answered within " +
+        (p ? p.lease_minutes : 30) + " minutes, " + (state.heldByOthers === 1 ? "it comes" : "they come") + " back: reload then."
+      : "";
+    // not "all done" while others may still give items back
+    dom.doneTitle.textContent = state.heldByOthers ? "Nothing to label right now" : "All done, thank you";
     dom.doneDetail.textContent =
-      "You have labelled " + state.done + (state.done === 1 ? " item" : " items") + " in " + state.project + ". Nothing is left for you here." +
+      "You have labelled " + state.done + (state.done === 1 ? " item" : " items") + " in " + state.project + ". Nothing is left for you here now." +
+      held +
       (others.length ? " Other projects still have items: pick one above." : "");
     showView();
   }
@@ -450,10 +483,7 @@
     setBusy(true);
     try {
       const data = await api("GET", apiPath("/next"));
-      state.done = Number(data.done) || 0;
-      if (data.assigned_total != null) state.total = Number(data.assigned_total) || 0;
-      syncProjectCounts();
-      renderProgress();
+      takeCounts(data);
       if (!data.item) {
         state.busy = false;
         showDone();
@@ -474,6 +504,55 @@
     }
   }
 
+  /* The annotator's counts from /next or /labels/undo. */
+  function takeCounts(data) {
+    state.done = Number(data.done) || 0;
+    if (data.assigned_total != null) state.total = Number(data.assigned_total) || 0;
+    state.heldByOthers = Number(data.held_by_others) || 0;
+    syncProjectCounts();
+    renderProgress();
+  }
+
+  /* Takes back the last answer: its item comes back with that answer selected, to change. */
+  async function undo() {
+    if (state.busy || state.view !== "label") return;
+    clearError();
+    setBusy(true);
+    try {
+      const data = await api("POST", apiPath("/labels/undo"));
+      takeCounts(data);
+      state.item = null;
+      renderItem(data.item);
+      restoreAnswer(data.item.previous);
+      dom.loading.hidden = true;
+      dom.done.hidden = true;
+      dom.item.hidden = false;
+      showView();
+      setStatus("Your last answer is back: change it and submit again.");
+    } catch (e) {
+      if (e.status === 404) showError("There is no answer of yours here to undo.");
+      else if (e.status !== 401) showError(e.message);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  /* Selects a previous answer (ranks in display order, 0 = best) on the item just rendered. */
+  function restoreAnswer(previous) {
+    if (!previous) return;
+    const byChoice = { both_bad: "both-bad", cant_tell: "cant-tell", good: "good", bad: "bad" };
+    const ranks = previous.ranks;
+    if (byChoice[previous.choice]) {
+      state.choice = byChoice[previous.choice];
+    } else if (Array.isArray(ranks) && isRankMode()) {
+      state.ranks = ranks.map((r) => r + 1);
+    } else if (Array.isArray(ranks)) {
+      state.choice = ranks[0] === ranks[1] ? "tie" : ranks[0] < ranks[1] ? "a-better" : "b-better";
+    }
+    dom.rationale.value = previous.rationale || "";
+    updateSelection();
+  }
+
   function syncProjectCounts() {
     const p = state.me && state.me.projects.find((x) => x.name === state.project);
     if (p) {
@@ -486,7 +565,7 @@
     if (state.busy || !state.item || state.view !== "label") return;
     const payload = buildPayload();
     if (!payload) {
-      showError(isRankMode() ? "Give every response a rank (or choose All bad / Can't tell) before submitting." : "Choose an answer before submitting.");
+      showError(isRankMode() ? "Give every response a rank (or choose All bad / Can't tell) before submitting." : isRateMode() ? "Choose Good, Bad or Can't tell before submitting." : "Choose an answer before submitting.");
       return;
     }
     clearError();
@@ -507,7 +586,8 @@
 
   function choose(action) {
     if (state.busy || !state.item) return;
-    if (isRankMode() && !NO_RANK_CHOICES[action]) return;
+    const allowed = isRateMode() ? RATE_CHOICES : isRankMode() ? NO_RANK_CHOICES : { ...PAIR_RANKS, ...NO_RANK_CHOICES };
+    if (!Object.prototype.hasOwnProperty.call(allowed, action)) return;
     state.choice = action;
     clearError();
     updateSelection();
@@ -562,6 +642,8 @@
     const k = Array.isArray(label.responses) ? label.responses.length : 2;
     if (label.choice === "both_bad") return { badge: k > 2 ? "All bad" : "Both bad", detail: "" };
     if (label.choice === "cant_tell") return { badge: "Can't tell", detail: "" };
+    if (label.choice === "good") return { badge: "Good", detail: "" };
+    if (label.choice === "bad") return { badge: "Bad", detail: "" };
     const ranks = Array.isArray(label.ranks) ? label.ranks : [];
     if (!ranks.length) return { badge: label.choice || "?", detail: "" };
     const best = Math.min(...ranks);
@@ -599,7 +681,7 @@
         (label.responses || []).forEach((resp, i) => {
           const rank = Array.isArray(label.ranks) ? label.ranks[i] : null;
           // the server returns them in the order this annotator saw them: A, B, ...
-          const title = LETTERS[i] + (rank != null ? " · rank " + (rank + 1) : "");
+          const title = label.responses.length === 1 ? "Response" : LETTERS[i] + (rank != null ? " · rank " + (rank + 1) : "");
           const body = renderMarkdown(resp);
           body.classList.add("card-body");
           grid.append(h("div", { className: "answer-response" }, [h("div", { className: "answer-response-title", text: title }), body]));
@@ -663,6 +745,16 @@
       toggleAnswers();
       return;
     }
+    if (key === "?" && !dom.toggleGuidelines.hidden) {
+      e.preventDefault();
+      toggleGuidelines();
+      return;
+    }
+    if (key === "u" && state.view === "label") {
+      e.preventDefault();
+      undo();
+      return;
+    }
     if (state.view !== "label" || !state.item) return;
 
     if (key === "Enter") {
@@ -683,6 +775,20 @@
       dom.rationale.focus();
       return;
     }
+    if (key === "t") {
+      e.preventDefault();
+      choose("cant-tell");
+      return;
+    }
+
+    if (isRateMode()) {
+      const rateKeys = { g: "good", b: "bad" };
+      if (rateKeys[key]) {
+        e.preventDefault();
+        choose(rateKeys[key]);
+      }
+      return;
+    }
     if (key === "x") {
       e.preventDefault();
       choose("both-bad");
@@ -690,7 +796,7 @@
     }
 
     if (!isRankMode()) {
-      const pairKeys = { 1: "a-better", 2: "b-better", 3: "tie", "=": "tie", c: "cant-tell", t: "cant-tell" };
+      const pairKeys = { 1: "a-better", 2: "b-better", 3: "tie", "=": "tie" };
       if (pairKeys[key]) {
         e.preventDefault();
         choose(pairKeys[key]);
@@ -700,11 +806,6 @@
 
     // Rank mode.
     const k = state.ranks.length;
-    if (key === "t") {
-      e.preventDefault();
-      choose("cant-tell");
-      return;
-    }
     const cardIndex = CARD_KEYS.indexOf(key);
     if (key.length === 1 && cardIndex !== -1) {
       if (cardIndex < k) {
@@ -740,6 +841,8 @@
     if (actionBtn) {
       const action = actionBtn.dataset.action;
       if (action === "submit") submit();
+      else if (action === "undo") undo();
+      else if (action === "toggle-guidelines") toggleGuidelines();
       else if (action === "toggle-answers") toggleAnswers();
       else if (action === "logout") logout();
       else if (action !== "retry") choose(action);
@@ -748,6 +851,20 @@
     // Clicking a card (not a link in it) makes it the one digit keys rank.
     const card = target.closest(".response-card");
     if (card && !target.closest("a") && isRankMode()) setActive(Number(card.dataset.index));
+  }
+
+  function toggleGuidelines(open) {
+    const show = open === undefined ? dom.guidelines.hidden : open;
+    dom.guidelines.hidden = !show;
+    dom.toggleGuidelines.setAttribute("aria-pressed", String(show));
+  }
+
+  /* The project's guidelines (Markdown), opened at first for someone who has not started. */
+  function renderGuidelines(p) {
+    const text = p && typeof p.guidelines === "string" ? p.guidelines.trim() : "";
+    dom.guidelinesBody.replaceChildren(...(text ? [renderMarkdown(text)] : []));
+    dom.toggleGuidelines.hidden = !text;
+    toggleGuidelines(!!text && p.done === 0);
   }
 
   function pickProject(projects) {
@@ -763,6 +880,8 @@
     const p = state.me.projects.find((x) => x.name === name);
     state.done = p ? p.done : 0;
     state.total = p ? p.assigned_total : 0;
+    state.heldByOthers = p ? p.held_by_others || 0 : 0;
+    renderGuidelines(p);
     dom.projectName.textContent = name;
     dom.projectSelect.value = name;
     // Keep the project in the URL so a reload stays on it.
@@ -790,6 +909,7 @@
       responses: document.getElementById("responses"),
       done: document.getElementById("done"),
       doneDetail: document.getElementById("done-detail"),
+      doneTitle: document.getElementById("done-title"),
       myAnswers: document.getElementById("my-answers"),
       answersList: document.getElementById("answers-list"),
       answersStatus: document.getElementById("answers-status"),
@@ -805,6 +925,10 @@
       projectName: document.getElementById("project-name"),
       annotator: document.getElementById("annotator"),
       toggleAnswers: document.getElementById("toggle-answers"),
+      toggleGuidelines: document.getElementById("toggle-guidelines"),
+      guidelines: document.getElementById("guidelines"),
+      guidelinesBody: document.getElementById("guidelines-body"),
+      adminLink: document.getElementById("admin-link"),
     };
     document.addEventListener("keydown", onKeyDown);
     document.addEventListener("click", onClick);
@@ -822,6 +946,7 @@
     const me = state.me;
     me.projects = Array.isArray(me.projects) ? me.projects : [];
     dom.annotator.textContent = me.annotator + (me.admin ? " (admin)" : "");
+    dom.adminLink.hidden = !me.admin;
     if (!me.projects.length) {
       dom.loading.textContent = "You have no projects to label yet. Ask an administrator to assign you one.";
       return;
@@ -834,10 +959,108 @@
     selectProject(pickProject(me.projects));
   }
 
+  // ------------------------------------------------------------------ admin page
+
+  function percent(x) {
+    return x == null ? "no gold yet" : Math.round(x * 100) + "% on gold";
+  }
+
+  function adminButton(action, name, label) {
+    return h("button", { type: "button", className: "btn btn-small", "data-admin": action, "data-name": name, text: label });
+  }
+
+  async function loadAdmin() {
+    const [projects, people] = await Promise.all([api("GET", "/api/admin/projects"), api("GET", "/api/admin/annotators")]);
+    const projectRows = projects.projects.map((p) =>
+      h("tr", {}, [
+        h("th", { scope: "row", text: p.name }),
+        h("td", { text: p.done + " of " + p.total }),
+        h("td", { text: String(p.in_progress) }),
+        h("td", { text: String(p.overlap) }),
+        h("td", { text: String(p.gold_rate) }),
+      ])
+    );
+    document.querySelector("#projects-table tbody").replaceChildren(...projectRows);
+    const rows = people.annotators.map((a) => {
+      const progress = h("ul", { className: "admin-progress" }, a.projects.map((p) => h("li", { text: p.project + ": " + p.done + " of " + p.assigned_total + " labelled, " + percent(p.gold_accuracy) })));
+      const self = state.me && a.name === state.me.annotator;
+      const actions = self
+        ? [h("span", { className: "muted small", text: "you" })]
+        : [a.revoked ? null : adminButton("revoke", a.name, "Revoke"), adminButton("token", a.name, a.revoked ? "Reissue token" : "New token")];
+      return h("tr", { "data-annotator": a.name, className: a.revoked ? "is-revoked" : null }, [
+        h("th", { scope: "row", text: a.name + (a.admin ? " (admin)" : "") }),
+        h("td", { text: a.revoked ? "revoked" : "active" }),
+        h("td", {}, [progress]),
+        h("td", { className: "admin-actions" }, actions),
+      ]);
+    });
+    document.querySelector("#annotators-table tbody").replaceChildren(...rows);
+  }
+
+  function showToken(name, token, what) {
+    const box = document.getElementById("new-token");
+    box.replaceChildren(h("span", { text: what + " " + name + " (shown only now): " }), h("code", { className: "token", text: token }));
+    box.hidden = false;
+  }
+
+  async function addAnnotator(e) {
+    e.preventDefault();
+    clearError();
+    const name = document.getElementById("new-name");
+    const isAdmin = document.getElementById("new-admin");
+    try {
+      const data = await api("POST", "/api/admin/annotators", { name: name.value.trim(), admin: isAdmin.checked });
+      showToken(data.annotator, data.token, "Token for the new " + (isAdmin.checked ? "admin" : "annotator"));
+      name.value = "";
+      isAdmin.checked = false;
+      await loadAdmin();
+    } catch (err) {
+      if (err.status !== 401) showError(err.message);
+    }
+  }
+
+  async function adminAction(action, name) {
+    clearError();
+    const box = document.getElementById("new-token");
+    try {
+      if (action === "revoke") {
+        if (!window.confirm("Revoke " + name + "'s token? They are logged out at once.")) return;
+        await api("POST", "/api/admin/annotators/" + encodeURIComponent(name) + "/revoke");
+        box.hidden = true;
+        setStatus(name + " revoked.");
+      } else {
+        const data = await api("POST", "/api/admin/annotators/" + encodeURIComponent(name) + "/token");
+        showToken(name, data.token, "New token (the old one no longer works) for");
+      }
+      await loadAdmin();
+    } catch (e) {
+      if (e.status !== 401) showError(e.message);
+    }
+  }
+
+  async function initAdmin() {
+    dom = { error: document.getElementById("error"), status: document.getElementById("status") };
+    document.addEventListener("click", (e) => {
+      const target = e.target instanceof Element ? e.target : null;
+      const btn = target && target.closest("[data-admin]");
+      if (btn) adminAction(btn.dataset.admin, btn.dataset.name);
+      else if (target && target.closest("[data-action='logout']")) logout();
+    });
+    document.getElementById("add-annotator").addEventListener("submit", addAnnotator);
+    try {
+      state.me = await api("GET", "/api/me");
+      document.getElementById("annotator").textContent = state.me.annotator + " (admin)";
+      await loadAdmin();
+    } catch (e) {
+      if (e.status !== 401) showError(e.message, initAdmin);
+    }
+  }
+
   function init() {
     const page = document.body.dataset.page;
     if (page === "login") initLogin();
     else if (page === "label") initLabel();
+    else if (page === "admin") initAdmin();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

@@ -10,7 +10,9 @@
  * Supported: paragraphs (blank-line separated) with line breaks, # .. ### headings,
  * fenced code blocks (``` or ~~~), > block quotes, - / * / + bullet lists and 1. / 1)
  * numbered lists (nested by indentation), --- rules, inline `code`, **bold**, __bold__,
- * *italic*, _italic_, backslash escapes, and [text](url) links.
+ * *italic*, _italic_, backslash escapes, [text](url) links, and GitHub-style tables (a header
+ * row, a delimiter row such as | --- | :-: | --: |, then body rows; \| is a literal pipe).
+ * Table cells are inline text like any other, and alignment is a class, never a style.
  *
  * API: window.TetherMarkdown.render(text) -> DocumentFragment
  */
@@ -25,6 +27,8 @@
   // Links longer than these are not links; bounds the bracket scan on pathological input.
   var MAX_LINK_TEXT = 1000;
   var MAX_LINK_URL = 2048;
+  // Wider tables are cut to this many columns (bounds the work on a line of pipes).
+  var MAX_TABLE_COLUMNS = 64;
 
   var BLANK_RE = /^\s*$/;
   var FENCE_RE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/;
@@ -32,6 +36,7 @@
   var HR_RE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
   var QUOTE_RE = /^ {0,3}> ?(.*)$/;
   var LIST_RE = /^([ \t]*)([-*+]|\d{1,9}[.)])([ \t]+|$)(.*)$/;
+  var TABLE_DELIMITER_CELL_RE = /^:?-+:?$/;
 
   function el(tag) {
     return document.createElement(tag);
@@ -294,6 +299,86 @@
     return line.slice(i);
   }
 
+  // ---------------------------------------------------------------- tables
+
+  /* A table row's cells: split at pipes not escaped by a backslash, outer pipes dropped. */
+  function tableCells(line) {
+    var s = line.trim();
+    if (s.charAt(0) === "|") s = s.slice(1);
+    if (s.charAt(s.length - 1) === "|" && s.charAt(s.length - 2) !== "\\") s = s.slice(0, -1);
+    var cells = [];
+    var cell = "";
+    for (var i = 0; i < s.length && cells.length < MAX_TABLE_COLUMNS; i++) {
+      var c = s.charAt(i);
+      if (c === "\\" && i + 1 < s.length) {
+        cell += c + s.charAt(i + 1);
+        i++;
+      } else if (c === "|") {
+        cells.push(cell.trim());
+        cell = "";
+      } else {
+        cell += c;
+      }
+    }
+    if (cells.length < MAX_TABLE_COLUMNS) cells.push(cell.trim());
+    return cells;
+  }
+
+  /* The alignments of a delimiter row (| --- | :-: |), or null if `line` is not one. */
+  function tableAlignments(line) {
+    if (line.indexOf("-") === -1 || !/^[\s|:\-]+$/.test(line)) return null;
+    var cells = tableCells(line);
+    var aligns = [];
+    for (var i = 0; i < cells.length; i++) {
+      if (!TABLE_DELIMITER_CELL_RE.test(cells[i])) return null;
+      var left = cells[i].charAt(0) === ":";
+      var right = cells[i].charAt(cells[i].length - 1) === ":";
+      aligns.push(left && right ? "center" : right ? "right" : "");
+    }
+    return aligns;
+  }
+
+  /* Whether lines[i] is a table's header row: it has a pipe, and the next line is a delimiter
+     row with as many cells. */
+  function startsTable(lines, i) {
+    if (i + 1 >= lines.length || lines[i].indexOf("|") === -1) return false;
+    var aligns = tableAlignments(lines[i + 1]);
+    return aligns !== null && aligns.length === tableCells(lines[i]).length;
+  }
+
+  /* Renders the table starting at lines[start]; returns the index of the first line after it. */
+  function parseTable(lines, start, parent, depth) {
+    var aligns = tableAlignments(lines[start + 1]);
+    var table = el("table");
+    function row(line, tag) {
+      var tr = el("tr");
+      var cells = tableCells(line);
+      // as in GitHub's tables: every row has the header's columns, missing cells empty
+      for (var c = 0; c < aligns.length; c++) {
+        var cell = el(tag);
+        if (aligns[c]) cell.className = "align-" + aligns[c];
+        renderInline(cells[c] || "", cell, false, depth + 1);
+        tr.appendChild(cell);
+      }
+      return tr;
+    }
+    var thead = el("thead");
+    thead.appendChild(row(lines[start], "th"));
+    table.appendChild(thead);
+    var tbody = el("tbody");
+    var i = start + 2;
+    while (i < lines.length && !BLANK_RE.test(lines[i]) && !startsBlock(lines[i])) {
+      tbody.appendChild(row(lines[i], "td"));
+      i++;
+    }
+    if (tbody.firstChild) table.appendChild(tbody);
+    var wrap = el("div");
+    wrap.className = "table-wrap";
+    wrap.appendChild(table);
+    parent.appendChild(wrap);
+    return i;
+  }
+
   /* Whether `line` starts a block that may interrupt a paragraph. */
   function startsBlock(line) {
     if (FENCE_RE.test(line) || HR_RE.test(line) || QUOTE_RE.test(line)) return true;
@@ -379,10 +464,16 @@
         continue;
       }
 
-      // Paragraph: runs until a blank line or a block that may interrupt it.
+      if (startsTable(lines, i)) {
+        i = parseTable(lines, i, parent, depth);
+        continue;
+      }
+
+      // Paragraph: runs until a blank line or a block that may interrupt it (a table too).
       var para = [line.replace(/^\s+/, "")];
       i++;
-      while (i < lines.length && !BLANK_RE.test(lines[i]) && !startsBlock(lines[i])) {
+      while (i < lines.length && !BLANK_RE.test(lines[i]) && !startsBlock(lines[i]) &&
+             !startsTable(lines, i)) {
         para.push(lines[i].replace(/^\s+/, ""));
         i++;
       }
