@@ -73,3 +73,45 @@ def ranking_rows(n: int, k: int = 4, seed: int = 0) -> list[dict]:
         rows.append({"prompt": f"Review {i}:", "responses": texts, "ranks": ranks,
                      "gold_scores": [float(g) for g in goods]})
     return rows
+
+
+# The labeling app's tests ------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+# Chromium's background services try to reach Google; this machine has no network for them.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright; `make test` (TETHER_BROWSER_TESTS=required) fails
+    without it, a plain pytest skips."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("TETHER_BROWSER_TESTS") == "required":
+            pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A labeling database in the test's directory."""
+    from tether.labeling.store import Store
+
+    s = Store(str(tmp_path / "labels.db"))
+    yield s
+    s.close()
+
+
+def rows(items: list[dict], name: str = "c.jsonl") -> list[tuple[str, dict]]:
+    """Candidate records as the importers see them: (file:line, record)."""
+    return [(f"{name}:{i + 1}", r) for i, r in enumerate(items)]
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}

@@ -2,9 +2,6 @@
 `tether label serve`. An annotator logs in with a token, labels three items by mouse and three
 by keyboard, and the export holds exactly those six labels; untrusted responses stay text."""
 
-import os
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import expect
 
@@ -14,29 +11,11 @@ from tether.labeling.projects import create_project
 from tether.labeling.store import Store
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-# Chromium's background services try to reach Google; this machine has no network for them.
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 ATTACK = ('Try this: <script>window.__pwned = "script"</script> and '
           '<img src=x onerror="window.__pwned = \'img\'"> or '
           '[a prize](javascript:window.__pwned="link")')
 MARKDOWN = "**Great** film.\n\n- sharp `dialogue`\n- a [review](https://example.org/r)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("TETHER_BROWSER_TESTS") == "required":
-            pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

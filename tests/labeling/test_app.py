@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from conftest import bearer, rows
 from fastapi.testclient import TestClient
 
 from tether.cli import main
@@ -22,21 +23,6 @@ from tether.labeling.store import Assignment, Store, resolve_project
 def candidates(n: int, k: int = 2) -> list[dict]:
     return [{"prompt": f"prompt {i}", "responses": [f"r{i}-{j}" for j in range(k)]}
             for i in range(n)]
-
-
-def rows(items: list[dict]) -> list[tuple[str, dict]]:
-    return [(f"c.jsonl:{i + 1}", r) for i, r in enumerate(items)]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "labels.db"))
-    yield s
-    s.close()
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def label_all(client, project: str, token: str, prefer_first: bool = True) -> int:

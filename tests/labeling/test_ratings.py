@@ -4,6 +4,7 @@ agreement, and export as KTO rows."""
 import json
 
 import pytest
+from conftest import bearer, rows
 from fastapi.testclient import TestClient
 
 from tether.cli import main
@@ -22,21 +23,6 @@ def write_jsonl(path, rows):
 def candidates(n: int, k: int = 2) -> list[dict]:
     return [{"prompt": f"prompt {i}", "responses": [f"r{i}-{j}" for j in range(k)]}
             for i in range(n)]
-
-
-def rows(items: list[dict], name: str = "c.jsonl") -> list[tuple[str, dict]]:
-    return [(f"{name}:{i + 1}", r) for i, r in enumerate(items)]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "labels.db"))
-    yield s
-    s.close()
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def rate_all(client, project: str, token: str, good=lambda text: text.endswith("-0")) -> int:

@@ -5,6 +5,7 @@ import json
 import sqlite3
 
 import pytest
+from conftest import bearer, rows
 from fastapi.testclient import TestClient
 
 from tether.cli import main
@@ -19,24 +20,9 @@ def candidates(n: int, k: int = 2, start: int = 0) -> list[dict]:
             for i in range(start, start + n)]
 
 
-def rows(items: list[dict]) -> list[tuple[str, dict]]:
-    return [(f"c.jsonl:{i + 1}", r) for i, r in enumerate(items)]
-
-
 def write_jsonl(path, items):
     path.write_text("".join(json.dumps(r) + "\n" for r in items))
     return path
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(str(tmp_path / "labels.db"))
-    yield s
-    s.close()
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def next_item(client, token, project="p"):
