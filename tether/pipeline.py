@@ -297,7 +297,10 @@ def _wired(run: Run, name: str, **values: Any) -> Any:
 
 # data ---------------------------------------------------------------------------------------
 def configure_data(run: Run) -> dict:
-    return {"task": dataclasses.asdict(run.cfg.task), "sft": "sft" not in run.skipped}
+    made = {"task": dataclasses.asdict(run.cfg.task), "sft": "sft" not in run.skipped}
+    if run.rounds > 1:  # each round's share of the prompts (a one-round run's key as before)
+        made["rounds"] = run.rounds
+    return made
 
 
 def data_inputs(run: Run) -> list[str]:
