@@ -396,3 +396,21 @@ def test_print_config_shows_what_the_stages_will_use(capsys, tmp_path):
     assert printed["dpo"]["sampled_eval"]["gold"] == gold and printed["label"]["gold"] == gold
     assert printed["ppo"]["run_dir"] == str(tmp_path / "ppo")
     assert printed["ppo"]["eval_num_prompts"] == 30 and printed["eval"]["num_prompts"] == 30
+
+
+def test_rounds_change_the_data_stage_s_key_and_one_round_keeps_its_own(tmp_path):
+    """The data stage writes each round's prompts: rerunning a finished one-round pipeline
+    with rounds=2 must run it again, and rounds=1 must keep the key runs made before rounds."""
+    from tether.config import PipelineConfig, load_config
+    from tether.pipeline import STAGES as PIPELINE
+    from tether.pipeline import Run
+    from tether.presets import pipeline_sources
+
+    def data_key(*overrides):
+        run = Run(load_config(PipelineConfig, base=pipeline_sources(None, None)[0],
+                              overrides=[f"run_dir={tmp_path}", *overrides]))
+        return run.key(PIPELINE[0], PIPELINE[0].configure(run), {})
+
+    assert data_key("rounds=2") != data_key() == data_key("rounds=1")
+    assert "rounds" not in PIPELINE[0].configure(Run(load_config(
+        PipelineConfig, base=pipeline_sources(None, None)[0], overrides=[f"run_dir={tmp_path}"])))
