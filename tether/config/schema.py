@@ -1092,3 +1092,70 @@ class ReportConfig:
     def validate(self) -> None:
         if not self.run_dir:
             raise ConfigError("give the run directory: tether report RUN_DIR")
+
+
+# ---------------------------------------------------------------------------------------------
+# KTO: thumbs up / down
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KTOLossConfig:
+    beta: float = option(0.1, "Strength of the KL regularisation to the reference, as DPO's "
+                              "beta: the implicit reward is beta * (log pi - log ref).",
+                         min=1e-6)
+    desirable_weight: float = option(
+        1.0, "lambda_D, the weight of thumbs-up rows. The KTO paper recommends lambda_D * n_D "
+        "/ (lambda_U * n_U) in [1, 4/3] for n_D thumbs-up and n_U thumbs-down rows: with "
+        "fewer ups than downs (say 1:4), raise this (to 4-5.3) or lower undesirable_weight. "
+        "kto warns when the training data's counts break the rule.", min=1e-6)
+    undesirable_weight: float = option(1.0, "lambda_U, the weight of thumbs-down rows.",
+                                       min=1e-6)
+
+
+@dataclass
+class KTOTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option(
+        " (kto: a row's completion and the other row's completion paired with its prompt "
+        "for the reference point, in the reference model's pass)")
+
+
+@dataclass
+class KTOConfig:
+    """Train a policy on unpaired thumbs up / down (KTO, Ethayarajh et al. 2024)."""
+
+    run_dir: str = option("runs/kto", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
+                                      "and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model).")
+    kto: KTOLossConfig = section(KTOLossConfig, "The KTO loss.")
+    ref: ReferenceConfig = section(ReferenceConfig, "The frozen reference policy (its "
+                                                    "log-probs of each row's completion and "
+                                                    "of its mismatched pair).")
+    data: DataConfig = section(
+        DataConfig, "Thumbs up / down: {prompt, completion, label} rows (TRL's unpaired "
+        "format; label true or 1: desirable, false or 0: undesirable; prompt and completion "
+        "as text or chat messages). Both labels must occur.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
+                                 warmup_steps=5)
+    train: KTOTrainConfig = section(
+        KTOTrainConfig, "Loop; batch_size and micro_batch_size count rows. The reference point "
+        "is averaged over the whole batch (at least 2 rows), however it is split.",
+        batch_size=8, micro_batch_size=4, eval_every=25)
+    sampled_eval: SampledEvalConfig = section(
+        SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
+        "so its gold reward can be plotted against its KL to the reference (a separate "
+        "reference model is then kept in memory).")
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise ConfigError("data.train is required: {prompt, completion, label} rows")
+        self.train.check_accumulation()
+        if self.train.batch_size < 2:
+            raise ConfigError("train.batch_size must be at least 2: KTO's reference point pairs "
+                              "each prompt with another row's completion of the batch")
+        if self.sampled_eval.prompts and not (self.sampled_eval.gold
+                                              or self.sampled_eval.reward_model):
+            raise ConfigError("sampled_eval.prompts needs sampled_eval.gold or "
+                              "sampled_eval.reward_model: something to score the samples with")
