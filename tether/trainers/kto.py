@@ -28,7 +28,6 @@ from tether.data.tokenize import Encoded
 from tether.data.unpaired import EncodedUnpaired, class_counts, load_unpaired_data
 from tether.device import peak_memory
 from tether.distributed import Dist, setup, unwrap
-from tether.errors import ConfigError
 from tether.eval.health import collapse_of
 from tether.losses.kto import RECOMMENDED_RATIO, kto_losses, reference_point, weight_ratio
 from tether.metric_names import (
@@ -69,14 +68,15 @@ from tether.trainers.common import (
 from tether.trainers.dpo import (
     REF_CACHE,
     ReferenceLogps,
+    check_reference_vocabulary,
     data_key,
     load_cached,
     policy_and_reference,
     policy_builder,
     prefs_tokens,
+    reference_description,
     response_logps,
     sampled_eval,
-    shares_base,
 )
 
 OWN, MISMATCHED = 0, 1  # the columns of EncodedUnpaired.responses
@@ -158,10 +158,7 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
     pad_id = tokenizer.pad_token_id
 
     # 2. The policy and its reference (tether.trainers.dpo.policy_and_reference).
-    if cfg.ref.model not in ("", cfg.model.name) and \
-            load_tokenizer(cfg.ref.model).get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"ref.model={cfg.ref.model} has a different vocabulary from "
-                          f"model.name={cfg.model.name}; their log-probs cannot be compared")
+    check_reference_vocabulary(cfg, tokenizer)
     cache = run_dir / REF_CACHE
     key = data_key(cfg.ref.model or cfg.model.name,
                    "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
@@ -173,14 +170,11 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     up, down = class_counts(data.train)
-    how = ("precomputed" if cfg.ref.precompute else "live") + \
-        (" (the policy with its LoRA adapter off)" if shares_base(cfg)
-         else f" ({cfg.ref.model or cfg.model.name})")
     print_header(f"kto (beta {cfg.kto.beta}, weights {cfg.kto.desirable_weight:g} up / "
                  f"{cfg.kto.undesirable_weight:g} down) on {cfg.model.name}", model,
-                 f"reference log-probs {how}; {len(data.train)} rows ({up} up, {down} down) "
-                 f"for training, {len(data.eval)} held out; {total_steps} steps of {batch_size} "
-                 f"rows ({d.processes}; {batches})", d)
+                 f"reference log-probs {reference_description(cfg)}; {len(data.train)} rows "
+                 f"({up} up, {down} down) for training, {len(data.eval)} held out; "
+                 f"{total_steps} steps of {batch_size} rows ({d.processes}; {batches})", d)
     model = d.wrap(maybe_compile(model, cfg.train.compile))
 
     # 3. Optimizer and schedule, restored with everything else on resume.
