@@ -298,21 +298,32 @@ class SimulateLabelsConfig:
                                     "or TRL's keyword form f(prompts=, completions=, **columns) "
                                     "given the candidates' prompts and other fields.")
     format: str = option("rankings", "rankings: one K-way ranking per prompt (Plackett-Luce "
-                                     "on gold / temperature); pairs: chosen/rejected pairs.",
-                         choices=["rankings", "pairs"])
+                                     "on gold / temperature); pairs: chosen/rejected pairs; "
+                                     "thumbs: a thumbs up or down on every response, as "
+                                     "{prompt, completion, label} rows for `tether kto`.",
+                         choices=["rankings", "pairs", "thumbs"])
     pairs_per_prompt: int = option(1, "With format=pairs: pairs drawn per prompt; 0: all "
                                       "C(K, 2).", min=0)
     temperature: float = option(
-        0.5, "Noise: P(a over b) = sigmoid((g_a - g_b) / temperature). On the sentiment task "
-        "0.5 gives about 25% disagreement with gold.", min=1e-6)
+        0.5, "Noise: P(a over b) = sigmoid((g_a - g_b) / temperature); with format=thumbs, "
+        "P(up) = sigmoid((g - threshold) / temperature). On the sentiment task 0.5 gives about "
+        "25% disagreement with gold.", min=1e-6)
+    threshold: float | None = option(
+        None, "format=thumbs: the gold score at which a response is as likely up as down. "
+        "null: the median gold score of the rated responses, so about half are thumbs up: "
+        "KTO's default weights (1 and 1) then meet the paper's class-balance rule, and the "
+        "labels carry as much information as a thumb can.")
     flip_rate: float = option(
         0.0, "Extra label noise: a pair's label is flipped with this probability (rankings: the "
-        "whole order is reversed, so each implied pair flips with it).", min=0, max=1)
+        "whole order is reversed, so each implied pair flips with it; thumbs: each thumb).",
+        min=0, max=1)
     seed: int = option(0, "Seed for the labeler's noise.")
 
     def validate(self) -> None:
         if not self.candidates:
             raise ConfigError("candidates is required: the output of `tether sample`")
+        if self.threshold is not None and self.format != "thumbs":
+            raise ConfigError(f"threshold is for format=thumbs, not format={self.format}")
 
 
 # A `gold` key names a gold scorer (label simulate, eval, ppo's reward, dpo's sampled_eval, the
