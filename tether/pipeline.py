@@ -1,6 +1,6 @@
 """`tether run`: the whole RLHF pipeline as one resumable command.
 
-    data -> sft -> sample -> label -> rm -> ppo, dpo -> eval -> report
+    data -> sft -> sample -> label -> rm -> ppo, dpo (, kto) -> eval -> report
 
 Every stage writes into its own directory of one run directory. A stage's key is a hash of
 its resolved config, of the files it reads from outside the run, and of the versions of the
@@ -68,7 +68,7 @@ from tether.rollout.base import SamplingParams
 from tether.rundir import read_metrics
 from tether.tasks.gold import load_gold_scorer
 from tether.tasks.registry import TASKS, load_task, prompt_rows
-from tether.trainers import dpo, ppo, rm, sft
+from tether.trainers import dpo, kto, ppo, rm, sft
 
 STATE = "pipeline.json"
 HUMAN = "human"  # task.labels: people label the samples in the labeling app
@@ -109,6 +109,8 @@ class Run:
                               f"own, given by task.prompts and task.gold or task.labels")
         if not task.name and not task.demonstrations:
             self.skipped.add("sft")
+        if not cfg.compare_kto:
+            self.skipped.add("kto")
         # A built-in task's scorer by its full path, as resolved configs have always shown it
         # (the stages' keys hash it: another spelling would rerun finished stages).
         self.gold = task.gold or (f"{TASKS[task.name]}:gold_score" if task.name else "")
@@ -367,10 +369,38 @@ def execute_dpo(run: Run, cfg: Any) -> str:
     return _trajectory_summary(run.dir("dpo"))
 
 
+# kto ----------------------------------------------------------------------------------------
+def thumbs_path(run: Run) -> Path:
+    return run.dir("kto") / "thumbs.jsonl"
+
+
+def configure_kto(run: Run) -> Any:
+    return _wired(run, "kto", run_dir=str(run.dir("kto")), model__name=run.policy,
+                  data__train=str(thumbs_path(run)), sampled_eval__prompts=str(run.heldout),
+                  sampled_eval__gold=run.gold, sampled_eval__reward_model=run.reward_model)
+
+
+def execute_kto(run: Run, cfg: Any) -> str:
+    """A thumb on each candidate that the label stage ranked (the label stage's rater, with
+    the median gold score as the bar), then KTO on them, from the SFT policy as DPO."""
+    path = thumbs_path(run)
+    if not path.exists():  # a resumed stage keeps the thumbs its checkpoints trained on
+        rater = dataclasses.replace(run.cfg.label, format="thumbs", threshold=None,
+                                    candidates=str(run.dir("sample") / "candidates.jsonl"),
+                                    output=str(path), gold=run.gold)
+        simulate_labels(rater)
+    kto.train(cfg)
+    stats = json.loads(stats_path_for(path).read_text())
+    agreement = stats["agreement_with_gold"]
+    return (f"{stats['thumbs_up']} thumbs up, {stats['thumbs_down']} down (agreement with gold "
+            + ("n/a" if agreement is None else f"{agreement:.3f}") + "); "
+            + _trajectory_summary(run.dir("kto")))
+
+
 # eval ---------------------------------------------------------------------------------------
 def configure_eval(run: Run) -> dict:
     return {"eval": dataclasses.asdict(run.cfg.eval), "gold": run.gold,
-            "policies": [name for name in ("ppo", "dpo") if name not in run.skipped]}
+            "policies": [name for name in ("ppo", "dpo", "kto") if name not in run.skipped]}
 
 
 def execute_eval(run: Run, cfg: dict) -> str:
@@ -453,7 +483,9 @@ STAGES = [
     Stage("rm", ("label", "sft"), configure_rm, execute_rm),
     Stage("ppo", ("rm", "sft", "data"), configure_ppo, execute_ppo),
     Stage("dpo", ("label", "rm", "sft", "data"), configure_dpo, execute_dpo),
-    Stage("eval", ("ppo", "dpo", "rm", "sft", "data"), configure_eval, execute_eval),
+    # The thumbs come from the label stage's rater settings: a change there reruns kto.
+    Stage("kto", ("sample", "label", "rm", "sft", "data"), configure_kto, execute_kto),
+    Stage("eval", ("ppo", "dpo", "kto", "rm", "sft", "data"), configure_eval, execute_eval),
     # The report reads everything and takes seconds: it is written anew on every run.
     Stage("report", (), lambda run: {}, execute_report),
 ]

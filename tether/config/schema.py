@@ -572,6 +572,68 @@ class DPOConfig:
 
 
 @dataclass
+class KTOLossConfig:
+    beta: float = option(0.1, "Strength of the KL regularisation to the reference, as DPO's "
+                              "beta: the implicit reward is beta * (log pi - log ref).",
+                         min=1e-6)
+    desirable_weight: float = option(
+        1.0, "lambda_D, the weight of thumbs-up rows. The KTO paper recommends lambda_D * n_D "
+        "/ (lambda_U * n_U) in [1, 4/3] for n_D thumbs-up and n_U thumbs-down rows: with "
+        "fewer ups than downs (say 1:4), raise this (to 4-5.3) or lower undesirable_weight. "
+        "kto warns when the training data's counts break the rule.", min=1e-6)
+    undesirable_weight: float = option(1.0, "lambda_U, the weight of thumbs-down rows.",
+                                       min=1e-6)
+
+
+@dataclass
+class KTOTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option(
+        " (kto: a row's completion and the other row's completion paired with its prompt "
+        "for the reference point, in the reference model's pass)")
+
+
+@dataclass
+class KTOConfig:
+    """Train a policy on unpaired thumbs up / down (KTO, Ethayarajh et al. 2024)."""
+
+    run_dir: str = option("runs/kto", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
+                                      "and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model).")
+    kto: KTOLossConfig = section(KTOLossConfig, "The KTO loss.")
+    ref: ReferenceConfig = section(ReferenceConfig, "The frozen reference policy (its "
+                                                    "log-probs of each row's completion and "
+                                                    "of its mismatched pair).")
+    data: DataConfig = section(
+        DataConfig, "Thumbs up / down: {prompt, completion, label} rows (TRL's unpaired "
+        "format; label true or 1: desirable, false or 0: undesirable; prompt and completion "
+        "as text or chat messages). Both labels must occur.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
+                                 warmup_steps=5)
+    train: KTOTrainConfig = section(
+        KTOTrainConfig, "Loop; batch_size and micro_batch_size count rows. The reference point "
+        "is averaged over the whole batch (at least 2 rows), however it is split.",
+        batch_size=8, micro_batch_size=4, eval_every=25)
+    sampled_eval: SampledEvalConfig = section(
+        SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
+        "so its gold reward can be plotted against its KL to the reference (a separate "
+        "reference model is then kept in memory).")
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise ConfigError("data.train is required: {prompt, completion, label} rows")
+        self.train.check_accumulation()
+        if self.train.batch_size < 2:
+            raise ConfigError("train.batch_size must be at least 2: KTO's reference point pairs "
+                              "each prompt with another row's completion of the batch")
+        if self.sampled_eval.prompts and not (self.sampled_eval.gold
+                                              or self.sampled_eval.reward_model):
+            raise ConfigError("sampled_eval.prompts needs sampled_eval.gold or "
+                              "sampled_eval.reward_model: something to score the samples with")
+
+
+@dataclass
 class RolloutConfig:
     prompts: str = option("", "Prompts to train on: rows with a 'prompt', in any supported data "
                               "format. Required.")
@@ -1019,7 +1081,8 @@ class PipelineEvalConfig:
     seed: int = option(0, "Sampling seed shared by every policy (paired comparisons).")
 
 
-PIPELINE_STAGES = ("data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report")
+PIPELINE_STAGES = ("data", "sft", "sample", "label", "rm", "ppo", "dpo", "kto", "eval",
+                   "report")
 # The keys `tether run` sets itself, per stage: the paths from one stage to the next.
 PIPELINE_WIRED = {
     "sft": ("run_dir", "resume", "data.train", "data.eval"),
@@ -1029,6 +1092,8 @@ PIPELINE_WIRED = {
     "ppo": ("run_dir", "resume", "model.name", "reward.model", "reward.gold",
             "rollout.prompts", "eval_prompts"),
     "dpo": ("run_dir", "resume", "model.name", "data.train", "sampled_eval.prompts",
+            "sampled_eval.gold", "sampled_eval.reward_model"),
+    "kto": ("run_dir", "resume", "model.name", "data.train", "sampled_eval.prompts",
             "sampled_eval.gold", "sampled_eval.reward_model"),
 }
 
@@ -1040,7 +1105,8 @@ class PipelineConfig:
 
     run_dir: str = option("runs/pipeline", "Directory for every stage's outputs, "
                                            "pipeline.json (stage state) and report.html.")
-    skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo.")
+    skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo (and kto, "
+                           "which runs only with compare_kto=true).")
     rerun: str = option("", "Stages to run again even if unchanged, comma-separated (the "
                             "stages reading their outputs rerun too).")
     rm_check: str = option(
@@ -1048,6 +1114,12 @@ class PipelineConfig:
         "interval reaches 0.5): stop before PPO and best-of-n, which would optimise noise "
         "(exit code 1; rerun with rm_check=warn to go on, every finished stage kept), or warn "
         "and go on.", choices=["stop", "warn"])
+    compare_kto: bool = option(
+        False, "Also run the kto stage: a simulated thumb on each of the candidates that the "
+        "label stage ranks (label's temperature, flip_rate and seed; the threshold the median "
+        "gold score), KTO on them, and the KTO policy evaluated beside PPO and DPO on the same "
+        "held-out prompts. Off by default: it takes about as long as the dpo stage. Needs "
+        "simulated labels (task.labels empty).")
     task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
                                            "preference (a gold scorer or people's labels).")
     # The stages. Paths between them (run_dir, data, models) are set by the pipeline.
@@ -1063,6 +1135,8 @@ class PipelineConfig:
     ppo: PPOConfig = section(PPOConfig, "Online RL against the reward model (`tether ppo` keys; "
                                         "the gold scorer is only logged).")
     dpo: DPOConfig = section(DPOConfig, "DPO on the same labels (`tether dpo` keys).")
+    kto: KTOConfig = section(KTOConfig, "KTO on thumbs of the same candidates (`tether kto` "
+                                        "keys), with compare_kto=true.")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "The final comparison on held-out "
                                                            "prompts, with best-of-n.")
 
@@ -1078,9 +1152,9 @@ class PipelineConfig:
 
     def validate(self) -> None:
         skipped = self.stage_list("skip")
-        if set(skipped) - {"sft", "ppo", "dpo"}:
-            raise ConfigError(f"skip: only sft, ppo and dpo can be left out, not "
-                              f"{', '.join(sorted(set(skipped) - {'sft', 'ppo', 'dpo'}))}")
+        if set(skipped) - {"sft", "ppo", "dpo", "kto"}:
+            raise ConfigError(f"skip: only sft, ppo, dpo and kto can be left out, not "
+                              f"{', '.join(sorted(set(skipped) - {'sft', 'ppo', 'dpo', 'kto'}))}")
         self.stage_list("rerun")
         if not self.task.name and not self.task.prompts:
             raise ConfigError("task.prompts is required for a task of your own (task.name is "
@@ -1088,6 +1162,9 @@ class PipelineConfig:
         if not (self.task.name or self.task.gold or self.task.labels):
             raise ConfigError("the pipeline needs a preference: task.gold (a scorer) for "
                               "simulated labels, or task.labels (people's)")
+        if self.compare_kto and self.task.labels:
+            raise ConfigError("compare_kto needs simulated labels (task.labels empty): its "
+                              "thumbs come from the gold scorer")
         if self.eval.num_prompts > self.task.num_heldout:
             raise ConfigError(f"eval.num_prompts ({self.eval.num_prompts}) is more than "
                               f"task.num_heldout ({self.task.num_heldout})")
@@ -1104,69 +1181,3 @@ class ReportConfig:
         if not self.run_dir:
             raise ConfigError("give the run directory: tether report RUN_DIR")
 
-
-# ---------------------------------------------------------------------------------------------
-# KTO: thumbs up / down
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KTOLossConfig:
-    beta: float = option(0.1, "Strength of the KL regularisation to the reference, as DPO's "
-                              "beta: the implicit reward is beta * (log pi - log ref).",
-                         min=1e-6)
-    desirable_weight: float = option(
-        1.0, "lambda_D, the weight of thumbs-up rows. The KTO paper recommends lambda_D * n_D "
-        "/ (lambda_U * n_U) in [1, 4/3] for n_D thumbs-up and n_U thumbs-down rows: with "
-        "fewer ups than downs (say 1:4), raise this (to 4-5.3) or lower undesirable_weight. "
-        "kto warns when the training data's counts break the rule.", min=1e-6)
-    undesirable_weight: float = option(1.0, "lambda_U, the weight of thumbs-down rows.",
-                                       min=1e-6)
-
-
-@dataclass
-class KTOTrainConfig(BatchTrainConfig):
-    logits_chunk: int = logits_chunk_option()
-    share_prompt: bool = share_prompt_option(
-        " (kto: a row's completion and the other row's completion paired with its prompt "
-        "for the reference point, in the reference model's pass)")
-
-
-@dataclass
-class KTOConfig:
-    """Train a policy on unpaired thumbs up / down (KTO, Ethayarajh et al. 2024)."""
-
-    run_dir: str = option("runs/kto", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
-                                      "and final/.")
-    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
-    model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model).")
-    kto: KTOLossConfig = section(KTOLossConfig, "The KTO loss.")
-    ref: ReferenceConfig = section(ReferenceConfig, "The frozen reference policy (its "
-                                                    "log-probs of each row's completion and "
-                                                    "of its mismatched pair).")
-    data: DataConfig = section(
-        DataConfig, "Thumbs up / down: {prompt, completion, label} rows (TRL's unpaired "
-        "format; label true or 1: desirable, false or 0: undesirable; prompt and completion "
-        "as text or chat messages). Both labels must occur.")
-    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
-                                 warmup_steps=5)
-    train: KTOTrainConfig = section(
-        KTOTrainConfig, "Loop; batch_size and micro_batch_size count rows. The reference point "
-        "is averaged over the whole batch (at least 2 rows), however it is split.",
-        batch_size=8, micro_batch_size=4, eval_every=25)
-    sampled_eval: SampledEvalConfig = section(
-        SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
-        "so its gold reward can be plotted against its KL to the reference (a separate "
-        "reference model is then kept in memory).")
-
-    def validate(self) -> None:
-        if not self.data.train:
-            raise ConfigError("data.train is required: {prompt, completion, label} rows")
-        self.train.check_accumulation()
-        if self.train.batch_size < 2:
-            raise ConfigError("train.batch_size must be at least 2: KTO's reference point pairs "
-                              "each prompt with another row's completion of the batch")
-        if self.sampled_eval.prompts and not (self.sampled_eval.gold
-                                              or self.sampled_eval.reward_model):
-            raise ConfigError("sampled_eval.prompts needs sampled_eval.gold or "
-                              "sampled_eval.reward_model: something to score the samples with")

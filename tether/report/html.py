@@ -34,10 +34,10 @@ from tether.report.svg import (
 )
 
 # Stages in pipeline order; any others follow in the order the data gives them.
-STAGE_ORDER = ("sft", "rm", "ppo", "grpo", "rloo", "dpo", "bon", "eval")
+STAGE_ORDER = ("sft", "rm", "ppo", "grpo", "rloo", "dpo", "kto", "bon", "eval")
 STAGE_TITLES = {"sft": "Supervised fine-tuning", "rm": "Reward model", "ppo": "PPO",
-                "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "bon": "Best-of-n",
-                "eval": "Evaluation"}
+                "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "kto": "KTO (thumbs up / down)",
+                "bon": "Best-of-n", "eval": "Evaluation"}
 FIT_FORMS = {"bon": "d(α − β·d)", "rl": "d(α − β·ln d)"}
 
 CSS = """
