@@ -71,6 +71,15 @@ def test_partners_skip_rows_with_the_same_prompt():
     assert sorted(mismatched_partners(same, 0)) == [0, 1, 2]
 
 
+def test_partners_of_rows_mostly_on_one_prompt_are_found_in_linear_time():
+    from tether.data.unpaired import Unpaired
+
+    rows = [Unpaired([{"role": "user", "content": "a" if i else "b"}], f"r{i}", True, "")
+            for i in range(20000)]  # walking back past every "a" row would be quadratic
+    partners = mismatched_partners(rows, 0)
+    assert all(p == 0 for p in partners[1:]) and partners[0] != 0
+
+
 def test_labels_one_and_zero_are_true_and_false():
     assert parse_unpaired({"prompt": "p", "completion": "c", "label": 1}, "f:1").desirable
     assert not parse_unpaired({"prompt": "p", "completion": "c", "label": 0}, "f:1").desirable

@@ -98,20 +98,21 @@ def check_both_classes(rows: list, what: str) -> None:
 
 
 def mismatched_partners(rows: list[Unpaired], seed: int) -> list[int]:
-    """For each row, the index of the row whose completion pairs with its prompt: the one
-    before it in a seeded shuffle, or further back past rows with the same prompt (a prompt
-    with its own other response is not a mismatched pair). Every row's own, when all rows share
-    one prompt."""
+    """For each row, the index of the row whose completion pairs with its prompt: the nearest
+    one before it in a seeded shuffle (cyclic) with another prompt (a prompt with its own other
+    response is not a mismatched pair); the one just before it when all rows share a prompt.
+    Linear in the rows, however many share a prompt."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    partner = [0] * len(rows)
-    for pos, i in enumerate(order):
-        partner[i] = order[pos - 1]  # cyclic: the first takes the last
-        for back in range(1, len(order)):
-            j = order[pos - back]
-            if rows[j].prompt_key() != rows[i].prompt_key():
-                partner[i] = j
-                break
+    keys = [rows[i].prompt_key() for i in order]
+    n = len(order)
+    partner = [0] * n
+    other = None  # the position just before the current run of one prompt
+    for pos in range(2 * n):  # two laps: the first rows see the last ones
+        if pos and keys[pos % n] != keys[(pos - 1) % n]:
+            other = pos - 1
+        if pos >= n:
+            partner[order[pos - n]] = order[(pos - n - 1) % n if other is None else other % n]
     return partner
 
 
