@@ -1118,8 +1118,8 @@ class PipelineConfig:
         False, "Also run the kto stage: a simulated thumb on each of the candidates that the "
         "label stage ranks (label's temperature, flip_rate and seed; the threshold the median "
         "gold score), KTO on them, and the KTO policy evaluated beside PPO and DPO on the same "
-        "held-out prompts. Off by default: it takes about as long as the dpo stage. Needs "
-        "simulated labels (task.labels empty).")
+        "held-out prompts. Off by default: in the default pipeline it took 2.4x the dpo "
+        "stage's time (BENCHMARKS.md). Needs simulated labels (task.labels empty).")
     task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
                                            "preference (a gold scorer or people's labels).")
     # The stages. Paths between them (run_dir, data, models) are set by the pipeline.
