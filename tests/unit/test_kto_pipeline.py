@@ -27,7 +27,8 @@ dpo:
   train: {max_steps: 2, eval_every: 1, save_every: 2, bf16: false}
   sampled_eval: {num_prompts: 4, max_new_tokens: 6}
 kto:
-  train: {max_steps: 2, eval_every: 1, save_every: 2, bf16: false}
+  train: {batch_size: 8, micro_batch_size: 4, max_steps: 2, eval_every: 1, save_every: 2,
+          bf16: false}
   sampled_eval: {num_prompts: 4, max_new_tokens: 6}
 eval: {num_prompts: 4, n: 1, max_new_tokens: 6, best_of_n: 0, bf16: false}
 """
