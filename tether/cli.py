@@ -21,6 +21,7 @@ from tether.config import (
     PIPELINE_WIRED,
     DPOConfig,
     EvalConfig,
+    KTOConfig,
     LabelAnnotatorConfig,
     LabelExportConfig,
     LabelImportConfig,
@@ -101,6 +102,10 @@ STAGES = {
                  "train a policy directly on preference pairs or rankings (DPO, IPO, SLiC, "
                  "robust DPO)",
                  "tether dpo --config configs/dpo_example.yaml dpo.beta=0.05"),
+    "kto": Stage(KTOConfig, "tether.trainers.kto:train",
+                 "train a policy on unpaired thumbs up / down: {prompt, completion, label} "
+                 "rows (KTO)",
+                 "tether kto --config configs/kto_example.yaml kto.desirable_weight=1.33"),
     "ppo": Stage(PPOConfig, "tether.trainers.ppo:train",
                  "online RL against a reward model or gold scorer: PPO with a KL penalty to "
                  "the reference, or GRPO / RLOO (algo=grpo|rloo)",

@@ -86,6 +86,24 @@ HELD_OUT = {REWARD_CHOSEN: EVAL_REWARD_CHOSEN, REWARD_REJECTED: EVAL_REWARD_REJE
             KL_CHOSEN: EVAL_KL_CHOSEN, LOGPS_CHOSEN: EVAL_LOGPS_CHOSEN,
             LOGPS_REJECTED: EVAL_LOGPS_REJECTED}
 
+# kto: the means over the batch's thumbs-up (desirable) and thumbs-down (undesirable) rows
+REWARD_DESIRABLE = "reward/desirable"  # implicit reward beta * log pi/ref of the thumbs-up rows
+REWARD_UNDESIRABLE = "reward/undesirable"  # ... of the thumbs-down rows
+LOGPS_DESIRABLE = "logps/desirable"  # the policy's summed log-prob of a thumbs-up response
+LOGPS_UNDESIRABLE = "logps/undesirable"  # ... of a thumbs-down one
+# Mean log pi/ref over the mismatched pairs (each prompt with another row's response): the
+# KL estimate whose max(0, .) is KTO's reference point z0.
+KL_MISMATCHED = "kl/mismatched"
+EVAL_REWARD_DESIRABLE = "eval/reward_desirable"
+EVAL_REWARD_UNDESIRABLE = "eval/reward_undesirable"
+EVAL_LOGPS_DESIRABLE = "eval/logps_desirable"
+EVAL_LOGPS_UNDESIRABLE = "eval/logps_undesirable"
+EVAL_KL_MISMATCHED = "eval/kl_mismatched"
+KTO_HELD_OUT = {REWARD_DESIRABLE: EVAL_REWARD_DESIRABLE,
+                REWARD_UNDESIRABLE: EVAL_REWARD_UNDESIRABLE,
+                LOGPS_DESIRABLE: EVAL_LOGPS_DESIRABLE, LOGPS_UNDESIRABLE: EVAL_LOGPS_UNDESIRABLE,
+                KL_MISMATCHED: EVAL_KL_MISMATCHED}
+
 # ppo, grpo, rloo: one row per iteration ------------------------------------------------
 LOSS_POLICY = "loss/policy"  # clipped surrogate loss
 LOSS_VALUE = "loss/value"  # clipped value loss (ppo only)

@@ -1,6 +1,6 @@
 """`tether run`: the whole RLHF pipeline as one resumable command.
 
-    data -> sft -> sample -> label -> rm -> ppo, dpo -> eval -> report
+    data -> sft -> sample -> label -> rm -> ppo, dpo (, kto) -> eval -> report
 
 Every stage writes into its own directory of one run directory. A stage's key is a hash of
 its resolved config, of the files it reads from outside the run, and of the versions of the
@@ -70,7 +70,7 @@ from tether.rollout.base import SamplingParams
 from tether.rundir import read_metrics
 from tether.tasks.gold import load_gold_scorer
 from tether.tasks.registry import TASKS, load_task, prompt_rows
-from tether.trainers import dpo, ppo, rm, sft
+from tether.trainers import dpo, kto, ppo, rm, sft
 
 STATE = "pipeline.json"
 HUMAN = "human"  # task.labels: people label the samples in the labeling app
@@ -121,6 +121,8 @@ class Run:
                               f"own, given by task.prompts and task.gold or task.labels")
         if not task.name and not task.demonstrations:
             self.skipped.add("sft")
+        if not cfg.compare_kto:
+            self.skipped.add("kto")
         # A built-in task's scorer by its full path, as resolved configs have always shown it
         # (the stages' keys hash it: another spelling would rerun finished stages).
         self.gold = task.gold or (f"{TASKS[task.name]}:gold_score" if task.name else "")
@@ -200,7 +202,7 @@ class Run:
         repeat sample, label, rm, ppo and dpo before the evaluation, which reads the last."""
         later = [stage for r in range(2, self.rounds + 1) for stage in round_stages(r, self.lead)]
         evaluation, report = STAGES[-2:]
-        last = tuple(in_round(name, self.rounds) for name in ("ppo", "dpo", "rm"))
+        last = tuple(in_round(name, self.rounds) for name in ("ppo", "dpo", "kto", "rm"))
         every = STAGES[:-2] + later + [dataclasses.replace(evaluation,
                                                            reads=(*last, "sft", "data")), report]
         return [s for s in every if s.base not in self.skipped
@@ -491,10 +493,41 @@ def execute_dpo(run: Run, cfg: Any) -> str:
     return _trajectory_summary(Path(cfg.run_dir))
 
 
+# kto ----------------------------------------------------------------------------------------
+def thumbs_path(run: Run, r: int = 1) -> Path:
+    return run.dir(in_round("kto", r)) / "thumbs.jsonl"
+
+
+def configure_kto(run: Run, r: int = 1) -> Any:
+    return _wired(run, "kto", run_dir=str(run.dir(in_round("kto", r))),
+                  model__name=run.start("kto", r), data__train=str(thumbs_path(run, r)),
+                  sampled_eval__prompts=str(run.heldout), sampled_eval__gold=run.gold,
+                  sampled_eval__reward_model=str(run.dir(in_round("rm", r)) / "final"))
+
+
+def execute_kto(run: Run, cfg: Any, r: int = 1) -> str:
+    """A thumb on each candidate that the label stage ranked (the label stage's rater, with
+    the median gold score as the bar), then KTO on them, from the SFT policy as DPO (in round
+    r, on round r's candidates from KTO's previous policy)."""
+    path = thumbs_path(run, r)
+    if not path.exists():  # a resumed stage keeps the thumbs its checkpoints trained on
+        candidates = run.dir(in_round("sample", r)) / "candidates.jsonl"
+        rater = dataclasses.replace(run.cfg.label, format="thumbs", threshold=None,
+                                    candidates=str(candidates), output=str(path),
+                                    gold=run.gold)
+        simulate_labels(rater)
+    kto.train(cfg)
+    stats = json.loads(stats_path_for(path).read_text())
+    agreement = stats["agreement_with_gold"]
+    return (f"{stats['thumbs_up']} thumbs up, {stats['thumbs_down']} down (agreement with gold "
+            + ("n/a" if agreement is None else f"{agreement:.3f}") + "); "
+            + _trajectory_summary(Path(cfg.run_dir)))
+
+
 # eval ---------------------------------------------------------------------------------------
 def configure_eval(run: Run) -> dict:
     return {"eval": dataclasses.asdict(run.cfg.eval), "gold": run.gold,
-            "policies": [name for name in ("ppo", "dpo") if name not in run.skipped]}
+            "policies": [name for name in ("ppo", "dpo", "kto") if name not in run.skipped]}
 
 
 def rounds_summary(run: Run) -> list[dict]:
@@ -509,7 +542,7 @@ def rounds_summary(run: Run) -> list[dict]:
         rm_eval = run.dir(in_round("rm", r)) / "eval.json"
         if rm_eval.exists():
             row["rm_accuracy"] = json.loads(rm_eval.read_text())["metrics"][EVAL_ACCURACY]
-        for algo in ("ppo", "dpo"):
+        for algo in ("ppo", "dpo", "kto"):
             path = run.dir(in_round(algo, r)) / "metrics.jsonl"
             evals = [m for m in read_metrics(path) if EVAL_GOLD in m or EVAL_PROXY in m] \
                 if path.exists() else []
@@ -604,7 +637,9 @@ STAGES = [
     Stage("rm", ("label", "sft"), configure_rm, execute_rm),
     Stage("ppo", ("rm", "sft", "data"), configure_ppo, execute_ppo),
     Stage("dpo", ("label", "rm", "sft", "data"), configure_dpo, execute_dpo),
-    Stage("eval", ("ppo", "dpo", "rm", "sft", "data"), configure_eval, execute_eval),
+    # The thumbs come from the label stage's rater settings: a change there reruns kto.
+    Stage("kto", ("sample", "label", "rm", "sft", "data"), configure_kto, execute_kto),
+    Stage("eval", ("ppo", "dpo", "kto", "rm", "sft", "data"), configure_eval, execute_eval),
     # The report reads everything and takes seconds: it is written anew on every run.
     Stage("report", (), lambda run: {}, execute_report),
 ]
@@ -613,7 +648,7 @@ assert tuple(s.name for s in STAGES) == PIPELINE_STAGES
 
 def round_stages(r: int, lead: str) -> list[Stage]:
     """Round r (from 2): sample the newest policy (lead's), label, retrain the reward model on
-    every label so far, and continue PPO and DPO from their previous round."""
+    every label so far, and continue PPO, DPO (and KTO) from their previous round."""
     def name(stage: str, k: int = r) -> str:
         return in_round(stage, k)
 
@@ -631,6 +666,9 @@ def round_stages(r: int, lead: str) -> list[Stage]:
               execute_ppo, base="ppo"),
         Stage(name("dpo"), (name("label"), name("rm"), name("dpo", r - 1), "data"),
               configured(configure_dpo), execute_dpo, base="dpo"),
+        Stage(name("kto"), (name("sample"), name("label"), name("rm"), name("kto", r - 1),
+                            "data"), configured(configure_kto),
+              functools.partial(execute_kto, r=r), base="kto"),
     ]
 
 

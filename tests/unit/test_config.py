@@ -234,7 +234,8 @@ def test_gold_names_a_gold_scorer_wherever_it_is_a_key():
     # The file of gold items people are tested on has a name of its own: gold_items.
     gold = [(command, key, help) for command, stage in STAGES.items()
             for key, _, _, help in field_docs(stage.config) if key.rsplit(".", 1)[-1] == "gold"]
-    assert {command for command, _, _ in gold} == {"label simulate", "dpo", "ppo", "eval", "run"}
+    assert {command for command, _, _ in gold} == {"label simulate", "dpo", "kto", "ppo",
+                                                  "eval", "run"}
     for command, key, help in gold:
         assert "scorer" in help, (command, key)
 

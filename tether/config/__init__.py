@@ -22,6 +22,9 @@ from tether.config.schema import (
     DPOTrainConfig,
     EvalConfig,
     HumanLabelsConfig,
+    KTOConfig,
+    KTOLossConfig,
+    KTOTrainConfig,
     LabelAnnotatorConfig,
     LabelExportConfig,
     LabelImportConfig,
@@ -55,7 +58,8 @@ from tether.config.schema import (
 
 __all__ = [
     "PIPELINE_STAGES", "PIPELINE_WIRED", "BatchTrainConfig", "DPOConfig", "DPOLossConfig",
-    "DPOTrainConfig", "DataConfig", "EvalConfig", "HumanLabelsConfig", "LabelAnnotatorConfig",
+    "DPOTrainConfig", "DataConfig", "EvalConfig", "HumanLabelsConfig", "KTOConfig",
+    "KTOLossConfig", "KTOTrainConfig", "LabelAnnotatorConfig",
     "LabelExportConfig", "LabelImportConfig", "LabelServeConfig", "LabelStatsConfig",
     "LoraConfig", "ModelConfig", "OptimConfig", "PPOConfig", "PPOLossConfig",
     "PPORewardConfig", "PPOTrainConfig", "PipelineConfig", "PipelineEvalConfig", "RMConfig",

@@ -327,21 +327,32 @@ class SimulateLabelsConfig:
                                     "or TRL's keyword form f(prompts=, completions=, **columns) "
                                     "given the candidates' prompts and other fields.")
     format: str = option("rankings", "rankings: one K-way ranking per prompt (Plackett-Luce "
-                                     "on gold / temperature); pairs: chosen/rejected pairs.",
-                         choices=["rankings", "pairs"])
+                                     "on gold / temperature); pairs: chosen/rejected pairs; "
+                                     "thumbs: a thumbs up or down on every response, as "
+                                     "{prompt, completion, label} rows for `tether kto`.",
+                         choices=["rankings", "pairs", "thumbs"])
     pairs_per_prompt: int = option(1, "With format=pairs: pairs drawn per prompt; 0: all "
                                       "C(K, 2).", min=0)
     temperature: float = option(
-        0.5, "Noise: P(a over b) = sigmoid((g_a - g_b) / temperature). On the sentiment task "
-        "0.5 gives about 25% disagreement with gold.", min=1e-6)
+        0.5, "Noise: P(a over b) = sigmoid((g_a - g_b) / temperature); with format=thumbs, "
+        "P(up) = sigmoid((g - threshold) / temperature). On the sentiment task 0.5 gives about "
+        "25% disagreement with gold.", min=1e-6)
+    threshold: float | None = option(
+        None, "format=thumbs: the gold score at which a response is as likely up as down. "
+        "null: the median gold score of the rated responses, so about half are thumbs up: "
+        "KTO's default weights (1 and 1) then meet the paper's class-balance rule, and the "
+        "labels carry as much information as a thumb can.")
     flip_rate: float = option(
         0.0, "Extra label noise: a pair's label is flipped with this probability (rankings: the "
-        "whole order is reversed, so each implied pair flips with it).", min=0, max=1)
+        "whole order is reversed, so each implied pair flips with it; thumbs: each thumb).",
+        min=0, max=1)
     seed: int = option(0, "Seed for the labeler's noise.")
 
     def validate(self) -> None:
         if not self.candidates:
             raise ConfigError("candidates is required: the output of `tether sample`")
+        if self.threshold is not None and self.format != "thumbs":
+            raise ConfigError(f"threshold is for format=thumbs, not format={self.format}")
 
 
 # A `gold` key names a gold scorer (label simulate, eval, ppo's reward, dpo's sampled_eval, the
@@ -606,6 +617,68 @@ class DPOConfig:
                               f"use sigmoid (conservative DPO) or robust")
         if self.dpo.loss == "robust" and self.dpo.label_smoothing >= 0.5:
             raise ConfigError("dpo.loss=robust needs dpo.label_smoothing < 0.5")
+
+
+@dataclass
+class KTOLossConfig:
+    beta: float = option(0.1, "Strength of the KL regularisation to the reference, as DPO's "
+                              "beta: the implicit reward is beta * (log pi - log ref).",
+                         min=1e-6)
+    desirable_weight: float = option(
+        1.0, "lambda_D, the weight of thumbs-up rows. The KTO paper recommends lambda_D * n_D "
+        "/ (lambda_U * n_U) in [1, 4/3] for n_D thumbs-up and n_U thumbs-down rows: with "
+        "fewer ups than downs (say 1:4), raise this (to 4-5.3) or lower undesirable_weight. "
+        "kto warns when the training data's counts break the rule.", min=1e-6)
+    undesirable_weight: float = option(1.0, "lambda_U, the weight of thumbs-down rows.",
+                                       min=1e-6)
+
+
+@dataclass
+class KTOTrainConfig(BatchTrainConfig):
+    logits_chunk: int = logits_chunk_option()
+    share_prompt: bool = share_prompt_option(
+        " (kto: a row's completion and the other row's completion paired with its prompt "
+        "for the reference point, in the reference model's pass)")
+
+
+@dataclass
+class KTOConfig:
+    """Train a policy on unpaired thumbs up / down (KTO, Ethayarajh et al. 2024)."""
+
+    run_dir: str = option("runs/kto", "Directory for config.yaml, metrics.jsonl, checkpoints/ "
+                                      "and final/.")
+    resume: bool = option(False, "Continue from the newest checkpoint in run_dir.")
+    model: ModelConfig = section(ModelConfig, "Policy to start from (usually the SFT model).")
+    kto: KTOLossConfig = section(KTOLossConfig, "The KTO loss.")
+    ref: ReferenceConfig = section(ReferenceConfig, "The frozen reference policy (its "
+                                                    "log-probs of each row's completion and "
+                                                    "of its mismatched pair).")
+    data: DataConfig = section(
+        DataConfig, "Thumbs up / down: {prompt, completion, label} rows (TRL's unpaired "
+        "format; label true or 1: desirable, false or 0: undesirable; prompt and completion "
+        "as text or chat messages). Both labels must occur.")
+    optim: OptimConfig = section(OptimConfig, "Optimizer and schedule.", lr=1e-6,
+                                 warmup_steps=5)
+    train: KTOTrainConfig = section(
+        KTOTrainConfig, "Loop; batch_size and micro_batch_size count rows. The reference point "
+        "is averaged over the whole batch (at least 2 rows), however it is split.",
+        batch_size=8, micro_batch_size=4, eval_every=25)
+    sampled_eval: SampledEvalConfig = section(
+        SampledEvalConfig, "Optional: sample the policy on held-out prompts during training, "
+        "so its gold reward can be plotted against its KL to the reference (a separate "
+        "reference model is then kept in memory).")
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise ConfigError("data.train is required: {prompt, completion, label} rows")
+        self.train.check_accumulation()
+        if self.train.batch_size < 2:
+            raise ConfigError("train.batch_size must be at least 2: KTO's reference point pairs "
+                              "each prompt with another row's completion of the batch")
+        if self.sampled_eval.prompts and not (self.sampled_eval.gold
+                                              or self.sampled_eval.reward_model):
+            raise ConfigError("sampled_eval.prompts needs sampled_eval.gold or "
+                              "sampled_eval.reward_model: something to score the samples with")
 
 
 @dataclass
@@ -1064,7 +1137,8 @@ class PipelineEvalConfig:
     seed: int = option(0, "Sampling seed shared by every policy (paired comparisons).")
 
 
-PIPELINE_STAGES = ("data", "sft", "sample", "label", "rm", "ppo", "dpo", "eval", "report")
+PIPELINE_STAGES = ("data", "sft", "sample", "label", "rm", "ppo", "dpo", "kto", "eval",
+                   "report")
 # The keys `tether run` sets itself, per stage: the paths from one stage to the next.
 PIPELINE_WIRED = {
     "sft": ("run_dir", "resume", "data.train", "data.eval"),
@@ -1074,6 +1148,8 @@ PIPELINE_WIRED = {
     "ppo": ("run_dir", "resume", "model.name", "reward.model", "reward.gold",
             "rollout.prompts", "eval_prompts"),
     "dpo": ("run_dir", "resume", "model.name", "data.train", "sampled_eval.prompts",
+            "sampled_eval.gold", "sampled_eval.reward_model"),
+    "kto": ("run_dir", "resume", "model.name", "data.train", "sampled_eval.prompts",
             "sampled_eval.gold", "sampled_eval.reward_model"),
 }
 
@@ -1085,7 +1161,8 @@ class PipelineConfig:
 
     run_dir: str = option("runs/pipeline", "Directory for every stage's outputs, "
                                            "pipeline.json (stage state) and report.html.")
-    skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo.")
+    skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo (and kto, "
+                           "which runs only with compare_kto=true).")
     rerun: str = option("", "Stages to run again even if unchanged, comma-separated (the "
                             "stages reading their outputs rerun too).")
     rm_check: str = option(
@@ -1098,12 +1175,19 @@ class PipelineConfig:
         "samples the newest policy (see rounds_from) on its own share of the training prompts "
         "(so the label budget is the same for any number of rounds), labels the samples "
         "(simulated, or people in the app with task.labels=human), retrains the reward model "
-        "on every label so far, and continues PPO and DPO from their previous round's policy, "
-        "which is also their reference. Stages of round r >= 2 are named sample-r, label-r, "
-        "rm-r, ppo-r, dpo-r; eval compares the last round's policies with SFT.", min=1)
+        "on every label so far, and continues PPO, DPO (and KTO) from their previous round's "
+        "policy, which is also their reference. Stages of round r >= 2 are named sample-r, "
+        "label-r, rm-r, ppo-r, dpo-r (kto-r); eval compares the last round's policies with "
+        "SFT.", min=1)
     rounds_from: str = option(
-        "auto", "Whose policy the next round samples: ppo, dpo, or auto (ppo unless skipped).",
-        choices=["auto", "ppo", "dpo"])
+        "auto", "Whose policy the next round samples: ppo, dpo, kto (with compare_kto), or "
+        "auto (ppo unless skipped, else dpo).", choices=["auto", "ppo", "dpo", "kto"])
+    compare_kto: bool = option(
+        False, "Also run the kto stage: a simulated thumb on each of the candidates that the "
+        "label stage ranks (label's temperature, flip_rate and seed; the threshold the median "
+        "gold score), KTO on them, and the KTO policy evaluated beside PPO and DPO on the same "
+        "held-out prompts. Off by default: in the default pipeline it took 2.4x the dpo "
+        "stage's time (BENCHMARKS.md). Needs simulated labels (task.labels empty).")
     task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
                                            "preference (a gold scorer or people's labels).")
     # The stages. Paths between them (run_dir, data, models) are set by the pipeline.
@@ -1119,6 +1203,8 @@ class PipelineConfig:
     ppo: PPOConfig = section(PPOConfig, "Online RL against the reward model (`tether ppo` keys; "
                                         "the gold scorer is only logged).")
     dpo: DPOConfig = section(DPOConfig, "DPO on the same labels (`tether dpo` keys).")
+    kto: KTOConfig = section(KTOConfig, "KTO on thumbs of the same candidates (`tether kto` "
+                                        "keys), with compare_kto=true.")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "The final comparison on held-out "
                                                            "prompts, with best-of-n.")
 
@@ -1134,9 +1220,9 @@ class PipelineConfig:
 
     def validate(self) -> None:
         skipped = self.stage_list("skip")
-        if set(skipped) - {"sft", "ppo", "dpo"}:
-            raise ConfigError(f"skip: only sft, ppo and dpo can be left out, not "
-                              f"{', '.join(sorted(set(skipped) - {'sft', 'ppo', 'dpo'}))}")
+        if set(skipped) - {"sft", "ppo", "dpo", "kto"}:
+            raise ConfigError(f"skip: only sft, ppo, dpo and kto can be left out, not "
+                              f"{', '.join(sorted(set(skipped) - {'sft', 'ppo', 'dpo', 'kto'}))}")
         self.stage_list("rerun")
         if not self.task.name and not self.task.prompts:
             raise ConfigError("task.prompts is required for a task of your own (task.name is "
@@ -1152,9 +1238,14 @@ class PipelineConfig:
             if {"ppo", "dpo"} <= set(skipped):
                 raise ConfigError("rounds > 1 needs a policy to sample the next round from: "
                                   "do not skip both ppo and dpo")
-            if self.rounds_from in skipped:
-                raise ConfigError(f"rounds_from={self.rounds_from}, but {self.rounds_from} is "
-                                  f"skipped")
+            if self.rounds_from in skipped or (self.rounds_from == "kto"
+                                               and not self.compare_kto):
+                raise ConfigError(f"rounds_from={self.rounds_from}, but {self.rounds_from} does "
+                                  f"not run" + (" (set compare_kto=true)"
+                                                if self.rounds_from == "kto" else ""))
+        if self.compare_kto and self.task.labels:
+            raise ConfigError("compare_kto needs simulated labels (task.labels empty): its "
+                              "thumbs come from the gold scorer")
 
 
 @dataclass

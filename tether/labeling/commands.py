@@ -34,7 +34,7 @@ from tether.errors import ConfigError
 from tether.files import atomic_write_jsonl, atomic_write_text, check_output
 from tether.labeling.export import export_project
 from tether.labeling.projects import project_stats, read_gold_items
-from tether.labeling.simulate import simulate
+from tether.labeling.simulate import simulate, thumbs_summary
 from tether.labeling.store import Project, Store, resolve_project
 from tether.tasks.gold import load_gold_scorer
 
@@ -108,6 +108,8 @@ def stats_path_for(output: Path) -> Path:
 
 
 def simulate_summary(stats: dict, out: Path | str) -> str:
+    if stats["format"] == "thumbs":
+        return thumbs_summary(stats, out)
     agreement = stats["agreement_with_gold"]
     agree = "n/a (no pair differs in gold)" if agreement is None else f"{agreement:.3f}"
     expected = stats["expected_agreement"]

@@ -25,6 +25,14 @@ The labels' agreement with gold (the share of labelled pairs, gold ties excluded
 preferred response has the higher gold score) is the noise ceiling that a reward model's
 accuracy against these labels is compared with; `simulate` returns it with the labels, and
 the command prints it and writes it to <output>.stats.json beside them.
+
+- format=thumbs (for KTO): every response gets a thumb of its own, up with probability
+  P(up) = sigmoid((g - threshold) / T), then flipped with probability f; a rater judging one
+  response against an absolute bar rather than against another response. The threshold is
+  by default the median gold score of the rated responses, so about half the thumbs are up.
+  Its agreement with gold is the share of thumbs that match g > threshold (responses exactly
+  at the threshold left out), expected (1 - f) * sigmoid(|g - t| / T) + f * sigmoid(-|g - t|
+  / T) for each.
 """
 
 from __future__ import annotations
@@ -83,8 +91,12 @@ def simulate(candidates: Candidates, scorer: GoldScorer,
     rows = candidates.rows
     gold = score_all(rows, scorer)
     rng = np.random.default_rng(cfg.seed)
+    if cfg.format == "thumbs":
+        out_rows, stats = _label_thumbs(rows, gold, rng, cfg)
+        return out_rows, {**stats, "identical_responses_merged": candidates.merged,
+                          "prompts_left_out": candidates.left_out}
     if cfg.format not in ("rankings", "pairs"):
-        raise ConfigError(f"format must be rankings or pairs, got '{cfg.format}'")
+        raise ConfigError(f"format must be rankings, pairs or thumbs, got '{cfg.format}'")
     label = _label_rankings if cfg.format == "rankings" else _label_pairs
     out_rows, better, worse, extra = label(rows, gold, rng, cfg)
     better, worse = np.asarray(better, dtype=float), np.asarray(worse, dtype=float)
@@ -156,3 +168,56 @@ def _label_pairs(rows, gold, rng, cfg):
             worse.append(g[r])
     extra = {"prompts_with_fewer_pairs": short}
     return out_rows, better, worse, extra
+
+
+def _label_thumbs(rows, gold, rng, cfg) -> tuple[list[dict], dict]:
+    """{prompt, completion, label, gold_score} for every response, in row order; each draws
+    its thumb and its flip from separate uniforms, as pairs do."""
+    all_gold = np.concatenate(gold)
+    threshold = float(np.median(all_gold)) if cfg.threshold is None else cfg.threshold
+    out_rows, labels = [], []
+    for row, g in zip(rows, gold, strict=True):
+        for response, score in zip(row["responses"], g, strict=True):
+            up = bool(rng.random() < sigmoid((score - threshold) / cfg.temperature))
+            if rng.random() < cfg.flip_rate:
+                up = not up
+            out_rows.append({"prompt": row["prompt"], "completion": response, "label": up,
+                             "gold_score": float(score)})
+            labels.append(up)
+    labels = np.asarray(labels)
+    above, at = all_gold > threshold, all_gold == threshold
+    distance = np.abs(all_gold[~at] - threshold)
+    p = sigmoid(distance / cfg.temperature)
+    stats = {
+        "format": "thumbs",
+        "prompts": len(rows),
+        "rows": len(out_rows),
+        "thumbs_up": int(labels.sum()),
+        "thumbs_down": int((~labels).sum()),
+        "threshold": threshold,
+        "threshold_from": "median gold score" if cfg.threshold is None else "config",
+        "gold_ties": int(at.sum()),  # responses exactly at the threshold: no right thumb
+        "agreement_with_gold": float(np.mean(labels[~at] == above[~at])) if distance.size
+        else None,
+        "expected_agreement": float(np.mean((1 - cfg.flip_rate) * p + cfg.flip_rate * (1 - p)))
+        if distance.size else None,
+        "temperature": cfg.temperature,
+        "flip_rate": cfg.flip_rate,
+        "seed": cfg.seed,
+        "gold_mean": float(all_gold.mean()),
+        "gold_std": float(all_gold.std()),
+    }
+    return out_rows, stats
+
+
+def thumbs_summary(stats: dict, out) -> str:
+    """What `tether label simulate format=thumbs` prints."""
+    agreement, expected = stats["agreement_with_gold"], stats["expected_agreement"]
+    agree = "n/a (every response is at the threshold)" if agreement is None else \
+        f"{agreement:.3f}"
+    expect = "" if expected is None else f" (expected {expected:.3f} from T and flip_rate)"
+    return (f"wrote {stats['rows']} thumbs rows ({stats['thumbs_up']} up, "
+            f"{stats['thumbs_down']} down) for {stats['prompts']} prompts to {out}\n"
+            f"threshold {stats['threshold']:.4g} ({stats['threshold_from']}); agreement with "
+            f"gold (thumb up = gold above it): {agree}{expect}; {stats['gold_ties']} responses "
+            f"at the threshold left out")

@@ -31,6 +31,7 @@ from tether.metric_names import (
     EVAL_PROXY,
     EVAL_SPEARMAN_GOLD,
     KL_CHOSEN,
+    KL_MISMATCHED,
     KL_SEQ,
     LOSS_POLICY,
     LOSS_TRAIN,
@@ -41,9 +42,11 @@ from tether.metric_names import (
     PPO_EXPLAINED_VARIANCE,
     RESPONSE_LENGTH,
     REWARD_ACCURACY,
+    REWARD_DESIRABLE,
     REWARD_GOLD,
     REWARD_MARGIN,
     REWARD_PROXY,
+    REWARD_UNDESIRABLE,
 )
 from tether.report.html import write_report
 from tether.rundir import read_metrics
@@ -56,6 +59,8 @@ CURVES = {
             PPO_APPROX_KL, LOSS_POLICY, LOSS_VALUE, PPO_EXPLAINED_VARIANCE, POLICY_ENTROPY,
             RESPONSE_LENGTH),
     "dpo": (LOSS_TRAIN, EVAL_LOSS, REWARD_ACCURACY, EVAL_ACCURACY, REWARD_MARGIN, KL_CHOSEN,
+            EVAL_GOLD, EVAL_PROXY, EVAL_KL),
+    "kto": (LOSS_TRAIN, EVAL_LOSS, REWARD_DESIRABLE, REWARD_UNDESIRABLE, KL_MISMATCHED,
             EVAL_GOLD, EVAL_PROXY, EVAL_KL),
 }
 
@@ -143,12 +148,12 @@ def _reward_model(rm_dir: Path, labels: dict, frontier: dict | None) -> dict | N
 
 def _health_warnings(root: Path) -> list[str]:
     """What the stages' own checks found (tether.eval.health): a reward model at chance or
-    preferring empty responses, and the flags PPO and DPO logged while training."""
+    preferring empty responses, and the flags PPO, DPO and KTO logged while training."""
     warnings = []
     rm = _json(root / "rm" / "eval.json")
     if rm:
         warnings += [f"rm: {text}" for text in reward_model_warnings(rm["metrics"])]
-    for stage in ("ppo", "dpo"):
+    for stage in ("ppo", "dpo", "kto"):
         path = root / stage / "metrics.jsonl"
         found = health_findings(read_metrics(path)) if path.exists() else []
         if found:

@@ -34,10 +34,10 @@ from tether.report.svg import (
 )
 
 # Stages in pipeline order; any others follow in the order the data gives them.
-STAGE_ORDER = ("sft", "rm", "ppo", "grpo", "rloo", "dpo", "bon", "eval")
+STAGE_ORDER = ("sft", "rm", "ppo", "grpo", "rloo", "dpo", "kto", "bon", "eval")
 STAGE_TITLES = {"sft": "Supervised fine-tuning", "rm": "Reward model", "ppo": "PPO",
-                "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "bon": "Best-of-n",
-                "eval": "Evaluation"}
+                "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO", "kto": "KTO (thumbs up / down)",
+                "bon": "Best-of-n", "eval": "Evaluation"}
 FIT_FORMS = {"bon": "d(α − β·d)", "rl": "d(α − β·ln d)"}
 
 CSS = """
@@ -452,8 +452,8 @@ def _stage_charts(metrics: dict) -> list[str]:
 
 
 def _rounds(data: dict) -> str:
-    """`tether run rounds=N`: per round, PPO's and DPO's held-out gold and proxy at the end of
-    their training, and the labels' and the reward model's agreement."""
+    """`tether run rounds=N`: per round, PPO's, DPO's (and KTO's) held-out gold and proxy at
+    the end of their training, and the labels' and the reward model's agreement."""
     rounds = [r for r in _list(data.get("rounds")) if isinstance(r, dict)]
     if not rounds:
         return ""
@@ -461,10 +461,11 @@ def _rounds(data: dict) -> str:
     def value(row: dict, algo: str, key: str) -> Any:
         return _dict(row.get(algo)).get(key)
 
+    algos = [a for a in ("ppo", "dpo", "kto") if any(r.get(a) for r in rounds)]
     series = [Series(f"{algo} {key}", [(r.get("round"), value(r, algo, key)) for r in rounds],
                      colour_for(algo), dashed=key == "proxy", hollow=key == "proxy",
                      markers=True)
-              for algo in ("ppo", "dpo") for key in ("gold", "proxy")
+              for algo in algos for key in ("gold", "proxy")
               if any(finite(value(r, algo, key)) for r in rounds)]
     quality = [Series(name, [(r.get("round"), r.get(key)) for r in rounds], markers=True)
                for name, key in (("labels vs gold", "label_agreement"),
@@ -474,15 +475,15 @@ def _rounds(data: dict) -> str:
               ((series, "Held-out reward at the end of each round"),
                (quality, "Agreement per round")) if s]
     head = [("round", True), ("labels vs gold", True), ("reward model accuracy", True),
-            ("PPO gold", True), ("PPO proxy", True), ("PPO KL", True),
-            ("DPO gold", True), ("DPO proxy", True), ("DPO KL", True)]
+            *((f"{algo.upper()} {key}", True) for algo in algos
+              for key in ("gold", "proxy", "KL"))]
     rows = ["<tr>" + "".join(_num_cell(esc(fmt_number(v))) for v in (
         r.get("round"), r.get("label_agreement"), r.get("rm_accuracy"),
-        *(value(r, algo, key) for algo in ("ppo", "dpo") for key in ("gold", "proxy", "kl"))))
+        *(value(r, algo, key) for algo in algos for key in ("gold", "proxy", "kl"))))
         + "</tr>" for r in rounds]
     body = ['<div class="charts">' + "\n".join(f"<figure>{c}</figure>" for c in charts)
             + "</div>",
-            _table(head, rows, caption="Each round's PPO and DPO start from their previous "
+            _table(head, rows, caption="Each round's policies start from their previous "
                    "round's policy, which is also their reference: KL here is to that start, "
                    "not to SFT. The reward model of round r is trained on the labels of rounds "
                    "1..r.")]

@@ -8,6 +8,10 @@ clip, step, log, evaluate, checkpoint -> export final/.
 A ranking of K responses stands for its C(K, 2) pairs, and each response goes through the
 policy once however many pairs it is in. Pairs are averaged within a prompt, then over
 prompts, as the reward model does (a pair is a ranking of two).
+
+The reference machinery here (ReferenceLogps, precompute, policy_and_reference, sampled_eval)
+also serves tether.trainers.kto: its config has the same model, ref, data, train and
+sampled_eval sections, and its rows hold their sequences in `responses`, as a prompt does here.
 """
 
 from __future__ import annotations
@@ -288,6 +292,21 @@ def shares_base(cfg: DPOConfig) -> bool:
         (cfg.ref.model or cfg.model.name) == cfg.model.name
 
 
+def check_reference_vocabulary(cfg: DPOConfig, tokenizer) -> None:
+    """A reference with other token ids than the policy's gives log-probs of other texts."""
+    if cfg.ref.model not in ("", cfg.model.name) and \
+            load_tokenizer(cfg.ref.model).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"ref.model={cfg.ref.model} has a different vocabulary from "
+                          f"model.name={cfg.model.name}; their log-probs cannot be compared")
+
+
+def reference_description(cfg: DPOConfig) -> str:
+    """How the reference log-probs are obtained, for the header line."""
+    return ("precomputed" if cfg.ref.precompute else "live") + \
+        (" (the policy with its LoRA adapter off)" if shares_base(cfg)
+         else f" ({cfg.ref.model or cfg.model.name})")
+
+
 def policy_builder(cfg: DPOConfig) -> Callable[[], torch.nn.Module]:
     """Builds the policy's modules (with its adapter, if any) from model.name."""
     def build() -> torch.nn.Module:
@@ -372,10 +391,7 @@ def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
     pad_id = tokenizer.pad_token_id
 
     # 2. The policy and its reference (policy_and_reference says which comes first).
-    if cfg.ref.model not in ("", cfg.model.name) and \
-            load_tokenizer(cfg.ref.model).get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"ref.model={cfg.ref.model} has a different vocabulary from "
-                          f"model.name={cfg.model.name}; their log-probs cannot be compared")
+    check_reference_vocabulary(cfg, tokenizer)
     cache = run_dir / REF_CACHE
     key = data_key(cfg.ref.model or cfg.model.name,
                    "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
@@ -387,13 +403,10 @@ def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     pairs = sum(len(p.source.pairs()) for p in data.train)
-    how = ("precomputed" if cfg.ref.precompute else "live") + \
-        (" (the policy with its LoRA adapter off)" if shares_base(cfg)
-         else f" ({cfg.ref.model or cfg.model.name})")
     print_header(f"dpo ({cfg.dpo.loss}, beta {cfg.dpo.beta}) on {cfg.model.name}", model,
-                 f"reference log-probs {how}; {len(data.train)} prompts with {pairs} pairs for "
-                 f"training, {len(data.eval)} held out; {total_steps} steps of {batch_size} "
-                 f"prompts ({d.processes}; {batches})", d)
+                 f"reference log-probs {reference_description(cfg)}; {len(data.train)} prompts "
+                 f"with {pairs} pairs for training, {len(data.eval)} held out; {total_steps} "
+                 f"steps of {batch_size} prompts ({d.processes}; {batches})", d)
     model = d.wrap(maybe_compile(model, cfg.train.compile))
 
     # 3. Optimizer and schedule, restored with everything else on resume.
