@@ -26,6 +26,7 @@ WHAT = {
           "Bradley-Terry loss",
     "dpo": "preference optimisation on pairs or rankings, against a frozen reference",
     "ppo": "online reinforcement learning against a reward, with a KL penalty to the reference",
+    "kto": "KTO on thumbs up/down (unpaired good/bad responses), against a frozen reference",
 }
 
 
@@ -98,6 +99,9 @@ def _method(stage: str, cfg: Any) -> str:
         return f"`{cfg.dpo.loss}` loss, beta {cfg.dpo.beta:g}"
     if stage == "ppo":
         return f"`{cfg.algo}`, KL coefficient {cfg.ppo.kl_coef:g}"
+    if stage == "kto":
+        return (f"beta {cfg.kto.beta:g}, desirable weight {cfg.kto.desirable_weight:g}, "
+                f"undesirable weight {cfg.kto.undesirable_weight:g}")
     return "next-token cross-entropy on the response tokens"
 
 

@@ -104,3 +104,15 @@ def test_a_jinja_chat_template_file_trains_and_stays_in_final(tmp_path, sft_rows
     assert "data.chat_template: 'nope.j2' is neither auto, always, never nor a readable " \
            "Jinja file" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_every_trainer_has_a_card():
+    from tether.config import DPOConfig, KTOConfig, PPOConfig, RMConfig
+
+    for stage, cls, extra in (("sft", SFTConfig, ["data.train=d.jsonl"]),
+                              ("rm", RMConfig, ["data.train=d.jsonl"]),
+                              ("dpo", DPOConfig, ["data.train=d.jsonl"]),
+                              ("kto", KTOConfig, ["data.train=d.jsonl"]),
+                              ("ppo", PPOConfig, ["rollout.prompts=p.jsonl"])):
+        card = model_card(stage, load_config(cls, None, extra), [])
+        assert f"`tether {stage}`" in card and "**Method:**" in card, stage

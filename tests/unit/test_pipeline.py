@@ -292,13 +292,14 @@ def test_two_rounds_sample_the_newest_policy_and_keep_every_label(tmp_path, caps
     """rounds=2: each round labels its own half of the training prompts; round 2 samples
     round 1's PPO policy, its reward model learns from both rounds' labels, PPO and DPO go on
     from their round-1 policies; eval compares the last round's with SFT, per round too."""
-    run, two = tmp_path / "run", ["rounds=2", "task.num_prompts=32"]
+    run, two = tmp_path / "run", ["rounds=2", "task.num_prompts=32", "compare_kto=true",
+                                  "kto.train.batch_size=8", "kto.train.micro_batch_size=8"]
     assert _run(tmp_path, run, *two) == 0
     out = capsys.readouterr().out
     ran = [line.split("] ")[1].split(":")[0] for line in out.splitlines()
            if ": running" in line and line.startswith("[")]
-    assert ran == ["data", "sft", "sample", "label", "rm", "ppo", "dpo", "sample-2",
-                   "label-2", "rm-2", "ppo-2", "dpo-2", "eval", "report"]
+    assert ran == ["data", "sft", "sample", "label", "rm", "ppo", "dpo", "kto", "sample-2",
+                   "label-2", "rm-2", "ppo-2", "dpo-2", "kto-2", "eval", "report"]
     shares = [[json.loads(line)["prompt"] for line in
                (run / "data" / f"prompts-round{r}.jsonl").read_text().splitlines()]
               for r in (1, 2)]
@@ -320,11 +321,15 @@ def test_two_rounds_sample_the_newest_policy_and_keep_every_label(tmp_path, caps
     assert f"model: {run / 'rm-2' / 'final'}" in config("ppo-2")
     assert f"name: {run / 'dpo' / 'final'}" in config("dpo-2")
     assert f"train: {run / 'label-2' / 'labels.jsonl'}" in config("dpo-2")
+    assert f"name: {run / 'kto' / 'final'}" in config("kto-2")
+    thumbs = [json.loads(line)["prompt"] for line in
+              (run / "kto-2" / "thumbs.jsonl").read_text().splitlines()]
+    assert set(thumbs) <= set(shares[1])
 
     rounds = json.loads((run / "eval" / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == [1, 2]
     assert '<section id="rounds">' in (run / "report.html").read_text()
-    assert all({"label_agreement", "rm_accuracy", "ppo", "dpo"} <= set(r) for r in rounds)
+    assert all({"label_agreement", "rm_accuracy", "ppo", "dpo", "kto"} <= set(r) for r in rounds)
     assert rounds[1]["ppo"]["gold"] == read_metrics(run / "ppo-2" / "metrics.jsonl")[-1].get(
         metric_names.EVAL_GOLD, rounds[1]["ppo"]["gold"])
 
@@ -332,7 +337,7 @@ def test_two_rounds_sample_the_newest_policy_and_keep_every_label(tmp_path, caps
     # (round 2 samples PPO's policy, so its samples and labels stay)
     assert _run(tmp_path, run, *two) == 0
     assert out.count("unchanged, skipped") == 0 and \
-        capsys.readouterr().out.count("unchanged, skipped") == 13
+        capsys.readouterr().out.count("unchanged, skipped") == 15
     assert _run(tmp_path, run, *two, "rerun=dpo") == 0
     ran = [line.split("] ")[1].split(":")[0] for line in capsys.readouterr().out.splitlines()
            if ": running" in line and line.startswith("[")]

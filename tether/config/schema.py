@@ -48,7 +48,8 @@ def section(cls: type, help: str, **defaults: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 # The fields of a data row that data.columns may map to a dataset's own column names.
-DATA_FIELDS = ("prompt", "completion", "messages", "chosen", "rejected", "responses", "ranks")
+DATA_FIELDS = ("prompt", "completion", "messages", "chosen", "rejected", "responses", "ranks",
+               "label")
 # Whether prompts are wrapped in the tokenizer's chat template (tether.data.tokenize).
 CHAT_TEMPLATE = ("auto", "always", "never")
 # Whether PPO reweights its policy gradient for the sampler's mismatch (rollout.is_correction).

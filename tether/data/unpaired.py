@@ -125,12 +125,13 @@ def load_unpaired_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
         return encode_example(tokenizer, messages, response, chat_template=chat,
                               max_length=cfg.max_length, truncation=truncation)
 
-    def encode_all(source: str) -> tuple[list[EncodedUnpaired], LoadStats]:
+    def encode_all(source: str, split: str) -> tuple[list[EncodedUnpaired], LoadStats]:
         stats = LoadStats()
         out = []
         parse = partial(parse_unpaired, allow_empty=cfg.allow_empty_responses)
         rows = load_records(source, parse, cfg.skip_bad_rows, stats,
-                            allow_empty_key="data.allow_empty_responses")
+                            allow_empty_key="data.allow_empty_responses", split=split,
+                            subset=cfg.subset, columns=cfg.columns)
         check_both_classes(rows, source)
         for row in rows:
             encoded = encode(row.prompt, row.completion, cfg.truncation)

@@ -302,4 +302,4 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     # 5. Export (rank 0; the others wait, so no one reads final/ half-written).
     whole = master_model(model, optimizer, policy_builder(cfg), dist=d)
-    return export_policy(run_dir, whole, tokenizer, cfg.model.lora, dist=d)
+    return export_policy(run_dir, whole, tokenizer, cfg, "kto", dist=d)
