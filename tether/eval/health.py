@@ -19,8 +19,11 @@ from tether.metric_names import (
     EVAL_ACCURACY,
     EVAL_ACCURACY_CI_HI,
     EVAL_ACCURACY_CI_LO,
+    EVAL_EMPTY,
     EVAL_EMPTY_WINS,
     EVAL_LABEL_GOLD_AGREEMENT,
+    EVAL_NUM_TOKENS,
+    HEALTH_COLLAPSE,
     HEALTH_PREFIX,
 )
 
@@ -55,6 +58,24 @@ def collapse_of(mean: float, empty: float, first_mean_length: float | None = Non
         return None
     return f"response collapse: {why}; the policy may be gaming the reward with (near-)empty " \
            "responses"
+
+
+class CollapseWatch:
+    """The sampled evaluations of an offline trainer (dpo, kto): each is flagged
+    (HEALTH_COLLAPSE) when its responses collapse against the first evaluation's length, and
+    the warning is printed once, by the main process."""
+
+    def __init__(self) -> None:
+        self.first_length: float | None = None
+        self.warned = False
+
+    def check(self, metrics: dict[str, float], main: bool) -> None:
+        self.first_length = self.first_length or metrics[EVAL_NUM_TOKENS]
+        warning = collapse_of(metrics[EVAL_NUM_TOKENS], metrics[EVAL_EMPTY], self.first_length)
+        metrics[HEALTH_COLLAPSE] = float(warning is not None)
+        if warning and main and not self.warned:
+            tqdm.write(f"warning: {warning}")
+        self.warned = self.warned or warning is not None
 
 
 def constant_reward(scores: Sequence[float]) -> str | None:

@@ -37,16 +37,13 @@ from tether.data.tokenize import Encoded, wants_chat_template
 from tether.device import autocast, model_device, peak_memory
 from tether.distributed import Dist, setup, unwrap
 from tether.errors import ConfigError
-from tether.eval.health import collapse_of
+from tether.eval.health import CollapseWatch
 from tether.eval.policy import heldout_metrics
 from tether.losses.dpo import LOSSES, chosen_nll, logratio_margin
 from tether.metric_names import (
     DATA_EPOCH,
-    EVAL_EMPTY,
     EVAL_LOSS,
-    EVAL_NUM_TOKENS,
     EVAL_PREFIX,
-    HEALTH_COLLAPSE,
     HELD_OUT,
     KL_CHOSEN,
     LOGPS_CHOSEN,
@@ -420,12 +417,10 @@ def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
         return dpo_objective(logps, ref(split, indices, prefs, d.device, packed), num_tokens,
                              preference_pairs(prefs, num_groups, d.device), cfg.dpo)
 
-    first_length: float | None = None  # the first sampled evaluation's mean length
-    warned = False  # the collapse warning is printed once
+    collapse = CollapseWatch()
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        nonlocal first_length, warned
         # Every rank evaluates everything (FSDP2 needs all ranks in each forward); sampling
         # with the same seed, they draw the same responses.
         model.eval()
@@ -440,13 +435,7 @@ def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
             metrics = {EVAL_LOSS: loss, **{HELD_OUT[k]: v for k, v in sums.items()}}
         if sampled is not None:
             metrics |= sampled(unwrap(model))
-            # collapse (tether.eval.health), against the first evaluation's length
-            first_length = first_length or metrics[EVAL_NUM_TOKENS]
-            warning = collapse_of(metrics[EVAL_NUM_TOKENS], metrics[EVAL_EMPTY], first_length)
-            metrics[HEALTH_COLLAPSE] = float(warning is not None)
-            if warning and d.main and not warned:
-                tqdm.write(f"warning: {warning}")
-            warned = warned or warning is not None
+            collapse.check(metrics, d.main)
         model.train()
         return metrics
 

@@ -28,16 +28,13 @@ from tether.data.tokenize import Encoded
 from tether.data.unpaired import EncodedUnpaired, class_counts, load_unpaired_data
 from tether.device import peak_memory
 from tether.distributed import Dist, setup, unwrap
-from tether.eval.health import collapse_of
+from tether.eval.health import CollapseWatch
 from tether.losses.kto import RECOMMENDED_RATIO, kto_losses, reference_point, weight_ratio
 from tether.metric_names import (
     DATA_EPOCH,
-    EVAL_EMPTY,
     EVAL_KL_MISMATCHED,
     EVAL_LOSS,
-    EVAL_NUM_TOKENS,
     EVAL_PREFIX,
-    HEALTH_COLLAPSE,
     KL_MISMATCHED,
     KTO_HELD_OUT,
     LOGPS_DESIRABLE,
@@ -207,12 +204,10 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
         desirable = torch.tensor([r.desirable for r in rows], device=logps.device)
         return kto_objective(logps, own_ref, desirable, z0, num_rows, counts, cfg.kto)
 
-    first_length: float | None = None  # the first sampled evaluation's mean length
-    warned = False  # the collapse warning is printed once
+    collapse = CollapseWatch()
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        nonlocal first_length, warned
         # Every rank evaluates everything (FSDP2 needs all ranks in each forward).
         model.eval()
         metrics = {}
@@ -230,13 +225,7 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
                        **{KTO_HELD_OUT[k]: v for k, v in sums.items()}}
         if sampled is not None:
             metrics |= sampled(unwrap(model))
-            # collapse (tether.eval.health), against the first evaluation's length
-            first_length = first_length or metrics[EVAL_NUM_TOKENS]
-            warning = collapse_of(metrics[EVAL_NUM_TOKENS], metrics[EVAL_EMPTY], first_length)
-            metrics[HEALTH_COLLAPSE] = float(warning is not None)
-            if warning and d.main and not warned:
-                tqdm.write(f"warning: {warning}")
-            warned = warned or warning is not None
+            collapse.check(metrics, d.main)
         model.train()
         return metrics
 
