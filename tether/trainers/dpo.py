@@ -323,9 +323,25 @@ def load_policy(cfg: DPOConfig, d: Dist, masters: bool) -> torch.nn.Module:
     return model
 
 
-def policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, cache: Path, key: str,
+def policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, run_dir: Path,
                          masters: bool, chunk: int, progress_bar: bool = True
-                         ) -> tuple[torch.nn.Module, ReferenceLogps | None]:
+                         ) -> tuple[torch.nn.Module, ReferenceLogps]:
+    """The policy and its reference log-probs (see _policy_and_reference), on every process:
+    the others wait for rank 0's table and read it from run_dir/REF_CACHE."""
+    cache = run_dir / REF_CACHE
+    key = data_key(cfg.ref.model or cfg.model.name,
+                   "bf16 weights" if masters else "bf16" if cfg.train.bf16 else "fp32", data)
+    model, ref = _policy_and_reference(cfg, d, data, tokenizer, cache, key, masters, chunk,
+                                       progress_bar)
+    d.barrier()  # rank 0's table is written
+    if ref is None:
+        ref = ReferenceLogps(table=load_cached(cache, key, quiet=True))
+    return model, ref
+
+
+def _policy_and_reference(cfg: DPOConfig, d: Dist, data, tokenizer, cache: Path, key: str,
+                          masters: bool, chunk: int, progress_bar: bool = True
+                          ) -> tuple[torch.nn.Module, ReferenceLogps | None]:
     """The policy and the reference log-probs it is compared with: a table computed once
     (ref.precompute; kept in `cache` for this reference and data, `key`) or a frozen model run
     live: ref.model, or with LoRA and ref.share_base the policy with its adapter off. A
@@ -389,14 +405,8 @@ def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     # 2. The policy and its reference (policy_and_reference says which comes first).
     check_reference_vocabulary(cfg, tokenizer)
-    cache = run_dir / REF_CACHE
-    key = data_key(cfg.ref.model or cfg.model.name,
-                   "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
-    model, ref = policy_and_reference(cfg, d, data, tokenizer, cache, key, masters, chunk,
+    model, ref = policy_and_reference(cfg, d, data, tokenizer, run_dir, masters, chunk,
                                       progress_bar)
-    d.barrier()  # rank 0's table is written
-    if ref is None:
-        ref = ReferenceLogps(table=load_cached(cache, key, quiet=True))
 
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     pairs = sum(len(p.source.pairs()) for p in data.train)

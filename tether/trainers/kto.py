@@ -63,11 +63,7 @@ from tether.trainers.common import (
     start_or_resume,
 )
 from tether.trainers.dpo import (
-    REF_CACHE,
-    ReferenceLogps,
     check_reference_vocabulary,
-    data_key,
-    load_cached,
     policy_and_reference,
     policy_builder,
     prefs_tokens,
@@ -156,14 +152,8 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     # 2. The policy and its reference (tether.trainers.dpo.policy_and_reference).
     check_reference_vocabulary(cfg, tokenizer)
-    cache = run_dir / REF_CACHE
-    key = data_key(cfg.ref.model or cfg.model.name,
-                   "bf16 weights" if masters else "bf16" if bf16 else "fp32", data)
-    model, ref = policy_and_reference(cfg, d, data, tokenizer, cache, key, masters, chunk,
+    model, ref = policy_and_reference(cfg, d, data, tokenizer, run_dir, masters, chunk,
                                       progress_bar)
-    d.barrier()  # rank 0's table is written
-    if ref is None:
-        ref = ReferenceLogps(table=load_cached(cache, key, quiet=True))
 
     per_epoch, total_steps = plan_steps(cfg.train, len(data.train), cfg.data.train)
     up, down = class_counts(data.train)
