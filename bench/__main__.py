@@ -18,6 +18,7 @@ from bench import (
     peak,
     ppo,
     precision,
+    qlora,
     rm,
     rm_quality,
     sample_match,
@@ -30,7 +31,7 @@ BENCHMARKS = {"peak": peak, "sft": sft, "rm": rm, "rm-quality": rm_quality, "dpo
               "ppo": ppo, "label": label, "precision": precision, "scaling": scaling,
               "generation": generation, "sample-match": sample_match, "vs-trl": vs_trl,
               "gpu-check": gpu_check, "gpu-train": gpu_train,
-              "cli-startup": cli_startup}
+              "cli-startup": cli_startup, "qlora": qlora}
 
 
 def main(argv: list[str] | None = None) -> None:

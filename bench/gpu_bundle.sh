@@ -12,9 +12,22 @@
 #   python3 -m bench gpu-check --parts 1,3,5     # unit tests on the GPU, training, TRL
 #
 # (USE_HUB_KERNELS=0 is for TRL's side: tether never asks for Hub kernels.)
+#
+#   bash bench/gpu_bundle.sh qlora      # bitsandbytes alone in .gpu-bnb/ (43 MB): too big to
+#                                       # travel with .gpu/, so carried in a call of its own
+#                                       # (installed the same way; then python3 -m bench qlora)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+if [ "${1:-}" = qlora ]; then
+  grep -qxF "/.gpu-bnb/" .git/info/exclude 2>/dev/null || echo "/.gpu-bnb/" >> .git/info/exclude
+  version=$("$PY" -m pip show bitsandbytes | awk '/^Version:/ {print $2}')
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 -d .gpu-bnb \
+    "bitsandbytes==$version"
+  du -sh .gpu-bnb
+  exit 0
+fi
 OUT=.gpu
 mkdir -p "$OUT/cache/tokenizers"
 grep -qxF "/$OUT/" .git/info/exclude 2>/dev/null || echo "/$OUT/" >> .git/info/exclude

@@ -22,7 +22,8 @@ import torch
 
 from tether.errors import UserError
 from tether.files import atomic_dir
-from tether.models.lora import is_lora
+from tether.models.lora import is_lora, merged_copy
+from tether.models.quantize import is_quantized
 
 CHECKPOINTS = "checkpoints"
 _STATE, _META = "state.pt", "meta.json"
@@ -173,7 +174,9 @@ def save_final(model: torch.nn.Module, tokenizer, out_dir: Path, merge_lora: boo
                texts: dict[str, str] | None = None) -> Path:
     """Write a directory that plain `transformers` (or peft, for an unmerged adapter) loads,
     with `texts` (file name -> content, e.g. the model card) written inside it at once."""
-    if is_lora(model) and merge_lora:
+    if is_quantized(model) and (merge_lora or not is_lora(model)):
+        model = merged_copy(model, torch.float32)[0]  # the 4-bit base dequantised, merged
+    elif is_lora(model) and merge_lora:
         model = model.merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -45,6 +45,7 @@ import torch
 from tether.config import ModelConfig, TrainConfig
 from tether.distributed import Dist, unwrap
 from tether.errors import ConfigError
+from tether.models.quantize import check_qlora
 from tether.optim import MASTER, MasterAdamW, _fp32_originals
 
 SINGLE = Dist()
@@ -58,6 +59,7 @@ def check_settings(model: ModelConfig, train: TrainConfig, device: torch.device)
         raise ConfigError("model.attention=flex_attention trains on a CUDA GPU only (PyTorch "
                           "has no FlexAttention backward on the CPU); use model.attention=sdpa "
                           "here")
+    check_qlora(model, train, device)
     problem = train.compile and compile_unavailable(device.type)
     if problem:
         raise ConfigError(f"train.compile=true: {problem}; set train.compile=false")

@@ -70,6 +70,12 @@ class LoraConfig:
     merge_on_save: bool = option(
         True, "Merge the adapter into the weights in final/ so plain transformers loads it; "
         "if false, final/ holds a peft adapter.")
+    qlora: bool = option(
+        False, "QLoRA: load the frozen base's linear layers in 4-bit NF4 (bitsandbytes, double "
+        "quantisation, bf16 compute) and train the adapters over them: the base takes about a "
+        "quarter of its bf16 memory. Needs enabled=true and `pip install bitsandbytes`; for "
+        "policies (sft, dpo, kto, grpo, rloo, ppo with ppo.value_model=head). final/ holds "
+        "the dequantised base with the adapter merged in: the model that was trained.")
 
 
 @dataclass
@@ -528,6 +534,10 @@ class RMConfig:
     def validate(self) -> None:
         if not self.data.train:
             raise ConfigError("data.train is required: preference pairs or rankings")
+        if self.model.lora.qlora:
+            raise ConfigError("model.lora.qlora is for policies (sft, dpo, kto, ppo); a reward "
+                              "model trains its backbone with LoRA in full precision: set "
+                              "model.lora.qlora=false")
         self.train.check_accumulation()
 
 
@@ -906,6 +916,10 @@ class PPOConfig:
             raise ConfigError("ppo.importance_sampling_level=sequence (GSPO) gives each response "
                               "one ratio, for one advantage per response: use algo=grpo or "
                               "rloo (algo=ppo's GAE advantages differ token by token)")
+        if self.model.lora.qlora and self.algo == "ppo" and self.ppo.value_model == "separate":
+            raise ConfigError("model.lora.qlora with ppo.value_model=separate would train a "
+                              "full-precision copy of the policy as the value model: set "
+                              "ppo.value_model=head, or use algo=grpo or rloo (no value model)")
         if self.algo == "ppo" and self.ppo.dynamic_sampling:
             raise ConfigError("ppo.dynamic_sampling drops groups whose scores all agree, which "
                               "grpo and rloo give no gradient: use algo=grpo or rloo (ppo's "

@@ -41,6 +41,7 @@ from tether.choices import ATTENTION
 from tether.device import pick_device
 from tether.errors import UserError
 from tether.files import share_modes
+from tether.models.quantize import load_nf4
 from tether.models.tiny import TINY, tiny_llama, tiny_tokenizer
 
 SMOLLM2 = "smollm2-135m"
@@ -196,6 +197,11 @@ def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def nf4_device(model_cfg, device: torch.device | str) -> torch.device | None:
+    """load_causal_lm's nf4_on for a policy: its device under model.lora.qlora, else None."""
+    return torch.device(device) if model_cfg.lora.qlora else None
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     if name == TINY:
         return tiny_tokenizer()
@@ -207,20 +213,27 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def load_causal_lm(name: str, *, seed: int = 0, hub_kernels: bool = False,
-                   attention: str = "sdpa") -> torch.nn.Module:
-    """An fp32 causal LM (fp32 master weights; bf16 is applied by autocast in the loops)."""
+                   attention: str = "sdpa", nf4_on: torch.device | None = None
+                   ) -> torch.nn.Module:
+    """An fp32 causal LM (fp32 master weights; bf16 is applied by autocast in the loops).
+    nf4_on: QLoRA's base instead, its linear layers in 4-bit NF4, loaded onto that device
+    (tether.models.quantize)."""
     if name == TINY:
-        return tiny_llama(seed=seed)
-    if random_shape(name):
+        model = tiny_llama(seed=seed)
+    elif random_shape(name):
         config = random_config(name)
         config._attn_implementation = attention
         # Built where it will run: initialising 1.7B parameters on a GPU takes a moment.
         with torch.random.fork_rng(), pick_device("auto"):
             torch.manual_seed(seed)
-            return LlamaForCausalLM(config)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolve(name), dtype=torch.float32, **pretrained_options(hub_kernels, attention))
-    except OSError as e:
-        raise UserError(f"cannot load model '{name}': {e}") from None
-    return model
+            model = LlamaForCausalLM(config)
+    else:
+        try:
+            if nf4_on is not None:
+                return load_nf4(resolve(name), nf4_on, pretrained_options(hub_kernels, attention))
+            return AutoModelForCausalLM.from_pretrained(
+                resolve(name), dtype=torch.float32, **pretrained_options(hub_kernels, attention))
+        except OSError as e:
+            raise UserError(f"cannot load model '{name}': {e}") from None
+    return model if nf4_on is None else load_nf4(model, nf4_on,
+                                                 pretrained_options(False, attention))

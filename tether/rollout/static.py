@@ -26,48 +26,15 @@ between passes, is refused by PPO's config check for now.)
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from tether.data.collate import pad_batch
 from tether.models.logprobs import position_ids_from_mask
+from tether.models.lora import merged_copy
 from tether.rollout.base import Generation, Generator, SamplingParams, check_request, special_tokens
 from tether.rollout.decode import LayerDecode, LlamaDecode, writes_out
 from tether.rollout.sampling import draw, stream_uniforms
-
-
-def merged_copy(policy: torch.nn.Module, dtype: torch.dtype
-                ) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, Callable[[], torch.Tensor]]]]:
-    """A copy of the policy in `dtype`, with any LoRA adapter merged into its weights, and for
-    each of the copy's parameters a function giving its current value in the policy (what
-    `sync` copies in)."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    base = policy.get_base_model() if isinstance(policy, PeftModel) else policy
-    model = copy.deepcopy(policy)
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    model = model.to(dtype).eval().requires_grad_(False)
-
-    adapted = {name: module for name, module in base.named_modules()
-               if isinstance(module, LoraLayer)}
-
-    def source(name: str) -> Callable[[], torch.Tensor]:
-        owner, _, leaf = name.rpartition(".")
-        if owner not in adapted:
-            return base.get_parameter(name).detach
-        layer = adapted[owner]
-        plain = getattr(layer.get_base_layer(), leaf)
-        if leaf != "weight":
-            return plain.detach
-        return lambda: plain.detach() + sum(layer.get_delta_weight(a)
-                                            for a in layer.active_adapters)
-
-    return model, [(p, source(name)) for name, p in model.named_parameters()]
 
 
 class StaticGenerator(Generator):

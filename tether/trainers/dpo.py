@@ -58,7 +58,7 @@ from tether.metric_names import (
     REWARD_MARGIN,
     REWARD_REJECTED,
 )
-from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.loading import load_causal_lm, load_tokenizer, nf4_device
 from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
 from tether.models.shared_prompt import sequence_logprobs
@@ -267,6 +267,8 @@ def sampled_eval(cfg: DPOConfig, tokenizer, device: torch.device, chunk: int = 0
             models["reference"] = load_causal_lm(
                 cfg.ref.model or cfg.model.name, seed=cfg.train.seed,
                 hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention,
+                # under QLoRA the training reference is the 4-bit base: KL is measured to it
+                nf4_on=None if cfg.ref.model else nf4_device(cfg.model, device),
             ).requires_grad_(False).eval()
             models["reference"].to(device)
             models["reward"] = RewardModel.from_pretrained(
@@ -304,18 +306,19 @@ def reference_description(cfg: DPOConfig) -> str:
          else f" ({cfg.ref.model or cfg.model.name})")
 
 
-def policy_builder(cfg: DPOConfig) -> Callable[[], torch.nn.Module]:
+def policy_builder(cfg: DPOConfig, device: torch.device) -> Callable[[], torch.nn.Module]:
     """Builds the policy's modules (with its adapter, if any) from model.name."""
     def build() -> torch.nn.Module:
         m = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
-                           hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention)
+                           hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention,
+                           nf4_on=nf4_device(cfg.model, device))
         return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
     return build
 
 
 def load_policy(cfg: DPOConfig, d: Dist, masters: bool) -> torch.nn.Module:
     """The policy, placed on this process's device, ready to train."""
-    model = d.place(policy_builder(cfg)())
+    model = d.place(policy_builder(cfg, d.device)())
     if masters:
         to_bf16(model)
     if cfg.model.gradient_checkpointing:
@@ -504,5 +507,5 @@ def train(cfg: DPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items()))
 
     # 5. Export (rank 0; the others wait, so no one reads final/ half-written).
-    whole = master_model(model, optimizer, policy_builder(cfg), dist=d)
+    whole = master_model(model, optimizer, policy_builder(cfg, d.device), dist=d)
     return export_policy(run_dir, whole, tokenizer, cfg, "dpo", dist=d)

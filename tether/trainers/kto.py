@@ -280,5 +280,5 @@ def train(cfg: KTOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in held_out.items()))
 
     # 5. Export (rank 0; the others wait, so no one reads final/ half-written).
-    whole = master_model(model, optimizer, policy_builder(cfg), dist=d)
+    whole = master_model(model, optimizer, policy_builder(cfg, d.device), dist=d)
     return export_policy(run_dir, whole, tokenizer, cfg, "kto", dist=d)

@@ -113,7 +113,7 @@ from tether.metric_names import (
     REWARD_PROXY_STD,
     REWARD_SCORE,
 )
-from tether.models.loading import load_causal_lm, load_tokenizer, resolve
+from tether.models.loading import load_causal_lm, load_tokenizer, nf4_device, resolve
 from tether.models.logprobs import TokenLogits, first_scored, forward_token_logits
 from tether.models.lora import apply_lora
 from tether.models.reward import RewardModel
@@ -432,7 +432,8 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
         if cfg.reward.model else None
     if reward_model is not None:
         reward_model.model.requires_grad_(False).eval()
-    policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed, **loading)
+    policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
+                            nf4_on=nf4_device(cfg.model, d.device), **loading)
     disable_dropout(policy)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -482,11 +483,12 @@ def build_loop(cfg: PPOConfig, d: Dist, tokenizer: PreTrainedTokenizerBase,
                 corrects_mismatch(cfg, generator))
 
 
-def policy_builder(cfg: PPOConfig):
+def policy_builder(cfg: PPOConfig, device: torch.device):
     """A fresh copy of the policy's modules, for gathering fsdp2 shards into at the end."""
     def build() -> torch.nn.Module:
         policy = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
-                                hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention)
+                                hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention,
+                                nf4_on=nf4_device(cfg.model, device))
         disable_dropout(policy)
         return apply_lora(policy, cfg.model.lora) if cfg.model.lora.enabled else policy
     return build
@@ -987,5 +989,6 @@ def train(cfg: PPOConfig, hooks: Hooks | None = None, progress_bar: bool = True)
     if metrics and d.main:
         print(", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                         if k.split("/")[0] in ("reward", "kl", "eval")))
-    whole = master_model(loop.trained, optimizer, policy_builder(cfg), part="policy", dist=d)
+    whole = master_model(loop.trained, optimizer, policy_builder(cfg, d.device), part="policy",
+                         dist=d)
     return export_policy(run_dir, whole, tokenizer, cfg, "ppo", dist=d)

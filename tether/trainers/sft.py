@@ -28,7 +28,7 @@ from tether.metric_names import (
     PERF_STEP_S,
     PERF_TOKENS_PER_S,
 )
-from tether.models.loading import load_causal_lm, load_tokenizer
+from tether.models.loading import load_causal_lm, load_tokenizer, nf4_device
 from tether.models.lora import apply_lora
 from tether.models.shared_prompt import sequence_logprobs
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
@@ -66,7 +66,8 @@ def train(cfg: SFTConfig, hooks: Hooks | None = None, progress_bar: bool = True)
 
     def build() -> torch.nn.Module:
         m = load_causal_lm(cfg.model.name, seed=cfg.train.seed,
-                           hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention)
+                           hub_kernels=cfg.model.hub_kernels, attention=cfg.model.attention,
+                           nf4_on=nf4_device(cfg.model, d.device))
         return apply_lora(m, cfg.model.lora) if cfg.model.lora.enabled else m
 
     model = d.place(build())
