@@ -1,6 +1,6 @@
 """Experiment trackers (train.report_to): the metrics of metrics.jsonl, also sent to
-TensorBoard or Weights & Biases, under the same names and steps, the run's config as their
-hyperparameters.
+TensorBoard, Weights & Biases or MLflow, under the same names and steps, the run's config as
+their hyperparameters.
 
 metrics.jsonl stays the record (the report and the pipeline read it); a tracker receives
 exactly the rows tether.rundir.MetricsLog writes, from the process that writes them (rank 0
@@ -12,15 +12,18 @@ Resume continues the same curves. metrics.jsonl drops the rows after the checkpo
 from that step on). A W&B run cannot rewrite a step it has logged: the resumed run, found by
 the id saved in run_dir/wandb_run_id, is sent only the steps after the last one logged before
 the interruption (the steps in between keep their first values there; a resume is exact, so
-only timings differ).
+only timings differ). An MLflow run is reopened the same way (run_dir/mlflow_run_id): it would
+keep a step logged twice as two points.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import netrc
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,9 +34,12 @@ from tether.errors import ConfigError
 from tether.files import atomic_write_text
 
 # train.report_to's values: the module each imports, and the package that brings it.
-LIBRARIES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+LIBRARIES = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+             "mlflow": ("mlflow", "mlflow")}
 TENSORBOARD_DIR = "tensorboard"
 WANDB_ID_FILE = "wandb_run_id"
+MLFLOW_ID_FILE = "mlflow_run_id"
+MLFLOW_DB = "mlflow.db"
 
 
 class Tracker(Protocol):
@@ -54,7 +60,8 @@ def open_trackers(report_to: Sequence[str], run_dir: Path, config: Any,
     """The trackers of train.report_to for the run in `run_dir`. `resume_step`: the step of
     the checkpoint resumed from (None: a fresh run); `logged_until`: the last step
     metrics.jsonl held before resuming (logged to the trackers too)."""
-    opened: dict[str, type] = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}
+    opened: dict[str, type] = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker,
+                               "mlflow": MLflowTracker}
     return [opened[name](Path(run_dir), config, resume_step, logged_until)
             for name in dict.fromkeys(report_to)]
 
@@ -141,6 +148,56 @@ class WandbTracker:
 
     def close(self) -> None:
         self.run.finish()
+
+
+class MLflowTracker:
+    """An MLflow run at MLFLOW_TRACKING_URI (a tracking server or a database) where it is set,
+    else in the SQLite database run_dir/mlflow.db (`mlflow ui --backend-store-uri
+    sqlite:///RUN_DIR/mlflow.db`); in the experiment MLFLOW_EXPERIMENT_NAME (default tether).
+    Through MlflowClient, not the fluent API: no run is left active in the process."""
+
+    def __init__(self, run_dir: Path, config: Any, resume_step: int | None,
+                 logged_until: int | None):
+        _library("mlflow")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or \
+            f"sqlite:///{(run_dir / MLFLOW_DB).resolve()}"
+        # MLflow announces each table it creates in a new database, at INFO
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.client = MlflowClient(tracking_uri=uri)
+        id_file = run_dir / MLFLOW_ID_FILE
+        if resume_step is not None and id_file.exists():
+            self.run_id = id_file.read_text().strip()
+            self.skip_until = logged_until if logged_until is not None else resume_step
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "tether")
+        experiment = self.client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else \
+            self.client.create_experiment(name)
+        self.run_id = self.client.create_run(
+            experiment_id, run_name=f"{run_dir.resolve().parent.name}/{run_dir.name}").info.run_id
+        atomic_write_text(id_file, self.run_id + "\n")
+        self.skip_until = -1
+        params = [Param(key, str(value)) for key, value in flat_config(config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes up to 100 per call
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+        self.client.log_text(self.run_id, to_yaml(config), "config.yaml")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        if step <= self.skip_until:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), now, step) for key, value in metrics.items()])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
 
 
 def wandb_mode() -> str | None:

@@ -184,6 +184,39 @@ def test_wandb_offline_history_equals_metrics_jsonl_and_resumes_the_same_run(
     assert config["train"]["report_to"] == ["wandb"] and config["train"]["max_steps"] == 6
 
 
+def test_mlflow_history_equals_metrics_jsonl_and_resumes_the_same_run(tmp_path, sft_rows,
+                                                                      monkeypatch):
+    """In RUN_DIR/mlflow.db (SQLite, no server), read back through MLflow's own client."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
+    with pytest.raises(Crash):
+        train(_cfg(tmp_path, data, "train.report_to=[mlflow]"), progress_bar=False,
+              hooks=_crash_at(5))
+    run = tmp_path / "run"
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    train(_cfg(tmp_path, data, "train.report_to=[mlflow]", "resume=true"), progress_bar=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tether").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # the resume reopened the same run
+    assert runs[0].info.status == "FINISHED"
+    expected = _jsonl_scalars(run)
+    found = {key: [(m.step, m.value) for m in
+                   sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+             for key in runs[0].data.metrics}
+    # step 5, logged before the crash, is not logged twice; only its timings differ
+    assert sorted(found) == sorted(expected)
+    for key, points in expected.items():
+        assert [s for s, _ in found[key]] == [s for s, _ in points], key
+        if not key.startswith("perf/"):
+            assert [v for _, v in found[key]] == pytest.approx([v for _, v in points]), key
+    params = runs[0].data.params
+    assert params["train.max_steps"] == "6" and params["train.report_to"] == "['mlflow']"
+
+
 def test_a_missing_tracker_package_is_exit_2_before_any_write(tmp_path, sft_rows,
                                                               monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError

@@ -56,7 +56,7 @@ CHAT_TEMPLATE = ("auto", "always", "never")
 # Not on/off: YAML reads those as booleans.
 IS_CORRECTION = ("auto", "always", "never")
 # Experiment trackers (train.report_to; tether.tracking).
-REPORT_TO = ("tensorboard", "wandb")
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -207,7 +207,8 @@ class TrainConfig:
         "steps; the config as hyperparameters; rank 0 under torchrun), e.g. "
         "train.report_to=[tensorboard,wandb]. tensorboard: event files in RUN_DIR/tensorboard "
         "(pip install tensorboard). wandb: a W&B run in RUN_DIR/wandb, offline unless an API "
-        "key is set (pip install wandb). A resumed run continues the same curves.",
+        "key is set (pip install wandb). mlflow: a run at MLFLOW_TRACKING_URI, else in "
+        "RUN_DIR/mlflow.db (pip install mlflow). A resumed run continues the same curves.",
         choices=REPORT_TO)
 
 
