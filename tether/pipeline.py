@@ -53,6 +53,7 @@ from tether.eval.health import at_chance, health_findings
 from tether.eval.overopt import length_bias
 from tether.files import atomic_write_jsonl, atomic_write_text
 from tether.labeling.commands import simulate_labels, stats_path_for
+from tether.labeling.export import THUMBS, kto_rows
 from tether.metric_names import (
     EVAL_ACCURACY,
     EVAL_ACCURACY_CI_HI,
@@ -89,6 +90,16 @@ class Stage:
         self.base = self.base or self.name
 
 
+def people_rate(cfg: PipelineConfig) -> bool:
+    """Whether people give thumbs in the app (task.labels=human, human.mode rate or both)."""
+    return cfg.task.labels == HUMAN and cfg.human.mode in ("rate", "both")
+
+
+def runs_kto(cfg: PipelineConfig) -> bool:
+    """The kto stage runs when asked for (compare_kto), and whenever people give thumbs."""
+    return cfg.compare_kto or people_rate(cfg)
+
+
 def in_round(name: str, r: int) -> str:
     """A stage's name in round r: round 1 keeps the plain names (a one-round run is today's)."""
     return name if r == 1 else f"{name}-{r}"
@@ -111,7 +122,7 @@ class Run:
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg = copy.deepcopy(cfg)
-        self.heldout_note = _fit_to_heldout(cfg)
+        self.notes = [note for note in [_fit_to_heldout(cfg)] if note]
         self.root = Path(cfg.run_dir)
         self.skipped = set(cfg.stage_list("skip"))
         task = cfg.task
@@ -121,7 +132,12 @@ class Run:
                               f"own, given by task.prompts and task.gold or task.labels")
         if not task.name and not task.demonstrations:
             self.skipped.add("sft")
-        if not cfg.compare_kto:
+        if people_rate(cfg) and cfg.human.mode == "rate":
+            self.skipped |= {"rm", "ppo", "dpo"}
+            self.notes.append("people rate each response (human.mode=rate): KTO trains on "
+                              "their thumbs; rm, ppo and dpo are left out (thumbs make no "
+                              "preference pairs)")
+        if not runs_kto(cfg):
             self.skipped.add("kto")
         # A built-in task's scorer by its full path, as resolved configs have always shown it
         # (the stages' keys hash it: another spelling would rerun finished stages).
@@ -143,7 +159,7 @@ class Run:
         """The algorithm whose policy is sampled for the next round's labels."""
         if self.cfg.rounds_from != "auto":
             return self.cfg.rounds_from
-        return "ppo" if "ppo" not in self.skipped else "dpo"
+        return next(algo for algo in ("ppo", "dpo", "kto") if algo not in self.skipped)
 
     def label_prompts(self, r: int) -> Path:
         """The prompts sampled and labelled in round r: with several rounds, each labels its
@@ -412,7 +428,7 @@ def execute_label(run: Run, cfg: Any, r: int = 1) -> str:
         agreement = stats["agreement_with_gold"]
         summary = (f"{stats['rows']} {stats['format']} from a simulated labeler; agreement "
                    f"with gold " + ("n/a" if agreement is None else f"{agreement:.3f}"))
-    if r > 1:  # the reward model of round r learns from every round's labels
+    if r > 1 and run.labels_of(r).exists():  # round r's RM learns from every round's labels
         rows = [line for k in range(1, r + 1) for line in
                 run.labels_of(k).read_text(encoding="utf-8").splitlines() if line.strip()]
         atomic_write_text(run.rm_data(r), "".join(line + "\n" for line in rows))
@@ -495,33 +511,50 @@ def execute_dpo(run: Run, cfg: Any) -> str:
 
 # kto ----------------------------------------------------------------------------------------
 def thumbs_path(run: Run, r: int = 1) -> Path:
-    return run.dir(in_round("kto", r)) / "thumbs.jsonl"
+    """What KTO trains on in round r: people's thumbs from the label stage where they rate;
+    else thumbs made in the kto stage's directory (simulated, or unpaired from rankings)."""
+    if people_rate(run.cfg):
+        return run.dir(in_round("label", r)) / THUMBS
+    return run.dir(in_round("kto", r)) / THUMBS
 
 
 def configure_kto(run: Run, r: int = 1) -> Any:
+    rm_final = run.dir(in_round("rm", r)) / "final"
     return _wired(run, "kto", run_dir=str(run.dir(in_round("kto", r))),
                   model__name=run.start("kto", r), data__train=str(thumbs_path(run, r)),
                   sampled_eval__prompts=str(run.heldout), sampled_eval__gold=run.gold,
-                  sampled_eval__reward_model=str(run.dir(in_round("rm", r)) / "final"))
+                  sampled_eval__reward_model="" if "rm" in run.skipped else str(rm_final))
 
 
 def execute_kto(run: Run, cfg: Any, r: int = 1) -> str:
-    """A thumb on each candidate that the label stage ranked (the label stage's rater, with
-    the median gold score as the bar), then KTO on them, from the SFT policy as DPO (in round
-    r, on round r's candidates from KTO's previous policy)."""
+    """KTO on thumbs, from the SFT policy as DPO (in round r, on round r's candidates, from
+    KTO's previous policy). The thumbs: people's (human.mode rate or both); with simulated
+    labels, one on each candidate that the label stage ranked (its rater, with the median
+    gold score as the bar); else people's rankings unpaired (best up, worst down)."""
     path = thumbs_path(run, r)
+    simulated = not run.cfg.task.labels
     if not path.exists():  # a resumed stage keeps the thumbs its checkpoints trained on
-        candidates = run.dir(in_round("sample", r)) / "candidates.jsonl"
-        rater = dataclasses.replace(run.cfg.label, format="thumbs", threshold=None,
-                                    candidates=str(candidates), output=str(path),
-                                    gold=run.gold)
-        simulate_labels(rater)
+        if simulated:
+            candidates = run.dir(in_round("sample", r)) / "candidates.jsonl"
+            simulate_labels(dataclasses.replace(
+                run.cfg.label, format="thumbs", threshold=None, candidates=str(candidates),
+                output=str(path), gold=run.gold))
+        else:
+            ranked = [json.loads(line) for line in run.labels_of(r).open(encoding="utf-8")
+                      if line.strip()]
+            atomic_write_jsonl(path, [row for ranking in ranked for row in kto_rows(ranking)])
     kto.train(cfg)
-    stats = json.loads(stats_path_for(path).read_text())
-    agreement = stats["agreement_with_gold"]
-    return (f"{stats['thumbs_up']} thumbs up, {stats['thumbs_down']} down (agreement with gold "
-            + ("n/a" if agreement is None else f"{agreement:.3f}") + "); "
-            + _trajectory_summary(Path(cfg.run_dir)))
+    if simulated:
+        stats = json.loads(stats_path_for(path).read_text())
+        agreement = stats["agreement_with_gold"]
+        made = (f"{stats['thumbs_up']} thumbs up, {stats['thumbs_down']} down (agreement with "
+                f"gold " + ("n/a" if agreement is None else f"{agreement:.3f}") + ")")
+    else:
+        labels = [json.loads(line)["label"] for line in path.open(encoding="utf-8")
+                  if line.strip()]
+        source = "people's thumbs" if people_rate(run.cfg) else "people's rankings, unpaired"
+        made = f"{sum(labels)} thumbs up, {len(labels) - sum(labels)} down ({source})"
+    return made + "; " + _trajectory_summary(Path(cfg.run_dir))
 
 
 # eval ---------------------------------------------------------------------------------------
@@ -597,6 +630,9 @@ def execute_eval(run: Run, cfg: dict) -> str:
         print(f"warning: {warning}")
 
     if summaries[start]["gold"] is None:  # people's labels and no gold scorer
+        if summaries[start]["proxy"] is None:  # nor a reward model (people gave thumbs)
+            return "no gold scorer or reward model; KL to the start: " + ", ".join(
+                f"{n} {summaries[n]['kl']['mean']:.2f}" for n in cfg["policies"])
         return "proxy: " + ", ".join(f"{n} {summaries[n]['proxy']['mean']:.2f}" for n in names)
     base = summaries[start]["gold"]["mean"]
     gains = [f"{n} {summaries[n]['gold']['mean']:.2f}"
@@ -692,8 +728,8 @@ def _resumable(stage_dir: Path, tag: str) -> bool:
 def run(cfg: PipelineConfig) -> Path:
     """Run every stage that is not already done; return the report's path."""
     pipeline = Run(cfg)
-    if pipeline.heldout_note:
-        print(f"note: {pipeline.heldout_note}", flush=True)
+    for note in pipeline.notes:
+        print(f"note: {note}", flush=True)
     stages = pipeline.stages()
     # Every stage's config is built (and checked) before the first one runs: a mistake in
     # the DPO options should not surface after twenty minutes of SFT and PPO.

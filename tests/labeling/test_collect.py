@@ -1,5 +1,5 @@
 """`tether run` with task.labels=human: the label stage serves the samples to people, waits for
-their labels, and the reward model trains on them."""
+their labels, and the reward model trains on them (or KTO on their thumbs)."""
 
 import json
 import threading
@@ -26,7 +26,8 @@ eval: {num_prompts: 2, n: 1, max_new_tokens: 4, best_of_n: 0, bf16: false}
 
 def annotate(url: str, tokens_path, stop: threading.Event, labelled: list) -> None:
     """A person at the labeling page: waits for the app, then labels everything offered,
-    preferring the longer response (the shorter one on ties of length)."""
+    preferring the longer response (the shorter one on ties of length), and rating a response
+    good when it has more than 10 characters."""
     while not stop.is_set():
         try:
             client = LabelClient(url, json.loads(tokens_path.read_text())["ann1"])
@@ -41,6 +42,11 @@ def annotate(url: str, tokens_path, stop: threading.Event, labelled: list) -> No
             return
         if item is None:
             time.sleep(0.1)
+            continue
+        if len(item["responses"]) == 1:  # a response to rate
+            good = len(item["responses"][0]) > 10
+            r = client.submit(item["assignment"], choice="good" if good else "bad")
+            labelled.append(r.status_code)
             continue
         longer = max(range(2), key=lambda i: len(item["responses"][i]))
         r = client.submit(item["assignment"], ranks=[0 if i == longer else 1 for i in range(2)])
@@ -77,3 +83,73 @@ def test_run_waits_for_peoples_labels_then_trains_on_them(tmp_path, capsys):
     assert main(["run", str(tmp_path / "p.yaml"), f"run_dir={run_dir}",
                  "human.annotators=ann1,ann2", f"human.port={port}"]) == 0
     assert "label: unchanged, skipped" in capsys.readouterr().out
+
+
+RATE = TINY.replace("skip: ppo,dpo\n", "") + """
+kto:
+  train: {batch_size: 4, micro_batch_size: 4, max_steps: 2, eval_every: 0, save_every: 2,
+          bf16: false}
+  sampled_eval: {num_prompts: 2, max_new_tokens: 4}
+"""
+
+
+def test_people_who_rate_give_kto_their_thumbs(tmp_path, capsys):
+    """human.mode=rate: each response shown alone; KTO trains on the thumbs, and rm, ppo and
+    dpo, which need pairs, are left out (the run says so)."""
+    port = free_port()
+    (tmp_path / "p.yaml").write_text(RATE)
+    run_dir = tmp_path / "run"
+    stop, labelled = threading.Event(), []
+    person = threading.Thread(target=annotate, daemon=True, args=(
+        f"http://127.0.0.1:{port}", run_dir / "labels.db.tokens.json", stop, labelled))
+    person.start()
+    try:
+        code = main(["run", str(tmp_path / "p.yaml"), f"run_dir={run_dir}",
+                     "human.annotators=ann1", f"human.port={port}", "human.mode=rate"])
+    finally:
+        stop.set()
+        person.join(10)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "note: people rate each response (human.mode=rate)" in out
+    candidates = [json.loads(line) for line in (run_dir / "sample" / "candidates.jsonl").open()]
+    responses = {(c["prompt"], r) for c in candidates for r in c["responses"]}
+    assert labelled == [201] * len(responses)  # one rating per distinct response
+    thumbs = [json.loads(line) for line in (run_dir / "label" / "thumbs.jsonl").open()]
+    assert {(t["prompt"], t["completion"]) for t in thumbs} == responses
+    assert all(t["label"] == (len(t["completion"]) > 10) for t in thumbs)
+    assert not (run_dir / "label" / "labels.jsonl").exists()
+    state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert {"rm", "ppo", "dpo"}.isdisjoint(state)
+    assert "people's thumbs" in state["kto"]["summary"]
+    kto_config = (run_dir / "kto" / "config.yaml").read_text()
+    assert str(run_dir / "label" / "thumbs.jsonl") in kto_config
+    policies = json.loads((run_dir / "eval" / "policies.json").read_text())["policies"]
+    assert list(policies) == ["sft", "kto"]
+
+
+def test_people_who_compare_and_rate_train_the_reward_model_and_kto(tmp_path, capsys):
+    """human.mode=both: each prompt's samples ranked and each response rated; the rankings go
+    to the reward model (and DPO, PPO), the thumbs to KTO."""
+    port = free_port()
+    (tmp_path / "p.yaml").write_text(RATE.replace("rm:\n", "skip: ppo,dpo\nrm:\n", 1))
+    run_dir = tmp_path / "run"
+    stop, labelled = threading.Event(), []
+    person = threading.Thread(target=annotate, daemon=True, args=(
+        f"http://127.0.0.1:{port}", run_dir / "labels.db.tokens.json", stop, labelled))
+    person.start()
+    try:
+        code = main(["run", str(tmp_path / "p.yaml"), f"run_dir={run_dir}",
+                     "human.annotators=ann1", f"human.port={port}", "human.mode=both"])
+    finally:
+        stop.set()
+        person.join(10)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    pairs = [json.loads(line) for line in (run_dir / "label" / "labels.jsonl").open()]
+    thumbs = [json.loads(line) for line in (run_dir / "label" / "thumbs.jsonl").open()]
+    assert pairs and all("chosen" in p for p in pairs)
+    assert thumbs and all("completion" in t for t in thumbs)
+    state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert state["rm"]["status"] == "done" and "people's thumbs" in state["kto"]["summary"]
+    assert "preference rows and" in state["label"]["summary"]

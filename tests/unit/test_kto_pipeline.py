@@ -75,11 +75,25 @@ def test_kto_stage_rates_the_same_candidates_and_is_compared(tmp_path, capsys):
     assert _ran(capsys.readouterr().out) == ["kto", "eval", "report"]
 
 
-def test_the_kto_stage_is_off_by_default_and_needs_simulated_labels(tmp_path, capsys):
+def test_the_kto_stage_is_off_by_default(tmp_path):
     default = Run(load_config(PipelineConfig, None, [f"run_dir={tmp_path}"]))
     assert "kto" not in [s.name for s in default.stages()]
     on = Run(load_config(PipelineConfig, None, [f"run_dir={tmp_path}", "compare_kto=true"]))
     assert "kto" in [s.name for s in on.stages()]
-    assert main(["run", f"run_dir={tmp_path / 'run'}", "compare_kto=true",
-                 "task.labels=labels.jsonl"]) == 2
-    assert "compare_kto needs simulated labels" in capsys.readouterr().err
+
+
+def test_with_people_s_rankings_kto_trains_on_them_unpaired(tmp_path, capsys):
+    """task.labels=FILE: each ranking's best response a thumb up, its worst one down."""
+    rankings = [{"prompt": f"Review {i}:", "responses": [f" good {i}", f" fine {i}",
+                                                         f" bad {i}"], "ranks": [0, 1, 2]}
+                for i in range(12)]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rankings))
+    assert _run(tmp_path, f"task.labels={labels}") == 0
+    out = capsys.readouterr().out
+    assert "sample" not in _ran(out) and "kto" in _ran(out)
+    thumbs = [json.loads(line) for line in (tmp_path / "run" / "kto" / "thumbs.jsonl").open()]
+    assert sorted((t["completion"], t["label"]) for t in thumbs) == sorted(
+        [(f" good {i}", True) for i in range(12)] + [(f" bad {i}", False) for i in range(12)])
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())["stages"]
+    assert "12 thumbs up, 12 down (people's rankings, unpaired)" in state["kto"]["summary"]

@@ -387,11 +387,11 @@ def test_held_out_evaluations_default_to_what_the_task_holds_out(tmp_path, capsy
     run = Run(cfg)
     assert (run.cfg.eval.num_prompts, run.cfg.ppo.eval_num_prompts,
             run.cfg.dpo.sampled_eval.num_prompts) == (30, 30, 30)
-    assert run.heldout_note == ("the task holds out 30 prompts: eval.num_prompts 64, "
-                                "ppo.eval_num_prompts 32, dpo.sampled_eval.num_prompts 32 -> "
-                                "30 (all of them)")
-    assert Run(load_config(PipelineConfig, base=pipeline_sources(None, None)[0])).heldout_note \
-        == ""  # the default holds out enough for every evaluation
+    assert run.notes == ["the task holds out 30 prompts: eval.num_prompts 64, "
+                         "ppo.eval_num_prompts 32, dpo.sampled_eval.num_prompts 32 -> "
+                         "30 (all of them)"]
+    assert Run(load_config(PipelineConfig, base=pipeline_sources(None, None)[0])).notes \
+        == []  # the default holds out enough for every evaluation
 
 
 def test_print_config_shows_what_the_stages_will_use(capsys, tmp_path):

@@ -1125,6 +1125,14 @@ class HumanLabelsConfig:
                                     min=0, max=1)
     min_gold_accuracy: float = option(0.0, "Leave out annotators whose gold accuracy is below "
                                            "this.", min=0, max=1)
+    mode: str = option(
+        "compare", "What people give. compare: they rank each prompt's samples (the reward "
+        "model, PPO and DPO train on the rankings); rate: a thumb up or down on each response "
+        "alone, on which KTO trains (rm, ppo and dpo are left out: thumbs make no pairs); "
+        "both: each prompt ranked and each response rated, KTO training on the thumbs.",
+        choices=["compare", "rate", "both"])
+    guidelines: str = option("", "Labeling guidelines for the annotators: a Markdown file, "
+                                 "shown in the app.")
     db: str = option("", "Labeling database (a path or SQLAlchemy URL). Empty: labels.db in "
                          "the run directory, which the pipeline never deletes.")
     host: str = option("127.0.0.1", "Address the labeling app listens on.")
@@ -1178,7 +1186,7 @@ class PipelineConfig:
     run_dir: str = option("runs/pipeline", "Directory for every stage's outputs, "
                                            "pipeline.json (stage state) and report.html.")
     skip: str = option("", "Stages not to run, comma-separated, from: sft, ppo, dpo (and kto, "
-                           "which runs only with compare_kto=true).")
+                           "which runs with compare_kto=true or people's thumbs).")
     rerun: str = option("", "Stages to run again even if unchanged, comma-separated (the "
                             "stages reading their outputs rerun too).")
     rm_check: str = option(
@@ -1196,14 +1204,16 @@ class PipelineConfig:
         "label-r, rm-r, ppo-r, dpo-r (kto-r); eval compares the last round's policies with "
         "SFT.", min=1)
     rounds_from: str = option(
-        "auto", "Whose policy the next round samples: ppo, dpo, kto (with compare_kto), or "
-        "auto (ppo unless skipped, else dpo).", choices=["auto", "ppo", "dpo", "kto"])
+        "auto", "Whose policy the next round samples: ppo, dpo, kto (when it runs), or auto "
+        "(the first of these that runs).", choices=["auto", "ppo", "dpo", "kto"])
     compare_kto: bool = option(
-        False, "Also run the kto stage: a simulated thumb on each of the candidates that the "
-        "label stage ranks (label's temperature, flip_rate and seed; the threshold the median "
-        "gold score), KTO on them, and the KTO policy evaluated beside PPO and DPO on the same "
-        "held-out prompts. Off by default: in the default pipeline it took 2.4x the dpo "
-        "stage's time (BENCHMARKS.md). Needs simulated labels (task.labels empty).")
+        False, "Also run the kto stage: KTO on a thumb for each of the candidates, evaluated "
+        "beside PPO and DPO on the same held-out prompts. With simulated labels the thumbs are "
+        "simulated (label's temperature, flip_rate and seed; the threshold the median gold "
+        "score); with people's rankings (task.labels) each ranking's best response is a thumb "
+        "up and its worst a thumb down. People who rate (human.mode rate or both) give KTO "
+        "their thumbs, and the stage runs without this. Off by default: in the default "
+        "pipeline it took 2.4x the dpo stage's time (BENCHMARKS.md).")
     task: TaskConfig = section(TaskConfig, "What to learn: prompts, demonstrations, and the "
                                            "preference (a gold scorer or people's labels).")
     # The stages. Paths between them (run_dir, data, models) are set by the pipeline.
@@ -1251,17 +1261,17 @@ class PipelineConfig:
                 raise ConfigError(f"rounds={self.rounds} labels each round's samples afresh; "
                                   f"task.labels={self.task.labels} is a fixed file (use "
                                   f"task.labels=human, or simulated labels from task.gold)")
-            if {"ppo", "dpo"} <= set(skipped):
+            rated = self.task.labels == "human" and self.human.mode != "compare"
+            kto = self.compare_kto or rated
+            if {"ppo", "dpo"} <= set(skipped) and not (kto and "kto" not in skipped):
                 raise ConfigError("rounds > 1 needs a policy to sample the next round from: "
-                                  "do not skip both ppo and dpo")
-            if self.rounds_from in skipped or (self.rounds_from == "kto"
-                                               and not self.compare_kto):
+                                  "do not skip both ppo and dpo (or run kto)")
+            if self.rounds_from in skipped or (self.rounds_from == "kto" and not kto) or (
+                    self.rounds_from in ("ppo", "dpo") and rated
+                    and self.human.mode == "rate"):
                 raise ConfigError(f"rounds_from={self.rounds_from}, but {self.rounds_from} does "
                                   f"not run" + (" (set compare_kto=true)"
                                                 if self.rounds_from == "kto" else ""))
-        if self.compare_kto and self.task.labels:
-            raise ConfigError("compare_kto needs simulated labels (task.labels empty): its "
-                              "thumbs come from the gold scorer")
 
 
 @dataclass

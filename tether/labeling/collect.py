@@ -4,7 +4,8 @@ The label stage imports the candidates into a project of the labeling database (
 the candidates' digest, so new samples get a new project and old labels are never touched),
 creates the annotators, starts the labeling app in this process, prints the URL and the tokens,
 and waits, with a progress bar, until the target number of labels is in. Then it stops the
-server and exports the labels (majority per item) for the reward model and DPO.
+server and exports the labels (majority per item): the comparisons as preference rows for the
+reward model and DPO, the ratings (human.mode=rate or both) as KTO rows, thumbs.jsonl.
 
 Everything people did lives in the database, which the pipeline never deletes: a killed run
 resumes where the labeling stood, with the same tokens (kept, readable only by the owner, in
@@ -23,11 +24,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tether.config import HumanLabelsConfig
-from tether.data.candidates import read_candidates
+from tether.data.readers import read_all_rows
 from tether.errors import ConfigError, DataError
 from tether.files import atomic_write_jsonl, atomic_write_text
-from tether.labeling.export import export_project
-from tether.labeling.projects import project_stats, read_gold_items
+from tether.labeling.commands import read_guidelines
+from tether.labeling.export import THUMBS, export_project
+from tether.labeling.projects import create_project, project_stats
 from tether.labeling.store import Project, Store
 
 
@@ -48,15 +50,20 @@ def tokens_for(store: Store, names: list[str], path: Path) -> dict[str, str]:
 
 
 def project_for(store: Store, candidates: Path, cfg: HumanLabelsConfig) -> Project:
+    """The project of these candidates in this mode (another mode is another project)."""
     digest = hashlib.sha256(candidates.read_bytes()).hexdigest()[:12]
-    name = f"pipeline-{digest}"
+    name = f"pipeline-{digest}" + ("" if cfg.mode == "compare" else f"-{cfg.mode}")
     project = store.project(name)
     if project is None:
-        items = read_candidates(str(candidates))
-        print(f"{candidates}: {items.summary()}", flush=True)
-        project = store.create_project(name, items.rows,
-                                       read_gold_items(cfg.gold_items) if cfg.gold_items else [],
-                                       overlap=cfg.overlap, gold_rate=cfg.gold_items_rate)
+        rows = [(row.where, row.record) for row in read_all_rows(str(candidates),
+                                                                  "candidate rows")]
+        gold = [(row.where, row.record) for row in read_all_rows(cfg.gold_items, "gold items")] \
+            if cfg.gold_items else []
+        project = create_project(
+            store, name, rows, gold, overlap=cfg.overlap, gold_rate=cfg.gold_items_rate,
+            mode=cfg.mode, guidelines=read_guidelines(cfg.guidelines) if cfg.guidelines else "")
+        items = store.progress(project)["total"] // project.overlap
+        print(f"{candidates}: {len(rows)} rows -> {items} items to {cfg.mode}", flush=True)
     return project
 
 
@@ -111,14 +118,26 @@ def collect(candidates: Path, output: Path, cfg: HumanLabelsConfig, db: str,
         finally:
             server.should_exit = True
             thread.join(10)
-    rows, counts = export_project(store, project, min_gold_accuracy=cfg.min_gold_accuracy)
-    if not rows:
-        raise DataError(f"{db}: project {project.name} has {done} labels but none with a "
-                        f"preference (all both bad, can't tell or tied)")
-    atomic_write_jsonl(output, rows)
+    made = []
+    if cfg.mode in ("compare", "both"):
+        rows, _ = export_project(store, project, min_gold_accuracy=cfg.min_gold_accuracy)
+        if not rows:
+            raise DataError(f"{db}: project {project.name} has {done} labels but none with a "
+                            f"preference (all both bad, can't tell or tied)")
+        atomic_write_jsonl(output, rows)
+        made.append(f"{len(rows)} preference rows")
+    if cfg.mode in ("rate", "both"):
+        thumbs, _ = export_project(store, project, min_gold_accuracy=cfg.min_gold_accuracy,
+                                   format="kto", ratings_only=True)
+        if not thumbs:
+            raise DataError(f"{db}: project {project.name} has {done} labels but no thumb up "
+                            f"or down (all can't tell, or split evenly)")
+        atomic_write_jsonl(output.parent / THUMBS, thumbs)
+        ups = sum(row["label"] for row in thumbs)
+        made.append(f"{len(thumbs)} thumbs ({ups} up, {len(thumbs) - ups} down)")
     stats = project_stats(store, project)
     store.close()
     alpha = stats["alpha"]["value"]
     agreement = "" if alpha is None else f", Krippendorff's alpha {alpha:.3f}"
-    return (f"{counts['rows']} preference rows from {done} people's labels "
+    return (f"{' and '.join(made)} from {done} people's labels "
             f"({len(stats['annotators'])} annotators{agreement})")

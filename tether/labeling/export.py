@@ -37,6 +37,7 @@ from tether.labeling.agreement import agreement_stats
 from tether.labeling.store import Project, Store, dense_ranks, resolve_project
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+THUMBS = "thumbs.jsonl"  # a pipeline's thumbs, as KTO rows, beside its preference rows
 FORMATS = ("preferences", "kto")
 
 
@@ -82,10 +83,12 @@ def is_rating_label(lab: dict) -> bool:
 
 
 def export_rows(labels: Sequence[dict], aggregate: str = "majority",
-                min_gold_accuracy: float = 0.0,
-                format: str = "preferences") -> tuple[list[dict], dict]:
+                min_gold_accuracy: float = 0.0, format: str = "preferences",
+                ratings_only: bool = False) -> tuple[list[dict], dict]:
     """Rows to train on from a project's labels (Store.labels), and what was left out.
-    DataError for ratings alone exported as preferences."""
+    DataError for ratings alone exported as preferences. ratings_only (format=kto): the
+    ratings' rows alone, the comparisons left out (annotators are still judged on all their
+    gold items)."""
     if aggregate not in ("majority", "all"):
         raise ValueError(f"aggregate must be majority or all, got '{aggregate}'")
     if format not in FORMATS:
@@ -94,7 +97,7 @@ def export_rows(labels: Sequence[dict], aggregate: str = "majority",
     kept = [lab for lab in labels
             if lab["gold"] is None and lab["annotator"] in trusted]
     ratings = [lab for lab in kept if is_rating_label(lab)]
-    compared = [lab for lab in kept if not is_rating_label(lab)]
+    compared = [] if ratings_only else [lab for lab in kept if not is_rating_label(lab)]
     if format == "preferences" and ratings and not compared:
         raise DataError("these labels are ratings (good / bad), which make no preference "
                         "pairs: export them as KTO rows with format=kto")
@@ -186,10 +189,11 @@ def rationales(group: Sequence[dict]) -> list[str]:
 
 
 def export_project(store: Store, project: Project, aggregate: str = "majority",
-                   min_gold_accuracy: float = 0.0,
-                   format: str = "preferences") -> tuple[list[dict], dict]:
+                   min_gold_accuracy: float = 0.0, format: str = "preferences",
+                   ratings_only: bool = False) -> tuple[list[dict], dict]:
     try:
-        return export_rows(store.labels(project.name), aggregate, min_gold_accuracy, format)
+        return export_rows(store.labels(project.name), aggregate, min_gold_accuracy, format,
+                           ratings_only)
     except DataError as e:
         raise DataError(f"{store.db}: project '{project.name}': {e}") from None
 
