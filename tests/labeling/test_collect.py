@@ -8,7 +8,9 @@ import time
 import httpx
 
 from tether.cli import main
+from tether.config import PipelineConfig, load_config
 from tether.labeling.client import LabelClient, free_port
+from tether.pipeline import Run
 
 TINY = """
 task: {labels: human, num_prompts: 6, num_heldout: 4, num_demonstrations: 8}
@@ -24,32 +26,33 @@ eval: {num_prompts: 2, n: 1, max_new_tokens: 4, best_of_n: 0, bf16: false}
 """
 
 
-def annotate(url: str, tokens_path, stop: threading.Event, labelled: list) -> None:
-    """A person at the labeling page: waits for the app, then labels everything offered,
-    preferring the longer response (the shorter one on ties of length), and rating a response
-    good when it has more than 10 characters."""
+def annotate(url: str, tokens_path, stop: threading.Event, labelled: list,
+             rated: dict | None = None) -> None:
+    """A person at the labeling page, through every round: waits for the app (again after it
+    stops between rounds), then labels everything offered in any project, preferring the
+    longer response (the shorter one on ties of length), and rating responses good and bad
+    in turn (so both kinds are always there), each rating kept in `rated`."""
+    client, rated = None, {} if rated is None else rated
     while not stop.is_set():
         try:
-            client = LabelClient(url, json.loads(tokens_path.read_text())["ann1"])
-            project = client.me()["projects"][0]["name"]
-            break
+            client = client or LabelClient(url, json.loads(tokens_path.read_text())["ann1"])
+            projects = [p["name"] for p in client.me()["projects"]]
+            # next() remembers the project of the item it returned, for submit()
+            item = next((i for p in projects if (i := client.next(p)) is not None), None)
         except (OSError, ValueError, KeyError, httpx.HTTPError):
-            time.sleep(0.1)  # no tokens file, or no server, yet
-    while not stop.is_set():
-        try:
-            item = client.next(project)
-        except httpx.TransportError:  # the stage has its labels and stopped the server
-            return
+            time.sleep(0.1)  # no tokens file, or no server, yet (or between rounds)
+            continue
         if item is None:
             time.sleep(0.1)
             continue
         if len(item["responses"]) == 1:  # a response to rate
-            good = len(item["responses"][0]) > 10
+            good = len(rated) % 2 == 0
+            rated[(item["prompt"], item["responses"][0])] = good
             r = client.submit(item["assignment"], choice="good" if good else "bad")
-            labelled.append(r.status_code)
-            continue
-        longer = max(range(2), key=lambda i: len(item["responses"][i]))
-        r = client.submit(item["assignment"], ranks=[0 if i == longer else 1 for i in range(2)])
+        else:
+            longer = max(range(2), key=lambda i: len(item["responses"][i]))
+            r = client.submit(item["assignment"],
+                              ranks=[0 if i == longer else 1 for i in range(2)])
         labelled.append(r.status_code)
 
 
@@ -99,9 +102,9 @@ def test_people_who_rate_give_kto_their_thumbs(tmp_path, capsys):
     port = free_port()
     (tmp_path / "p.yaml").write_text(RATE)
     run_dir = tmp_path / "run"
-    stop, labelled = threading.Event(), []
+    stop, labelled, rated = threading.Event(), [], {}
     person = threading.Thread(target=annotate, daemon=True, args=(
-        f"http://127.0.0.1:{port}", run_dir / "labels.db.tokens.json", stop, labelled))
+        f"http://127.0.0.1:{port}", run_dir / "labels.db.tokens.json", stop, labelled, rated))
     person.start()
     try:
         code = main(["run", str(tmp_path / "p.yaml"), f"run_dir={run_dir}",
@@ -117,7 +120,7 @@ def test_people_who_rate_give_kto_their_thumbs(tmp_path, capsys):
     assert labelled == [201] * len(responses)  # one rating per distinct response
     thumbs = [json.loads(line) for line in (run_dir / "label" / "thumbs.jsonl").open()]
     assert {(t["prompt"], t["completion"]) for t in thumbs} == responses
-    assert all(t["label"] == (len(t["completion"]) > 10) for t in thumbs)
+    assert all(t["label"] == rated[(t["prompt"], t["completion"])] for t in thumbs)
     assert not (run_dir / "label" / "labels.jsonl").exists()
     state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
     assert {"rm", "ppo", "dpo"}.isdisjoint(state)
@@ -153,3 +156,34 @@ def test_people_who_compare_and_rate_train_the_reward_model_and_kto(tmp_path, ca
     state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
     assert state["rm"]["status"] == "done" and "people's thumbs" in state["kto"]["summary"]
     assert "preference rows and" in state["label"]["summary"]
+
+
+def test_rounds_with_people_rating_each_round_s_samples(tmp_path, capsys):
+    """rounds=2, human.mode=rate: round 2 samples round 1's KTO policy, people rate those
+    samples in a project of their own, and KTO goes on from round 1's policy."""
+    port = free_port()
+    (tmp_path / "p.yaml").write_text(RATE)
+    run_dir = tmp_path / "run"
+    stop, labelled, rated = threading.Event(), [], {}
+    person = threading.Thread(target=annotate, daemon=True, args=(
+        f"http://127.0.0.1:{port}", run_dir / "labels.db.tokens.json", stop, labelled, rated))
+    person.start()
+    try:
+        code = main(["run", str(tmp_path / "p.yaml"), f"run_dir={run_dir}", "rounds=2",
+                     "human.annotators=ann1", f"human.port={port}", "human.mode=rate"])
+    finally:
+        stop.set()
+        person.join(10)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert {"label", "kto", "sample-2", "label-2", "kto-2"} <= set(state)
+    assert not {"rm", "rm-2", "dpo", "ppo-2"} & set(state)
+    run = Run(load_config(PipelineConfig, str(run_dir / "config.yaml")))
+    assert run.sampler(2) == str(run_dir / "kto" / "final")  # round 2 samples round 1's KTO
+    assert str(run_dir / "kto" / "final") in (run_dir / "kto-2" / "config.yaml").read_text()
+    for label in ("label", "label-2"):
+        thumbs = [json.loads(line) for line in (run_dir / label / "thumbs.jsonl").open()]
+        assert thumbs and all(t["label"] == rated[(t["prompt"], t["completion"])]
+                              for t in thumbs)
+    assert out.count("labeling app: http://") == 2  # a project, and a wait, per round
