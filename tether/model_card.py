@@ -57,7 +57,10 @@ def model_card(stage: str, cfg: Any, metrics: list[dict], lora_adapter: bool = F
     if cfg.model.lora.enabled:
         lines.append(f"- **LoRA:** r={cfg.model.lora.r}, alpha={cfg.model.lora.alpha:g}, "
                      f"modules {cfg.model.lora.target_modules}; "
-                     + ("an unmerged adapter" if lora_adapter else "merged into the weights"))
+                     + ("an unmerged adapter" if lora_adapter else "merged into the weights")
+                     + ("; trained over the base in 4-bit NF4 (QLoRA)"
+                        + ("" if lora_adapter else ", which these weights hold dequantised")
+                        if cfg.model.lora.qlora else ""))
     lines += ["", "The full resolved configuration is `tether_config.yaml` beside this file.", ""]
     results = _results(metrics)
     if results:

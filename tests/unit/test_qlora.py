@@ -130,6 +130,7 @@ def test_sft_trains_the_adapters_over_nf4_and_exports_a_plain_merged_model(tmp_p
     final = AutoModelForCausalLM.from_pretrained(run / "final")  # plain transformers
     assert not hasattr(final.config, "quantization_config")
     assert all(p.dtype == torch.float32 for p in final.parameters())
+    assert "4-bit NF4 (QLoRA)" in (run / "final" / "README.md").read_text()  # the model card
     # resumed from its checkpoint, it continues rather than starting again
     assert main(_sft(tmp_path, sft_rows, *QLORA, "train.max_steps=12", "resume=true")) == 0
     assert "resumed from" in capsys.readouterr().out
