@@ -519,11 +519,12 @@ def thumbs_path(run: Run, r: int = 1) -> Path:
 
 
 def configure_kto(run: Run, r: int = 1) -> Any:
-    rm_final = run.dir(in_round("rm", r)) / "final"
+    rm_final = "" if "rm" in run.skipped else str(run.dir(in_round("rm", r)) / "final")
+    scored = run.gold or rm_final  # with neither (people's thumbs alone) no sampled eval
     return _wired(run, "kto", run_dir=str(run.dir(in_round("kto", r))),
                   model__name=run.start("kto", r), data__train=str(thumbs_path(run, r)),
-                  sampled_eval__prompts=str(run.heldout), sampled_eval__gold=run.gold,
-                  sampled_eval__reward_model="" if "rm" in run.skipped else str(rm_final))
+                  sampled_eval__prompts=str(run.heldout) if scored else "",
+                  sampled_eval__gold=run.gold, sampled_eval__reward_model=rm_final)
 
 
 def execute_kto(run: Run, cfg: Any, r: int = 1) -> str:

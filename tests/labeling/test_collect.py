@@ -187,3 +187,33 @@ def test_rounds_with_people_rating_each_round_s_samples(tmp_path, capsys):
         assert thumbs and all(t["label"] == rated[(t["prompt"], t["completion"])]
                               for t in thumbs)
     assert out.count("labeling app: http://") == 2  # a project, and a wait, per round
+
+
+def test_people_rating_a_task_of_their_own_with_no_gold_scorer(tmp_path, capsys):
+    """Own prompts, no demonstrations and no gold: the base model is rated and KTO trained;
+    with no gold scorer nor reward model the evaluation sums up KL."""
+    port = free_port()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say something about item {i}."}) + "\n"
+                               for i in range(10)))
+    (tmp_path / "p.yaml").write_text(RATE.replace(
+        "task: {labels: human, num_prompts: 6, num_heldout: 4, num_demonstrations: 8}",
+        f"task: {{name: '', prompts: {prompts}, labels: human, num_prompts: 6, "
+        f"num_heldout: 4}}"))
+    run_dir = tmp_path / "run"
+    stop, labelled = threading.Event(), []
+    person = threading.Thread(target=annotate, daemon=True, args=(
+        f"http://127.0.0.1:{port}", run_dir / "labels.db.tokens.json", stop, labelled))
+    person.start()
+    try:
+        code = main(["run", str(tmp_path / "p.yaml"), f"run_dir={run_dir}", "sft.model.name=tiny",
+                     "human.annotators=ann1", f"human.port={port}", "human.mode=rate"])
+    finally:
+        stop.set()
+        person.join(10)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    state = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert "sft" not in state and state["kto"]["status"] == "done"
+    assert state["eval"]["summary"].startswith("no gold scorer or reward model; KL to the "
+                                               "start: kto ")
