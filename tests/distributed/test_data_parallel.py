@@ -5,6 +5,7 @@ with the whole batch, with DDP and with FSDP2.
 TETHER_TEST_DEVICE=cuda runs them on 2 GPUs over NCCL instead (bench/gpu_check.py does, on a
 machine with two)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -76,6 +77,20 @@ def test_sft_two_processes_match_one(tmp_path, sft_rows, strategy):
     assert "2 processes" in out.stdout
     assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "optim/grad_norm",
                                                          "eval/loss"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                    reason="bitsandbytes is not installed")
+def test_qlora_sft_two_processes_match_one(tmp_path, sft_rows):
+    """The adapters over an NF4 base on each process (DDP syncs the adapters' gradients). The
+    NF4 layers compute in bf16, where half a batch rounds differently from the whole: equal
+    to bf16's rounding, not fp32's."""
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows)
+    args = [*SFT, f"data.train={data}", "data.eval_fraction=0.1", "optim.lr=1e-2",
+            "model.lora.enabled=true", "model.lora.qlora=true", "model.lora.r=4"]
+    run(1, "sft", tmp_path / "one", *args)
+    run(2, "sft", tmp_path / "two", *args, "train.strategy=ddp")
+    assert_same_run(tmp_path / "one", tmp_path / "two", ("loss/train", "eval/loss"), atol=3e-3)
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="both agents' one process is LOCAL_RANK 0 and "

@@ -3,8 +3,8 @@
 `model.lora.qlora=true` loads every linear layer of the base but the output head as NF4 with
 double quantisation (Dettmers et al., 2023), computing in bf16; the adapters, norms and
 embeddings stay in the trainer's precision. bitsandbytes is an optional package: without it
-the option is a one-line error. Recent bitsandbytes also runs NF4 on a CPU, slowly: tests
-use it there; the memory it saves matters on a GPU.
+the option is a one-line error. bitsandbytes 0.50 also runs NF4 on a CPU, where the tests use
+it; the memory it saves matters on a GPU.
 
 The quantised weights are never trained or written out: checkpoints hold the adapters only
 (they are the trained parameters), and `tether.models.lora.merged_copy` builds an unquantised
@@ -26,8 +26,6 @@ import torch
 
 from tether.errors import ConfigError
 
-INSTALL = "pip install bitsandbytes"
-
 
 def check_qlora(model_cfg, train_cfg, device: torch.device) -> None:
     """ConfigError, before anything loads, for a QLoRA setting that cannot run here."""
@@ -37,8 +35,8 @@ def check_qlora(model_cfg, train_cfg, device: torch.device) -> None:
         raise ConfigError("model.lora.qlora=true trains LoRA adapters over a 4-bit base: set "
                           "model.lora.enabled=true as well")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError(f"model.lora.qlora=true needs the bitsandbytes package, which is not "
-                          f"installed: {INSTALL} (or set model.lora.qlora=false)")
+        raise ConfigError("model.lora.qlora=true needs the bitsandbytes package, which is not "
+                          "installed: pip install bitsandbytes (or set model.lora.qlora=false)")
     if train_cfg.strategy == "fsdp2":
         raise ConfigError("model.lora.qlora=true does not run with train.strategy=fsdp2 (its "
                           "4-bit weights cannot be sharded here); use train.strategy=ddp")
@@ -87,8 +85,12 @@ def load_nf4(source: str | Path | torch.nn.Module, device: torch.device,
     import_bitsandbytes_offline()
     tmp = None
     if isinstance(source, torch.nn.Module):
+        from safetensors.torch import save_model
+
+        # written by hand: save_pretrained writes nothing on a torchrun rank other than 0
         tmp = tempfile.mkdtemp(prefix="tether-nf4-")
-        source.save_pretrained(tmp)
+        source.config.save_pretrained(tmp)
+        save_model(source, str(Path(tmp) / "model.safetensors"))
         source = tmp
     try:
         model = AutoModelForCausalLM.from_pretrained(
