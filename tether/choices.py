@@ -32,3 +32,5 @@ ATTENTION = ("sdpa", "flex_attention", "eager")
 STRATEGIES = ("ddp", "fsdp2")
 # train.device, and device in sample, score and eval: tether.device.pick_device.
 DEVICES = ("auto", "cuda", "cpu")
+# What a labeling project asks people for (tether.labeling.projects).
+LABEL_MODES = ("compare", "rate", "both")

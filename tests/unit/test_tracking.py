@@ -161,6 +161,18 @@ def wandb_offline(monkeypatch, tmp_path):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
 
 
+def _assert_resumed_once(found, expected):
+    """A tracker's history across a crash at step 5 and a resume from step 4 equals
+    metrics.jsonl: step 5, logged before the crash, is not sent again (neither W&B nor MLflow
+    would replace it); the timings of that step are the only values that differ between the
+    two runs of it."""
+    assert sorted(found) == sorted(expected)
+    for key, points in expected.items():
+        assert [s for s, _ in found[key]] == [s for s, _ in points], key
+        if not key.startswith("perf/"):
+            assert [v for _, v in found[key]] == pytest.approx([v for _, v in points]), key
+
+
 def test_wandb_offline_history_equals_metrics_jsonl_and_resumes_the_same_run(
         tmp_path, sft_rows, wandb_offline):
     data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
@@ -173,13 +185,7 @@ def test_wandb_offline_history_equals_metrics_jsonl_and_resumes_the_same_run(
     files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)
     found, expected = _wandb_steps(run), _jsonl_scalars(run)
-    # Step 5, logged before the crash, is not sent again (W&B cannot rewrite a step); the
-    # timings of that step are the only values that differ between the two runs of it.
-    assert sorted(found) == sorted(expected)
-    for key, points in expected.items():
-        assert [s for s, _ in found[key]] == [s for s, _ in points], key
-        if not key.startswith("perf/"):
-            assert [v for _, v in found[key]] == pytest.approx([v for _, v in points]), key
+    _assert_resumed_once(found, expected)
     config = _wandb_config(files[0])  # the hyperparameters: the run's config
     assert config["train"]["report_to"] == ["wandb"] and config["train"]["max_steps"] == 6
 
@@ -207,12 +213,7 @@ def test_mlflow_history_equals_metrics_jsonl_and_resumes_the_same_run(tmp_path, 
     found = {key: [(m.step, m.value) for m in
                    sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
              for key in runs[0].data.metrics}
-    # step 5, logged before the crash, is not logged twice; only its timings differ
-    assert sorted(found) == sorted(expected)
-    for key, points in expected.items():
-        assert [s for s, _ in found[key]] == [s for s, _ in points], key
-        if not key.startswith("perf/"):
-            assert [v for _, v in found[key]] == pytest.approx([v for _, v in points]), key
+    _assert_resumed_once(found, expected)
     params = runs[0].data.params
     assert params["train.max_steps"] == "6" and params["train.report_to"] == "['mlflow']"
 

@@ -22,6 +22,7 @@ from tether.choices import (
     GROUP_METHODS,
     IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
+    LABEL_MODES,
     LOSS_TYPES,
     STRATEGIES,
 )
@@ -409,7 +410,7 @@ class LabelImportConfig:
                                   "are ranked side by side; rate: each response is shown alone "
                                   "and rated good or bad (thumbs, exported as KTO rows); both: "
                                   "each row compared, and each of its responses rated.",
-                       choices=["compare", "rate", "both"])
+                       choices=LABEL_MODES)
     ratings: str = option("", "Responses to rate, as {prompt, completion} rows; a row with "
                               "label: true|false is a gold rating (a known good or bad one).")
     guidelines: str = option("", "A Markdown file of labeling guidelines, shown to annotators "
@@ -1130,7 +1131,7 @@ class HumanLabelsConfig:
         "model, PPO and DPO train on the rankings); rate: a thumb up or down on each response "
         "alone, on which KTO trains (rm, ppo and dpo are left out: thumbs make no pairs); "
         "both: each prompt ranked and each response rated, KTO training on the thumbs.",
-        choices=["compare", "rate", "both"])
+        choices=LABEL_MODES)
     guidelines: str = option("", "Labeling guidelines for the annotators: a Markdown file, "
                                  "shown in the app.")
     db: str = option("", "Labeling database (a path or SQLAlchemy URL). Empty: labels.db in "

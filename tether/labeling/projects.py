@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tether.choices import LABEL_MODES
 from tether.data.candidates import Candidates, parse_candidates
 from tether.data.readers import BadRow, read_all_rows
 from tether.errors import ConfigError, DataError
 from tether.labeling.agreement import agreement_stats
 from tether.labeling.store import Project, Store
 
-MODES = ("compare", "rate", "both")
+MODES = LABEL_MODES
 Rows = Iterable[tuple[str, Any]]
 
 
