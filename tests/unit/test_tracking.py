@@ -161,6 +161,21 @@ def wandb_offline(monkeypatch, tmp_path):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
 
 
+def _crash_and_resume(tmp_path, sft_rows, tracker: str) -> tuple[Path, str]:
+    """A run reporting to `tracker` that dies after logging step 5 (its newest checkpoint is
+    step 4) and is resumed to the end; its directory and the tracker's run id from before
+    the crash."""
+    data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
+    with pytest.raises(Crash):
+        train(_cfg(tmp_path, data, f"train.report_to=[{tracker}]"), progress_bar=False,
+              hooks=_crash_at(5))
+    run = tmp_path / "run"
+    run_id = (run / f"{tracker}_run_id").read_text().strip()
+    train(_cfg(tmp_path, data, f"train.report_to=[{tracker}]", "resume=true"),
+          progress_bar=False)
+    return run, run_id
+
+
 def _assert_resumed_once(found, expected):
     """A tracker's history across a crash at step 5 and a resume from step 4 equals
     metrics.jsonl: step 5, logged before the crash, is not sent again (neither W&B nor MLflow
@@ -175,13 +190,7 @@ def _assert_resumed_once(found, expected):
 
 def test_wandb_offline_history_equals_metrics_jsonl_and_resumes_the_same_run(
         tmp_path, sft_rows, wandb_offline):
-    data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
-    with pytest.raises(Crash):
-        train(_cfg(tmp_path, data, "train.report_to=[wandb]"), progress_bar=False,
-              hooks=_crash_at(5))
-    run = tmp_path / "run"
-    run_id = (run / "wandb_run_id").read_text().strip()
-    train(_cfg(tmp_path, data, "train.report_to=[wandb]", "resume=true"), progress_bar=False)
+    run, run_id = _crash_and_resume(tmp_path, sft_rows, "wandb")
     files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)
     found, expected = _wandb_steps(run), _jsonl_scalars(run)
@@ -198,13 +207,7 @@ def test_mlflow_history_equals_metrics_jsonl_and_resumes_the_same_run(tmp_path, 
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    data = write_jsonl(tmp_path / "train.jsonl", sft_rows)
-    with pytest.raises(Crash):
-        train(_cfg(tmp_path, data, "train.report_to=[mlflow]"), progress_bar=False,
-              hooks=_crash_at(5))
-    run = tmp_path / "run"
-    run_id = (run / "mlflow_run_id").read_text().strip()
-    train(_cfg(tmp_path, data, "train.report_to=[mlflow]", "resume=true"), progress_bar=False)
+    run, run_id = _crash_and_resume(tmp_path, sft_rows, "mlflow")
     client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tether").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]  # the resume reopened the same run
