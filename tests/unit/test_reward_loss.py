@@ -1,4 +1,5 @@
-"""Bradley-Terry over K-way rankings, on hand-computed values and invariances."""
+"""Bradley-Terry and Plackett-Luce over K-way rankings, on hand-computed values and
+invariances."""
 
 import itertools
 import math
@@ -7,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tether.losses.reward import bradley_terry_loss, pairwise_accuracy, ranking_pairs
+from tether.losses.reward import (
+    bradley_terry_loss,
+    pairwise_accuracy,
+    plackett_luce_loss,
+    ranking_pairs,
+)
 
 
 def nll(x: float) -> float:  # -log sigmoid(x)
@@ -107,3 +113,62 @@ def test_pairwise_accuracy_counts_ties_as_half():
     ranks = torch.tensor([[0, 1, 2]])
     correct, total = pairwise_accuracy(rewards, ranks, torch.ones(1, 3))
     assert total.item() == 3 and correct.item() == 2.5
+
+
+def lse(*xs: float) -> float:
+    return math.log(sum(math.exp(x) for x in xs))
+
+
+def test_plackett_luce_hand_computed_on_a_ranking_of_three():
+    rewards = torch.tensor([[0.5, 2.0, -1.0]])
+    ranks = torch.tensor([[1, 0, 2]])  # 2.0 first, then 0.5, then -1.0
+    first = lse(2.0, 0.5, -1.0) - 2.0  # the best chosen from all three
+    second = lse(0.5, -1.0) - 0.5  # the next from the two left; the last chooses nothing
+    got = plackett_luce_loss(rewards, ranks, torch.ones(1, 3))
+    assert got.item() == pytest.approx((first + second) / 2, rel=1e-6)
+    # The likelihood of the order is the product of its choices.
+    probs = torch.softmax(rewards[0, [1, 0, 2]], 0)
+    assert math.exp(-2 * got.item()) == pytest.approx(
+        (probs[0] * torch.softmax(rewards[0, [0, 2]], 0)[0]).item(), rel=1e-6)
+
+
+def test_plackett_luce_equals_bradley_terry_on_pairs_with_centering():
+    torch.manual_seed(2)
+    rewards = torch.randn(5, 2)
+    ranks = torch.tensor([[0, 1], [1, 0], [0, 1], [1, 0], [0, 1]])
+    mask = torch.ones(5, 2)
+    assert plackett_luce_loss(rewards, ranks, mask, center_coef=0.1).item() == pytest.approx(
+        bradley_terry_loss(rewards, ranks, mask, center_coef=0.1).item(), rel=1e-6)
+
+
+def test_plackett_luce_ties_share_a_choice_set_and_padding_takes_no_part():
+    rewards = torch.tensor([[1.0, 3.0, 0.0, 100.0]], requires_grad=True)
+    ranks = torch.tensor([[0, 0, 1, 5]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    # Each of the tied two is chosen over the tie and what is below; the last adds nothing.
+    expected = ((lse(1.0, 3.0, 0.0) - 1.0) + (lse(1.0, 3.0, 0.0) - 3.0)) / 2
+    loss = plackett_luce_loss(rewards, ranks, mask)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert rewards.grad[0, 3].item() == 0.0 and torch.isfinite(rewards.grad).all()
+    # All tied, or all padding: no choices, loss 0, no NaN in the gradient.
+    rewards = torch.randn(2, 3, requires_grad=True)
+    none = plackett_luce_loss(rewards, torch.zeros(2, 3, dtype=torch.long),
+                              torch.tensor([[1, 1, 1], [0, 0, 0]]))
+    none.backward()
+    assert none.item() == 0.0 and torch.isfinite(rewards.grad).all()
+
+
+def test_plackett_luce_microbatch_split_with_global_counts_equals_whole_batch():
+    torch.manual_seed(3)
+    weights = torch.randn(6, 4, requires_grad=True)
+    ranks = torch.stack([torch.randperm(4) for _ in range(6)])
+    mask = torch.ones(6, 4)
+    mask[2, 3] = 0
+    plackett_luce_loss(weights * 1.0, ranks, mask, center_coef=0.05).backward()
+    whole = weights.grad.clone()
+    weights.grad = None
+    for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):
+        plackett_luce_loss(weights[rows] * 1.0, ranks[rows], mask[rows], num_groups=6,
+                           num_responses=mask.sum(), center_coef=0.05).backward()
+    assert torch.allclose(weights.grad, whole, atol=1e-7)

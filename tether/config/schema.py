@@ -484,11 +484,18 @@ class RewardConfig:
         1e-3, "Learning rate of the freshly initialised scalar head (the pretrained body "
         "trains at optim.lr): at the body's rate the head hardly moves from its random "
         "direction in a few hundred steps. 0: optim.lr.", min=0)
-    margin: float = option(0.0, "Margin in -log sigmoid(r_better - r_worse - margin).")
+    loss: str = option(
+        "bradley_terry", "bradley_terry: -log sigmoid(r_better - r_worse) over every pair of a "
+        "ranking (InstructGPT), averaged per prompt; plackett_luce: the likelihood of the whole "
+        "order (the best chosen from all K by softmax(r), the next from the rest, ...), the "
+        "exact model of a labeler who ranks that way. Equal for pairs (README, Reward models: "
+        "what each buys).", choices=["bradley_terry", "plackett_luce"])
+    margin: float = option(0.0, "Margin in -log sigmoid(r_better - r_worse - margin) "
+                                "(bradley_terry).")
     label_smoothing: float = option(
-        0.0, "Take each label as flipped with this probability: -(1-eps) log sigmoid(d) - eps "
-        "log sigmoid(-d), so no pair pushes the reward gap past log((1-eps)/eps).", min=0,
-        max=0.49)
+        0.0, "(bradley_terry) Take each label as flipped with this probability: -(1-eps) log "
+        "sigmoid(d) - eps log sigmoid(-d), so no pair pushes the reward gap past "
+        "log((1-eps)/eps).", min=0, max=0.49)
     center_coef: float = option(0.0, "Reward centering: this times the mean squared reward "
                                      "is added to the loss.", min=0)
     normalize: str = option(
@@ -540,6 +547,10 @@ class RMConfig:
             raise ConfigError("model.lora.qlora is for policies (sft, dpo, kto, ppo); a reward "
                               "model trains its backbone with LoRA in full precision: set "
                               "model.lora.qlora=false")
+        if self.reward.loss == "plackett_luce" and (self.reward.margin
+                                                    or self.reward.label_smoothing):
+            raise ConfigError("reward.margin and reward.label_smoothing are defined for "
+                              "reward.loss=bradley_terry, not plackett_luce")
         self.train.check_accumulation()
 
 

@@ -1,4 +1,5 @@
-"""Reward-model objective: Bradley-Terry over every ordered pair of a K-way ranking."""
+"""Reward-model objectives for K-way rankings: Bradley-Terry over every ordered pair, or the
+Plackett-Luce likelihood of the whole order."""
 
 from __future__ import annotations
 
@@ -38,13 +39,49 @@ def bradley_terry_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.T
     """
     pairs = ranking_pairs(ranks, mask)
     diff = rewards[:, :, None] - rewards[:, None, :]  # r_i - r_j
-    pair_loss = -F.logsigmoid(diff - margin)
+    pair_loss = -F.logsigmoid(diff - margin) * pairs
     if label_smoothing:
         pair_loss = (1 - label_smoothing) * pair_loss - label_smoothing * F.logsigmoid(
-            margin - diff)
-    per_prompt_pairs = pairs.sum((1, 2))
-    per_prompt = (pair_loss * pairs).sum((1, 2)) / per_prompt_pairs.clamp(min=1)
-    groups = (per_prompt_pairs > 0).sum() if num_groups is None else num_groups
+            margin - diff) * pairs
+    return _reduce(pair_loss, pairs.sum(2), rewards, mask, center_coef, num_groups,
+                   num_responses)
+
+
+def plackett_luce_loss(rewards: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor, *,
+                       center_coef: float = 0.0,
+                       num_groups: torch.Tensor | float | None = None,
+                       num_responses: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Minus the Plackett-Luce log-likelihood of each ranking: the best response chosen from
+    all K with probability softmax(r), the next from the rest, and so on, so each response
+    with a worse one below it adds -(r_i - logsumexp of r over the responses ranked at or
+    below it). Averaged over those choices within a prompt, then over prompts, with the
+    reduction, centering and num_groups / num_responses of bradley_terry_loss.
+
+    It is the exact likelihood of a labeler who ranks by Plackett-Luce (tether's simulated
+    one does), where the C(K, 2) Bradley-Terry pairs of a ranking are each right on their
+    own but are counted as if independent. For a pair (K = 2) the two losses are equal. Tied
+    responses share a choice set (each is chosen over the tie and everything below it);
+    the responses at the bottom choose from nothing and add no term."""
+    valid = mask.bool()
+    below = (ranks[:, None, :] > ranks[:, :, None]) & valid[:, None, :]  # [B, i, j]
+    chooses = below.any(2) & valid  # [B, K]: response i is chosen over something
+    # Each pool holds i itself (padding too), so no logsumexp is over nothing (a NaN gradient).
+    itself = torch.eye(ranks.shape[1], dtype=torch.bool, device=ranks.device)
+    at_or_below = ((ranks[:, None, :] == ranks[:, :, None]) & valid[:, None, :]) | below | itself
+    pool = rewards[:, None, :].masked_fill(~at_or_below, float("-inf"))
+    choice_loss = (torch.logsumexp(pool, dim=2) - rewards).masked_fill(~chooses, 0.0)
+    return _reduce(choice_loss[:, :, None], chooses.long(), rewards, mask, center_coef,
+                   num_groups, num_responses)
+
+
+def _reduce(terms: torch.Tensor, counts: torch.Tensor, rewards: torch.Tensor,
+            mask: torch.Tensor, center_coef: float, num_groups, num_responses) -> torch.Tensor:
+    """Mean of each prompt's loss terms (terms [B, K, ...] summed where counted; counts [B, K]
+    the terms per response), summed over prompts and divided by num_groups (default: the
+    prompts with a term), plus the centering term over num_responses."""
+    per_prompt_terms = counts.sum(1)
+    per_prompt = terms.sum(tuple(range(1, terms.dim()))) / per_prompt_terms.clamp(min=1)
+    groups = (per_prompt_terms > 0).sum() if num_groups is None else num_groups
     groups = torch.as_tensor(groups, dtype=rewards.dtype).clamp(min=1)
     loss = per_prompt.sum() / groups
     if center_coef:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from tether.distributed import setup
 from tether.eval.health import at_chance, reward_model_warnings
 from tether.eval.rm import evaluate_preferences, format_table
 from tether.files import atomic_write_text
-from tether.losses.reward import bradley_terry_loss, pairwise_accuracy
+from tether.losses.reward import bradley_terry_loss, pairwise_accuracy, plackett_luce_loss
 from tether.metric_names import (
     DATA_EPOCH,
     EVAL_PAIRS,
@@ -143,6 +144,12 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
                                     seed=cfg.train.seed, progress=progress and bars)
 
     # 3. The loop.
+    if cfg.reward.loss == "plackett_luce":
+        objective = partial(plackett_luce_loss, center_coef=cfg.reward.center_coef)
+    else:
+        objective = partial(bradley_terry_loss, margin=cfg.reward.margin,
+                            center_coef=cfg.reward.center_coef,
+                            label_smoothing=cfg.reward.label_smoothing)
     model.train()
     last_saved = checkpoint
     hooks.started(model)
@@ -166,11 +173,8 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
                         [len(p.responses) for p in micro_prefs] if cfg.train.share_prompt else None,
                         batches.packed))
                 rewards, ranks, mask = rewards_grid(raw, micro_prefs)
-                micro_loss = bradley_terry_loss(
-                    rewards, ranks, mask, margin=cfg.reward.margin,
-                    center_coef=cfg.reward.center_coef,
-                    label_smoothing=cfg.reward.label_smoothing, num_groups=num_groups,
-                    num_responses=num_responses)
+                micro_loss = objective(rewards, ranks, mask, num_groups=num_groups,
+                                       num_responses=num_responses)
                 d.backward(micro_loss)
                 loss += micro_loss.item()
                 c, n = pairwise_accuracy(rewards.detach(), ranks, mask)
