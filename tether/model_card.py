@@ -95,7 +95,10 @@ def _data(stage: str, cfg: Any) -> list[tuple[str, str]]:
 
 def _method(stage: str, cfg: Any) -> str:
     if stage == "rm":
-        return (f"Bradley-Terry over every pair of each ranking, {cfg.reward.pooling} pooling"
+        objective = ("the Plackett-Luce likelihood of each ranking"
+                     if cfg.reward.loss == "plackett_luce"
+                     else "Bradley-Terry over every pair of each ranking")
+        return (f"{objective}, {cfg.reward.pooling} pooling"
                 + (f", label smoothing {cfg.reward.label_smoothing:g}"
                    if cfg.reward.label_smoothing else ""))
     if stage == "dpo":

@@ -73,6 +73,8 @@ def test_the_plackett_luce_objective_learns_the_preference(tmp_path, capsys):
     rm_trainer.train(_cfg(tmp_path, data, "reward.loss=plackett_luce"))
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())["metrics"]
     assert metrics["eval/accuracy"] > 0.85 and metrics["eval/spearman_gold"] > 0.7, metrics
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "the Plackett-Luce likelihood of each ranking" in card
     assert main(["rm", f"data.train={data}", "reward.loss=plackett_luce",
                  "reward.margin=0.5"]) == 2
     assert "defined for reward.loss=bradley_terry" in capsys.readouterr().err
