@@ -176,8 +176,12 @@ class MLflowTracker:
             return
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "tether")
         experiment = self.client.get_experiment_by_name(name)
+        # Without a tracking server, artifacts (config.yaml) go beside the database, not to
+        # ./mlruns in whatever directory the run was started from.
+        artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else \
+            (run_dir / "mlruns").resolve().as_uri()
         experiment_id = experiment.experiment_id if experiment else \
-            self.client.create_experiment(name)
+            self.client.create_experiment(name, artifact_location=artifacts)
         self.run_id = self.client.create_run(
             experiment_id, run_name=f"{run_dir.resolve().parent.name}/{run_dir.name}").info.run_id
         atomic_write_text(id_file, self.run_id + "\n")

@@ -67,7 +67,6 @@ def test_defaults_alone_learn_a_learnable_preference(tmp_path, capsys):
     assert lrs[-1] == pytest.approx(5e-6, rel=0.05) and min(lrs[4:]) >= 5e-6
 
 
-
 def test_the_plackett_luce_objective_learns_the_preference(tmp_path, capsys):
     data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(120))
     rm_trainer.train(_cfg(tmp_path, data, "reward.loss=plackett_luce"))
@@ -78,6 +77,7 @@ def test_the_plackett_luce_objective_learns_the_preference(tmp_path, capsys):
     assert main(["rm", f"data.train={data}", "reward.loss=plackett_luce",
                  "reward.margin=0.5"]) == 2
     assert "defined for reward.loss=bradley_terry" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(("prompts", "epochs"), [(40, 4), (200, 2), (400, 1), (4000, 1)])
 def test_auto_epochs_give_small_data_enough_steps_and_large_data_one_pass(prompts, epochs):

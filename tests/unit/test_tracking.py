@@ -207,7 +207,13 @@ def test_mlflow_history_equals_metrics_jsonl_and_resumes_the_same_run(tmp_path, 
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    started_in = tmp_path / "cwd"
+    started_in.mkdir()
+    monkeypatch.chdir(started_in)
     run, run_id = _crash_and_resume(tmp_path, sft_rows, "mlflow")
+    # The artifacts (config.yaml) stay in the run directory, not ./mlruns where it started.
+    assert not any(started_in.iterdir())
+    assert list((run / "mlruns").rglob("config.yaml"))
     client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tether").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]  # the resume reopened the same run
