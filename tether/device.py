@@ -46,6 +46,18 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
             for k, v in batch.items()}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (oneDNN's bf16 path: AVX512-BW/VL/DQ,
+    AVX512-BF16, AMX or AVX-NE-CONVERT). Elsewhere (an AVX2-only x86 laptop, say) torch
+    emulates bf16, 4-8x slower than fp32 (BENCHMARKS.md, "bf16 on a CPU without bf16")."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def slow_bf16(device: torch.device) -> bool:
+    """bf16 would be emulated on `device`: a CPU without bf16 instructions."""
+    return device.type == "cpu" and not cpu_has_bf16()
+
+
 def autocast(bf16: bool, device: torch.device | str = "cpu"
              ) -> contextlib.AbstractContextManager:
     """bf16 autocast on the device's type (fp32 weights stay fp32); nothing when off."""

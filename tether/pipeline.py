@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from tether import evaluate
@@ -40,7 +41,7 @@ from tether.config import (
 from tether.data.prompts import encode_prompts, load_prompts
 from tether.data.readers import split_source
 from tether.data.tokenize import wants_chat_template
-from tether.device import pick_device
+from tether.device import pick_device, slow_bf16
 from tether.errors import ConfigError, DataError, WeakRewardModel
 from tether.eval.frontier import (
     best_of_n_points,
@@ -122,7 +123,7 @@ class Run:
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg = copy.deepcopy(cfg)
-        self.notes = [note for note in [_fit_to_heldout(cfg)] if note]
+        self.notes = [note for note in [_fit_to_heldout(cfg), _fit_to_cpu(cfg)] if note]
         self.root = Path(cfg.run_dir)
         self.skipped = set(cfg.stage_list("skip"))
         task = cfg.task
@@ -266,6 +267,33 @@ def _fit_to_heldout(cfg: PipelineConfig) -> str:
         return ""
     return (f"the task holds out {cfg.task.num_heldout} prompts: {', '.join(cut)} -> "
             f"{cfg.task.num_heldout} (all of them)")
+
+
+# Every bf16 switch of the stages: the preset turns them on, for GPUs and bf16-capable CPUs.
+BF16_SWITCHES = ("sft.train", "rm.train", "ppo.train", "dpo.train", "kto.train", "sample",
+                 "eval")
+
+
+def _fit_to_cpu(cfg: PipelineConfig) -> str:
+    """On a machine with no GPU whose CPU has no bf16 instructions, every stage's bf16 (and
+    bf16_weights) off, in place; say so ("" if nothing changed). There bf16 is emulated, 4-8x
+    slower than fp32, and the default pipeline would take hours instead of minutes."""
+    if torch.cuda.is_available() or not slow_bf16(torch.device("cpu")):
+        return ""
+    turned_off = []
+    for key in BF16_SWITCHES:
+        section = cfg
+        for part in key.split("."):
+            section = getattr(section, part)
+        if section.bf16:
+            turned_off.append(f"{key}.bf16")
+            section.bf16 = False
+            if getattr(section, "bf16_weights", False):
+                section.bf16_weights = False
+    if not turned_off:
+        return ""
+    return (f"this CPU has no bf16 instructions (torch would emulate bf16, several times slower "
+            f"than fp32): {', '.join(turned_off)} -> false")
 
 
 def effective_config(cfg: PipelineConfig) -> PipelineConfig:

@@ -37,12 +37,14 @@ bf16 for the forward, gradients reduced in fp32), not wired here yet.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from collections.abc import Callable
 
 import torch
 
 from tether.config import ModelConfig, TrainConfig
+from tether.device import slow_bf16
 from tether.distributed import Dist, unwrap
 from tether.errors import ConfigError
 from tether.models.quantize import check_qlora
@@ -63,6 +65,9 @@ def check_settings(model: ModelConfig, train: TrainConfig, device: torch.device)
     problem = train.compile and compile_unavailable(device.type)
     if problem:
         raise ConfigError(f"train.compile=true: {problem}; set train.compile=false")
+    if train.bf16 and slow_bf16(device) and os.environ.get("RANK", "0") == "0":
+        print("warning: train.bf16=true on a CPU without bf16 instructions: torch emulates "
+              "bf16 here, several times slower than fp32 (train.bf16=false)", flush=True)
     return master_weights(train)
 
 

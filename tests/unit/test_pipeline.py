@@ -377,11 +377,12 @@ def test_the_smoke_preset_runs_every_stage_on_tiny_models(tmp_path, capsys):
     assert (tmp_path / "run" / "report.html").exists()
 
 
-def test_held_out_evaluations_default_to_what_the_task_holds_out(tmp_path, capsys):
+def test_held_out_evaluations_default_to_what_the_task_holds_out(tmp_path, monkeypatch):
     from tether.config import PipelineConfig, load_config
     from tether.pipeline import Run
     from tether.presets import pipeline_sources
 
+    monkeypatch.setattr("tether.pipeline.slow_bf16", lambda device: False)
     cfg = load_config(PipelineConfig, base=pipeline_sources(None, None)[0],
                       overrides=[f"run_dir={tmp_path}", "task.num_heldout=30"])
     run = Run(cfg)
@@ -392,6 +393,37 @@ def test_held_out_evaluations_default_to_what_the_task_holds_out(tmp_path, capsy
                          "30 (all of them)"]
     assert Run(load_config(PipelineConfig, base=pipeline_sources(None, None)[0])).notes \
         == []  # the default holds out enough for every evaluation
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_on_a_cpu_without_bf16_the_pipeline_runs_every_stage_in_fp32(tmp_path, monkeypatch,
+                                                                     slow):
+    from tether.config import PipelineConfig, load_config
+    from tether.pipeline import BF16_SWITCHES, Run
+    from tether.presets import pipeline_sources
+
+    monkeypatch.setattr("tether.pipeline.slow_bf16", lambda device: slow)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cfg = load_config(PipelineConfig, base=pipeline_sources(None, None)[0],
+                      overrides=[f"run_dir={tmp_path}", "ppo.train.bf16_weights=true"])
+    run = Run(cfg)
+
+    def bf16(config, key):
+        for part in key.split("."):
+            config = getattr(config, part)
+        return config.bf16
+
+    preset_on = [key for key in BF16_SWITCHES if bf16(cfg, key)]
+    assert set(preset_on) >= {"sample", "ppo.train", "dpo.train", "eval"}
+    assert [key for key in BF16_SWITCHES if bf16(run.cfg, key)] == ([] if slow else preset_on)
+    assert run.cfg.ppo.train.bf16_weights is not slow  # needs bf16: off with it
+    assert cfg.ppo.train.bf16 and cfg.ppo.train.bf16_weights  # the caller's config untouched
+    if slow:
+        assert run.notes == ["this CPU has no bf16 instructions (torch would emulate bf16, "
+                             "several times slower than fp32): "
+                             + ", ".join(f"{key}.bf16" for key in preset_on) + " -> false"]
+    else:
+        assert run.notes == []
 
 
 def test_print_config_shows_what_the_stages_will_use(capsys, tmp_path):

@@ -63,6 +63,23 @@ def test_a_bf16_copy_samples_close_to_the_fp32_policy_and_says_it_differs(model,
         torch.testing.assert_close(torch.tensor(g.logprobs), trainer, atol=0.05, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_prepacked_product_runs_on_every_cpu_and_equals_f_linear(dtype):
+    # An AVX2-only CPU cannot lay out bf16 weights for oneDNN: the product falls back to
+    # F.linear there instead of failing (it once stopped `tether run` at its sample stage).
+    from tether.rollout.decode import Linear, can_prepack
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 16, generator=generator).to(dtype)
+    bias = torch.randn(24, generator=generator).to(dtype)
+    x = torch.randn(5, 16, generator=generator).to(dtype)
+    product = Linear(weight, bias, prepack=True)
+    assert product.packed == can_prepack(weight)
+    if dtype == torch.float32:
+        assert product.packed == torch.backends.mkldnn.is_available()
+    torch.testing.assert_close(product(x), torch.nn.functional.linear(x, weight, bias))
+
+
 def test_sync_brings_in_the_policy_s_updated_weights(model, tokenizer):
     params = SamplingParams(max_new_tokens=10)
     static = StaticGenerator(model, tokenizer, dtype=torch.float32)

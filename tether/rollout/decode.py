@@ -9,7 +9,8 @@ queries). Here, measured on 2 CPU cores for SmolLM2-135M at 16 rows (bench/gener
 - q, k and v are one matrix product, as are gate and up;
 - on the CPU the weights are laid out once per sync the way oneDNN multiplies them fastest
   (`torch.ops.mkldnn._reorder_linear_weight`, what torch.compile's CPU backend uses for frozen
-  weights): 1.4-1.7x faster products than `F.linear` on the same bf16 weights;
+  weights): 1.4-1.7x faster products than `F.linear` on the same bf16 weights (where the CPU
+  has bf16 instructions; an AVX2-only CPU gets `F.linear`);
 - attention for one query per row is two small batched products over the cache, which is
   kept in float32: the precision attention kernels accumulate in, with no conversion per step
   (keys and values computed in bf16 are exact in float32; the cache takes twice the memory of a
@@ -37,17 +38,27 @@ def writes_out(model: torch.nn.Module) -> bool:
                  or getattr(config, "use_sliding_window", True) is False))
 
 
+def can_prepack(weight: torch.Tensor) -> bool:
+    """Whether oneDNN lays out `weight` here: a CPU tensor, with oneDNN in the torch build
+    (every x86 and arm64 build has it), in float32 or in a half type this CPU multiplies
+    natively (bf16 needs AVX512-BW/VL/DQ or AVX-NE-CONVERT: an AVX2-only CPU refuses it)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return {torch.float32: True,
+            torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+            torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}.get(weight.dtype, False)
+
+
 class Linear:
-    """x @ weight.T + bias; with `prepack`, on a CPU with oneDNN (every x86 and arm64 build of
-    torch has it), the weight is laid out for oneDNN's fastest product."""
+    """x @ weight.T + bias; with `prepack`, where oneDNN can (`can_prepack`), the weight is
+    laid out for oneDNN's fastest product."""
 
     # The row count oneDNN lays the weight out for; the product is exact for any count.
     ROWS_HINT = 16
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool):
         self.bias = bias
-        self.packed = (prepack and weight.device.type == "cpu"
-                       and torch.backends.mkldnn.is_available())
+        self.packed = prepack and can_prepack(weight)
         self.weight = (torch.ops.mkldnn._reorder_linear_weight(weight, self.ROWS_HINT)
                        if self.packed else weight)
 
