@@ -10,6 +10,12 @@ The labels come from a pipeline run that stopped after its label stage, e.g.
     tether run task.name=answers skip=ppo,dpo run_dir=runs/answers   (Ctrl-C once labelled)
 and the policy backbone is that run's SFT model (sft/final). The last --eval-prompts rows are
 held out (the same for every run); the rest train. Results go to bench/results/.
+
+--validation-prompts N holds the last N training rows out as the run's own data.eval (what
+train.keep_best chooses on, as the pipeline's data.eval_fraction split is), and the final
+reward model is then scored on the test rows apart: the selection never sees them.
+    python -m bench rm-quality runs/sentiment --backbones minilm-l6 --validation-prompts 38 \
+        --set train.keep_best=true --set train.eval_every=6
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import time
 from pathlib import Path
 
 from bench import save_results
-from tether.config import RMConfig, load_config
+from tether.config import DataConfig, RMConfig, load_config
+from tether.data.preferences import load_preference_data
+from tether.eval.rm import evaluate_preferences
 from tether.metric_names import (
     EVAL_ACCURACY,
     EVAL_ACCURACY_VS_GOLD,
@@ -32,6 +40,7 @@ from tether.metric_names import (
     EVAL_LOSS,
     EVAL_SPEARMAN_GOLD,
 )
+from tether.models.reward import RewardModel
 from tether.trainers import rm
 
 # The columns of a result row, from the reward model's held-out metrics.
@@ -50,17 +59,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the last this many label rows are held out")
     parser.add_argument("--train-prompts", type=int, default=0,
                         help="train on the first this many of the rest (0: all of them)")
+    parser.add_argument("--validation-prompts", type=int, default=0,
+                        help="hold the last this many training rows out as data.eval, and "
+                             "score the final model on the test rows apart (0: data.eval is "
+                             "the test rows)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (repeatable), e.g. optim.lr=1e-5")
 
 
-def _split(run: Path, out: Path, eval_prompts: int, train_prompts: int) -> tuple[Path, Path]:
+def _split(run: Path, out: Path, eval_prompts: int, train_prompts: int,
+           validation_prompts: int) -> tuple[Path, Path, Path]:
+    """(train, validation, test) files; validation is the test file when not asked for."""
     rows = [line for line in (run / "label" / "labels.jsonl").open() if line.strip()]
     train = rows[:-eval_prompts][:train_prompts or None]
-    paths = out / f"{run.name}-train.jsonl", out / f"{run.name}-eval.jsonl"
-    paths[0].write_text("".join(train))
-    paths[1].write_text("".join(rows[-eval_prompts:]))
-    return paths
+    validation = train[len(train) - validation_prompts:] if validation_prompts else []
+    paths = [out / f"{run.name}-{part}.jsonl" for part in ("train", "validation", "test")]
+    paths[0].write_text("".join(train[:len(train) - validation_prompts]))
+    paths[1].write_text("".join(validation))
+    paths[2].write_text("".join(rows[-eval_prompts:]))
+    return paths[0], paths[1] if validation_prompts else paths[2], paths[2]
+
+
+def _score_on(final: Path, test: Path, seed: int) -> dict[str, float]:
+    """The held-out metrics of the reward model in `final` on the rows of `test`."""
+    model = RewardModel.from_pretrained(final)
+    data = load_preference_data(DataConfig(train=str(test), eval_fraction=0.0,
+                                           max_length=model.max_length), model.tokenizer,
+                                seed, encode=model.encode)
+    return evaluate_preferences(model, data.train, seed=seed)[0]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -68,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for run_dir in map(Path, args.runs):
-            train, held_out = _split(run_dir, tmp, args.eval_prompts, args.train_prompts)
+            train, held_out, test = _split(run_dir, tmp, args.eval_prompts, args.train_prompts,
+                                           args.validation_prompts)
             for backbone in args.backbones.split(","):
                 model = str(run_dir / "sft" / "final") if backbone == "sft" else backbone
                 for seed in map(int, args.seeds.split(",")):
@@ -81,9 +108,12 @@ def run(args: argparse.Namespace) -> None:
                     with open(tmp / "log.txt", "w") as log, contextlib.redirect_stdout(log), \
                             contextlib.redirect_stderr(log):
                         rm.train(cfg)
-                    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+                    seconds = time.perf_counter() - started
+                    report = json.loads((out / "eval.json").read_text())
+                    metrics = _score_on(out / "final", test, seed) \
+                        if args.validation_prompts else report["metrics"]
                     row = {"task": run_dir.name, "backbone": backbone, "seed": seed,
-                           "seconds": round(time.perf_counter() - started, 1),
+                           "seconds": round(seconds, 1), "kept_step": report.get("kept_step"),
                            **{k: round(metrics[name], 4) for k, name in METRICS.items()}}
                     print(json.dumps(row), flush=True)
                     results.append(row)
@@ -102,4 +132,5 @@ def run(args: argparse.Namespace) -> None:
               f"{statistics.fmean(r['label_gold_agreement'] for r in ours):>12.3f} "
               f"{statistics.fmean(r['accuracy_vs_gold'] for r in ours):>8.3f} "
               f"{mean_sd('spearman_gold'):>16}")
-    save_results("rm_quality", {"settings": args.set, "runs": results})
+    save_results("rm_quality", {"settings": args.set,
+                                "validation_prompts": args.validation_prompts, "runs": results})

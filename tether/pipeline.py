@@ -490,11 +490,14 @@ def execute_rm(run: Run, cfg: Any) -> str:
     path = Path(cfg.run_dir) / "eval.json"
     if not path.exists():
         return "trained (no held-out labels)"
-    m = json.loads(path.read_text())["metrics"]
+    report = json.loads(path.read_text())
+    m = report["metrics"]
     text = (f"held-out accuracy {m[EVAL_ACCURACY]:.3f} [{m[EVAL_ACCURACY_CI_LO]:.3f}, "
             f"{m[EVAL_ACCURACY_CI_HI]:.3f}]")
     if EVAL_LABEL_GOLD_AGREEMENT in m:
         text += f" (the labels' own agreement with gold: {m[EVAL_LABEL_GOLD_AGREEMENT]:.3f})"
+    if report.get("kept_step") is not None:
+        text += f"; the weights of step {report['kept_step']} (train.keep_best)"
     return text
 
 

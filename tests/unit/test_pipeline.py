@@ -131,14 +131,18 @@ def test_a_changed_option_reruns_its_stage_and_those_reading_it(finished, tmp_pa
     config = (run_dir / "dpo" / "config.yaml").read_text()
     assert "beta: 0.5" in config
     # The reward model feeds PPO, DPO and the evaluation; SFT's data is upstream of it.
-    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4") == 0
-    assert _ran(capsys.readouterr().out) == ["rm", "ppo", "dpo", "eval", "report"]
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.train.keep_best=true") == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["rm", "ppo", "dpo", "eval", "report"]
+    kept = json.loads((run_dir / "rm" / "eval.json").read_text())["kept_step"]
+    assert f"; the weights of step {kept} (train.keep_best)" in out
     # rerun= forces a stage (and what reads it) although nothing changed.
-    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4", "rerun=ppo") == 0
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.train.keep_best=true",
+                "rerun=ppo") == 0
     assert _ran(capsys.readouterr().out) == ["ppo", "eval", "report"]
     # Outputs deleted by hand are made again, with everything that reads them.
     shutil.rmtree(run_dir / "dpo")
-    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.optim.lr=1e-4") == 0
+    assert _run(tmp_path, run_dir, "dpo.dpo.beta=0.5", "rm.train.keep_best=true") == 0
     assert _ran(capsys.readouterr().out) == ["dpo", "eval", "report"]
 
 

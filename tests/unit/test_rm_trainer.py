@@ -177,6 +177,92 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def _scripted_held_out_loss(monkeypatch, loss_at_step):
+    """The held-out evaluation as it is, but with eval/loss read from `loss_at_step` by the
+    step it is evaluated after (the final evaluation keeps its own)."""
+    from tether.eval import rm as eval_rm
+    from tether.trainers.common import Hooks
+
+    steps = []
+
+    def evaluate(*args, **kwargs):
+        metrics, details = eval_rm.evaluate_preferences(*args, **kwargs)
+        if not kwargs.get("progress"):  # not the final evaluation
+            metrics["eval/loss"] = loss_at_step[steps[-1]]
+        return metrics, details
+
+    monkeypatch.setattr(rm_trainer, "evaluate_preferences", evaluate)
+    return Hooks(step_started=steps.append)
+
+
+def _trained_weights(path):
+    state = load_checkpoint(path)["model"] if path.name.startswith("step-") else \
+        load_file(str(path / "model.safetensors"))
+    return {name.removeprefix("model."): tensor for name, tensor in state.items()}
+
+
+KEEP_BEST = ("train.keep_best=true", "train.eval_every=2", "train.max_steps=10",
+             "train.save_every=2", "train.keep_checkpoints=10")
+
+
+def test_keep_best_exports_the_weights_of_the_lowest_held_out_loss(tmp_path, monkeypatch,
+                                                                    capsys):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(40))
+    hooks = _scripted_held_out_loss(monkeypatch, {2: 0.6, 4: 0.4, 6: 0.5, 8: 0.45, 10: 0.7})
+    final = rm_trainer.train(_cfg(tmp_path, data, *KEEP_BEST), hooks)
+    out = capsys.readouterr().out
+    assert "keeping step 4's weights: held-out loss 0.4000, the lowest of 5 evaluations " \
+           "(step 10: 0.7000)" in out
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["kept_step"] == 4
+    best = [p for p in list_checkpoints(tmp_path / "run" / "best")]
+    assert [p.name for p in best] == ["step-00000004"]  # only the best one is kept
+    exported, at_4 = _trained_weights(final), _trained_weights(best[0])
+    at_10 = _trained_weights(list_checkpoints(tmp_path / "run")[-1])
+    assert exported.keys() == at_4.keys()
+    assert all(torch.equal(exported[k], at_4[k]) for k in at_4)
+    assert not all(torch.equal(exported[k], at_10[k]) for k in at_10)
+    # The final evaluation is of the kept weights, logged once at the last step.
+    held_out = [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")
+                if "eval/accuracy" in m]
+    assert held_out == [2, 4, 6, 8, 10]
+
+
+def test_patience_stops_early_and_a_resumed_run_ends_the_same(tmp_path, monkeypatch, capsys):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(40))
+    # Steps 6 and 8 bring no new best after step 4: with patience 2 the run stops at 8.
+    hooks = _scripted_held_out_loss(monkeypatch, {2: 0.6, 4: 0.4, 6: 0.5, 8: 0.45, 10: 0.1})
+    cfg = _cfg(tmp_path, data, *KEEP_BEST, "train.patience=2")
+    final = rm_trainer.train(cfg, hooks)
+    assert "stopping early at step 8: no lower held-out loss in 2 evaluations since step 4" \
+        in capsys.readouterr().out
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["step"] == 8
+    assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "step-00000008"
+    whole = _trained_weights(final)
+
+    # Pretend the run died after step 6's checkpoint: it replays step 8 and stops there again.
+    for checkpoint in list_checkpoints(tmp_path / "run")[3:]:
+        shutil.rmtree(checkpoint)
+    shutil.rmtree(final)
+    cfg.resume = True
+    rm_trainer.train(cfg, hooks)
+    assert "stopping early at step 8" in capsys.readouterr().out
+    resumed = _trained_weights(final)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    # Resumed once more, after it finished: no step runs, the same weights are kept.
+    rm_trainer.train(cfg, hooks)
+    out = capsys.readouterr().out
+    assert "stopping early" not in out and "keeping step 4's weights" in out
+
+
+def test_keep_best_needs_held_out_data_and_patience_needs_keep_best(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(20))
+    assert main(["rm", f"data.train={data}", "data.eval_fraction=0",
+                 "train.keep_best=true"]) == 2
+    assert "give data.eval or data.eval_fraction > 0" in capsys.readouterr().err
+    assert main(["rm", f"data.train={data}", "train.patience=3"]) == 2
+    assert "set train.keep_best=true too" in capsys.readouterr().err
+
+
 def test_lora_reward_model_trains_adapters_and_head(tmp_path):
     data = write_jsonl(tmp_path / "rank.jsonl", ranking_rows(40))
     final = rm_trainer.train(_cfg(tmp_path, data, "model.lora.enabled=true", "model.lora.r=4",

@@ -511,6 +511,15 @@ class RewardConfig:
 class RMTrainConfig(BatchTrainConfig):
     share_prompt: bool = share_prompt_option(
         " (with a causal-LM backbone; an encoder reads a row per response)")
+    keep_best: bool = option(
+        False, "Keep the weights of the held-out evaluation (every eval_every steps, and the "
+        "last) with the lowest held-out loss, not the last step's: final/ and the final "
+        "evaluation are that step's. Needs held-out data (data.eval or data.eval_fraction); "
+        "the held-out figures then come from the split that chose the step, so they flatter "
+        "it a little.")
+    patience: int = option(
+        0, "With keep_best: stop once this many held-out evaluations in a row bring no new "
+        "best; 0: run every step.", min=0)
 
     instead: ClassVar[dict[str, str]] = {
         "logits_chunk": "a reward model's head gives one score, not logits over the vocabulary"}
@@ -551,6 +560,13 @@ class RMConfig:
                                                     or self.reward.label_smoothing):
             raise ConfigError("reward.margin and reward.label_smoothing are defined for "
                               "reward.loss=bradley_terry, not plackett_luce")
+        if (self.train.keep_best or self.train.patience) and not (
+                self.data.eval or self.data.eval_fraction):
+            raise ConfigError("train.keep_best and train.patience choose by the held-out loss: "
+                              "give data.eval or data.eval_fraction > 0")
+        if self.train.patience and not self.train.keep_best:
+            raise ConfigError("train.patience stops at the best held-out evaluation so far, "
+                              "which train.keep_best keeps: set train.keep_best=true too")
         self.train.check_accumulation()
 
 

@@ -154,6 +154,18 @@ def restore_training_state(checkpoint: Path, model: torch.nn.Module,
     return state["step"]
 
 
+def restore_weights(checkpoint: Path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, dist: Dist = SINGLE) -> None:
+    """Only a checkpoint's trained weights back in `model` (and, with a MasterAdamW, its fp32
+    masters, which final/ is written from); the schedule, data order and RNG stay as they
+    are. For the end of a run that keeps its best evaluation (rm's train.keep_best)."""
+    state = load_checkpoint(checkpoint)
+    dist.load_trainable_state(model, state["model"])
+    if isinstance(optimizer, MasterAdamW):
+        dist.load_optimizer_state(model, optimizer,
+                                  with_masters(state["optimizer"], state["model"]))
+
+
 def start_or_resume(run_dir: Path, checkpoint: Path | None, model: torch.nn.Module,
                     optim: OptimConfig, total_updates: int, *, num_examples: int,
                     data_source: str, extra: dict | None = None,

@@ -1,8 +1,10 @@
 """Reward model training: Bradley-Terry on pairs and K-way rankings.
 
 load -> (resume) -> for each optimizer step: score every response of a batch of prompts once,
-take all of each prompt's pairs, backward, clip, step, log, evaluate, checkpoint ->
-fit the normalisation on reference responses -> final evaluation -> export final/.
+take all of each prompt's pairs, backward, clip, step, log, evaluate (with train.keep_best:
+keep the best evaluation's weights, stop when patience runs out), checkpoint ->
+(keep_best: back to the best weights) -> fit the normalisation on reference responses ->
+final evaluation -> export final/.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tether.files import atomic_write_text
 from tether.losses.reward import bradley_terry_loss, pairwise_accuracy, plackett_luce_loss
 from tether.metric_names import (
     DATA_EPOCH,
+    EVAL_LOSS,
     EVAL_PAIRS,
     EVAL_PROMPTS,
     HEALTH_RM_AT_CHANCE,
@@ -47,6 +50,7 @@ from tether.models.lora import apply_lora, is_lora
 from tether.models.reward import RewardModel
 from tether.precision import check_settings, master_model, maybe_compile, to_bf16
 from tether.rundir import prepare_run_dir
+from tether.trainers.best import BestEvaluation
 from tether.trainers.common import (
     Hooks,
     StopRequests,
@@ -56,6 +60,8 @@ from tether.trainers.common import (
     plan_steps,
     print_data_stats,
     print_header,
+    restore_weights,
+    save_training_state,
     save_when_due,
     start_or_resume,
 )
@@ -150,13 +156,24 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
         objective = partial(bradley_terry_loss, margin=cfg.reward.margin,
                             center_coef=cfg.reward.center_coef,
                             label_smoothing=cfg.reward.label_smoothing)
+    best = BestEvaluation(run_dir, EVAL_LOSS, start_step, write=d.main) \
+        if cfg.train.keep_best else None
+
+    def save_best(where: Path, step: int) -> Path:
+        return save_training_state(where, step, model, optimizer, scheduler,
+                                   num_examples=len(data.train), steps_per_epoch=per_epoch,
+                                   keep=1, dist=d)
+
     model.train()
     last_saved = checkpoint
+    last_step = start_step
     hooks.started(model)
     progress = tqdm(total=total_steps, initial=start_step, desc="rm", unit="step",
                     dynamic_ncols=True, disable=not bars)
     with StopRequests() as stop:
         for step in range(start_step, total_steps):
+            if best is not None and best.patience_spent(cfg.train.patience):
+                break  # a resumed run that had already stopped early
             hooks.step_started(step + 1)
             started = time.perf_counter()
             indices = batch_indices(len(data.train), batch_size, step, cfg.train.seed)
@@ -194,8 +211,22 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
                        PERF_TOKENS_PER_S: sum(tokens[i] for i in indices) / elapsed,
                        **peak_memory(d.device), DATA_EPOCH: step / per_epoch}
             is_last = done == total_steps
-            if data.eval and due(done, cfg.train.eval_every, is_last) and not is_last:
-                metrics.update(evaluate()[0])
+            # The last step's evaluation is logged once, the final one after normalisation
+            # (of the weights kept); keep_best needs it here too, to compare with the others.
+            if data.eval and due(done, cfg.train.eval_every, is_last) and (
+                    best is not None or not is_last):
+                held_out = evaluate()[0]
+                if not is_last:
+                    metrics.update(held_out)
+                if best is not None:
+                    best.offer(done, held_out[EVAL_LOSS], partial(save_best, step=done))
+                    if best.patience_spent(cfg.train.patience):
+                        is_last = True
+                        if d.main:
+                            progress.write(
+                                f"stopping early at step {done}: no lower held-out loss in "
+                                f"{cfg.train.patience} evaluations since step {best.step}")
+            last_step = done
             if is_last or done % cfg.train.log_every == 0:
                 log.log(done, metrics)
             hooks.stepped(done, metrics)
@@ -205,6 +236,12 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
                                        scheduler, cfg.train, num_examples=len(data.train),
                                        steps_per_epoch=per_epoch, last_saved=last_saved, dist=d)
     progress.close()
+    if best is not None and best.step is not None and best.step != last_step:
+        restore_weights(best.checkpoint, model, optimizer, d)
+        if d.main:
+            print(f"keeping step {best.step}'s weights: held-out loss {best.value:.4f}, the "
+                  f"lowest of {len(best.evaluations)} evaluations (step {last_step}: "
+                  f"{best.evaluations[-1][1]:.4f})")
 
     # 4. Normalise on reference responses: by default the training set's, i.e. the SFT
     # policy's own samples, so a policy that merely matches SFT scores 0.
@@ -220,12 +257,13 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
     if data.eval:
         final_metrics, details = evaluate(progress=True)
         warnings = reward_model_warnings(final_metrics)
-        log.log(total_steps, {**final_metrics, REWARD_NORM_GAIN: rm.gain,
-                              REWARD_NORM_BIAS: rm.bias, HEALTH_RM_AT_CHANCE: float(
-                                  at_chance(final_metrics) is not None)})
+        log.log(last_step, {**final_metrics, REWARD_NORM_GAIN: rm.gain,
+                            REWARD_NORM_BIAS: rm.bias, HEALTH_RM_AT_CHANCE: float(
+                                at_chance(final_metrics) is not None)})
         if d.main:
-            atomic_write_text(run_dir / "eval.json",
-                              json.dumps({"metrics": final_metrics, **details}, indent=1))
+            kept = {"kept_step": best.step} if best is not None else {}
+            atomic_write_text(run_dir / "eval.json", json.dumps(
+                {"metrics": final_metrics, **kept, **details}, indent=1))
             print(f"held-out evaluation: {int(final_metrics[EVAL_PAIRS])} pairs over "
                   f"{int(final_metrics[EVAL_PROMPTS])} prompts\n"
                   f"{format_table(final_metrics)}")
