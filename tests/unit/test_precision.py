@@ -310,3 +310,17 @@ def test_master_weights_config():
         master_weights(TrainConfig(bf16_weights=True))
     with pytest.raises(ConfigError, match=r"train\.strategy=fsdp2"):
         master_weights(TrainConfig(bf16=True, bf16_weights=True, strategy="fsdp2"))
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch, capsys, slow):
+    from tether.config import ModelConfig
+    from tether.precision import check_settings
+
+    monkeypatch.setattr("tether.precision.slow_bf16", lambda device: slow)
+    check_settings(ModelConfig(), TrainConfig(bf16=True), torch.device("cpu"))
+    warned = "warning: train.bf16=true on a CPU without bf16 instructions" in \
+        capsys.readouterr().out
+    assert warned is slow
+    check_settings(ModelConfig(), TrainConfig(bf16=False), torch.device("cpu"))
+    assert capsys.readouterr().out == ""
