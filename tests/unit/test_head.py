@@ -197,9 +197,14 @@ def _param_grads(model, loss):
 
 
 def _assert_grads_close(got, want, atol=1e-6, rtol=1e-4):
+    """atol is relative to each tensor's largest gradient: an element's rounding error comes
+    from the terms summed into it, in an order that differs between CPUs' kernels (AVX2 and
+    AVX512 block the products differently), not from its own size."""
     assert got.keys() == want.keys()
     for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=atol, rtol=rtol, msg=name)
+        scale = max(1.0, want[name].abs().max().item())
+        torch.testing.assert_close(got[name], want[name], atol=atol * scale, rtol=rtol,
+                                   msg=name)
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -188,7 +188,9 @@ def test_schedule_clipping_and_zero_grad():
     assert all(g.dtype == torch.bfloat16 for g in grads)
     true_norm = torch.cat([g.double().flatten() for g in grads]).norm().item()
     norm = clip_and_check(model, 1.0, loss.item(), 1, None)
-    assert norm == pytest.approx(true_norm, rel=1e-6)  # the fp32 norm of the bf16 gradients
+    # The fp32 norm of the bf16 gradients: within fp32 summation error (1e-6 relative, seen on
+    # an AVX2 CPU) of the exact one; a norm taken in bf16 would be off by ~1e-3.
+    assert norm == pytest.approx(true_norm, rel=1e-5)
     clipped = optimizer.master_grads()
     assert all(m.grad.dtype == torch.float32 for m in clipped)
     assert torch.cat([m.grad.double().flatten() for m in clipped]).norm().item() == \

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, StaticCache
 
+from tether.device import cpu_has_bf16
+
 # Decoder-only models whose layers are exactly: RMSNorm, attention with rotary positions
 # (biases allowed), RMSNorm, SiLU-gated MLP. Sliding-window attention is not written out.
 ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -44,8 +46,7 @@ def can_prepack(weight: torch.Tensor) -> bool:
     natively (bf16 needs AVX512-BW/VL/DQ or AVX-NE-CONVERT: an AVX2-only CPU refuses it)."""
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    return {torch.float32: True,
-            torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    return {torch.float32: True, torch.bfloat16: cpu_has_bf16(),
             torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}.get(weight.dtype, False)
 
 
