@@ -250,16 +250,21 @@ class Run:
 HELDOUT_EVALUATIONS = ("eval.num_prompts", "ppo.eval_num_prompts", "dpo.sampled_eval.num_prompts")
 
 
+def _section(cfg: Any, dotted: str) -> Any:
+    """The config section at a dotted path ("ppo.train")."""
+    for part in dotted.split(".") if dotted else []:
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def _fit_to_heldout(cfg: PipelineConfig) -> str:
     """Cut each held-out evaluation asking for more prompts than the task holds out
     (task.num_heldout) to all of them, in place; say so, once ("" if none was cut). A task
     of one's own with 30 held-out prompts should not need three options changed to run."""
     cut = []
     for key in HELDOUT_EVALUATIONS:
-        *parents, leaf = key.split(".")
-        section = cfg
-        for part in parents:
-            section = getattr(section, part)
+        parent, _, leaf = key.rpartition(".")
+        section = _section(cfg, parent)
         if getattr(section, leaf) > cfg.task.num_heldout:
             cut.append(f"{key} {getattr(section, leaf)}")
             setattr(section, leaf, cfg.task.num_heldout)
@@ -282,9 +287,7 @@ def _fit_to_cpu(cfg: PipelineConfig) -> str:
         return ""
     turned_off = []
     for key in BF16_SWITCHES:
-        section = cfg
-        for part in key.split("."):
-            section = getattr(section, part)
+        section = _section(cfg, key)
         if section.bf16:
             turned_off.append(f"{key}.bf16")
             section.bf16 = False
