@@ -98,7 +98,11 @@ def _method(stage: str, cfg: Any) -> str:
         objective = ("the Plackett-Luce likelihood of each ranking"
                      if cfg.reward.loss == "plackett_luce"
                      else "Bradley-Terry over every pair of each ranking")
-        return (f"{objective}, {cfg.reward.pooling} pooling"
+        read = {"last": "the last token", "mean": "the mean token state", "token": "[CLS]",
+                "mean_last": "the mean token state plus the last token's",
+                "auto": "the last token (a causal LM) or the mean token state plus the last "
+                        "token's (an encoder)"}[cfg.reward.pooling]
+        return (f"{objective}, the reward read at {read}"
                 + (f", label smoothing {cfg.reward.label_smoothing:g}"
                    if cfg.reward.label_smoothing else ""))
     if stage == "dpo":

@@ -119,34 +119,46 @@ def test_encoder_backbone_pairs_prompt_and_response(tiny_bert_dir):
         RewardModel.build(str(tiny_bert_dir), backbone="policy")
 
 
-def test_encoder_mean_pooling_reads_the_mean_token_state(tiny_bert_dir, tmp_path):
-    rm = RewardModel.build(str(tiny_bert_dir), max_length=64)  # auto: mean for an encoder
-    assert rm.pooling == "mean"
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_last"])
+def test_encoder_pooling_reads_the_token_states_it_names(tiny_bert_dir, tmp_path, pooling):
+    rm = RewardModel.build(str(tiny_bert_dir), max_length=64, pooling=pooling)
+    assert rm.pooling == pooling
     rm.model.eval()
     encoded = [rm.encode(PROMPT, r) for r in REPLIES]
-    # By hand: the head on the mean of the real tokens' last hidden states, row by row.
+    # By hand, row by row: the head on the closing [SEP]'s last hidden state, on the mean of
+    # every real token's, or on their sum.
     by_hand = []
     for e in encoded:
         ids = torch.tensor([e.input_ids])
         with torch.no_grad():
             hidden = rm.model.bert(input_ids=ids, token_type_ids=torch.tensor([e.loss_mask])
-                                   ).last_hidden_state
-            by_hand.append(rm.model.classifier(hidden.mean(1))[0, 0].item())
-    # Batched with padding: the padding is left out of the mean.
+                                   ).last_hidden_state[0]
+            assert e.input_ids[-1] == rm.tokenizer.sep_token_id
+            pooled = {"last": hidden[-1], "mean": hidden.mean(0),
+                      "mean_last": hidden.mean(0) + hidden[-1]}[pooling]
+            by_hand.append(rm.model.classifier(pooled)[0].item())
+    # Batched with padding: the padding is neither read as the last token nor averaged.
     assert rm.raw_scores_of(encoded).tolist() == pytest.approx(by_hand, abs=1e-5)
     # The choice is saved with the model and read back.
     rm.save(tmp_path / "rm")
-    assert RewardModel.from_pretrained(tmp_path / "rm").pooling == "mean"
+    assert RewardModel.from_pretrained(tmp_path / "rm").pooling == pooling
+
+
+def test_encoder_pooling_defaults_and_token(tiny_bert_dir):
+    assert RewardModel.build(str(tiny_bert_dir), max_length=64).pooling == "mean_last"  # auto
+    assert RewardModel.build("tiny").pooling == "last"
     # token: the model's own head on [CLS], what plain transformers computes.
     token = RewardModel.build(str(tiny_bert_dir), max_length=64, pooling="token")
     token.model.eval()
+    encoded = [token.encode(PROMPT, r) for r in REPLIES]
     with torch.no_grad():
         plain = [token.model(input_ids=torch.tensor([e.input_ids]),
                              token_type_ids=torch.tensor([e.loss_mask])).logits[0, 0].item()
                  for e in encoded]
     assert token.raw_scores_of(encoded).tolist() == pytest.approx(plain, abs=1e-5)
-    with pytest.raises(Exception, match="encoder"):
-        RewardModel.build("tiny", pooling="mean")
+    for encoder_only in ("mean", "mean_last"):
+        with pytest.raises(Exception, match="encoder"):
+            RewardModel.build("tiny", pooling=encoder_only)
 
 
 def _prefs(tmp_path, rows, **kw):

@@ -475,11 +475,15 @@ class RewardConfig:
         "(InstructGPT); encoder: a bidirectional encoder (e.g. minilm-l6) with a scalar head; "
         "auto: by the model's architecture.", choices=["auto", "policy", "encoder"])
     pooling: str = option(
-        "auto", "What the scalar head reads. token: the hidden state at the last response "
-        "token of a causal LM (InstructGPT), or an encoder's own head on its [CLS] token; mean: "
-        "the mean of an encoder's token states, as sentence encoders such as all-MiniLM were "
-        "trained (encoders only); auto: mean for an encoder, token for a causal LM.",
-        choices=["auto", "token", "mean"])
+        "auto", "What the scalar head reads. last: the hidden state at the last token, a causal "
+        "LM's last response token (InstructGPT) or the [SEP] that closes an encoder's response, "
+        "which sees how long the response is and how it ends; mean: the mean of an encoder's "
+        "token states, as sentence encoders such as all-MiniLM were trained, which holds what "
+        "was said but dilutes length and ending; mean_last: the sum of the two (encoders); "
+        "token: an encoder's own head on [CLS], what plain transformers computes (a causal LM: "
+        "last); auto: mean_last for an encoder, last for a causal LM (measured on both "
+        "built-in tasks: README, Reward models).",
+        choices=["auto", "last", "mean", "mean_last", "token"])
     head_lr: float = option(
         1e-3, "Learning rate of the freshly initialised scalar head (the pretrained body "
         "trains at optim.lr): at the body's rate the head hardly moves from its random "

@@ -3,7 +3,10 @@
 Two backbones:
 - policy: a causal LM (usually the SFT model) whose unembedding is replaced by a scalar head,
   read at the last response token (the EOS), as in InstructGPT;
-- encoder: a bidirectional encoder (e.g. minilm-l6) over [CLS] prompt [SEP] response [SEP].
+- encoder: a bidirectional encoder (e.g. minilm-l6) over [CLS] prompt [SEP] response [SEP],
+  read by default at the mean of its token states (how sentence encoders are trained: it
+  holds what was said) plus the state of the closing [SEP] (which sees how long the response
+  is and how it ends, where the mean dilutes both: README, Reward models).
 
 Both are saved as ordinary Hugging Face sequence-classification models (num_labels=1).
 The config also records what scoring needs beyond the weights: the backbone kind, how text
@@ -75,8 +78,10 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 class Scorer(torch.nn.Module):
     """Raw rewards [N] of a collated batch as a module's forward, so that DDP and FSDP2 (whose
     hooks run on a module's forward) can wrap the whole computation: the backbone, the pooled
-    hidden state, the scalar head. Pooling "token": the state at the last real token (a causal
-    LM) or the model's own head on [CLS] (an encoder); "mean": an encoder's mean token state."""
+    hidden state, the scalar head. A causal LM is read at its last real token whatever the
+    pooling. An encoder by `pooling`: "last", the state of its last real token (the [SEP]
+    closing the response); "mean", its mean token state; "mean_last", the sum of the two;
+    "token", its own head on [CLS]."""
 
     def __init__(self, model: torch.nn.Module, kind: str, pooling: str = "token"):
         super().__init__()
@@ -97,8 +102,13 @@ class Scorer(torch.nn.Module):
         if self.kind == "encoder":
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = 0
+            if self.pooling in ("mean", "mean_last"):
+                weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            if self.pooling in ("last", "mean_last"):
+                pooled = pooled + hidden[torch.arange(hidden.shape[0], device=hidden.device),
+                                         last_token_index(attention_mask)]
             head = _head(inner)
             # a plain linear head takes [N, d]; RoBERTa-style heads read features[:, 0]
             return (head(pooled) if isinstance(head, torch.nn.Linear)
@@ -144,8 +154,8 @@ class RewardModel:
               max_length: int = 512, truncation: str = "prompt_left", hub_kernels: bool = False,
               attention: str = "sdpa", pooling: str = "auto") -> RewardModel:
         """A fresh reward model from a causal LM or an encoder; the head is N(0, 1/sqrt(d+1)).
-        `pooling` (reward.pooling): token, mean, or auto (mean for an encoder, token for a
-        causal LM)."""
+        `pooling` (reward.pooling): last, mean, mean_last, token, or auto (mean_last for an
+        encoder, last for a causal LM)."""
         tokenizer = load_tokenizer(name)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -181,10 +191,10 @@ class RewardModel:
             if head.bias is not None:
                 torch.nn.init.zeros_(head.bias)
         if pooling == "auto":
-            pooling = "mean" if kind == "encoder" else "token"
-        if pooling == "mean" and kind == "policy":
-            raise UserError(f"reward.pooling=mean needs an encoder backbone; '{name}' is a "
-                            f"causal LM, read at its last response token (pooling=token)")
+            pooling = "mean_last" if kind == "encoder" else "last"
+        if pooling in ("mean", "mean_last") and kind == "policy":
+            raise UserError(f"reward.pooling={pooling} needs an encoder backbone; '{name}' is "
+                            f"a causal LM, read at its last response token (pooling=last)")
         model.config.tether_backbone = kind
         model.config.tether_pooling = pooling
         model.config.pad_token_id = tokenizer.pad_token_id
