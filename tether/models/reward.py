@@ -102,6 +102,8 @@ class Scorer(torch.nn.Module):
         if self.kind == "encoder":
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
+            # mean_last sums both: the mean holds what was said, the closing [SEP] where the
+            # response ends and how (README, Reward models)
             pooled = 0
             if self.pooling in ("mean", "mean_last"):
                 weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
