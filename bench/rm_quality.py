@@ -11,6 +11,10 @@ The labels come from a pipeline run that stopped after its label stage, e.g.
 and the policy backbone is that run's SFT model (sft/final). The last --eval-prompts rows are
 held out (the same for every run); the rest train. Results go to bench/results/.
 
+--pipeline-split trains instead on every label row with `tether run`'s own split
+(data.eval_fraction=0.2: a different fifth of the prompts held out for each seed), so the
+figures are those of the pipeline's reward-model stage.
+
 --validation-prompts N holds the last N training rows out as the run's own data.eval (what
 train.keep_best chooses on, as the pipeline's data.eval_fraction split is), and the final
 reward model is then scored on the test rows apart: the selection never sees them.
@@ -63,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hold the last this many training rows out as data.eval, and "
                              "score the final model on the test rows apart (0: data.eval is "
                              "the test rows)")
+    parser.add_argument("--pipeline-split", action="store_true",
+                        help="train on every row and hold out the pipeline's fifth "
+                             "(data.eval_fraction=0.2, drawn by train.seed), not the last "
+                             "--eval-prompts")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (repeatable), e.g. optim.lr=1e-5")
 
@@ -90,20 +98,25 @@ def _score_on(final: Path, test: Path, seed: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.pipeline_split and args.validation_prompts:
+        raise SystemExit("--pipeline-split holds out its own fifth: no --validation-prompts")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for run_dir in map(Path, args.runs):
             train, held_out, test = _split(run_dir, tmp, args.eval_prompts, args.train_prompts,
                                            args.validation_prompts)
+            data = [f"data.train={train}", f"data.eval={held_out}"]
+            if args.pipeline_split:
+                data = [f"data.train={run_dir / 'label' / 'labels.jsonl'}",
+                        "data.eval_fraction=0.2"]
             for backbone in args.backbones.split(","):
                 model = str(run_dir / "sft" / "final") if backbone == "sft" else backbone
                 for seed in map(int, args.seeds.split(",")):
                     out = tmp / "run"
                     cfg = load_config(RMConfig, overrides=[
-                        f"model.name={model}", f"data.train={train}", f"data.eval={held_out}",
-                        f"run_dir={out}", f"train.seed={seed}", "train.save_every=0",
-                        *args.set])
+                        f"model.name={model}", *data, f"run_dir={out}", f"train.seed={seed}",
+                        "train.save_every=0", *args.set])
                     started = time.perf_counter()
                     with open(tmp / "log.txt", "w") as log, contextlib.redirect_stdout(log), \
                             contextlib.redirect_stderr(log):
@@ -132,5 +145,5 @@ def run(args: argparse.Namespace) -> None:
               f"{statistics.fmean(r['label_gold_agreement'] for r in ours):>12.3f} "
               f"{statistics.fmean(r['accuracy_vs_gold'] for r in ours):>8.3f} "
               f"{mean_sd('spearman_gold'):>16}")
-    save_results("rm_quality", {"settings": args.set,
+    save_results("rm_quality", {"settings": args.set, "pipeline_split": args.pipeline_split,
                                 "validation_prompts": args.validation_prompts, "runs": results})
