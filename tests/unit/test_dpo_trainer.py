@@ -54,6 +54,46 @@ def test_summed_logps_cover_the_response_only_and_ignore_padding(model, tokenize
     torch.testing.assert_close(alone[0], every[start:].sum(), atol=1e-5, rtol=0)
 
 
+def test_an_unfinished_sample_counts_its_tokens_not_an_ending(model, tokenizer, tmp_path):
+    """A sampled response that reached the token limit without EOS (finished: false, as
+    `tether sample` and the simulated labeler write it) is scored as its tokens alone: the
+    policy's likelihood of what it sampled, not of ending there."""
+    rows = tmp_path / "labels.jsonl"
+    write_jsonl(rows, [{"prompt": "Review 1:", "responses": [" Lovely.", " The film was dull"],
+                        "ranks": [0, 1], "finished": [True, False]},
+                       {"prompt": "Review 2:", "chosen": " Fine film.", "rejected": " It was",
+                        "rejected_finished": False}])
+    cfg = _cfg(tmp_path, rows, "data.chat_template=never")
+    data = dpo_trainer.load_preference_data(cfg.data, tokenizer, 0)
+    eos = tokenizer.eos_token_id
+    for pref in data.train:
+        ended, unended = pref.responses
+        assert ended.input_ids[-1] == eos and unended.input_ids[-1] != eos
+        logps, counts = response_logps(model, [unended], tokenizer.pad_token_id, bf16=False)
+        with_eos = encode_example(tokenizer, pref.source.prompt, pref.source.responses[1],
+                                  chat_template=False, max_length=128,
+                                  truncation="prompt_left")
+        ids = torch.tensor([with_eos.input_ids])
+        every = token_logprobs(forward_logits(model, ids, torch.ones_like(ids)), ids)[0]
+        start = with_eos.loss_mask.index(1)
+        # the same tokens as the EOS-ended encoding, less its last log-prob
+        torch.testing.assert_close(logps[0], every[start:-1].sum(), atol=1e-5, rtol=0)
+        assert counts[0] == sum(with_eos.loss_mask) - 1
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1], "finished": [True]},
+     "'finished' must be a list of 2 booleans"),
+    ({"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1], "finished": "yes"},
+     "'finished' must be a list of 2 booleans"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "chosen_finished": 1},
+     "'chosen_finished' must be true or false"),
+])
+def test_bad_finished_flags_name_the_field(row, message):
+    with pytest.raises(Exception, match=message):
+        parse_preference(row, "labels.jsonl:1")
+
+
 def test_one_concatenated_forward_equals_two_separate_ones(model, tokenizer):
     rows = ranking_rows(6, k=2)
     chosen = [_encode(tokenizer, r["prompt"], r["responses"][0]) for r in rows]

@@ -168,6 +168,26 @@ def test_scorer_called_once_on_distinct_texts():
     assert calls == [["a", "b", "c"]]
 
 
+@pytest.mark.parametrize("fmt", ["pairs", "rankings"])
+def test_whether_each_response_ended_is_carried_to_the_labels(fmt):
+    """`tether sample`'s finished flags follow their responses through merging and labeling,
+    so DPO scores a response that never ended without an EOS it never wrote."""
+    rows, _ = simulate(candidates([{"prompt": "p", "responses": ["1 a", "2 b", "1 a", "3 c"],
+                                    "finished": [True, False, True, False]},
+                                   {"prompt": "q", "responses": ["1 x", "2 y"]}]),
+                       numbers, cfg(format=fmt, temperature=1e-6))
+    ended = {"1 a": True, "2 b": False, "3 c": False}
+    for row in rows:
+        if row["prompt"] == "q":
+            assert not {"finished", "chosen_finished"} & row.keys()
+        elif fmt == "rankings":
+            assert row["responses"] == ["1 a", "2 b", "3 c"]  # the first of each, in order
+            assert row["finished"] == [ended[r] for r in row["responses"]]
+        else:
+            assert (row["chosen_finished"], row["rejected_finished"]) == (
+                ended[row["chosen"]], ended[row["rejected"]])
+
+
 # --- files -------------------------------------------------------------------------------------
 
 
@@ -180,6 +200,8 @@ def test_scorer_called_once_on_distinct_texts():
     ('{"prompt": "p", "responses": ["a"]}', "a single response"),
     ('{"prompt": "p", "responses": "a b"}', "must be a list"),
     ('{"prompt": "p", "responses": ["a", 3]}', r"'responses\[1\]' must be a string"),
+    ('{"prompt": "p", "responses": ["a", "b"], "finished": [true]}',
+     "'finished' must be a list of 2 booleans"),
 ])
 def test_bad_candidate_rows_name_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "p", "responses": ["a", "b"]}, "",

@@ -30,7 +30,7 @@ SAMPLE_FIELDS = ("prompt", "responses", "num_tokens", "finished", "sampling")
 
 @dataclass
 class Candidates:
-    # {prompt, responses, source, columns}
+    # {prompt, responses, source, columns, and finished where the file has it}
     rows: list[dict[str, Any]] = field(default_factory=list)
     merged: int = 0  # responses merged into an earlier one of their row with the same text
     left_out: int = 0  # rows whose responses were all the same text
@@ -57,19 +57,36 @@ def parse_candidates(rows: Iterable[tuple[str, Any]]) -> Candidates:
     out = Candidates()
     for where, record in rows:
         prompt, responses = parse_candidate(record, where)
-        distinct = list(dict.fromkeys(responses))  # the first of each text, in order
+        first: dict[str, int] = {}  # each text's first position; in order
+        for i, text in enumerate(responses):
+            first.setdefault(text, i)
+        distinct = list(first)
         out.merged += len(responses) - len(distinct)
         if len(distinct) < 2:
             out.left_out += 1
             out.first_left_out = out.first_left_out or where
             continue
         columns = {k: v for k, v in record.items() if k not in SAMPLE_FIELDS}
-        out.rows.append({"prompt": prompt, "responses": distinct, "source": where,
-                         "columns": columns})
+        row = {"prompt": prompt, "responses": distinct, "source": where, "columns": columns}
+        finished = parse_finished(record, len(responses), where)
+        if finished is not None:
+            row["finished"] = [finished[first[text]] for text in distinct]
+        out.rows.append(row)
     if not out.rows and out.left_out:
         raise DataError(f"no candidate row has two different responses to compare (first: "
                         f"{out.first_left_out})")
     return out
+
+
+def parse_finished(record: dict, k: int, where: str) -> list[bool] | None:
+    """The row's 'finished' (whether each response ended with EOS, as `tether sample` writes
+    it), or None where the row has none."""
+    finished = record.get("finished")
+    if finished is not None and not (isinstance(finished, list) and len(finished) == k
+                                     and all(isinstance(f, bool) for f in finished)):
+        raise BadRow(f"{where}: 'finished' must be a list of {k} booleans (whether each "
+                     f"response ended with EOS), got {finished!r}")
+    return finished
 
 
 def parse_candidate(record: Any, where: str) -> tuple[Any, list[str]]:

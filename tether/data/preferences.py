@@ -14,6 +14,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
+from tether.data.candidates import parse_finished
 from tether.data.implicit_prompt import has_implicit_prompt, split_implicit_prompt
 from tether.data.readers import BadRow
 from tether.data.records import (
@@ -34,6 +35,8 @@ class Preference:
     ranks: list[int]  # lower is better; equal ranks are ties
     where: str
     gold: list[float] | None = None  # gold scores, when a simulated labeler wrote them
+    # whether each sampled response ended with EOS (`tether sample`); None: all did
+    finished: list[bool] | None = None
 
     def pairs(self) -> list[tuple[int, int]]:
         """(better, worse) index pairs."""
@@ -66,7 +69,11 @@ def parse_preference(record: Any, where: str, allow_empty: bool = False) -> Pref
         if isinstance(record.get("gold_chosen"), (int, float)) and \
                 isinstance(record.get("gold_rejected"), (int, float)):
             gold = [float(record["gold_chosen"]), float(record["gold_rejected"])]
-        return Preference(prompt, [chosen, rejected], [0, 1], where, gold)
+        finished = None
+        if "chosen_finished" in record or "rejected_finished" in record:
+            finished = [_flag(record, f"{name}_finished", where)
+                        for name in ("chosen", "rejected")]
+        return Preference(prompt, [chosen, rejected], [0, 1], where, gold, finished)
     if "responses" not in record:
         raise BadRow(f"{where}: a preference row needs 'chosen' and 'rejected', or "
                      f"'responses' and 'ranks'")
@@ -87,7 +94,17 @@ def parse_preference(record: Any, where: str, allow_empty: bool = False) -> Pref
     if not (isinstance(gold, list) and len(gold) == len(responses)
             and all(isinstance(g, (int, float)) for g in gold)):
         gold = None
-    return Preference(prompt, responses, ranks, where, gold)
+    finished = parse_finished(record, len(responses), where)
+    return Preference(prompt, responses, ranks, where, gold, finished)
+
+
+def _flag(record: dict, key: str, where: str) -> bool:
+    """A pair row's chosen_finished / rejected_finished: true unless given as false."""
+    value = record.get(key, True)
+    if not isinstance(value, bool):
+        raise BadRow(f"{where}: '{key}' must be true or false (whether the response ended "
+                     f"with EOS), got {value!r}")
+    return value
 
 
 def _check_no_text_above_itself(responses: list[str], ranks: list[int], names: list[str],
@@ -118,14 +135,16 @@ class PreferenceData:
 
 def load_preference_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
                          encode=None) -> PreferenceData:
-    """Read, validate and tokenise preferences. `encode(messages, response)` -> Encoded
-    defaults to the causal-LM encoding (chat template, response + EOS)."""
+    """Read, validate and tokenise preferences. `encode(messages, response, finished)` ->
+    Encoded defaults to the causal-LM encoding (chat template, response, and EOS where the
+    response ended with one: a policy's likelihood of what it sampled)."""
     if encode is None:
         chat = wants_chat_template(tokenizer, cfg.chat_template)
 
-        def encode(messages: Messages, response: str) -> Encoded | None:
+        def encode(messages: Messages, response: str, finished: bool) -> Encoded | None:
             return encode_example(tokenizer, messages, response, chat_template=chat,
-                                  max_length=cfg.max_length, truncation=cfg.truncation)
+                                  max_length=cfg.max_length, truncation=cfg.truncation,
+                                  eos=finished)
 
     def encode_all(source: str, split: str) -> tuple[list[EncodedPreference], LoadStats]:
         stats = LoadStats()
@@ -138,7 +157,9 @@ def load_preference_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, se
                 stats.no_pairs += 1
                 stats.first_no_pairs = stats.first_no_pairs or pref.where
                 continue
-            encoded = [encode(pref.prompt, r) for r in pref.responses]
+            finished = pref.finished or [True] * len(pref.responses)
+            encoded = [encode(pref.prompt, r, f)
+                       for r, f in zip(pref.responses, finished, strict=True)]
             if any(e is None for e in encoded):
                 stats.dropped_too_long += 1
                 continue

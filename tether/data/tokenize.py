@@ -97,18 +97,21 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages,
 
 
 def encode_response(tokenizer: PreTrainedTokenizerBase, response: str,
-                    limit: int | None = None) -> list[int]:
-    """The response's token ids and EOS; where it has more than `limit` tokens, only its
-    first ones (at least `limit`, so truncation still sees that it does not fit)."""
+                    limit: int | None = None, eos: bool = True) -> list[int]:
+    """The response's token ids and (with `eos`) EOS; where it has more than `limit` tokens,
+    only its first ones (at least `limit`, so truncation still sees that it does not fit)."""
     return tokenize_capped(tokenizer, response, limit, add_special_tokens=False) + \
-        [tokenizer.eos_token_id]
+        ([tokenizer.eos_token_id] if eos else [])
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, messages: Messages, response: str, *,
-                   chat_template: bool, max_length: int, truncation: str) -> Encoded | None:
-    """None when the example is too long and `truncation` is 'drop'."""
+                   chat_template: bool, max_length: int, truncation: str,
+                   eos: bool = True) -> Encoded | None:
+    """None when the example is too long and `truncation` is 'drop'. `eos=False` for a
+    sampled response that never ended (it reached the token limit): its likelihood is that
+    of its tokens alone, not of ending there."""
     prompt = encode_prompt(tokenizer, messages, chat_template, max_length)
-    reply = encode_response(tokenizer, response, max_length)
+    reply = encode_response(tokenizer, response, max_length, eos)
     truncated = len(prompt) + len(reply) > max_length
     if truncated:
         if truncation == "drop":

@@ -133,7 +133,8 @@ def _label_rankings(rows, gold, rng, cfg):
         ranks = np.empty(k, dtype=int)
         ranks[order] = np.arange(k)
         out_rows.append({"prompt": row["prompt"], "responses": row["responses"],
-                         "ranks": ranks.tolist(), "gold_scores": g.tolist()})
+                         "ranks": ranks.tolist(), "gold_scores": g.tolist(),
+                         **({"finished": row["finished"]} if "finished" in row else {})})
         # the C(K, 2) pairs the ranking implies, in (better, worse) order
         for pos, i in enumerate(order):
             for j in order[pos + 1:]:
@@ -163,7 +164,10 @@ def _label_pairs(rows, gold, rng, cfg):
             c, r = (i, j) if a_wins else (j, i)
             out_rows.append({"prompt": row["prompt"], "chosen": responses[c],
                              "rejected": responses[r], "gold_chosen": float(g[c]),
-                             "gold_rejected": float(g[r])})
+                             "gold_rejected": float(g[r]),
+                             **({"chosen_finished": row["finished"][c],
+                                 "rejected_finished": row["finished"][r]}
+                                if "finished" in row else {})})
             better.append(g[c])
             worse.append(g[r])
     extra = {"prompts_with_fewer_pairs": short}

@@ -227,8 +227,10 @@ class RewardModel:
 
     # -- encoding and scoring ------------------------------------------------------------------
 
-    def encode(self, messages: Messages, response: str) -> Encoded | None:
-        """Token ids with loss_mask marking the response (for the encoder, its segment ids)."""
+    def encode(self, messages: Messages, response: str, finished: bool = True) -> Encoded | None:
+        """Token ids with loss_mask marking the response (for the encoder, its segment ids).
+        `finished` is not read: a reward model scores a response's text, as it scores the
+        rollouts it rewards, whether or not its sampler ended it."""
         if self.kind == "policy":
             return encode_example(self.tokenizer, messages, response,
                                   chat_template=self.chat_template, max_length=self.max_length,
