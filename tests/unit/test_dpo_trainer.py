@@ -13,6 +13,7 @@ from tether.cli import main
 from tether.config import DPOConfig, load_config
 from tether.data.collate import collate
 from tether.data.preferences import EncodedPreference, parse_preference
+from tether.data.readers import BadRow
 from tether.data.tokenize import encode_example
 from tether.errors import ConfigError
 from tether.models.logprobs import forward_logits, token_logprobs
@@ -90,7 +91,7 @@ def test_an_unfinished_sample_counts_its_tokens_not_an_ending(model, tokenizer, 
      "'chosen_finished' must be true or false"),
 ])
 def test_bad_finished_flags_name_the_field(row, message):
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(BadRow, match=message):
         parse_preference(row, "labels.jsonl:1")
 
 
