@@ -291,10 +291,6 @@ class Dist:
         whole.load_state_dict(state)
         return whole
 
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """The names of the optimizer's parameters, in its order (what torch numbers 0, 1, ...)."""

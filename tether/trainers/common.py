@@ -265,8 +265,7 @@ def final_texts(stage: str, cfg: Any, run_dir: Path, adapter: bool) -> dict[str,
 def export_policy(run_dir: Path, whole: torch.nn.Module, tokenizer: Any, cfg: Any, stage: str,
                   what: str = "policy", dist: Dist = SINGLE) -> Path:
     """Write final/ from the whole model (tether.precision.master_model's), with its model
-    card, on rank 0, the others waiting so no one reads it half-written; then close the
-    process group."""
+    card, on rank 0, the others waiting so no one reads it half-written."""
     final, lora = run_dir / "final", cfg.model.lora
     if dist.main:
         adapter = is_lora(whole) and not lora.merge_on_save
@@ -275,7 +274,6 @@ def export_policy(run_dir: Path, whole: torch.nn.Module, tokenizer: Any, cfg: An
         merged = is_lora(whole) and lora.merge_on_save
         print(f"final {what}: {final}" + (" (LoRA merged)" if merged else ""))
     dist.barrier()
-    dist.close()
     return final
 
 

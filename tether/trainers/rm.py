@@ -283,7 +283,6 @@ def train(cfg: RMConfig, hooks: Hooks | None = None, progress_bar: bool = True) 
         rm.save(final, cfg.model.lora.merge_on_save, final_texts("rm", cfg, run_dir, adapter))
         print(f"final reward model: {final}")
     d.barrier()
-    d.close()
     return final
 
 
