@@ -134,6 +134,24 @@ def test_pairs_and_rankings_unpair_into_kto_rows():
     assert all(r["annotator"] == "a" for r in kto_rows(ranking))
 
 
+def test_kto_rows_carry_each_responses_finished_flag():
+    """A response that never ended (finished: false) keeps the flag in its own KTO row, so KTO
+    encodes it without EOS; rows without flags get none."""
+    pair = {"prompt": "p", "chosen": "good", "rejected": "cut", "chosen_finished": True,
+            "rejected_finished": False, "gold_chosen": 1.0}
+    assert kto_rows(pair) == [
+        {"prompt": "p", "completion": "good", "label": True, "gold_chosen": 1.0,
+         "finished": True},
+        {"prompt": "p", "completion": "cut", "label": False, "gold_chosen": 1.0,
+         "finished": False}]
+    ranking = {"prompt": "p", "responses": ["w", "b", "m"], "ranks": [2, 0, 1],
+               "finished": [False, True, False]}
+    assert [(r["completion"], r["label"], r["finished"]) for r in kto_rows(ranking)] == [
+        ("w", False, False), ("b", True, True)]
+    del ranking["finished"]
+    assert not any("finished" in r for r in kto_rows(ranking))
+
+
 def lab(item, ranks=None, rating=None, k=2):
     return {"item": item, "annotator": "a", "prompt": "p", "rationale": "",
             "responses": [f"{item}-{j}" for j in range(k)], "ranks": ranks,

@@ -41,6 +41,33 @@ def test_rows_are_encoded_as_dpo_encodes_a_response(tmp_path, tokenizer):
         [False, True, False, True, False, True]
 
 
+def test_a_completion_that_never_ended_is_encoded_without_eos(tmp_path, tokenizer):
+    """A sampled completion cut at the token limit (finished: false, as `tether sample` and
+    the simulated thumbs write it) is its tokens alone, as DPO encodes it: in its own row and
+    as another row's mismatched partner."""
+    rows = thumbs_rows(4)
+    rows[1] = {**rows[1], "completion": " The film was", "finished": False}
+    rows[2] = {**rows[2], "finished": True}
+    data, _ = load(tmp_path, rows)
+    partners = mismatched_partners([r.source for r in data.train], seed=0)
+    cut = 0
+    for row, j in zip(data.train, partners, strict=True):
+        for encoded, source in zip(row.responses, (row.source, data.train[j].source),
+                                   strict=True):
+            ended = encode_example(tokenizer, row.source.prompt, source.completion,
+                                   chat_template=True, max_length=512,
+                                   truncation="prompt_left")
+            assert ended.input_ids[-1] == tokenizer.eos_token_id
+            if source.finished:
+                assert encoded.input_ids == ended.input_ids
+            else:  # the same tokens, less the EOS
+                assert encoded.input_ids == ended.input_ids[:-1]
+                cut += 1
+    assert cut == 2  # its own row, and the row it is the partner of
+    assert [r.source.finished for r in sorted(data.train, key=lambda r: r.source.where)] == \
+        [True, False, True, True]
+
+
 def test_each_row_has_its_prompt_with_another_rows_completion(tmp_path, tokenizer):
     rows = [{**r, "completion": f" Film {i} was fine."} for i, r in enumerate(thumbs_rows(8))]
     data, _ = load(tmp_path, rows)
@@ -94,6 +121,10 @@ def test_labels_one_and_zero_are_true_and_false():
     ({"completion": "c", "label": True}, "missing field 'prompt'"),
     ({"prompt": "p", "completion": "  ", "label": True}, "'completion' is empty"),
     ({"prompt": "p", "chosen": "a", "rejected": "b"}, "tether dpo"),
+    ({"prompt": "p", "completion": "c", "label": True, "finished": "no"},
+     "'finished' must be true or false"),
+    ({"prompt": "p", "completion": "c", "label": True, "finished": 0},
+     "'finished' must be true or false"),
 ])
 def test_bad_rows_name_their_line(tmp_path, row, message):
     rows = thumbs_rows(4)

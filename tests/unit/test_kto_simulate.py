@@ -82,6 +82,17 @@ def test_responses_at_the_threshold_are_left_out_of_the_agreement():
     assert len(out) == 2
 
 
+def test_whether_each_response_ended_is_carried_to_its_thumb():
+    """`tether sample`'s finished flags follow their responses through merging into the
+    thumbs, so KTO encodes a response that never ended without an EOS it never wrote."""
+    out, _ = thumbs([{"prompt": "p", "responses": ["1 a", "2 b", "1 a", "3 c"],
+                      "finished": [True, False, True, False]},
+                     {"prompt": "q", "responses": ["1 x", "2 y"]}])
+    assert [(r["completion"], r.get("finished")) for r in out] == [
+        ("1 a", True), ("2 b", False), ("3 c", False), ("1 x", None), ("2 y", None)]
+    assert not any("finished" in r for r in out if r["prompt"] == "q")
+
+
 def test_command_writes_rows_kto_reads(tmp_path, capsys):
     rows = [{"prompt": f"Review {i}:", "responses": [f"{(i * 3 + j) % 10 / 10} words {j}"
                                                      for j in range(3)]} for i in range(20)]

@@ -89,6 +89,16 @@ def parse_finished(record: dict, k: int, where: str) -> list[bool] | None:
     return finished
 
 
+def parse_finished_flag(record: dict, key: str, where: str) -> bool:
+    """One response's flag (a pair's chosen_finished / rejected_finished, a KTO row's
+    finished): true unless given as false."""
+    value = record.get(key, True)
+    if not isinstance(value, bool):
+        raise BadRow(f"{where}: '{key}' must be true or false (whether the response ended "
+                     f"with EOS), got {value!r}")
+    return value
+
+
 def parse_candidate(record: Any, where: str) -> tuple[Any, list[str]]:
     """(the prompt as given, the responses) of one candidates record, or BadRow naming
     `where`."""

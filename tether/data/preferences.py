@@ -14,7 +14,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
-from tether.data.candidates import parse_finished
+from tether.data.candidates import parse_finished, parse_finished_flag
 from tether.data.implicit_prompt import has_implicit_prompt, split_implicit_prompt
 from tether.data.readers import BadRow
 from tether.data.records import (
@@ -71,7 +71,7 @@ def parse_preference(record: Any, where: str, allow_empty: bool = False) -> Pref
             gold = [float(record["gold_chosen"]), float(record["gold_rejected"])]
         finished = None
         if "chosen_finished" in record or "rejected_finished" in record:
-            finished = [_flag(record, f"{name}_finished", where)
+            finished = [parse_finished_flag(record, f"{name}_finished", where)
                         for name in ("chosen", "rejected")]
         return Preference(prompt, [chosen, rejected], [0, 1], where, gold, finished)
     if "responses" not in record:
@@ -96,15 +96,6 @@ def parse_preference(record: Any, where: str, allow_empty: bool = False) -> Pref
         gold = None
     finished = parse_finished(record, len(responses), where)
     return Preference(prompt, responses, ranks, where, gold, finished)
-
-
-def _flag(record: dict, key: str, where: str) -> bool:
-    """A pair row's chosen_finished / rejected_finished: true unless given as false."""
-    value = record.get(key, True)
-    if not isinstance(value, bool):
-        raise BadRow(f"{where}: '{key}' must be true or false (whether the response ended "
-                     f"with EOS), got {value!r}")
-    return value
 
 
 def _check_no_text_above_itself(responses: list[str], ranks: list[int], names: list[str],

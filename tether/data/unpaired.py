@@ -4,7 +4,9 @@ Rows are TRL's unpaired-preference format, `{"prompt": ..., "completion": ..., "
 (true: desirable, a thumbs up; false: undesirable), with the prompt a string or a list of chat
 messages and the completion a string or one assistant message, as DPO's rows take them. 1 and
 0 are read as true and false (exports from spreadsheets and pandas write them); anything else
-is an error naming its file:line.
+is an error naming its file:line. An optional `"finished": false` marks a sampled completion
+that never ended (it reached the sampler's token limit; `tether sample` records it): it is
+encoded without the EOS it never wrote, as DPO encodes such a response.
 
 Each row is tokenised as DPO tokenises a response (tether.data.tokenize.encode_example), and
 once more with another row's completion after its own prompt: the mismatched pair whose
@@ -24,6 +26,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tether.config import DataConfig
+from tether.data.candidates import parse_finished_flag
 from tether.data.readers import BadRow
 from tether.data.records import LoadStats, load_records, load_splits, parse_prompt, parse_response
 from tether.data.tokenize import Encoded, Messages, encode_example, wants_chat_template
@@ -36,6 +39,7 @@ class Unpaired:
     completion: str
     desirable: bool
     where: str
+    finished: bool = True  # whether the completion ended with EOS (False: cut at the limit)
 
     def prompt_key(self) -> tuple[tuple[str, str], ...]:
         return tuple((m["role"], m["content"]) for m in self.prompt)
@@ -61,7 +65,8 @@ def parse_unpaired(record: Any, where: str, allow_empty: bool = False) -> Unpair
             raise BadRow(f"{where}: missing field '{key}' (kto reads {{prompt, completion, "
                          f"label}} rows)")
     completion = parse_response(record["completion"], "completion", where, allow_empty)
-    return Unpaired(prompt, completion, parse_label(record["label"], where), where)
+    return Unpaired(prompt, completion, parse_label(record["label"], where), where,
+                    parse_finished_flag(record, "finished", where))
 
 
 @dataclass
@@ -121,9 +126,11 @@ def load_unpaired_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
     """Read, validate and tokenise thumbs up / down rows, with each one's mismatched pair."""
     chat = wants_chat_template(tokenizer, cfg.chat_template)
 
-    def encode(messages: Messages, response: str, truncation: str) -> Encoded | None:
-        return encode_example(tokenizer, messages, response, chat_template=chat,
-                              max_length=cfg.max_length, truncation=truncation)
+    def encode(messages: Messages, row: Unpaired, truncation: str) -> Encoded | None:
+        """`row`'s completion after `messages`, with EOS only where it ended with one."""
+        return encode_example(tokenizer, messages, row.completion, chat_template=chat,
+                              max_length=cfg.max_length, truncation=truncation,
+                              eos=row.finished)
 
     def encode_all(source: str, split: str) -> tuple[list[EncodedUnpaired], LoadStats]:
         stats = LoadStats()
@@ -134,7 +141,7 @@ def load_unpaired_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
                             subset=cfg.subset, columns=cfg.columns)
         check_both_classes(rows, source)
         for row in rows:
-            encoded = encode(row.prompt, row.completion, cfg.truncation)
+            encoded = encode(row.prompt, row, cfg.truncation)
             if encoded is None:
                 stats.dropped_too_long += 1
                 continue
@@ -149,7 +156,7 @@ def load_unpaired_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
     for split in (train, eval_set):
         partners = mismatched_partners([r.source for r in split], seed)
         for row, j in zip(split, partners, strict=True):
-            # Only an estimate of the drift: cut to fit, never dropped.
-            row.responses.append(encode(row.source.prompt, split[j].source.completion,
-                                        "prompt_left"))
+            # Only an estimate of the drift: cut to fit, never dropped. The partner's
+            # completion keeps its own ending (EOS or none), as its own row encodes it.
+            row.responses.append(encode(row.source.prompt, split[j].source, "prompt_left"))
     return UnpairedData(train, eval_set, stats)

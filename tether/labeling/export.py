@@ -56,17 +56,24 @@ def preference_row(prompt: Any, responses: Sequence[str], ranks: Sequence[int],
 
 def kto_rows(row: dict) -> list[dict]:
     """A pair or ranking row unpaired into KTO rows: chosen / best true, rejected / worst
-    false (a ranking's middle responses give none); other fields are copied to each."""
+    false (a ranking's middle responses give none); each response's finished flag, where the
+    row has one, goes with it (KTO then encodes a response that never ended without EOS);
+    other fields are copied to each."""
     if "chosen" in row:
-        judged = [(row["chosen"], True), (row["rejected"], False)]
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+        own = ("prompt", "chosen", "rejected", "chosen_finished", "rejected_finished")
+        judged = [(row["chosen"], True, row.get("chosen_finished")),
+                  (row["rejected"], False, row.get("rejected_finished"))]
     else:
+        own = ("prompt", "responses", "ranks", "finished")
         best, worst = min(row["ranks"]), max(row["ranks"])
-        judged = [(r, rank == best) for r, rank in zip(row["responses"], row["ranks"],
-                                                        strict=True) if rank in (best, worst)]
-        extra = {k: v for k, v in row.items() if k not in ("prompt", "responses", "ranks")}
-    return [{"prompt": row["prompt"], "completion": completion, "label": label, **extra}
-            for completion, label in judged]
+        finished = row.get("finished") or [None] * len(row["responses"])
+        judged = [(r, rank == best, f)
+                  for r, rank, f in zip(row["responses"], row["ranks"], finished, strict=True)
+                  if rank in (best, worst)]
+    extra = {k: v for k, v in row.items() if k not in own}
+    return [{"prompt": row["prompt"], "completion": completion, "label": label, **extra,
+             **({"finished": ended} if ended is not None else {})}
+            for completion, label, ended in judged]
 
 
 def trusted_annotators(labels: Sequence[dict], min_gold_accuracy: float) -> tuple[set, dict]:

@@ -175,18 +175,21 @@ def _label_pairs(rows, gold, rng, cfg):
 
 
 def _label_thumbs(rows, gold, rng, cfg) -> tuple[list[dict], dict]:
-    """{prompt, completion, label, gold_score} for every response, in row order; each draws
-    its thumb and its flip from separate uniforms, as pairs do."""
+    """{prompt, completion, label, gold_score, and finished where the candidates have it} for
+    every response, in row order; each draws its thumb and its flip from separate uniforms,
+    as pairs do."""
     all_gold = np.concatenate(gold)
     threshold = float(np.median(all_gold)) if cfg.threshold is None else cfg.threshold
     out_rows, labels = [], []
     for row, g in zip(rows, gold, strict=True):
-        for response, score in zip(row["responses"], g, strict=True):
+        finished = row.get("finished") or [None] * len(g)
+        for response, score, ended in zip(row["responses"], g, finished, strict=True):
             up = bool(rng.random() < sigmoid((score - threshold) / cfg.temperature))
             if rng.random() < cfg.flip_rate:
                 up = not up
             out_rows.append({"prompt": row["prompt"], "completion": response, "label": up,
-                             "gold_score": float(score)})
+                             "gold_score": float(score),
+                             **({"finished": ended} if ended is not None else {})})
             labels.append(up)
     labels = np.asarray(labels)
     above, at = all_gold > threshold, all_gold == threshold
