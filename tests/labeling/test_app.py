@@ -376,6 +376,45 @@ def test_export_command_and_rm_reads_the_database(tmp_path, store, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["labels_done"] == 10
 
 
+def test_imported_finished_flags_reach_the_exported_rows(tmp_path, capsys):
+    """Whether each sampled response ended with EOS (`tether sample`'s finished) survives
+    import, labeling and export, written as the simulated labeler writes it, so DPO and KTO
+    score a response cut at the token limit without EOS; a row imported without flags
+    exports none."""
+    from tether.data.preferences import parse_preference
+
+    cands = candidates(3)
+    cands[0]["finished"] = [True, False]
+    cands[1]["finished"] = [False, True]
+    cands.append({"prompt": "prompt 9", "responses": ["r9-0", "r9-1", "r9-2"],
+                  "finished": [True, False, False]})
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in cands))
+    db = str(tmp_path / "l.db")
+    assert main(["label", "import", f"db={db}", "project=p", f"candidates={path}"]) == 0
+    store = Store(db)
+    label_all(TestClient(create_app(store)), "p", store.add_annotator("a"))
+    out = tmp_path / "labels.jsonl"
+    assert main(["label", "export", f"db={db}", f"output={out}"]) == 0
+    exported = {r["prompt"]: r for r in map(json.loads, out.read_text().splitlines())}
+    flags = {p: {k: v for k, v in r.items() if "finished" in k} for p, r in exported.items()}
+    assert flags == {"prompt 0": {"chosen_finished": True, "rejected_finished": False},
+                     "prompt 1": {"chosen_finished": False, "rejected_finished": True},
+                     "prompt 2": {}, "prompt 9": {"finished": [True, False, False]}}
+    assert all(r["chosen"].endswith("-0") for r in exported.values() if "chosen" in r)
+    # DPO reads them as it reads the simulated labeler's, from the export or the database
+    assert {row.record["prompt"]: parse_preference(row.record, row.where).finished
+            for row in read_rows(db)} == {"prompt 0": [True, False], "prompt 1": [False, True],
+                                          "prompt 2": None, "prompt 9": [True, False, False]}
+    kto = tmp_path / "kto.jsonl"
+    assert main(["label", "export", f"db={db}", f"output={kto}", "format=kto"]) == 0
+    ended = {r["completion"]: r.get("finished") for r in map(json.loads,
+                                                             kto.read_text().splitlines())}
+    assert ended == {"r0-0": True, "r0-1": False, "r1-0": False, "r1-1": True, "r2-0": None,
+                     "r2-1": None, "r9-0": True, "r9-1": False, "r9-2": False}
+    capsys.readouterr()
+
+
 def test_add_annotator_prints_a_token_that_logs_in(tmp_path, capsys):
     db = tmp_path / "l.db"
     assert main(["label", "add-annotator", f"db={db}", "name=zoe"]) == 0

@@ -92,9 +92,10 @@ def test_a_database_from_an_older_tether_gains_the_new_columns_on_postgres(postg
 
     store = Store(postgres_url)
     token = store.add_annotator("old_timer")
-    with store.engine.begin() as conn:  # as it was before guidelines and revoking
+    with store.engine.begin() as conn:  # as it was before guidelines, revoking, finished
         conn.execute(text("ALTER TABLE projects DROP COLUMN guidelines"))
         conn.execute(text("ALTER TABLE annotators DROP COLUMN revoked"))
+        conn.execute(text("ALTER TABLE items DROP COLUMN finished"))
     store.close()
     store = Store(postgres_url)
     assert store.annotator_for_token(token).name == "old_timer"

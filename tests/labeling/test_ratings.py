@@ -198,9 +198,34 @@ def test_import_ratings_and_export_kto_from_the_command_line(tmp_path, capsys):
     assert "best response(s) true and worst" in " ".join(capsys.readouterr().out.split())
 
 
+def test_rated_responses_keep_whether_they_ended_into_the_kto_rows(tmp_path, capsys):
+    """A response rated alone keeps its finished flag, from a candidates row (mode=rate) or a
+    KTO-shaped row, into its exported KTO row; one imported without a flag gets none."""
+    cands = write_jsonl(tmp_path / "c.jsonl", [
+        {"prompt": "p1", "responses": ["r1-0", "r1-1", "r1-0"], "finished": [True, False, True]},
+        {"prompt": "p2", "responses": ["r2-0", "r2-1"]}])
+    ratings = write_jsonl(tmp_path / "r.jsonl", [
+        {"prompt": "p3", "completion": "r3-0", "finished": False},
+        {"prompt": "p3", "completion": "r3-1"}])
+    db = tmp_path / "l.db"
+    assert main(["label", "import", f"db={db}", "project=t", f"candidates={cands}",
+                 f"ratings={ratings}", "mode=rate"]) == 0
+    store = Store(str(db))
+    rate_all(TestClient(create_app(store)), "t", store.add_annotator("a"))
+    out = tmp_path / "kto.jsonl"
+    assert main(["label", "export", f"db={db}", f"output={out}", "format=kto"]) == 0
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["completion"], r["label"], r.get("finished")) for r in exported) == [
+        ("r1-0", True, True), ("r1-1", False, False), ("r2-0", True, None),
+        ("r2-1", False, None), ("r3-0", True, False), ("r3-1", False, None)]
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("row, message", [
     ({"prompt": "p", "completion": "x", "label": "yes"}, "r.jsonl:2: 'label' must be true "
                                                           "or false"),
+    ({"prompt": "p", "completion": "x", "finished": "no"}, "r.jsonl:2: 'finished' must be "
+                                                            "true or false"),
     ({"prompt": "p", "completion": "x", "label": 1}, "r.jsonl:2: 'label' must be true"),
     ({"prompt": "p", "completion": "  "}, "r.jsonl:2: 'completion' is empty"),
     ({"prompt": "p"}, "r.jsonl:2: missing 'completion'"),

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from tether.cli import main
 from tether.errors import ConfigError
+from tether.labeling.export import export_rows
 from tether.labeling.projects import add_items, create_project
 from tether.labeling.server import create_app
 from tether.labeling.store import Store
@@ -194,12 +195,19 @@ def test_a_database_from_an_older_tether_gains_the_new_columns(tmp_path):
     create_project(store, "p", rows(candidates(1)))
     token = store.add_annotator("a")
     store.close()
-    with sqlite3.connect(db) as conn:  # as it was before guidelines and revoking
+    with sqlite3.connect(db) as conn:  # as it was before guidelines, revoking, finished
         conn.execute("ALTER TABLE projects DROP COLUMN guidelines")
         conn.execute("ALTER TABLE annotators DROP COLUMN revoked")
+        conn.execute("ALTER TABLE items DROP COLUMN finished")
     store = Store(str(db))
     assert store.project("p").guidelines == ""
     assert store.annotator_for_token(token).name == "a"
+    # its items say nothing of how their responses ended: every one did, as before
+    assert [i.finished for i in store.items("p")] == [None]
+    client = TestClient(create_app(store))
+    assert answer(client, token, next_item(client, token)["item"]).status_code == 201
+    [row], _ = export_rows(store.labels("p"))
+    assert not {"chosen_finished", "rejected_finished"} & row.keys()
     store.close()
 
 

@@ -7,6 +7,10 @@ out. format=kto: one row per judged response, {"prompt", "completion", "label": 
 as KTO trains on: a rating as it was given; a pair unpaired as TRL's unpair_preference_dataset
 does (chosen -> true, rejected -> false); a ranking's best response(s) true and worst false, its
 middle ones left out (they are neither, and a K-way ranking does not say where "good" ends).
+Where the imported candidates said whether each response ended with EOS (`tether sample`'s
+`finished`), the rows say it as the simulated labeler's do (a ranking's finished, a pair's
+chosen_finished / rejected_finished, a KTO row's finished), so DPO and KTO score a response
+cut at the sampler's token limit without an EOS it never wrote.
 
 Gold items are left out (they measure annotators, and their answer was known before anyone
 labelled them), and so are the labels of annotators whose accuracy on gold items is below
@@ -42,16 +46,21 @@ FORMATS = ("preferences", "kto")
 
 
 def preference_row(prompt: Any, responses: Sequence[str], ranks: Sequence[int],
-                   **extra: Any) -> dict | None:
-    """A pair or ranking row, or None when every response is tied (nothing to learn)."""
+                   finished: Sequence[bool] | None = None, **extra: Any) -> dict | None:
+    """A pair or ranking row, or None when every response is tied (nothing to learn). With
+    `finished` (whether each response ended with EOS), the row carries it as the simulated
+    labeler writes it: chosen_finished / rejected_finished, or finished."""
     ranks = dense_ranks(ranks)
     if len(set(ranks)) < 2:
         return None
     if len(responses) == 2:
         chosen = 0 if ranks[0] < ranks[1] else 1
+        flags = {} if finished is None else {"chosen_finished": finished[chosen],
+                                             "rejected_finished": finished[1 - chosen]}
         return {"prompt": prompt, "chosen": responses[chosen],
-                "rejected": responses[1 - chosen], **extra}
-    return {"prompt": prompt, "responses": list(responses), "ranks": ranks, **extra}
+                "rejected": responses[1 - chosen], **flags, **extra}
+    flags = {} if finished is None else {"finished": list(finished)}
+    return {"prompt": prompt, "responses": list(responses), "ranks": ranks, **flags, **extra}
 
 
 def kto_rows(row: dict) -> list[dict]:
@@ -129,8 +138,8 @@ def comparison_rows_all(labels: Sequence[dict], counts: dict) -> list[dict]:
     rows = []
     for lab in labels:
         row = None if lab["ranks"] is None else preference_row(
-            lab["prompt"], lab["responses"], lab["ranks"], annotator=lab["annotator"],
-            rationale=lab["rationale"])
+            lab["prompt"], lab["responses"], lab["ranks"], lab.get("finished"),
+            annotator=lab["annotator"], rationale=lab["rationale"])
         if row is None:
             counts["no_preference"] += 1
         else:
@@ -149,7 +158,8 @@ def comparison_rows(labels: Sequence[dict], counts: dict) -> list[dict]:
         # the sum of ranks orders the responses as their mean rank does, in exact integers
         total = [sum(dense_ranks(r)[i] for r in ranked) for i in range(k)]
         row = preference_row(group[0]["prompt"], group[0]["responses"], total,
-                             labels=len(group), rationales=rationales(group))
+                             group[0].get("finished"), labels=len(group),
+                             rationales=rationales(group))
         if row is None:
             counts["no_majority"] += 1
         else:
@@ -164,8 +174,8 @@ def rating_rows_all(labels: Sequence[dict], counts: dict) -> list[dict]:
             counts["no_preference"] += 1
         else:
             rows.append({"prompt": lab["prompt"], "completion": lab["responses"][0],
-                         "label": lab["rating"], "annotator": lab["annotator"],
-                         "rationale": lab["rationale"]})
+                         "label": lab["rating"], **rating_flag(lab),
+                         "annotator": lab["annotator"], "rationale": lab["rationale"]})
     return rows
 
 
@@ -179,9 +189,14 @@ def rating_rows(labels: Sequence[dict], counts: dict) -> list[dict]:
             counts["no_majority"] += 1
         else:
             rows.append({"prompt": group[0]["prompt"], "completion": group[0]["responses"][0],
-                         "label": 2 * sum(votes) > len(votes), "labels": len(group),
-                         "rationales": rationales(group)})
+                         "label": 2 * sum(votes) > len(votes), **rating_flag(group[0]),
+                         "labels": len(group), "rationales": rationales(group)})
     return rows
+
+
+def rating_flag(lab: dict) -> dict:
+    """A rated response's KTO `finished`, where its item knows it."""
+    return {} if lab.get("finished") is None else {"finished": lab["finished"][0]}
 
 
 def by_item(labels: Sequence[dict]) -> list[list[dict]]:

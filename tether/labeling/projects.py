@@ -19,7 +19,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tether.choices import LABEL_MODES
-from tether.data.candidates import Candidates, parse_candidates
+from tether.data.candidates import (
+    Candidates,
+    parse_candidates,
+    parse_finished,
+    parse_finished_flag,
+)
 from tether.data.readers import BadRow, read_all_rows
 from tether.errors import ConfigError, DataError
 from tether.labeling.agreement import agreement_stats
@@ -58,7 +63,9 @@ def project_items(rows: Rows, ratings: Sequence[dict],
 
 
 def rating_items(rows: Rows) -> list[dict]:
-    """One item to rate per distinct response of each {"prompt", "responses"} record."""
+    """One item to rate per distinct response of each {"prompt", "responses"} record, with
+    whether it ended with EOS where the record says (`finished`, as `tether sample` writes
+    it)."""
     # imported here: it pulls in transformers (seconds), which the labeling app's other
     # commands never need
     from tether.data.records import parse_prompt, parse_response
@@ -71,13 +78,15 @@ def rating_items(rows: Rows) -> list[dict]:
         responses = record.get("responses")
         if not isinstance(responses, list) or not responses:
             raise BadRow(f"{where}: 'responses' must be a non-empty list of responses to rate")
+        finished = parse_finished(record, len(responses), where)
         seen = set()
         for i, response in enumerate(responses):
             text = parse_response(response, f"responses[{i}]", where)
             if text not in seen:  # the same text twice is one response to rate
                 seen.add(text)
                 items.append({"prompt": record["prompt"], "responses": [text],
-                              "source": f"{where} responses[{i}]"})
+                              "source": f"{where} responses[{i}]",
+                              **({"finished": [finished[i]]} if finished is not None else {})})
     return items
 
 
@@ -114,13 +123,15 @@ def read_ratings(source: str) -> tuple[list[dict], list[dict]]:
 
 
 def parse_ratings(rows: Rows) -> tuple[list[dict], list[dict]]:
-    """(items, gold items) from {"prompt", "completion"[, "label": true|false]} records: a
-    response to rate, a gold one when its label is given. A bad row raises with its
-    `where`."""
+    """(items, gold items) from {"prompt", "completion"[, "label": true|false][, "finished":
+    true|false]} records (KTO's rows): a response to rate, a gold one when its label is given.
+    A bad row raises with its `where`."""
     items, gold = [], []
     for where, record in rows:
         prompt, completion = parse_completion(record, where)
         row = {"prompt": prompt, "responses": [completion], "source": where}
+        if "finished" in record:
+            row["finished"] = [parse_finished_flag(record, "finished", where)]
         if "label" in record:
             label = record["label"]
             if not isinstance(label, bool):

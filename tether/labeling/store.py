@@ -108,6 +108,10 @@ class Item(Base):
     # Active sampling: higher is served first (e.g. minus the reward model's smallest margin).
     priority: Mapped[float] = mapped_column(Float, default=0.0)
     source: Mapped[str] = mapped_column(String(512), default="")  # file:line it came from
+    # Whether each response ended with EOS (`tether sample`'s flags, canonical order), so an
+    # export tells DPO and KTO which never did; NULL where the import had no flags, as in a
+    # database from before this column: every response ended.
+    finished: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Annotator(Base):
@@ -160,7 +164,8 @@ def is_rating(item: Item) -> bool:
 
 def add_missing_columns(engine: Engine) -> None:
     """ALTER TABLE ... ADD COLUMN for every model column an existing table lacks (a database
-    made by an older tether); each such column has a server default, so old rows get it."""
+    made by an older tether); each such column has a server default or is nullable, so old
+    rows get its default or NULL."""
     tables = inspect(engine)
     with engine.begin() as conn:
         for table in Base.metadata.sorted_tables:
@@ -357,7 +362,8 @@ class Store:
             if isinstance(answer, list):
                 answer = dense_ranks(answer)
             s.add(Item(project_id=project.id, prompt=row["prompt"], responses=row["responses"],
-                       gold=answer, source=row.get("source", "")[:512]))
+                       gold=answer, source=row.get("source", "")[:512],
+                       finished=row.get("finished")))
 
     def set_priorities(self, project: str, priorities: dict[int, float]) -> None:
         with self.write_lock, self.session() as s:
@@ -518,6 +524,7 @@ class Store:
                      "choice": label.choice, "ranks": label.ranks, "order": a.order,
                      "rating": RATINGS.get(label.choice),
                      "gold": item.gold, "rationale": label.rationale,
+                     "finished": item.finished,
                      "created": label.created.isoformat() + "Z"}
                     for label, item, a, who in s.execute(q)]
 
