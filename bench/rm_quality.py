@@ -20,6 +20,14 @@ train.keep_best chooses on, as the pipeline's data.eval_fraction split is), and 
 reward model is then scored on the test rows apart: the selection never sees them.
     python -m bench rm-quality runs/sentiment --backbones minilm-l6 --validation-prompts 38 \
         --set train.keep_best=true --set train.eval_every=6
+
+--folds N holds out N blocks of --eval-prompts rows in turn (fold 0 the last block, fold 1 the
+one before, ...), training on the rest each time: 4 folds of 64 over 256 prompts score every
+prompt once, so the held-out figures rest on four times the pairs of one block.
+
+--ema D1,D2 also scores, from the same runs, an exponential moving average of the trained
+weights (w_avg <- D w_avg + (1 - D) w after each step, from the starting weights): a paired
+comparison at no extra training.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+
+import torch
 
 from bench import save_results
 from tether.config import DataConfig, RMConfig, load_config
@@ -46,6 +57,7 @@ from tether.metric_names import (
 )
 from tether.models.reward import RewardModel
 from tether.trainers import rm
+from tether.trainers.common import Hooks
 
 # The columns of a result row, from the reward model's held-out metrics.
 METRICS = {"accuracy": EVAL_ACCURACY, "label_gold_agreement": EVAL_LABEL_GOLD_AGREEMENT,
@@ -71,26 +83,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on every row and hold out the pipeline's fifth "
                              "(data.eval_fraction=0.2, drawn by train.seed), not the last "
                              "--eval-prompts")
+    parser.add_argument("--folds", type=int, default=1,
+                        help="hold out this many blocks of --eval-prompts rows in turn")
+    parser.add_argument("--ema", default="",
+                        help="comma-separated decays: also score each moving average of the "
+                             "weights, from the same runs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (repeatable), e.g. optim.lr=1e-5")
 
 
 def _split(run: Path, out: Path, eval_prompts: int, train_prompts: int,
-           validation_prompts: int) -> tuple[Path, Path, Path]:
-    """(train, validation, test) files; validation is the test file when not asked for."""
+           validation_prompts: int, fold: int = 0) -> tuple[Path, Path, Path]:
+    """(train, validation, test) files; validation is the test file when not asked for. The
+    test rows are the fold-th block of eval_prompts rows from the end."""
     rows = [line for line in (run / "label" / "labels.jsonl").open() if line.strip()]
-    train = rows[:-eval_prompts][:train_prompts or None]
+    end = len(rows) - fold * eval_prompts
+    start = end - eval_prompts
+    if start < 0:
+        raise SystemExit(f"{run}: {len(rows)} label rows hold no fold {fold} of {eval_prompts}")
+    train = (rows[:start] + rows[end:])[:train_prompts or None]
     validation = train[len(train) - validation_prompts:] if validation_prompts else []
     paths = [out / f"{run.name}-{part}.jsonl" for part in ("train", "validation", "test")]
     paths[0].write_text("".join(train[:len(train) - validation_prompts]))
     paths[1].write_text("".join(validation))
-    paths[2].write_text("".join(rows[-eval_prompts:]))
+    paths[2].write_text("".join(rows[start:end]))
     return paths[0], paths[1] if validation_prompts else paths[2], paths[2]
 
 
-def _score_on(final: Path, test: Path, seed: int) -> dict[str, float]:
-    """The held-out metrics of the reward model in `final` on the rows of `test`."""
+class MovingAverages:
+    """Exponential moving averages of a model's trainable weights, one per decay, as training
+    hooks: each starts from the weights training starts from."""
+
+    def __init__(self, decays: list[float]):
+        self.decays, self.averages, self.params = decays, [], {}
+
+    def started(self, model) -> None:
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.averages = [{n: p.detach().clone() for n, p in self.params.items()}
+                         for _ in self.decays]
+
+    def stepped(self, step: int, metrics: dict) -> None:
+        with torch.no_grad():
+            for decay, average in zip(self.decays, self.averages, strict=True):
+                for name, p in self.params.items():
+                    average[name].lerp_(p.detach(), 1 - decay)
+
+    def load(self, model, index: int) -> None:
+        _, unexpected = model.load_state_dict(self.averages[index], strict=False)
+        if unexpected:
+            raise RuntimeError(f"moving average names the model lacks: {unexpected}")
+
+
+def _score_on(final: Path, test: Path, seed: int, weights=None) -> dict[str, float]:
+    """The held-out metrics of the reward model in `final` on the rows of `test`;
+    weights(model), if given, loads other weights into it first."""
     model = RewardModel.from_pretrained(final)
+    if weights is not None:
+        weights(model.model)
     data = load_preference_data(DataConfig(train=str(test), eval_fraction=0.0,
                                            max_length=model.max_length), model.tokenizer,
                                 seed, encode=model.encode)
@@ -98,14 +147,16 @@ def _score_on(final: Path, test: Path, seed: int) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.pipeline_split and args.validation_prompts:
-        raise SystemExit("--pipeline-split holds out its own fifth: no --validation-prompts")
+    if args.pipeline_split and (args.validation_prompts or args.folds > 1):
+        raise SystemExit("--pipeline-split holds out its own fifth: no --validation-prompts "
+                         "or --folds")
+    decays = [float(d) for d in args.ema.split(",") if d]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for run_dir in map(Path, args.runs):
+        for run_dir, fold in ((Path(r), f) for r in args.runs for f in range(args.folds)):
             train, held_out, test = _split(run_dir, tmp, args.eval_prompts, args.train_prompts,
-                                           args.validation_prompts)
+                                           args.validation_prompts, fold)
             data = [f"data.train={train}", f"data.eval={held_out}"]
             if args.pipeline_split:
                 data = [f"data.train={run_dir / 'label' / 'labels.jsonl'}",
@@ -117,19 +168,24 @@ def run(args: argparse.Namespace) -> None:
                     cfg = load_config(RMConfig, overrides=[
                         f"model.name={model}", *data, f"run_dir={out}", f"train.seed={seed}",
                         "train.save_every=0", *args.set])
+                    averages = MovingAverages(decays)
                     started = time.perf_counter()
                     with open(tmp / "log.txt", "w") as log, contextlib.redirect_stdout(log), \
                             contextlib.redirect_stderr(log):
-                        rm.train(cfg)
+                        rm.train(cfg, Hooks(started=averages.started, stepped=averages.stepped))
                     seconds = time.perf_counter() - started
                     report = json.loads((out / "eval.json").read_text())
-                    metrics = _score_on(out / "final", test, seed) \
-                        if args.validation_prompts else report["metrics"]
-                    row = {"task": run_dir.name, "backbone": backbone, "seed": seed,
-                           "seconds": round(seconds, 1), "kept_step": report.get("kept_step"),
-                           **{k: round(metrics[name], 4) for k, name in METRICS.items()}}
-                    print(json.dumps(row), flush=True)
-                    results.append(row)
+                    arms = [(backbone, report["metrics"] if not args.validation_prompts
+                             else _score_on(out / "final", test, seed))]
+                    arms += [(f"{backbone} ema{decay}",
+                              _score_on(out / "final", test, seed, partial(averages.load, index=i)))
+                             for i, decay in enumerate(decays)]
+                    for name, metrics in arms:
+                        row = {"task": run_dir.name, "backbone": name, "fold": fold, "seed": seed,
+                               "seconds": round(seconds, 1), "kept_step": report.get("kept_step"),
+                               **{k: round(metrics[key], 4) for k, key in METRICS.items()}}
+                        print(json.dumps(row), flush=True)
+                        results.append(row)
                     shutil.rmtree(out)
     print(f"\n{'task':<12} {'backbone':<12} {'accuracy':>16} {'labels-gold':>12} "
           f"{'vs gold':>8} {'spearman':>16}")
@@ -146,4 +202,5 @@ def run(args: argparse.Namespace) -> None:
               f"{statistics.fmean(r['accuracy_vs_gold'] for r in ours):>8.3f} "
               f"{mean_sd('spearman_gold'):>16}")
     save_results("rm_quality", {"settings": args.set, "pipeline_split": args.pipeline_split,
-                                "validation_prompts": args.validation_prompts, "runs": results})
+                                "validation_prompts": args.validation_prompts,
+                                "folds": args.folds, "ema": decays, "runs": results})
