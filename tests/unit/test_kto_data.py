@@ -41,16 +41,16 @@ def test_rows_are_encoded_as_dpo_encodes_a_response(tmp_path, tokenizer):
         [False, True, False, True, False, True]
 
 
-def test_a_completion_that_never_ended_is_encoded_without_eos(tmp_path, tokenizer):
+def test_a_completion_that_never_ended_is_read_and_still_ends_with_eos(tmp_path, tokenizer):
     """A sampled completion cut at the token limit (finished: false, as `tether sample` and
-    the simulated thumbs write it) is its tokens alone, as DPO encodes it: in its own row and
-    as another row's mismatched partner."""
+    the simulated thumbs write it) keeps its flag, and KTO still encodes it with an EOS, in
+    its own row and as another row's mismatched partner: without one, the thumbs down on
+    cut-off completions taught the policy to stop early (see tether.data.unpaired)."""
     rows = thumbs_rows(4)
     rows[1] = {**rows[1], "completion": " The film was", "finished": False}
     rows[2] = {**rows[2], "finished": True}
     data, _ = load(tmp_path, rows)
     partners = mismatched_partners([r.source for r in data.train], seed=0)
-    cut = 0
     for row, j in zip(data.train, partners, strict=True):
         for encoded, source in zip(row.responses, (row.source, data.train[j].source),
                                    strict=True):
@@ -58,12 +58,7 @@ def test_a_completion_that_never_ended_is_encoded_without_eos(tmp_path, tokenize
                                    chat_template=True, max_length=512,
                                    truncation="prompt_left")
             assert ended.input_ids[-1] == tokenizer.eos_token_id
-            if source.finished:
-                assert encoded.input_ids == ended.input_ids
-            else:  # the same tokens, less the EOS
-                assert encoded.input_ids == ended.input_ids[:-1]
-                cut += 1
-    assert cut == 2  # its own row, and the row it is the partner of
+            assert encoded.input_ids == ended.input_ids
     assert [r.source.finished for r in sorted(data.train, key=lambda r: r.source.where)] == \
         [True, False, True, True]
 

@@ -5,8 +5,13 @@ Rows are TRL's unpaired-preference format, `{"prompt": ..., "completion": ..., "
 messages and the completion a string or one assistant message, as DPO's rows take them. 1 and
 0 are read as true and false (exports from spreadsheets and pandas write them); anything else
 is an error naming its file:line. An optional `"finished": false` marks a sampled completion
-that never ended (it reached the sampler's token limit; `tether sample` records it): it is
-encoded without the EOS it never wrote, as DPO encodes such a response.
+that never ended (it reached the sampler's token limit; `tether sample` records it). It is
+read and checked, and carried by exports, but KTO still appends an EOS to every completion,
+unlike DPO: encoded without one, the thumbs down on cut-off completions (42% of the downs on
+the answers task) fell on their words alone, and the policy learned to stop early (13.9
+tokens, 98% EOS, held-out gold 0.06 against 0.51 with the EOS; BENCHMARKS.md, "KTO on
+completions that never ended"). With the EOS, lowering the likelihood of ending mid-sentence
+where the sampler cut satisfies a thumbs down at no cost to what the policy writes.
 
 Each row is tokenised as DPO tokenises a response (tether.data.tokenize.encode_example), and
 once more with another row's completion after its own prompt: the mismatched pair whose
@@ -127,10 +132,10 @@ def load_unpaired_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
     chat = wants_chat_template(tokenizer, cfg.chat_template)
 
     def encode(messages: Messages, row: Unpaired, truncation: str) -> Encoded | None:
-        """`row`'s completion after `messages`, with EOS only where it ended with one."""
+        """`row`'s completion after `messages`, ended with EOS whether or not it finished
+        (see the module's docstring)."""
         return encode_example(tokenizer, messages, row.completion, chat_template=chat,
-                              max_length=cfg.max_length, truncation=truncation,
-                              eos=row.finished)
+                              max_length=cfg.max_length, truncation=truncation)
 
     def encode_all(source: str, split: str) -> tuple[list[EncodedUnpaired], LoadStats]:
         stats = LoadStats()
@@ -156,7 +161,6 @@ def load_unpaired_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
     for split in (train, eval_set):
         partners = mismatched_partners([r.source for r in split], seed)
         for row, j in zip(split, partners, strict=True):
-            # Only an estimate of the drift: cut to fit, never dropped. The partner's
-            # completion keeps its own ending (EOS or none), as its own row encodes it.
+            # Only an estimate of the drift: cut to fit, never dropped.
             row.responses.append(encode(row.source.prompt, split[j].source, "prompt_left"))
     return UnpairedData(train, eval_set, stats)

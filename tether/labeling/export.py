@@ -9,8 +9,8 @@ does (chosen -> true, rejected -> false); a ranking's best response(s) true and 
 middle ones left out (they are neither, and a K-way ranking does not say where "good" ends).
 Where the imported candidates said whether each response ended with EOS (`tether sample`'s
 `finished`), the rows say it as the simulated labeler's do (a ranking's finished, a pair's
-chosen_finished / rejected_finished, a KTO row's finished), so DPO and KTO score a response
-cut at the sampler's token limit without an EOS it never wrote.
+chosen_finished / rejected_finished, a KTO row's finished), so DPO scores a response cut at
+the sampler's token limit without an EOS it never wrote (KTO keeps it: tether.data.unpaired).
 
 Gold items are left out (they measure annotators, and their answer was known before anyone
 labelled them), and so are the labels of annotators whose accuracy on gold items is below
@@ -66,8 +66,7 @@ def preference_row(prompt: Any, responses: Sequence[str], ranks: Sequence[int],
 def kto_rows(row: dict) -> list[dict]:
     """A pair or ranking row unpaired into KTO rows: chosen / best true, rejected / worst
     false (a ranking's middle responses give none); each response's finished flag, where the
-    row has one, goes with it (KTO then encodes a response that never ended without EOS);
-    other fields are copied to each."""
+    row has one, goes with it; other fields are copied to each."""
     if "chosen" in row:
         own = ("prompt", "chosen", "rejected", "chosen_finished", "rejected_finished")
         judged = [(row["chosen"], True, row.get("chosen_finished")),

@@ -109,7 +109,7 @@ class Item(Base):
     priority: Mapped[float] = mapped_column(Float, default=0.0)
     source: Mapped[str] = mapped_column(String(512), default="")  # file:line it came from
     # Whether each response ended with EOS (`tether sample`'s flags, canonical order), so an
-    # export tells DPO and KTO which never did; NULL where the import had no flags, as in a
+    # export tells DPO which never did; NULL where the import had no flags, as in a
     # database from before this column: every response ended.
     finished: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
