@@ -28,6 +28,10 @@ prompt once, so the held-out figures rest on four times the pairs of one block.
 --ema D1,D2 also scores, from the same runs, an exponential moving average of the trained
 weights (w_avg <- D w_avg + (1 - D) w after each step, from the starting weights): a paired
 comparison at no extra training.
+
+--label-draws 1,2 also labels each run's candidates (sample/candidates.jsonl) again with its
+pipeline's simulated labeler under those seeds, and trains on each draw as a task of its own
+(named RUN-drawD): a new draw of labels moves the figures more than a new train seed does.
 """
 
 from __future__ import annotations
@@ -43,11 +47,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 
 from bench import save_results
-from tether.config import DataConfig, RMConfig, load_config
+from tether.config import DataConfig, RMConfig, SimulateLabelsConfig, load_config
+from tether.config.loader import RESOLVED
 from tether.data.preferences import load_preference_data
 from tether.eval.rm import evaluate_preferences
+from tether.labeling.commands import simulate_labels
 from tether.metric_names import (
     EVAL_ACCURACY,
     EVAL_ACCURACY_VS_GOLD,
@@ -88,22 +95,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", default="",
                         help="comma-separated decays: also score each moving average of the "
                              "weights, from the same runs")
+    parser.add_argument("--label-draws", default="",
+                        help="comma-separated labeler seeds: also train on the run's "
+                             "candidates labelled again with each")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (repeatable), e.g. optim.lr=1e-5")
 
 
-def _split(run: Path, out: Path, eval_prompts: int, train_prompts: int,
+def _label_sets(runs: list[str], draws: str, out: Path) -> list[tuple[str, Path, Path]]:
+    """(task name, labels file, run directory) for each run's own labels and, for each seed
+    in `draws`, its candidates labelled again by the run's simulated labeler with that seed."""
+    sets = []
+    for run in map(Path, runs):
+        sets.append((run.name, run / "label" / "labels.jsonl", run))
+        for draw in (int(d) for d in draws.split(",") if d):
+            labeler = yaml.safe_load((run / "config.yaml").read_text())["label"]
+            labeler.update(candidates=str(run / "sample" / "candidates.jsonl"), seed=draw,
+                           output=str(out / f"{run.name}-draw{draw}.jsonl"))
+            settings = out / f"{run.name}-draw{draw}.yaml"
+            settings.write_text(RESOLVED + yaml.safe_dump(labeler))  # its paths are absolute
+            cfg = load_config(SimulateLabelsConfig, str(settings))
+            with open(out / "log.txt", "w") as log, contextlib.redirect_stdout(log):
+                sets.append((f"{run.name}-draw{draw}", simulate_labels(cfg), run))
+    return sets
+
+
+def _split(labels: Path, out: Path, eval_prompts: int, train_prompts: int,
            validation_prompts: int, fold: int = 0) -> tuple[Path, Path, Path]:
     """(train, validation, test) files; validation is the test file when not asked for. The
     test rows are the fold-th block of eval_prompts rows from the end."""
-    rows = [line for line in (run / "label" / "labels.jsonl").open() if line.strip()]
+    rows = [line for line in labels.open() if line.strip()]
     end = len(rows) - fold * eval_prompts
     start = end - eval_prompts
     if start < 0:
-        raise SystemExit(f"{run}: {len(rows)} label rows hold no fold {fold} of {eval_prompts}")
+        raise SystemExit(f"{labels}: {len(rows)} label rows hold no fold {fold} of "
+                         f"{eval_prompts}")
     train = (rows[:start] + rows[end:])[:train_prompts or None]
     validation = train[len(train) - validation_prompts:] if validation_prompts else []
-    paths = [out / f"{run.name}-{part}.jsonl" for part in ("train", "validation", "test")]
+    paths = [out / f"{labels.stem}-{part}.jsonl" for part in ("train", "validation", "test")]
     paths[0].write_text("".join(train[:len(train) - validation_prompts]))
     paths[1].write_text("".join(validation))
     paths[2].write_text("".join(rows[start:end]))
@@ -154,13 +183,14 @@ def run(args: argparse.Namespace) -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for run_dir, fold in ((Path(r), f) for r in args.runs for f in range(args.folds)):
-            train, held_out, test = _split(run_dir, tmp, args.eval_prompts, args.train_prompts,
+        for (task, labels, run_dir), fold in (
+                (s, f) for s in _label_sets(args.runs, args.label_draws, tmp)
+                for f in range(args.folds)):
+            train, held_out, test = _split(labels, tmp, args.eval_prompts, args.train_prompts,
                                            args.validation_prompts, fold)
             data = [f"data.train={train}", f"data.eval={held_out}"]
             if args.pipeline_split:
-                data = [f"data.train={run_dir / 'label' / 'labels.jsonl'}",
-                        "data.eval_fraction=0.2"]
+                data = [f"data.train={labels}", "data.eval_fraction=0.2"]
             for backbone in args.backbones.split(","):
                 model = str(run_dir / "sft" / "final") if backbone == "sft" else backbone
                 for seed in map(int, args.seeds.split(",")):
@@ -181,7 +211,7 @@ def run(args: argparse.Namespace) -> None:
                               _score_on(out / "final", test, seed, partial(averages.load, index=i)))
                              for i, decay in enumerate(decays)]
                     for name, metrics in arms:
-                        row = {"task": run_dir.name, "backbone": name, "fold": fold, "seed": seed,
+                        row = {"task": task, "backbone": name, "fold": fold, "seed": seed,
                                "seconds": round(seconds, 1), "kept_step": report.get("kept_step"),
                                **{k: round(metrics[key], 4) for k, key in METRICS.items()}}
                         print(json.dumps(row), flush=True)
@@ -201,6 +231,7 @@ def run(args: argparse.Namespace) -> None:
               f"{statistics.fmean(r['label_gold_agreement'] for r in ours):>12.3f} "
               f"{statistics.fmean(r['accuracy_vs_gold'] for r in ours):>8.3f} "
               f"{mean_sd('spearman_gold'):>16}")
-    save_results("rm_quality", {"settings": args.set, "pipeline_split": args.pipeline_split,
+    save_results("rm_quality", {"settings": args.set, "label_draws": args.label_draws,
+                                "pipeline_split": args.pipeline_split,
                                 "validation_prompts": args.validation_prompts,
                                 "folds": args.folds, "ema": decays, "runs": results})
