@@ -183,7 +183,7 @@ class TrainConfig:
         "talk over NCCL (gloo on the CPU).", choices=DEVICES)
     epochs: int = option(
         1, "Passes over the training data (ignored if max_steps > 0). 0: auto, as many as give "
-        "at least 50 optimizer steps, at most 4 (small data still gets enough updates, large "
+        "at least 70 optimizer steps, at most 4 (small data still gets enough updates, large "
         "data one pass).", min=0)
     max_steps: int = option(0, "Optimizer steps to run; 0 means `epochs` full passes.", min=0)
     eval_every: int = option(50, "Evaluate every N steps (and always at the end); 0: only at "
@@ -551,7 +551,7 @@ class RMConfig:
         "one item is a row's prompt with all its responses, so a K-way ranking (K sequences) "
         "is one item and a pair row (2 sequences) is one item. epochs=0 (auto): one pass over "
         "large data, as InstructGPT (more overfits), up to 4 over small data so that a few "
-        "hundred prompts still give at least 50 optimizer steps.",
+        "hundred prompts still give at least 70 optimizer steps (3 passes over 200 prompts).",
         batch_size=8, micro_batch_size=4, eval_every=25, epochs=0)
 
     def validate(self) -> None:
