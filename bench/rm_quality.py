@@ -108,8 +108,8 @@ def _label_sets(runs: list[str], draws: str, out: Path) -> list[tuple[str, Path,
     sets = []
     for run in map(Path, runs):
         sets.append((run.name, run / "label" / "labels.jsonl", run))
+        labeler = yaml.safe_load((run / "config.yaml").read_text())["label"] if draws else {}
         for draw in (int(d) for d in draws.split(",") if d):
-            labeler = yaml.safe_load((run / "config.yaml").read_text())["label"]
             labeler.update(candidates=str(run / "sample" / "candidates.jsonl"), seed=draw,
                            output=str(out / f"{run.name}-draw{draw}.jsonl"))
             settings = out / f"{run.name}-draw{draw}.yaml"
