@@ -1136,8 +1136,8 @@ class TaskConfig:
                              "train on these, and the sample and label stages do not run. "
                              "'human': people label the SFT samples in the labeling app, "
                              "which the label stage starts and waits on (see `human`).")
-    num_prompts: int = option(384, "Training prompts (a built-in task generates this many).",
-                              min=1)
+    num_prompts: int = option(512, "Training prompts: a built-in task generates this many; "
+                                   "of your own `prompts`, the first this many train.", min=1)
     num_heldout: int = option(64, "Held-out evaluation prompts, disjoint from the training "
                                   "prompts.", min=1)
     num_demonstrations: int = option(400, "SFT demonstrations a built-in task generates (plus "

@@ -67,9 +67,9 @@ class Hooks:
 
 # train.epochs=0: as many passes as give at least AUTO_STEPS optimizer steps, at most
 # AUTO_EPOCHS of them. Small data then still gets enough updates (a freshly initialised reward
-# head needs them), and large data gets one pass. 70, not 50: the pipeline's reward model (205
-# prompts, 25 steps a pass) got 2 passes at 50 and learned less on both built-in tasks than
-# with 3 (BENCHMARKS.md, "Three passes for the pipeline's reward model").
+# head needs them), and large data gets one pass. 70, not 50: a reward model on 205 prompts
+# (25 steps a pass; the pipeline's at 256 prompts) got 2 passes at 50 and learned less on both
+# built-in tasks than with 3 (BENCHMARKS.md, "Three passes for the pipeline's reward model").
 AUTO_STEPS, AUTO_EPOCHS = 70, 4
 
 
